@@ -1,0 +1,1 @@
+//! Environments: see docs/environments.md.

@@ -1,0 +1,80 @@
+//! Forward hooks: the seam that keeps algorithms model-agnostic (design section 2).
+//!
+//! The decoder calls [`ForwardHooks::layer_input`] with the hidden state entering each decoder layer,
+//! before that layer's input norm (ALP adds its noise here, so the noise also rides the residual), and
+//! routes every projection through [`ForwardHooks::linear`] (EGGROLL adds its per-member low-rank term
+//! here). [`ForwardHooks::logits`] sees the final logits (the logits-only ALP ablation). The default
+//! methods give the plain model, which must match HF transformers.
+use tch::Tensor;
+
+/// Which projection a [`ForwardHooks::linear`] call computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearKind {
+    Query,
+    Key,
+    Value,
+    Output,
+    Gate,
+    Up,
+    Down,
+    LmHead,
+}
+
+impl LinearKind {
+    /// The HF parameter-name suffix of this projection, e.g. `self_attn.q_proj`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            LinearKind::Query => "self_attn.q_proj",
+            LinearKind::Key => "self_attn.k_proj",
+            LinearKind::Value => "self_attn.v_proj",
+            LinearKind::Output => "self_attn.o_proj",
+            LinearKind::Gate => "mlp.gate_proj",
+            LinearKind::Up => "mlp.up_proj",
+            LinearKind::Down => "mlp.down_proj",
+            LinearKind::LmHead => "lm_head",
+        }
+    }
+}
+
+/// Where a projection sits: its decoder layer (`None` for the LM head) and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearSite {
+    pub layer: Option<usize>,
+    pub kind: LinearKind,
+}
+
+impl LinearSite {
+    /// The HF name of the weight this site multiplies, e.g. `model.layers.3.mlp.up_proj.weight`.
+    pub fn weight_name(&self) -> String {
+        match self.layer {
+            Some(l) => format!("model.layers.{l}.{}.weight", self.kind.hf_name()),
+            None => format!("{}.weight", self.kind.hf_name()),
+        }
+    }
+}
+
+/// Callbacks the decoder makes during a forward pass. Every method has the plain-model default.
+pub trait ForwardHooks {
+    /// The hidden state `h` (`[batch, seq, hidden]`) entering decoder layer `layer`, before its input norm.
+    fn layer_input(&self, layer: usize, h: Tensor) -> Tensor {
+        let _ = layer;
+        h
+    }
+
+    /// `x W^T + b` for the projection at `site`; `w` is `[out, in]` as stored in HF checkpoints.
+    fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let _ = site;
+        x.linear(w, b)
+    }
+
+    /// The final logits (`[batch, seq, vocab]`), after the LM head.
+    fn logits(&self, logits: Tensor) -> Tensor {
+        logits
+    }
+}
+
+/// The plain model: every hook is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl ForwardHooks for NoHooks {}

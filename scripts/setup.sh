@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent setup: a Python venv in .venv with the libtorch that tch 0.24 links against (torch 2.11.0 from
+# PyPI) and the Python test oracles (transformers, pyarrow, pandas). Downloads are cached under ~/.cache/pip,
+# never in the repository. Cargo finds libtorch through .cargo/config.toml, so nothing needs exporting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+TORCH_VERSION=2.11.0
+ORACLES=(transformers==4.57.6 safetensors pyarrow pandas numpy)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+have() { "$VENV/bin/python" - "$@" <<'PY'
+import sys, importlib.metadata as md
+for spec in sys.argv[1:]:
+    name, _, want = spec.partition("==")
+    try:
+        got = md.version(name)
+    except md.PackageNotFoundError:
+        sys.exit(1)
+    if want and got.split("+")[0] != want:
+        sys.exit(1)
+PY
+}
+
+if ! have "torch==$TORCH_VERSION"; then
+  pip install -q "torch==$TORCH_VERSION"
+fi
+if ! have "${ORACLES[@]}"; then
+  pip install -q "${ORACLES[@]}"
+fi
+# A stable path to the wheel's libtorch for .cargo/config.toml, whatever the Python minor version.
+torch_dir=$("$VENV/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
+ln -sfn "$torch_dir" .libtorch
+"$VENV/bin/python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
