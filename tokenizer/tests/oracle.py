@@ -6,9 +6,12 @@ REQUEST = {"jobs": [{"dir": TOKENIZER_DIR,
                      "chat": [{"messages": [...], "tools": [...] | null,
                                "add_generation_prompt": bool, "kwargs": {...}}],
                      "encode": [{"text": str, "add_special_tokens": bool}],
-                     "decode": [{"ids": [int], "skip_special_tokens": bool}]}]}
+                     "decode": [{"ids": [int], "skip_special_tokens": bool}],
+                     "templates": [{"template": str, "messages": [...], "tools": ...,
+                                    "add_generation_prompt": bool, "kwargs": {...}}]}]}
 RESPONSE = {"jobs": [{"info": {...}, "chat": [{"text": str, "ids": [int]}],
-                      "encode": [[int]], "decode": [str]}]}
+                      "encode": [[int]], "decode": [str],
+                      "templates": [{"text": str} | {"error": str}]}]}
 All cases go in one call so transformers is imported once per test run.
 """
 
@@ -52,7 +55,21 @@ def run_job(job):
         tok.decode(c["ids"], skip_special_tokens=c["skip_special_tokens"])
         for c in job.get("decode", [])
     ]
-    return {"info": info, "chat": chat, "encode": encode, "decode": decode}
+    templates = []
+    for case in job.get("templates", []):
+        try:
+            text = tok.apply_chat_template(
+                case["messages"],
+                chat_template=case["template"],
+                tools=case.get("tools"),
+                add_generation_prompt=case["add_generation_prompt"],
+                tokenize=False,
+                **case.get("kwargs", {}),
+            )
+            templates.append({"text": text})
+        except Exception as e:  # the Rust side checks that it fails too
+            templates.append({"error": f"{type(e).__name__}: {e}"})
+    return {"info": info, "chat": chat, "encode": encode, "decode": decode, "templates": templates}
 
 
 def main():

@@ -4,7 +4,7 @@
 //! Needs `<workspace>/.venv/bin/python` with transformers (scripts/setup.sh) and
 //! `<workspace>/../shared/data/tokenizers/qwen3`. Missing either is a test failure, never a skip.
 
-use alp_tokenizer::{CharTokenizerSpec, FunctionCall, Message, Tokenizer, ToolCall};
+use alp_tokenizer::{CharTokenizerSpec, ChatTemplate, FunctionCall, Message, Tokenizer, ToolCall};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +46,8 @@ fn run_oracle(request: &Value) -> Value {
         .env("TRANSFORMERS_OFFLINE", "1")
         .env("TOKENIZERS_PARALLELISM", "false")
         .env("TRANSFORMERS_VERBOSITY", "error")
+        // strftime_now formats UTC here; make Python's local time UTC too.
+        .env("TZ", "UTC")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     assert!(
@@ -339,6 +341,63 @@ fn tricky_strings() -> Vec<String> {
     .to_vec()
 }
 
+/// Hand-written templates probing Jinja2 semantics (Python printing, tojson options, whitespace
+/// control, string methods, filters, loop controls). Rendered with the small tokenizer's special
+/// tokens through `apply_chat_template(chat_template=...)`. An `!` prefix marks an expected error.
+const TEMPLATE_PROBES: &[(&str, &str)] = &[
+    (
+        "python_printing",
+        "{{ flag }}|{{ nothing }}|{{ xs }}|{{ m }}|{{ 1.5e-7 }}|{{ 10 / 4 }}|{{ 7 // 2 }}|{{ 2 ** 10 }}|\
+{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|{{ additional_special_tokens }}|\
+{{ bos_token is defined }}|{{ undefined_thing }}|{{ tools }}|{{ documents }}|{{ add_generation_prompt }}",
+    ),
+    (
+        "tojson_options",
+        "{{ xs | tojson }}\n{{ xs | tojson(indent=2) }}\n{{ m | tojson(indent='\t', sort_keys=true) }}\n\
+{{ m | tojson(separators=(',', ':')) }}\n{{ weird | tojson(ensure_ascii=true) }}\n{{ weird | tojson(true) }}\n\
+{{ weird | tojson }}\n{{ messages | tojson(indent=0) }}\n{{ {} | tojson(indent=4) }}{{ [] | tojson(indent=4) }}",
+    ),
+    (
+        "whitespace_control",
+        "{% for message in messages %}\n    {% if loop.first %}\n  first: {{ message.role }}\n    {% else %}\n  other:   {{ message.role }}\n    {% endif %}\n  {%- if not loop.last %}, {% endif %}\n{% endfor %}\n  {%+ if true %}kept-indent{% endif %}\n\n",
+    ),
+    (
+        "string_methods_and_filters",
+        "{% set ns = namespace(n=0, seen=[]) %}{% for m in messages[::-1] %}{% set ns.n = ns.n + 1 %}{% if m.role == 'assistant' %}{% break %}{% endif %}{% endfor %}\
+{{ ns.n }}|{{ messages | length }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}|\
+{{ messages[0].content.strip().upper() }}|{{ '  a b  '.split() }}|{{ 'x,y'.split(',') }}|{{ 'abc'[1:] }}|\
+{{ 'Hello'.startswith('He') }}|{{ 'Hello'.endswith(('lo', 'x')) }}|{{ '  pad '.lstrip() }}|{{ 'a-b'.replace('-', '+') }}|\
+{{ m2.get('k') }}|{{ m2.get('zz', 'dflt') }}|{% for k, v in m2.items() %}{{ k }}={{ v }};{% endfor %}|\
+{{ messages | map(attribute='role') | join(', ') }}|{{ 'x' ~ 1 ~ none }}|{{ ' t ' | trim }}|{{ [3, 1, 2] | sort }}|\
+{{ 'abc' is string }}|{{ 1 is number }}|{{ none is none }}|{{ 'title me'.title() }}|{{ messages[-1]['content'] }}|\
+{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{{ i }}{% endfor %}",
+    ),
+    ("strftime", "{{ strftime_now('%d %B %Y %a %j') }}"),
+    (
+        "!raise",
+        "{% if messages[0].role != 'system' %}{{ raise_exception('First message must be a system message') }}{% endif %}",
+    ),
+];
+
+fn template_probe_messages() -> Vec<Value> {
+    serde_json::from_str(
+        r#"[{"role": "user", "content": "  hello there  "},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "last one"}]"#,
+    )
+    .unwrap()
+}
+
+fn template_probe_kwargs() -> Map<String, Value> {
+    serde_json::from_str(
+        r#"{"flag": true, "nothing": null, "xs": [1, 0.5, "it's", true, null, -0.0, 1e100],
+            "m": {"z": "last", "k": "v", "n": [1, {"deep": "é"}]},
+            "m2": {"k": 1, "b": "two"},
+            "weird": "é😀\u007f\u0001\"\\/<>&'"}"#,
+    )
+    .unwrap()
+}
+
 struct Fixture {
     qwen: Tokenizer,
     qwen_saved: Tokenizer,
@@ -458,6 +517,13 @@ fn fixture() -> &'static Fixture {
                 "chat": small_chat.iter().map(ChatCase::request).collect::<Vec<_>>(),
                 "encode": encode_requests(&small_texts),
                 "decode": decode_requests(&small_decode_cases),
+                "templates": TEMPLATE_PROBES.iter().map(|(_, src)| json!({
+                    "template": src,
+                    "messages": template_probe_messages(),
+                    "tools": null,
+                    "add_generation_prompt": true,
+                    "kwargs": template_probe_kwargs(),
+                })).collect::<Vec<_>>(),
             },
         ]});
         let response = run_oracle(&request);
@@ -650,4 +716,41 @@ fn small_tokenizer_round_trips_through_transformers() {
     }
     check_chat(&f.small, &f.small_chat, &small["chat"]);
     check_chat(&f.small_reloaded, &f.small_chat, &small["chat"]);
+}
+
+#[test]
+fn template_probes_match_jinja2_in_transformers() {
+    let f = fixture();
+    let want = job(2)["templates"].as_array().unwrap();
+    assert_eq!(want.len(), TEMPLATE_PROBES.len());
+    let messages = template_probe_messages();
+    let kwargs = template_probe_kwargs();
+    let mut failures = Vec::new();
+    for ((name, src), want) in TEMPLATE_PROBES.iter().zip(want) {
+        let ours = ChatTemplate::new(*name, *src)
+            .map(|t| t.with_special_tokens(f.small.config()))
+            .and_then(|t| t.render(&messages, None, true, &kwargs));
+        match (
+            name.starts_with('!'),
+            ours,
+            want.get("text").and_then(Value::as_str),
+        ) {
+            (false, Ok(text), Some(theirs)) if text == theirs => {}
+            (true, Err(e), None) => {
+                // Both fail; the template's own message must survive into our error.
+                let theirs = want["error"].as_str().unwrap();
+                assert!(
+                    theirs.contains("First message must be a system message"),
+                    "{theirs}"
+                );
+                assert!(
+                    e.to_string()
+                        .contains("First message must be a system message"),
+                    "{e}"
+                );
+            }
+            (_, ours, _) => failures.push(format!("{name}:\n ours:   {ours:?}\n theirs: {want}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
