@@ -60,18 +60,34 @@ impl Tokenizer {
         } else {
             TokenizerConfig::default()
         };
-        if let Some(files) = load_template_files(dir)? {
+        let from_files = load_template_files(dir)?;
+        let has_files = from_files.is_some();
+        if let Some(files) = from_files {
             config.chat_template = Some(files);
         }
-        Self::build(inner, config, &cfg_path.display().to_string())
+        // Name the file each template came from, so a syntax error points at it.
+        let origin = |name: &str| match (has_files, name) {
+            (false, _) => cfg_path.display().to_string(),
+            (true, "default") => dir.join("chat_template.jinja").display().to_string(),
+            (true, n) => dir
+                .join("additional_chat_templates")
+                .join(format!("{n}.jinja"))
+                .display()
+                .to_string(),
+        };
+        Self::build(inner, config, origin)
     }
 
     /// Wraps an in-memory `tokenizers::Tokenizer` (e.g. one built in code) with a config.
     pub fn from_tokenizers(inner: tokenizers::Tokenizer, config: TokenizerConfig) -> Result<Self> {
-        Self::build(inner, config, "in-memory tokenizer config")
+        Self::build(inner, config, |_| "in-memory tokenizer config".to_string())
     }
 
-    fn build(inner: tokenizers::Tokenizer, config: TokenizerConfig, origin: &str) -> Result<Self> {
+    fn build(
+        inner: tokenizers::Tokenizer,
+        config: TokenizerConfig,
+        origin: impl Fn(&str) -> String,
+    ) -> Result<Self> {
         let mut templates = BTreeMap::new();
         let sources: Vec<(String, String)> = match &config.chat_template {
             None => Vec::new(),
@@ -82,7 +98,7 @@ impl Tokenizer {
                 .collect(),
         };
         for (name, source) in sources {
-            let label = format!("`{name}` from {origin}");
+            let label = format!("`{name}` from {}", origin(&name));
             let t = ChatTemplate::new(label, source)?.with_special_tokens(&config);
             templates.insert(name, t);
         }

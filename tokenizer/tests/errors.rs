@@ -108,7 +108,7 @@ fn template_syntax_error_names_the_source() {
     .unwrap();
     let msg = Tokenizer::from_dir(dir.path()).unwrap_err().to_string();
     assert!(
-        msg.contains("does not compile") && msg.contains("tokenizer_config.json"),
+        msg.contains("does not compile") && msg.contains("chat_template.jinja"),
         "{msg}"
     );
 }
