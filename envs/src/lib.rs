@@ -31,3 +31,7 @@ pub use settings::{parse_overrides, parse_settings, SettingDoc, Settings};
 pub mod __private {
     pub use serde_json;
 }
+
+#[doc = include_str!("../../docs/environments.md")]
+#[cfg(doctest)]
+pub struct EnvironmentsGuide;
