@@ -1,1 +1,43 @@
-fn main() {}
+//! `alp-rl`: the command-line application. Each subcommand lives in its own module under
+//! `src/commands/`; this file only parses arguments and sets up logging.
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+#[derive(Parser)]
+#[command(
+    name = "alp-rl",
+    version,
+    about = "RL post-training for language models on libtorch"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Complete prompts with the local libtorch engine (KV cache, per-token log-probs).
+    Generate(commands::generate::GenerateArgs),
+    /// Inspect environments: list them, sample episodes, score completions.
+    Env(commands::env::EnvArgs),
+    /// Write a small random HF checkpoint with a character tokenizer (demos, smoke tests).
+    NewModel(commands::new_model::NewModelArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    // Logs and progress go to stderr (RUST_LOG controls the level); results go to stdout or --out.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Env(args) => commands::env::run(args),
+        Command::NewModel(args) => commands::new_model::run(args),
+    }
+}

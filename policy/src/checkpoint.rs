@@ -144,7 +144,11 @@ impl CausalLM {
 
     /// A randomly initialised model (HF conventions: N(0, initializer_range) for matrices, ones for
     /// norms, zeros for biases), deterministic for a seed on any device.
-    pub fn random(config: ModelConfig, opts: &LoadOptions, seed: u64) -> Result<CausalLM, PolicyError> {
+    pub fn random(
+        config: ModelConfig,
+        opts: &LoadOptions,
+        seed: u64,
+    ) -> Result<CausalLM, PolicyError> {
         check_compute_kind(opts.kind)?;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
@@ -184,7 +188,11 @@ impl CausalLM {
         };
         let mut owned: BTreeMap<String, OwnedTensor> = BTreeMap::new();
         for (name, tensor) in self.named_parameters() {
-            let t = tensor.detach().to_device(Device::Cpu).to_kind(kind).contiguous();
+            let t = tensor
+                .detach()
+                .to_device(Device::Cpu)
+                .to_kind(kind)
+                .contiguous();
             let numel = t.numel();
             let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
             t.f_copy_data_u8(&mut data, numel)?;

@@ -52,7 +52,9 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope_type: "linear"`).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.x frequency-dependent scaling (`rope_type: "llama3"`).
     Llama3 {
         factor: f64,
@@ -161,10 +163,11 @@ impl ModelConfig {
                 })
             }
         };
-        let raw: RawConfig = serde_json::from_value(value).map_err(|e| PolicyError::ConfigParse {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig =
+            serde_json::from_value(value).map_err(|e| PolicyError::ConfigParse {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
 
         let model_type = match (&raw.model_type, &raw.architectures) {
             (Some(t), _) => t.clone(),
@@ -229,7 +232,11 @@ impl ModelConfig {
         let rope_params = raw.rope_parameters.as_ref().and_then(Value::as_object);
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0);
         let scaling_source = match &raw.rope_scaling {
             Some(Value::Object(map)) => Some(map),

@@ -26,13 +26,17 @@ pub enum PolicyError {
     )]
     UnsupportedArchitecture { path: String, model_type: String },
 
-    #[error("{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)")]
+    #[error(
+        "{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)"
+    )]
     NoWeights { dir: String },
 
     #[error("{path} is truncated or corrupt: {message}")]
     CorruptWeights { path: String, message: String },
 
-    #[error("tensor `{name}` is missing from the checkpoint in {dir} (expected shape {expected:?})")]
+    #[error(
+        "tensor `{name}` is missing from the checkpoint in {dir} (expected shape {expected:?})"
+    )]
     MissingTensor {
         dir: String,
         name: String,

@@ -44,35 +44,87 @@ pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
     };
     let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    push("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], ParamInit::Normal(std));
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, h],
+        ParamInit::Normal(std),
+    );
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        push(format!("{p}.input_layernorm.weight"), vec![h], ParamInit::Ones);
+        push(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            ParamInit::Ones,
+        );
         for (proj, out) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
-            push(format!("{p}.self_attn.{proj}.weight"), vec![out, h], ParamInit::Normal(std));
+            push(
+                format!("{p}.self_attn.{proj}.weight"),
+                vec![out, h],
+                ParamInit::Normal(std),
+            );
             if cfg.qkv_bias {
-                push(format!("{p}.self_attn.{proj}.bias"), vec![out], ParamInit::Zeros);
+                push(
+                    format!("{p}.self_attn.{proj}.bias"),
+                    vec![out],
+                    ParamInit::Zeros,
+                );
             }
         }
-        push(format!("{p}.self_attn.o_proj.weight"), vec![h, q_out], ParamInit::Normal(std));
+        push(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, q_out],
+            ParamInit::Normal(std),
+        );
         if cfg.o_bias {
-            push(format!("{p}.self_attn.o_proj.bias"), vec![h], ParamInit::Zeros);
+            push(
+                format!("{p}.self_attn.o_proj.bias"),
+                vec![h],
+                ParamInit::Zeros,
+            );
         }
         if cfg.architecture == Architecture::Qwen3 {
-            push(format!("{p}.self_attn.q_norm.weight"), vec![d], ParamInit::Ones);
-            push(format!("{p}.self_attn.k_norm.weight"), vec![d], ParamInit::Ones);
+            push(
+                format!("{p}.self_attn.q_norm.weight"),
+                vec![d],
+                ParamInit::Ones,
+            );
+            push(
+                format!("{p}.self_attn.k_norm.weight"),
+                vec![d],
+                ParamInit::Ones,
+            );
         }
-        push(format!("{p}.post_attention_layernorm.weight"), vec![h], ParamInit::Ones);
-        for (proj, shape) in [("gate_proj", [i, h]), ("up_proj", [i, h]), ("down_proj", [h, i])] {
-            push(format!("{p}.mlp.{proj}.weight"), shape.to_vec(), ParamInit::Normal(std));
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            ParamInit::Ones,
+        );
+        for (proj, shape) in [
+            ("gate_proj", [i, h]),
+            ("up_proj", [i, h]),
+            ("down_proj", [h, i]),
+        ] {
+            push(
+                format!("{p}.mlp.{proj}.weight"),
+                shape.to_vec(),
+                ParamInit::Normal(std),
+            );
             if cfg.mlp_bias {
-                push(format!("{p}.mlp.{proj}.bias"), vec![shape[0]], ParamInit::Zeros);
+                push(
+                    format!("{p}.mlp.{proj}.bias"),
+                    vec![shape[0]],
+                    ParamInit::Zeros,
+                );
             }
         }
     }
     push("model.norm.weight".into(), vec![h], ParamInit::Ones);
     if !cfg.tie_word_embeddings {
-        push("lm_head.weight".into(), vec![cfg.vocab_size, h], ParamInit::Normal(std));
+        push(
+            "lm_head.weight".into(),
+            vec![cfg.vocab_size, h],
+            ParamInit::Normal(std),
+        );
     }
     specs
 }
@@ -143,7 +195,11 @@ impl Attention {
             t.transpose(1, 2)
         };
         let q = heads(self.q_proj.forward(x, hooks), self.num_heads, &self.q_norm);
-        let k = heads(self.k_proj.forward(x, hooks), self.num_kv_heads, &self.k_norm);
+        let k = heads(
+            self.k_proj.forward(x, hooks),
+            self.num_kv_heads,
+            &self.k_norm,
+        );
         let v = heads(self.v_proj.forward(x, hooks), self.num_kv_heads, &None);
         let (cos, sin) = rope;
         let q = Rotary::apply(&q, cos, sin);
@@ -509,7 +565,9 @@ pub fn attention_bias(key_valid: &Tensor, q_offset: i64, q_len: i64, kind: Kind)
     let key_pos = Tensor::arange(k_len, (Kind::Int64, device)).view([1, k_len]);
     let query_pos = (Tensor::arange(q_len, (Kind::Int64, device)) + q_offset).view([q_len, 1]);
     let causal = key_pos.le_tensor(&query_pos);
-    let allowed = causal.unsqueeze(0).logical_and(&key_valid.to_kind(Kind::Bool).unsqueeze(1));
+    let allowed = causal
+        .unsqueeze(0)
+        .logical_and(&key_valid.to_kind(Kind::Bool).unsqueeze(1));
     let min = match kind {
         Kind::BFloat16 => -3.3895313892515355e38,
         Kind::Half => -65504.0,

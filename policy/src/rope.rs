@@ -38,7 +38,11 @@ fn inv_freq_values(cfg: &ModelConfig) -> Vec<f32> {
                 .map(|&f| {
                     let f = f as f64;
                     let wavelen = 2.0 * PI / f;
-                    let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
                     let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
                     if medium {
                         let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)

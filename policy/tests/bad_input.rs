@@ -52,7 +52,9 @@ fn load_err(dir: &Path) -> String {
 fn missing_tensor_is_named_with_its_shape() {
     let dir = tempfile::tempdir().unwrap();
     write_valid(dir.path());
-    rewrite_weights(dir.path(), |e| e.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight"));
+    rewrite_weights(dir.path(), |e| {
+        e.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight")
+    });
     let msg = load_err(dir.path());
     assert!(msg.contains("model.layers.1.mlp.up_proj.weight"), "{msg}");
     assert!(msg.contains("missing") && msg.contains("[32, 16]"), "{msg}");
@@ -63,11 +65,17 @@ fn misshaped_tensor_names_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     write_valid(dir.path());
     rewrite_weights(dir.path(), |e| {
-        let t = e.iter_mut().find(|(n, ..)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        let t = e
+            .iter_mut()
+            .find(|(n, ..)| n == "model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
         t.2 = vec![16, 8]; // 128 elements in a [8, 16] slot
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.layers.0.self_attn.k_proj.weight"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.self_attn.k_proj.weight"),
+        "{msg}"
+    );
     assert!(msg.contains("[16, 8]") && msg.contains("[8, 16]"), "{msg}");
 }
 
@@ -79,7 +87,10 @@ fn truncated_file_is_reported_as_corrupt() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.safetensors") && msg.contains("truncated or corrupt"), "{msg}");
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated or corrupt"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -90,7 +101,10 @@ fn unknown_architecture_is_named() {
     cfg["model_type"] = json!("gpt_neox");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("gpt_neox") && msg.contains("unknown architecture"), "{msg}");
+    assert!(
+        msg.contains("gpt_neox") && msg.contains("unknown architecture"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -98,11 +112,17 @@ fn wrong_dtype_on_disk_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write_valid(dir.path());
     rewrite_weights(dir.path(), |e| {
-        let t = e.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
+        let t = e
+            .iter_mut()
+            .find(|(n, ..)| n == "model.norm.weight")
+            .unwrap();
         t.1 = Dtype::I32; // same byte size as f32
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.norm.weight") && msg.contains("I32"), "{msg}");
+    assert!(
+        msg.contains("model.norm.weight") && msg.contains("I32"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -114,7 +134,10 @@ fn unsupported_compute_dtype_is_refused() {
         ..LoadOptions::default()
     };
     let msg = CausalLM::load(dir.path(), &opts).unwrap_err().to_string();
-    assert!(msg.contains("Int64") && msg.contains("f32, bf16 or f16"), "{msg}");
+    assert!(
+        msg.contains("Int64") && msg.contains("f32, bf16 or f16"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -125,7 +148,10 @@ fn missing_config_field_is_named() {
     cfg.as_object_mut().unwrap().remove("intermediate_size");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(dir.path());
-    assert!(msg.contains("config.json") && msg.contains("`intermediate_size` is missing"), "{msg}");
+    assert!(
+        msg.contains("config.json") && msg.contains("`intermediate_size` is missing"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -133,10 +159,18 @@ fn unexpected_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     write_valid(dir.path());
     rewrite_weights(dir.path(), |e| {
-        e.push(("model.layers.0.self_attn.q_norm.weight".into(), Dtype::F32, vec![8], vec![0; 32]))
+        e.push((
+            "model.layers.0.self_attn.q_norm.weight".into(),
+            Dtype::F32,
+            vec![8],
+            vec![0; 32],
+        ))
     });
     let msg = load_err(dir.path());
-    assert!(msg.contains("model.layers.0.self_attn.q_norm.weight") && msg.contains("Qwen2ForCausalLM"), "{msg}");
+    assert!(
+        msg.contains("model.layers.0.self_attn.q_norm.weight") && msg.contains("Qwen2ForCausalLM"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -161,9 +195,20 @@ fn sharded_checkpoints_load_like_single_files() {
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let views: Vec<(String, TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
-        safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &dir.path().join(file)).unwrap();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let views: Vec<(String, TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(
+            views,
+            None::<HashMap<String, String>>,
+            &dir.path().join(file),
+        )
+        .unwrap();
         for n in part {
             weight_map.insert(n.clone(), json!(file));
         }
@@ -175,7 +220,11 @@ fn sharded_checkpoints_load_like_single_files() {
     )
     .unwrap();
     let sharded = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
-    for ((n, a), (_, b)) in single.named_parameters().iter().zip(sharded.named_parameters()) {
+    for ((n, a), (_, b)) in single
+        .named_parameters()
+        .iter()
+        .zip(sharded.named_parameters())
+    {
         assert!(a.equal(&b), "{n} differs between single and sharded loads");
     }
 }
@@ -191,13 +240,19 @@ fn config_spellings_of_transformers_4_and_5_agree() {
     obj.remove("rope_theta");
     obj.remove("torch_dtype");
     obj.insert("dtype".into(), json!("bfloat16"));
-    obj.insert("rope_parameters".into(), json!({"rope_type": "llama3", "rope_theta": 500000.0,
+    obj.insert(
+        "rope_parameters".into(),
+        json!({"rope_type": "llama3", "rope_theta": 500000.0,
         "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64}));
+        "original_max_position_embeddings": 64}),
+    );
     let a = ModelConfig::from_json_str(&v4.to_string(), "v4").unwrap();
     let b = ModelConfig::from_json_str(&v5.to_string(), "v5").unwrap();
     assert_eq!(a.rope_theta, b.rope_theta);
     assert_eq!(a.rope_scaling, b.rope_scaling);
     assert_eq!(b.stored_dtype.as_deref(), Some("bfloat16"));
-    assert!(matches!(a.rope_scaling, alp_policy::RopeScaling::Llama3 { .. }));
+    assert!(matches!(
+        a.rope_scaling,
+        alp_policy::RopeScaling::Llama3 { .. }
+    ));
 }

@@ -19,8 +19,18 @@ fn pad(prompts: &[Vec<i64>], left: bool) -> (Tensor, Tensor, Vec<i64>) {
         let padding = max - p.len();
         let (pre, post) = if left { (padding, 0) } else { (0, padding) };
         offsets.push(pre as i64);
-        ids.extend(std::iter::repeat(0).take(pre).chain(p.iter().copied()).chain(std::iter::repeat(0).take(post)));
-        mask.extend(std::iter::repeat(0i64).take(pre).chain(std::iter::repeat(1).take(p.len())).chain(std::iter::repeat(0).take(post)));
+        ids.extend(
+            std::iter::repeat(0)
+                .take(pre)
+                .chain(p.iter().copied())
+                .chain(std::iter::repeat(0).take(post)),
+        );
+        mask.extend(
+            std::iter::repeat(0i64)
+                .take(pre)
+                .chain(std::iter::repeat(1).take(p.len()))
+                .chain(std::iter::repeat(0).take(post)),
+        );
     }
     let b = prompts.len() as i64;
     (
@@ -74,22 +84,35 @@ fn logits_match_transformers_for_ragged_batches_and_save_round_trips() {
         let saved = tempfile::tempdir().unwrap();
         model.save(saved.path()).unwrap();
         let reloaded = CausalLM::load(saved.path(), &LoadOptions::default()).unwrap();
-        for ((n1, t1), (n2, t2)) in model.named_parameters().iter().zip(reloaded.named_parameters()) {
+        for ((n1, t1), (n2, t2)) in model
+            .named_parameters()
+            .iter()
+            .zip(reloaded.named_parameters())
+        {
             assert_eq!(n1, &n2);
             assert!(t1.equal(&t2), "{arch}: {n1} differs after save/load");
         }
         let header = std::fs::read(saved.path().join("model.safetensors")).unwrap();
-        let names = safetensors::SafeTensors::deserialize(&header).unwrap().names().len();
+        let names = safetensors::SafeTensors::deserialize(&header)
+            .unwrap()
+            .names()
+            .len();
         let has_head = safetensors::SafeTensors::deserialize(&header)
             .unwrap()
             .names()
             .iter()
             .any(|n| n == &"lm_head.weight");
         assert_eq!(names, model.named_parameters().len());
-        assert_eq!(has_head, !tied, "{arch}: tied models must not save lm_head.weight");
+        assert_eq!(
+            has_head, !tied,
+            "{arch}: tied models must not save lm_head.weight"
+        );
         let from_ours = oracle::reference(saved.path(), &prompts, 0);
         let d = max_diff(&model, &prompts, &from_ours, false);
-        assert!(d < TOL, "{arch}: transformers on our saved checkpoint differs by {d}");
+        assert!(
+            d < TOL,
+            "{arch}: transformers on our saved checkpoint differs by {d}"
+        );
     }
 }
 
@@ -111,16 +134,24 @@ fn bf16_load_converts_and_stays_close_to_f32() {
     let diff = f64::try_from((&a - &b).abs().max()).unwrap();
     let scale = f64::try_from(a.abs().max()).unwrap();
     // bf16 keeps 8 mantissa bits: the logits agree to a few percent of their range, and differ.
-    assert!(diff > 0.0 && diff < 0.1 * scale, "bf16 vs f32 diff {diff}, scale {scale}");
+    assert!(
+        diff > 0.0 && diff < 0.1 * scale,
+        "bf16 vs f32 diff {diff}, scale {scale}"
+    );
 
     // A bf16 save round-trips bit-exactly and is written as bf16.
     let saved = tempfile::tempdir().unwrap();
     bf16_model.save(saved.path()).unwrap();
     let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(saved.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(saved.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
     let again = CausalLM::load(saved.path(), &bf16).unwrap();
-    for ((name, x), (_, y)) in bf16_model.named_parameters().iter().zip(again.named_parameters()) {
+    for ((name, x), (_, y)) in bf16_model
+        .named_parameters()
+        .iter()
+        .zip(again.named_parameters())
+    {
         assert!(x.equal(&y), "{name} differs after a bf16 round trip");
     }
 }

@@ -15,7 +15,10 @@ use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingPar
 use serde_json::json;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -26,9 +29,16 @@ fn main() {
     let dtypes: String = env_or("BENCH_DTYPES", "f32,bf16".to_string());
     tch::set_num_threads(threads);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let python = root.join(".venv/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/setup.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
     let cfg = json!({
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32000,
         "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
@@ -43,7 +53,11 @@ fn main() {
         .save(dir.path())
         .unwrap();
     let prompts: Vec<Vec<i64>> = (0..batch)
-        .map(|r| (0..prompt_len).map(|t| ((r * 7919 + t * 104_729) % 32_000) as i64).collect())
+        .map(|r| {
+            (0..prompt_len)
+                .map(|t| ((r * 7919 + t * 104_729) % 32_000) as i64)
+                .collect()
+        })
         .collect();
     let prompts_path = dir.path().join("prompts.json");
     std::fs::write(&prompts_path, serde_json::to_string(&prompts).unwrap()).unwrap();
@@ -54,12 +68,30 @@ fn main() {
     );
     for dtype in dtypes.split(',') {
         let kind = alp_policy::parse_kind(dtype).unwrap();
-        let model = CausalLM::load(dir.path(), &LoadOptions { kind, ..Default::default() }).unwrap();
+        let model = CausalLM::load(
+            dir.path(),
+            &LoadOptions {
+                kind,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut engine = LocalEngine::new(model, batch);
-        let requests: Vec<_> = prompts.iter().cloned().map(GenerationRequest::new).collect();
-        let params = SamplingParams { max_new_tokens: new_tokens, seed: 0, ..Default::default() };
+        let requests: Vec<_> = prompts
+            .iter()
+            .cloned()
+            .map(GenerationRequest::new)
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: new_tokens,
+            seed: 0,
+            ..Default::default()
+        };
         // Warm-up, as on the Python side.
-        let warm = SamplingParams { max_new_tokens: 4, ..params.clone() };
+        let warm = SamplingParams {
+            max_new_tokens: 4,
+            ..params.clone()
+        };
         engine.generate(&requests, &warm).unwrap();
         let start = Instant::now();
         let out = engine.generate(&requests, &params).unwrap();
@@ -69,13 +101,21 @@ fn main() {
 
         let output = Command::new(&python)
             .arg(root.join("scripts/oracles/bench_generate.py"))
-            .args([dir.path().to_str().unwrap(), prompts_path.to_str().unwrap(), dtype])
+            .args([
+                dir.path().to_str().unwrap(),
+                prompts_path.to_str().unwrap(),
+                dtype,
+            ])
             .arg(threads.to_string())
             .arg(new_tokens.to_string())
             .env("OMP_NUM_THREADS", threads.to_string())
             .output()
             .expect("run the transformers benchmark");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let hf: serde_json::Value =
             serde_json::from_slice(output.stdout.trim_ascii()).expect("benchmark JSON");
         let theirs = hf["tokens_per_s"].as_f64().unwrap();

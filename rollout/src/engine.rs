@@ -56,7 +56,9 @@ impl LocalEngine {
                 return Err(bad("the prompt is empty".into()));
             }
             if let Some(&t) = r.prompt_ids.iter().find(|&&t| t < 0 || t >= vocab) {
-                return Err(bad(format!("token id {t} is outside the vocabulary [0, {vocab})")));
+                return Err(bad(format!(
+                    "token id {t} is outside the vocabulary [0, {vocab})"
+                )));
             }
         }
         Ok(())
@@ -99,10 +101,16 @@ impl LocalEngine {
         for (i, r) in chunk.iter().enumerate() {
             let start = i * prompt_len as usize + prompt_len as usize - r.prompt_ids.len();
             ids[start..start + r.prompt_ids.len()].copy_from_slice(&r.prompt_ids);
-            valid[start..start + r.prompt_ids.len()].iter_mut().for_each(|v| *v = true);
+            valid[start..start + r.prompt_ids.len()]
+                .iter_mut()
+                .for_each(|v| *v = true);
         }
-        let ids = Tensor::from_slice(&ids).view([b, prompt_len]).to_device(device);
-        let valid = Tensor::from_slice(&valid).view([b, prompt_len]).to_device(device);
+        let ids = Tensor::from_slice(&ids)
+            .view([b, prompt_len])
+            .to_device(device);
+        let valid = Tensor::from_slice(&valid)
+            .view([b, prompt_len])
+            .to_device(device);
         let capacity = prompt_len + max_new;
         let mut key_valid = Tensor::zeros([b, capacity], (Kind::Bool, device));
         key_valid.narrow(1, 0, prompt_len).copy_(&valid);
@@ -122,7 +130,15 @@ impl LocalEngine {
         let request_ids: Vec<usize> = rows.iter().map(|r| r.request).collect();
         let mut sampler = RowSampler::new(params, &request_ids);
         if rows.iter().any(|r| r.finish.is_some()) {
-            self.compact(&mut rows, &mut active, &mut cache, &mut key_valid, &mut last_hidden, &mut next_pos, &mut sampler);
+            self.compact(
+                &mut rows,
+                &mut active,
+                &mut cache,
+                &mut key_valid,
+                &mut last_hidden,
+                &mut next_pos,
+                &mut sampler,
+            );
         }
 
         for step in 0..max_new {
@@ -147,13 +163,23 @@ impl LocalEngine {
                 .filter(|(_, &r)| rows[r].finish.is_none())
                 .map(|(k, _)| tokens[k])
                 .collect();
-            self.compact(&mut rows, &mut active, &mut cache, &mut key_valid, &mut last_hidden, &mut next_pos, &mut sampler);
+            self.compact(
+                &mut rows,
+                &mut active,
+                &mut cache,
+                &mut key_valid,
+                &mut last_hidden,
+                &mut next_pos,
+                &mut sampler,
+            );
             if active.is_empty() {
                 break;
             }
             // Feed the sampled tokens: they sit at cache column prompt_len + step.
             let n = active.len() as i64;
-            let input = Tensor::from_slice(&next_tokens).view([n, 1]).to_device(device);
+            let input = Tensor::from_slice(&next_tokens)
+                .view([n, 1])
+                .to_device(device);
             let positions = Tensor::from_slice(&next_pos).view([n, 1]).to_device(device);
             let _ = key_valid.narrow(1, prompt_len + step, 1).fill_(1);
             last_hidden = self.model.forward_cached(

@@ -4,7 +4,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum RolloutError {
     #[error("sampling setting `{field}` {problem}")]
-    InvalidSetting { field: &'static str, problem: String },
+    InvalidSetting {
+        field: &'static str,
+        problem: String,
+    },
 
     #[error("request {index}: {problem}")]
     InvalidRequest { index: usize, problem: String },

@@ -61,18 +61,28 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Refuses settings that have no meaning, naming the field.
     pub fn validate(&self) -> Result<(), RolloutError> {
-        let bad = |field: &'static str, problem: String| RolloutError::InvalidSetting { field, problem };
+        let bad =
+            |field: &'static str, problem: String| RolloutError::InvalidSetting { field, problem };
         if !self.greedy && !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(bad(
                 "temperature",
-                format!("is {}; use a positive value, or greedy decoding", self.temperature),
+                format!(
+                    "is {}; use a positive value, or greedy decoding",
+                    self.temperature
+                ),
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(bad("top_p", format!("is {}; it must be in (0, 1]", self.top_p)));
+            return Err(bad(
+                "top_p",
+                format!("is {}; it must be in (0, 1]", self.top_p),
+            ));
         }
         if self.top_k < 0 {
-            return Err(bad("top_k", format!("is {}; use 0 (off) or a positive count", self.top_k)));
+            return Err(bad(
+                "top_k",
+                format!("is {}; use 0 (off) or a positive count", self.top_k),
+            ));
         }
         Ok(())
     }
@@ -132,7 +142,10 @@ impl RowSampler {
     /// Keeps the RNGs of the listed rows (after finished rows leave the batch).
     pub fn retain_rows(&mut self, keep: &[usize]) {
         let mut old: Vec<Option<StdRng>> = self.rngs.drain(..).map(Some).collect();
-        self.rngs = keep.iter().map(|&i| old[i].take().expect("rows kept once")).collect();
+        self.rngs = keep
+            .iter()
+            .map(|&i| old[i].take().expect("rows kept once"))
+            .collect();
     }
 
     /// Samples one token per row from `logits` (`[rows, vocab]`, any float dtype).
@@ -141,7 +154,9 @@ impl RowSampler {
         let raw = || logits.log_softmax(-1, Kind::Float);
         if params.greedy {
             let tokens = logits.argmax(-1, false);
-            let lps = raw().gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+            let lps = raw()
+                .gather(-1, &tokens.unsqueeze(-1), false)
+                .squeeze_dim(-1);
             return (
                 Vec::<i64>::try_from(&tokens).expect("int64 tokens"),
                 Vec::<f32>::try_from(&lps).expect("f32 log-probs"),
@@ -150,8 +165,8 @@ impl RowSampler {
         let sampling = processed_logprobs(&logits, params);
         let rows = sampling.size()[0] as usize;
         let vocab = sampling.size()[1] as usize;
-        let probs: Vec<f32> = Vec::try_from(sampling.exp().contiguous().view([-1]))
-            .expect("f32 probabilities");
+        let probs: Vec<f32> =
+            Vec::try_from(sampling.exp().contiguous().view([-1])).expect("f32 probabilities");
         let tokens: Vec<i64> = (0..rows)
             .map(|r| draw(&probs[r * vocab..(r + 1) * vocab], &mut self.rngs[r]) as i64)
             .collect();
@@ -160,7 +175,9 @@ impl RowSampler {
             LogprobMode::Temperature => (&logits / params.temperature).log_softmax(-1, Kind::Float),
             LogprobMode::Raw => raw(),
         };
-        let index = Tensor::from_slice(&tokens).to_device(logits.device()).unsqueeze(-1);
+        let index = Tensor::from_slice(&tokens)
+            .to_device(logits.device())
+            .unsqueeze(-1);
         let lps = recorded.gather(-1, &index, false).squeeze_dim(-1);
         (tokens, Vec::<f32>::try_from(&lps).expect("f32 log-probs"))
     }

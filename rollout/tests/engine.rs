@@ -2,8 +2,8 @@
 //! distribution is the processed softmax, seeds reproduce, and stops and limits end rows.
 use alp_policy::{attention_bias, CausalLM, LoadOptions, ModelConfig, NoHooks};
 use alp_rollout::{
-    processed_logprobs, FinishReason, GenerationBackend, GenerationRequest, LocalEngine, LogprobMode,
-    SamplingParams,
+    processed_logprobs, FinishReason, GenerationBackend, GenerationRequest, LocalEngine,
+    LogprobMode, SamplingParams,
 };
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -35,7 +35,9 @@ fn kv_cache_decode_equals_full_recompute_with_padding() {
         for (r, prompt) in prompts.iter().enumerate() {
             let start = r * p as usize + p as usize - prompt.len();
             ids[start..start + prompt.len()].copy_from_slice(prompt);
-            valid[start..start + prompt.len()].iter_mut().for_each(|v| *v = true);
+            valid[start..start + prompt.len()]
+                .iter_mut()
+                .for_each(|v| *v = true);
         }
         let ids_t = Tensor::from_slice(&ids).view([2, p]);
         let valid_t = Tensor::from_slice(&valid).view([2, p]);
@@ -53,9 +55,16 @@ fn kv_cache_decode_equals_full_recompute_with_padding() {
             );
             all.push(model.logits(&h.narrow(1, p - 1, 1), &NoHooks));
             for s in 0..steps {
-                let input = Tensor::from_slice(&[decode[0][s as usize], decode[1][s as usize]]).view([2, 1]);
+                let input = Tensor::from_slice(&[decode[0][s as usize], decode[1][s as usize]])
+                    .view([2, 1]);
                 let pos = Tensor::from_slice(&[5 + s, 2 + s]).view([2, 1]);
-                let h = model.forward_cached(&input, &pos, &key_valid.narrow(1, 0, p + s + 1), &mut cache, &NoHooks);
+                let h = model.forward_cached(
+                    &input,
+                    &pos,
+                    &key_valid.narrow(1, 0, p + s + 1),
+                    &mut cache,
+                    &NoHooks,
+                );
                 all.push(model.logits(&h, &NoHooks));
             }
             Tensor::cat(&all, 1)
@@ -66,7 +75,10 @@ fn kv_cache_decode_equals_full_recompute_with_padding() {
         let full = tch::no_grad(|| model.forward(&full_ids, Some(&full_mask), &NoHooks));
         let expected = full.narrow(1, p - 1, steps + 1);
         let diff = f64::try_from((&logits_cached - &expected).abs().max()).unwrap();
-        assert!(diff < 1e-4, "{arch}: cached vs full recompute max abs diff {diff}");
+        assert!(
+            diff < 1e-4,
+            "{arch}: cached vs full recompute max abs diff {diff}"
+        );
     }
 }
 
@@ -74,7 +86,11 @@ fn kv_cache_decode_equals_full_recompute_with_padding() {
 fn engine_logprobs_equal_full_recompute_in_raw_mode() {
     tch::set_num_threads(1);
     let model = tiny_model("qwen3", 3);
-    let prompts = vec![vec![1i64, 2, 3, 4, 5, 6, 7], vec![8, 9], vec![10, 11, 12, 13]];
+    let prompts = vec![
+        vec![1i64, 2, 3, 4, 5, 6, 7],
+        vec![8, 9],
+        vec![10, 11, 12, 13],
+    ];
     let params = SamplingParams {
         temperature: 1.0,
         max_new_tokens: 12,
@@ -83,18 +99,34 @@ fn engine_logprobs_equal_full_recompute_in_raw_mode() {
         stop_token_ids: vec![17],
         ..SamplingParams::default()
     };
-    let requests: Vec<_> = prompts.iter().cloned().map(GenerationRequest::new).collect();
+    let requests: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(GenerationRequest::new)
+        .collect();
     let mut engine = LocalEngine::new(model, 8);
     let out = engine.generate(&requests, &params).unwrap();
     for c in &out {
-        let seq: Vec<i64> = c.prompt_ids.iter().chain(&c.completion_ids).copied().collect();
+        let seq: Vec<i64> = c
+            .prompt_ids
+            .iter()
+            .chain(&c.completion_ids)
+            .copied()
+            .collect();
         let n = seq.len() as i64;
-        let logits = tch::no_grad(|| engine.model().forward(&Tensor::from_slice(&seq).view([1, n]), None, &NoHooks));
+        let logits = tch::no_grad(|| {
+            engine
+                .model()
+                .forward(&Tensor::from_slice(&seq).view([1, n]), None, &NoHooks)
+        });
         let lp = logits.get(0).log_softmax(-1, Kind::Float);
         for (t, (&tok, &got)) in c.completion_ids.iter().zip(&c.logprobs).enumerate() {
             let pos = c.prompt_ids.len() as i64 + t as i64 - 1;
             let want = f64::try_from(lp.get(pos).get(tok)).unwrap();
-            assert!((want - got as f64).abs() < 1e-4, "token {t}: engine {got} vs recompute {want}");
+            assert!(
+                (want - got as f64).abs() < 1e-4,
+                "token {t}: engine {got} vs recompute {want}"
+            );
         }
     }
 }
@@ -106,7 +138,9 @@ fn sampled_distribution_matches_processed_softmax() {
     let model = tiny_model("llama", 5);
     let prompt = vec![4i64, 8, 15, 16, 23, 42];
     let n = 20_000usize;
-    for (temperature, top_p, top_k) in [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 10), (1.0, 0.8, 20)] {
+    for (temperature, top_p, top_k) in
+        [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 10), (1.0, 0.8, 20)]
+    {
         let params = SamplingParams {
             temperature,
             top_p,
@@ -120,11 +154,12 @@ fn sampled_distribution_matches_processed_softmax() {
                 .forward(&Tensor::from_slice(&prompt).view([1, 6]), None, &NoHooks)
                 .select(1, 5)
         });
-        let expected: Vec<f64> = Vec::<f32>::try_from(processed_logprobs(&logits, &params).exp().view([-1]))
-            .unwrap()
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let expected: Vec<f64> =
+            Vec::<f32>::try_from(processed_logprobs(&logits, &params).exp().view([-1]))
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect();
         let mut engine = LocalEngine::new(model_clone(&model), 5_000);
         let requests = vec![GenerationRequest::new(prompt.clone()); n];
         let out = engine.generate(&requests, &params).unwrap();
@@ -137,7 +172,10 @@ fn sampled_distribution_matches_processed_softmax() {
         }
         // Tokens removed by top-k / top-p are never drawn.
         for (tok, (&count, &p)) in counts.iter().zip(&expected).enumerate() {
-            assert!(p > 0.0 || count == 0, "token {tok} has zero mass but was drawn {count} times");
+            assert!(
+                p > 0.0 || count == 0,
+                "token {tok} has zero mass but was drawn {count} times"
+            );
         }
         // Total variation: E[TV] is about 0.5 * sum sqrt(2 p / (pi n)) (< 0.02 here) and McDiarmid gives
         // P(TV > E + 0.02) < exp(-2 n 0.02^2) = e^-16, so 0.04 fails only on a real mismatch.
@@ -147,7 +185,10 @@ fn sampled_distribution_matches_processed_softmax() {
             .map(|(&c, &p)| (c as f64 / n as f64 - p).abs())
             .sum::<f64>()
             / 2.0;
-        assert!(tv < 0.04, "T={temperature} top_p={top_p} top_k={top_k}: total variation {tv}");
+        assert!(
+            tv < 0.04,
+            "T={temperature} top_p={top_p} top_k={top_k}: total variation {tv}"
+        );
     }
 }
 
@@ -168,22 +209,38 @@ fn seeds_reproduce_and_do_not_depend_on_batching() {
         seed: 42,
         ..SamplingParams::default()
     };
-    let a = LocalEngine::new(tiny_model("qwen2", 1), 6).generate(&requests, &params).unwrap();
-    let b = LocalEngine::new(tiny_model("qwen2", 1), 4).generate(&requests, &params).unwrap();
-    let c = LocalEngine::new(tiny_model("qwen2", 1), 1).generate(&requests, &params).unwrap();
+    let a = LocalEngine::new(tiny_model("qwen2", 1), 6)
+        .generate(&requests, &params)
+        .unwrap();
+    let b = LocalEngine::new(tiny_model("qwen2", 1), 4)
+        .generate(&requests, &params)
+        .unwrap();
+    let c = LocalEngine::new(tiny_model("qwen2", 1), 1)
+        .generate(&requests, &params)
+        .unwrap();
     // Tokens are identical; log-probs agree up to float reassociation across batch shapes.
     let same = |x: &[alp_rollout::Completion], y: &[alp_rollout::Completion]| {
         x.iter().zip(y).all(|(p, q)| {
             p.completion_ids == q.completion_ids
-                && p.logprobs.iter().zip(&q.logprobs).all(|(u, v)| (u - v).abs() < 1e-5)
+                && p.logprobs
+                    .iter()
+                    .zip(&q.logprobs)
+                    .all(|(u, v)| (u - v).abs() < 1e-5)
         })
     };
     assert!(same(&a, &b), "batch size 4 changed the samples");
     assert!(same(&a, &c), "batch size 1 changed the samples");
-    let again = LocalEngine::new(tiny_model("qwen2", 1), 6).generate(&requests, &params).unwrap();
-    assert_eq!(a, again, "the same seed and batching must reproduce bit for bit");
+    let again = LocalEngine::new(tiny_model("qwen2", 1), 6)
+        .generate(&requests, &params)
+        .unwrap();
+    assert_eq!(
+        a, again,
+        "the same seed and batching must reproduce bit for bit"
+    );
     let other_seed = SamplingParams { seed: 43, ..params };
-    let d = LocalEngine::new(tiny_model("qwen2", 1), 6).generate(&requests, &other_seed).unwrap();
+    let d = LocalEngine::new(tiny_model("qwen2", 1), 6)
+        .generate(&requests, &other_seed)
+        .unwrap();
     assert!(!same(&a, &d), "a different seed must change the samples");
 }
 
@@ -197,9 +254,15 @@ fn stop_tokens_and_per_row_limits_end_rows() {
         max_new_tokens: 8,
         ..SamplingParams::default()
     };
-    let free = engine.generate(&[GenerationRequest::new(vec![5, 6, 7])], &greedy).unwrap();
+    let free = engine
+        .generate(&[GenerationRequest::new(vec![5, 6, 7])], &greedy)
+        .unwrap();
     let third = free[0].completion_ids[2];
-    let first_occurrence = free[0].completion_ids.iter().position(|&t| t == third).unwrap();
+    let first_occurrence = free[0]
+        .completion_ids
+        .iter()
+        .position(|&t| t == third)
+        .unwrap();
     let requests = vec![
         GenerationRequest {
             prompt_ids: vec![5, 6, 7],
@@ -220,7 +283,10 @@ fn stop_tokens_and_per_row_limits_end_rows() {
     ];
     let out = engine.generate(&requests, &greedy).unwrap();
     assert_eq!(out[0].finish_reason, FinishReason::Stop);
-    assert_eq!(out[0].completion_ids, free[0].completion_ids[..=first_occurrence].to_vec());
+    assert_eq!(
+        out[0].completion_ids,
+        free[0].completion_ids[..=first_occurrence].to_vec()
+    );
     assert_eq!(out[1].finish_reason, FinishReason::Length);
     assert_eq!(out[1].completion_ids, free[0].completion_ids[..3].to_vec());
     assert!(out[2].completion_ids.is_empty());
@@ -232,12 +298,30 @@ fn stop_tokens_and_per_row_limits_end_rows() {
 fn bad_requests_and_settings_are_refused() {
     let mut engine = LocalEngine::new(tiny_model("qwen2", 2), 4);
     let ok = SamplingParams::default();
-    let err = engine.generate(&[GenerationRequest::new(vec![])], &ok).unwrap_err();
+    let err = engine
+        .generate(&[GenerationRequest::new(vec![])], &ok)
+        .unwrap_err();
     assert!(err.to_string().contains("request 0") && err.to_string().contains("empty"));
-    let err = engine.generate(&[GenerationRequest::new(vec![1, 64])], &ok).unwrap_err();
+    let err = engine
+        .generate(&[GenerationRequest::new(vec![1, 64])], &ok)
+        .unwrap_err();
     assert!(err.to_string().contains("64") && err.to_string().contains("vocabulary"));
-    let bad = SamplingParams { top_p: 0.0, ..ok.clone() };
-    assert!(engine.generate(&[GenerationRequest::new(vec![1])], &bad).unwrap_err().to_string().contains("top_p"));
-    let bad = SamplingParams { temperature: 0.0, ..ok };
-    assert!(engine.generate(&[GenerationRequest::new(vec![1])], &bad).unwrap_err().to_string().contains("temperature"));
+    let bad = SamplingParams {
+        top_p: 0.0,
+        ..ok.clone()
+    };
+    assert!(engine
+        .generate(&[GenerationRequest::new(vec![1])], &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("top_p"));
+    let bad = SamplingParams {
+        temperature: 0.0,
+        ..ok
+    };
+    assert!(engine
+        .generate(&[GenerationRequest::new(vec![1])], &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("temperature"));
 }

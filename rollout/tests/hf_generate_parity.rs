@@ -4,7 +4,9 @@
 mod oracle;
 
 use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{FinishReason, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
+use alp_rollout::{
+    FinishReason, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams,
+};
 
 const NEW_TOKENS: usize = 40;
 
@@ -23,12 +25,24 @@ fn greedy_generation_matches_transformers() {
             max_new_tokens: NEW_TOKENS,
             ..SamplingParams::default()
         };
-        let requests: Vec<_> = prompts.iter().cloned().map(GenerationRequest::new).collect();
+        let requests: Vec<_> = prompts
+            .iter()
+            .cloned()
+            .map(GenerationRequest::new)
+            .collect();
         let out = engine.generate(&requests, &params).unwrap();
         for (i, (ours, theirs)) in out.iter().zip(&reference).enumerate() {
-            assert_eq!(ours.completion_ids, theirs.greedy_ids, "{arch} tied={tied} prompt {i}");
+            assert_eq!(
+                ours.completion_ids, theirs.greedy_ids,
+                "{arch} tied={tied} prompt {i}"
+            );
             assert_eq!(ours.finish_reason, FinishReason::Length);
-            for (t, (a, b)) in ours.logprobs.iter().zip(&theirs.greedy_logprobs).enumerate() {
+            for (t, (a, b)) in ours
+                .logprobs
+                .iter()
+                .zip(&theirs.greedy_logprobs)
+                .enumerate()
+            {
                 assert!(
                     (*a as f64 - b).abs() < 1e-4,
                     "{arch} prompt {i} token {t}: log-prob {a} vs transformers {b}"

@@ -1,0 +1,4 @@
+//! One module per `alp-rl` subcommand.
+pub mod env;
+pub mod generate;
+pub mod new_model;

@@ -1,0 +1,75 @@
+//! `alp-rl new-model`: write a small random HF checkpoint with a character-level tokenizer, for demos,
+//! smoke tests and as the starting point of the built-in default.
+use std::path::PathBuf;
+
+use alp_policy::{parse_kind, CausalLM, LoadOptions, ModelConfig};
+use alp_tokenizer::CharTokenizerSpec;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct NewModelArgs {
+    /// Size preset: `tiny` (2 layers, hidden 64) or `small` (4 layers, hidden 256).
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Decoder family: qwen2, qwen3 or llama.
+    #[arg(long, default_value = "qwen2")]
+    pub arch: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// dtype written to disk: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+pub fn run(args: NewModelArgs) -> Result<()> {
+    let spec = CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars());
+    let tokenizer = spec.build()?;
+    let (layers, hidden, heads, kv_heads, inter) = match args.preset.as_str() {
+        "tiny" => (2, 64, 4, 2, 192),
+        "small" => (4, 256, 8, 2, 704),
+        other => bail!("--preset {other:?}: use tiny or small"),
+    };
+    let class = match args.arch.as_str() {
+        "qwen2" => "Qwen2ForCausalLM",
+        "qwen3" => "Qwen3ForCausalLM",
+        "llama" => "LlamaForCausalLM",
+        other => bail!("--arch {other:?}: use qwen2, qwen3 or llama"),
+    };
+    let eos = tokenizer
+        .eos_token_id()
+        .context("the char tokenizer has an EOS token")?;
+    let config = json!({
+        "architectures": [class], "model_type": args.arch,
+        "vocab_size": tokenizer.vocab_size(), "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": hidden / heads, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 2048, "tie_word_embeddings": true, "hidden_act": "silu",
+        "initializer_range": 0.02, "bos_token_id": null, "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id(), "torch_dtype": "float32"
+    });
+    let config = ModelConfig::from_json_str(&config.to_string(), "new-model preset")?;
+    let kind = parse_kind(&args.dtype)?;
+    let model = CausalLM::random(
+        config,
+        &LoadOptions {
+            kind,
+            ..LoadOptions::default()
+        },
+        args.seed,
+    )?;
+    model
+        .save(&args.out)
+        .with_context(|| format!("cannot write the model to {}", args.out.display()))?;
+    tokenizer.save(&args.out)?;
+    let params: i64 = model
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    tracing::info!(dir = %args.out.display(), params, preset = %args.preset, "wrote a random model");
+    Ok(())
+}

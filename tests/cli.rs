@@ -1,0 +1,231 @@
+//! The `alp-rl` binary as a user runs it: `new-model`, `generate` and `env`.
+use std::path::Path;
+use std::process::{Command, Output};
+
+use alp_tokenizer::Tokenizer;
+use serde_json::Value;
+
+fn alp_rl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alp-rl")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "alp-rl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn new_model(dir: &Path) {
+    ok(alp_rl(&[
+        "new-model",
+        "--preset",
+        "tiny",
+        "--out",
+        dir.to_str().unwrap(),
+        "--seed",
+        "3",
+    ]));
+}
+
+#[test]
+fn generate_prints_one_json_object_per_completion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    new_model(&model);
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"1+1=\"}\n{\"prompt_ids\": [5, 6, 7]}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out.jsonl");
+    ok(alp_rl(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "5",
+        "--batch-size",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let results = lines(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(results.len(), 3);
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i);
+        let ids: Vec<u32> = serde_json::from_value(r["completion_ids"].clone()).unwrap();
+        let lps: Vec<f64> = serde_json::from_value(r["logprobs"].clone()).unwrap();
+        assert_eq!(ids.len(), lps.len(), "one log-prob per completion token");
+        assert!(!ids.is_empty() && ids.len() <= 12);
+        assert!(lps.iter().all(|&lp| lp <= 0.0 && lp.is_finite()));
+        assert_eq!(r["text"], tok.decode(&ids, true).unwrap());
+        let reason = r["finish_reason"].as_str().unwrap();
+        assert!(
+            reason == "length" || (reason == "stop" && ids.last() == tok.eos_token_id().as_ref())
+        );
+    }
+    // Text is encoded as is; messages go through the chat template.
+    let text_ids: Vec<u32> = serde_json::from_value(results[0]["prompt_ids"].clone()).unwrap();
+    assert_eq!(text_ids, tok.encode("1+1=", true).unwrap());
+    assert_eq!(results[1]["prompt_ids"], serde_json::json!([5, 6, 7]));
+    let chat_ids: Vec<u32> = serde_json::from_value(results[2]["prompt_ids"].clone()).unwrap();
+    let msgs = [serde_json::json!({"role": "user", "content": "hi"})];
+    assert_eq!(
+        chat_ids,
+        tok.apply_chat_template(&msgs, None, true, &Default::default())
+            .unwrap()
+    );
+
+    // The same seed reproduces the same completions on stdout.
+    let again = lines(&ok(alp_rl(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "5",
+        "--batch-size",
+        "2",
+    ])));
+    for (a, b) in results.iter().zip(&again) {
+        assert_eq!(a["completion_ids"], b["completion_ids"]);
+    }
+}
+
+#[test]
+fn generate_greedy_with_prompt_ids_records_raw_logprobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    new_model(tmp.path());
+    let out = lines(&ok(alp_rl(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,3",
+        "--greedy",
+        "--max-new-tokens",
+        "4",
+        "--dtype",
+        "bf16",
+    ])));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["logprob_mode"], "raw");
+    assert_eq!(out[0]["prompt_ids"], serde_json::json!([1, 2, 3]));
+}
+
+#[test]
+fn generate_errors_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let out = alp_rl(&[
+        "generate",
+        "--model",
+        missing.to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("config.json"), "{err}");
+
+    new_model(tmp.path());
+    let out = alp_rl(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+        "--dtype",
+        "f64",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("f64"));
+    let out = alp_rl(&[
+        "generate",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+        "--top-p",
+        "0",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
+}
+
+#[test]
+fn env_commands_list_sample_and_score() {
+    let listed = ok(alp_rl(&["env", "list"]));
+    for name in ["math", "arithmetic", "countdown", "tool_math"] {
+        assert!(listed.contains(name), "env list lacks {name}:\n{listed}");
+    }
+    let episodes = lines(&ok(alp_rl(&[
+        "env",
+        "sample",
+        "arithmetic",
+        "--n",
+        "3",
+        "--seed",
+        "9",
+        "--set",
+        "digits=2",
+    ])));
+    assert_eq!(episodes.len(), 3);
+    // Score each sampled example with its gold answer and with a wrong one.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("score.jsonl");
+    let mut text = String::new();
+    for ep in &episodes {
+        let gold = ep["example"]["answer"].clone();
+        assert!(
+            !gold.is_null(),
+            "arithmetic examples carry their answer: {ep}"
+        );
+        text +=
+            &serde_json::json!({"example": ep["example"], "completion": format!("#### {gold}")})
+                .to_string();
+        text += "\n";
+        text += &serde_json::json!({"example": ep["example"], "completion": "#### 123456789"})
+            .to_string();
+        text += "\n";
+    }
+    std::fs::write(&input, text).unwrap();
+    let scores = lines(&ok(alp_rl(&[
+        "env",
+        "score",
+        "arithmetic",
+        "--input",
+        input.to_str().unwrap(),
+        "--set",
+        "digits=2",
+    ])));
+    assert_eq!(scores.len(), 6);
+    for pair in scores.chunks(2) {
+        assert_eq!(pair[0]["correct"], true);
+        assert_eq!(pair[1]["correct"], false);
+    }
+    let out = alp_rl(&["env", "sample", "arithmetic", "--set", "digitz=2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("digitz"));
+}
