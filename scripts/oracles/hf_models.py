@@ -1,7 +1,9 @@
 """HF transformers as the reference oracle for the policy model and the generation engine.
 
 Used by the Rust tests (never at run time). Subcommands:
-  make ARCH OUT [--tied] [--kv-heads N] [--seed S]   tiny random checkpoint via save_pretrained (f32)
+  make ARCH OUT [--tied] [--kv-heads N] [--seed S] [--run CASES RESULT]
+                                                     tiny random checkpoint via save_pretrained (f32),
+                                                     then optionally `run` on it in the same process
   run MODEL CASES OUT                                per-row unpadded logits and greedy generations
 CASES is JSON: {"prompts": [[ids...], ...], "new_tokens": N}. OUT gets JSON with, per prompt,
 "logits" ([len][vocab]), "greedy_ids" and "greedy_logprobs" (log-softmax of the raw logits).
@@ -109,6 +111,9 @@ def main(argv):
         if "--seed" in args:
             opts["seed"] = int(args[args.index("--seed") + 1])
         make(arch, out, **opts)
+        if "--run" in args:
+            i = args.index("--run")
+            run(out, args[i + 1], args[i + 2])
     elif cmd == "run":
         run(argv[2], argv[3], argv[4])
     else:

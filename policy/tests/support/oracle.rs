@@ -44,13 +44,48 @@ pub fn hf(args: &[&str]) {
 
 /// A tiny random HF checkpoint written by `transformers.save_pretrained`.
 pub fn make_model(arch: &str, dir: &Path, tied: bool, kv_heads: i64) {
-    let dir_s = dir.to_str().unwrap();
-    let kv = kv_heads.to_string();
-    let mut args = vec!["make", arch, dir_s, "--kv-heads", kv.as_str()];
+    hf(&make_args(arch, dir, tied, &kv_heads.to_string()));
+}
+
+fn make_args<'a>(arch: &'a str, dir: &'a Path, tied: bool, kv: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["make", arch, dir.to_str().unwrap(), "--kv-heads", kv];
     if tied {
         args.push("--tied");
     }
-    hf(&args);
+    args
+}
+
+/// [`make_model`] then [`reference`] on it, in one Python process (one torch import instead of two).
+pub fn make_model_with_reference(
+    arch: &str,
+    dir: &Path,
+    tied: bool,
+    kv_heads: i64,
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+) -> Vec<OracleResult> {
+    let kv = kv_heads.to_string();
+    let mut args = make_args(arch, dir, tied, &kv);
+    with_cases(prompts, new_tokens, |cases, out| {
+        args.extend(["--run", cases, out]);
+        hf(&args);
+    })
+}
+
+/// Writes the cases file, lets `call` run the oracle with (cases path, result path), reads the result.
+fn with_cases(prompts: &[Vec<i64>], new_tokens: usize, call: impl FnOnce(&str, &str)) -> Vec<OracleResult> {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = tmp.path().join("cases.json");
+    let out = tmp.path().join("out.json");
+    let body = serde_json::json!({"prompts": prompts, "new_tokens": new_tokens});
+    std::fs::write(&cases, body.to_string()).unwrap();
+    call(cases.to_str().unwrap(), out.to_str().unwrap());
+    #[derive(Deserialize)]
+    struct Out {
+        results: Vec<OracleResult>,
+    }
+    let parsed: Out = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    parsed.results
 }
 
 #[derive(Deserialize)]
@@ -65,23 +100,9 @@ pub struct OracleResult {
 
 /// HF logits of each prompt run alone (no padding), and `new_tokens` greedy tokens with log-probs.
 pub fn reference(model_dir: &Path, prompts: &[Vec<i64>], new_tokens: usize) -> Vec<OracleResult> {
-    let tmp = tempfile::tempdir().unwrap();
-    let cases = tmp.path().join("cases.json");
-    let out = tmp.path().join("out.json");
-    let body = serde_json::json!({"prompts": prompts, "new_tokens": new_tokens});
-    std::fs::write(&cases, body.to_string()).unwrap();
-    hf(&[
-        "run",
-        model_dir.to_str().unwrap(),
-        cases.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
-    #[derive(Deserialize)]
-    struct Out {
-        results: Vec<OracleResult>,
-    }
-    let parsed: Out = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-    parsed.results
+    with_cases(prompts, new_tokens, |cases, out| {
+        hf(&["run", model_dir.to_str().unwrap(), cases, out])
+    })
 }
 
 /// The model configurations the parity suites cover: (arch, tied embeddings, kv heads of 4 heads).
