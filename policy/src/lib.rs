@@ -1,5 +1,25 @@
 //! The policy model shared by rollout and learner: HF-compatible decoder-only transformers on libtorch
 //! (Qwen2/2.5, Qwen3, Llama 3, SmolLM2), checkpoint IO in the HF layout, and the forward hooks.
+//!
+//! ```text
+//! config.rs      config.json in every spelling        -> ModelConfig
+//! checkpoint.rs  safetensors load/save, random init   -> CausalLM::{load, save, random}
+//! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
+//! rope.rs        rotary embeddings (default, linear, llama3)
+//! kv_cache.rs    preallocated KV cache for generation
+//! hooks.rs       ForwardHooks: layer_input / linear / logits seams for ALP and EGGROLL
+//! ```
+pub mod checkpoint;
+pub mod config;
+pub mod error;
 pub mod hooks;
+pub mod kv_cache;
+pub mod model;
+pub mod rope;
 
+pub use checkpoint::{hf_dtype_name, parse_kind};
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use error::PolicyError;
 pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks};
+pub use kv_cache::KvCache;
+pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};

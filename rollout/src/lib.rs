@@ -1,1 +1,17 @@
-//! Generation backends.
+//! Rollout: generation backends behind one trait ([`GenerationBackend`]), token sampling with
+//! per-token log-probs, and (later) the actor loop and weight publication.
+//!
+//! ```text
+//! backend.rs   GenerationBackend, GenerationRequest, Completion   the seam (local engine, vLLM)
+//! engine.rs    LocalEngine: batched prefill + KV-cache decode on a libtorch CausalLM
+//! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
+//! ```
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod sampling;
+
+pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
+pub use engine::LocalEngine;
+pub use error::RolloutError;
+pub use sampling::{processed_logprobs, LogprobMode, RowSampler, SamplingParams};

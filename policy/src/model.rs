@@ -1,0 +1,522 @@
+//! The decoder-only transformer shared by Qwen2, Qwen3 and Llama, written to match HF transformers
+//! op for op (RMSNorm in f32, half-split RoPE, GQA attention, SwiGLU MLP).
+//!
+//! Every parameter lives in one [`VarStore`] under its HF name, so checkpoint IO and optimizers see
+//! the same names as transformers. Projections go through [`ForwardHooks::linear`] and each layer's
+//! input through [`ForwardHooks::layer_input`]; with [`crate::NoHooks`] this is the plain model.
+use std::collections::HashMap;
+
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Architecture, ModelConfig};
+use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
+use crate::kv_cache::KvCache;
+use crate::rope::Rotary;
+
+/// How a parameter is initialised in a fresh random model (HF `_init_weights` conventions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamInit {
+    /// N(0, std^2), for matrices and embeddings.
+    Normal(f64),
+    Ones,
+    Zeros,
+}
+
+/// One parameter the config implies: its HF name, shape and initialisation.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub init: ParamInit,
+}
+
+/// Every parameter of a model with this config, in HF order.
+pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
+    let std = cfg
+        .raw
+        .get("initializer_range")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.02);
+    let mut specs = Vec::new();
+    let mut push = |name: String, shape: Vec<i64>, init: ParamInit| {
+        specs.push(ParamSpec { name, shape, init })
+    };
+    let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
+    push("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], ParamInit::Normal(std));
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        push(format!("{p}.input_layernorm.weight"), vec![h], ParamInit::Ones);
+        for (proj, out) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
+            push(format!("{p}.self_attn.{proj}.weight"), vec![out, h], ParamInit::Normal(std));
+            if cfg.qkv_bias {
+                push(format!("{p}.self_attn.{proj}.bias"), vec![out], ParamInit::Zeros);
+            }
+        }
+        push(format!("{p}.self_attn.o_proj.weight"), vec![h, q_out], ParamInit::Normal(std));
+        if cfg.o_bias {
+            push(format!("{p}.self_attn.o_proj.bias"), vec![h], ParamInit::Zeros);
+        }
+        if cfg.architecture == Architecture::Qwen3 {
+            push(format!("{p}.self_attn.q_norm.weight"), vec![d], ParamInit::Ones);
+            push(format!("{p}.self_attn.k_norm.weight"), vec![d], ParamInit::Ones);
+        }
+        push(format!("{p}.post_attention_layernorm.weight"), vec![h], ParamInit::Ones);
+        for (proj, shape) in [("gate_proj", [i, h]), ("up_proj", [i, h]), ("down_proj", [h, i])] {
+            push(format!("{p}.mlp.{proj}.weight"), shape.to_vec(), ParamInit::Normal(std));
+            if cfg.mlp_bias {
+                push(format!("{p}.mlp.{proj}.bias"), vec![shape[0]], ParamInit::Zeros);
+            }
+        }
+    }
+    push("model.norm.weight".into(), vec![h], ParamInit::Ones);
+    if !cfg.tie_word_embeddings {
+        push("lm_head.weight".into(), vec![cfg.vocab_size, h], ParamInit::Normal(std));
+    }
+    specs
+}
+
+/// RMSNorm as HF computes it: normalise in f32, cast back, then scale.
+#[derive(Debug)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// A projection `x W^T + b` at a known site, routed through the hooks.
+#[derive(Debug)]
+struct Linear {
+    site: LinearSite,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+        hooks.linear(self.site, x, &self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3's per-head norms on q and k, applied before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    /// `x`: `[b, s, hidden]`; `bias`: additive mask `[b, 1, s, keys]`; with a cache, the new keys and
+    /// values are written at the cache's current length and attention runs over all cached keys.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        let (b, s, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let heads = |t: Tensor, n: i64, norm: &Option<RmsNorm>| {
+            let t = t.view([b, s, n, self.head_dim]);
+            let t = match norm {
+                Some(norm) => norm.forward(&t),
+                None => t,
+            };
+            t.transpose(1, 2)
+        };
+        let q = heads(self.q_proj.forward(x, hooks), self.num_heads, &self.q_norm);
+        let k = heads(self.k_proj.forward(x, hooks), self.num_kv_heads, &self.k_norm);
+        let v = heads(self.v_proj.forward(x, hooks), self.num_kv_heads, &None);
+        let (cos, sin) = rope;
+        let q = Rotary::apply(&q, cos, sin);
+        let k = Rotary::apply(&k, cos, sin);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v),
+            None => (k, v),
+        };
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let attn = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(bias),
+            0.0,
+            false,
+            scale,
+            self.num_heads != self.num_kv_heads,
+        );
+        let attn = attn
+            .transpose(1, 2)
+            .reshape([b, s, self.num_heads * self.head_dim]);
+        self.o_proj.forward(&attn, hooks)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+        let gated = self.gate_proj.forward(x, hooks).silu() * self.up_proj.forward(x, hooks);
+        self.down_proj.forward(&gated, hooks)
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    index: usize,
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        h: Tensor,
+        rope: &(Tensor, Tensor),
+        bias: &Tensor,
+        cache: Option<&mut KvCache>,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        // The layer-input hook sees the residual stream before the input norm (ALP's injection point).
+        let h = hooks.layer_input(self.index, h);
+        let attn = self.self_attn.forward(
+            &self.input_layernorm.forward(&h),
+            rope,
+            bias,
+            cache.map(|c| (c, self.index)),
+            hooks,
+        );
+        let h = h + attn;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h), hooks);
+        h + mlp
+    }
+}
+
+/// Options for loading or creating a model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Compute (and storage) dtype of the parameters; the file's dtype is converted at load.
+    pub kind: Kind,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            kind: Kind::Float,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// A decoder-only causal language model with HF parameter names.
+pub struct CausalLM {
+    config: ModelConfig,
+    vs: VarStore,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+}
+
+impl std::fmt::Debug for CausalLM {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CausalLM")
+            .field("architecture", &self.config.architecture)
+            .field("layers", &self.layers.len())
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+impl CausalLM {
+    /// Builds the model around already-checked tensors keyed by HF name (one per [`parameter_specs`]).
+    pub(crate) fn from_tensors(
+        config: ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: Device,
+    ) -> CausalLM {
+        let vs = VarStore::new(device);
+        let root = vs.root();
+        // Add every parameter to the var store under its HF name, in spec order.
+        let mut params = HashMap::new();
+        for spec in parameter_specs(&config) {
+            let tensor = tensors
+                .remove(&spec.name)
+                .expect("from_tensors is given every parameter of the spec");
+            let mut path = root.clone();
+            let mut parts: Vec<&str> = spec.name.split('.').collect();
+            let leaf = parts.pop().expect("parameter names have a leaf");
+            for part in parts {
+                path = path.sub(part);
+            }
+            params.insert(spec.name.clone(), path.add(leaf, tensor, true));
+        }
+        let take = |name: &str| -> Tensor {
+            params
+                .get(name)
+                .unwrap_or_else(|| panic!("parameter {name} is in the spec"))
+                .shallow_clone()
+        };
+        let take_opt = |name: &str| params.get(name).map(Tensor::shallow_clone);
+        let eps = config.rms_norm_eps;
+        let linear = |layer: usize, kind: LinearKind| {
+            let site = LinearSite {
+                layer: Some(layer),
+                kind,
+            };
+            let prefix = format!("model.layers.{layer}.{}", kind.hf_name());
+            Linear {
+                site,
+                weight: take(&format!("{prefix}.weight")),
+                bias: take_opt(&format!("{prefix}.bias")),
+            }
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let norm = |name: &str| {
+                    take_opt(&format!("model.layers.{l}.self_attn.{name}.weight"))
+                        .map(|weight| RmsNorm { weight, eps })
+                };
+                DecoderLayer {
+                    index: l,
+                    input_layernorm: RmsNorm {
+                        weight: take(&format!("model.layers.{l}.input_layernorm.weight")),
+                        eps,
+                    },
+                    self_attn: Attention {
+                        q_proj: linear(l, LinearKind::Query),
+                        k_proj: linear(l, LinearKind::Key),
+                        v_proj: linear(l, LinearKind::Value),
+                        o_proj: linear(l, LinearKind::Output),
+                        q_norm: norm("q_norm"),
+                        k_norm: norm("k_norm"),
+                        num_heads: config.num_attention_heads,
+                        num_kv_heads: config.num_key_value_heads,
+                        head_dim: config.head_dim,
+                    },
+                    post_attention_layernorm: RmsNorm {
+                        weight: take(&format!("model.layers.{l}.post_attention_layernorm.weight")),
+                        eps,
+                    },
+                    mlp: Mlp {
+                        gate_proj: linear(l, LinearKind::Gate),
+                        up_proj: linear(l, LinearKind::Up),
+                        down_proj: linear(l, LinearKind::Down),
+                    },
+                }
+            })
+            .collect();
+        let embed_tokens = take("model.embed_tokens.weight");
+        // Tied models reuse the embedding matrix as the LM head and have no `lm_head.weight`.
+        let lm_head_weight = if config.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            take("lm_head.weight")
+        };
+        let lm_head = Linear {
+            site: LinearSite {
+                layer: None,
+                kind: LinearKind::LmHead,
+            },
+            weight: lm_head_weight,
+            bias: None,
+        };
+        let norm = RmsNorm {
+            weight: take("model.norm.weight"),
+            eps,
+        };
+        let rotary = Rotary::new(&config, device);
+        CausalLM {
+            config,
+            vs,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// The var store holding every parameter under its HF name (trainable, group 0).
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// Parameters by HF name, sorted by name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut params: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        params
+    }
+
+    /// Copies every parameter from `other` (same config), converting dtype and device: this is how the
+    /// learner publishes new weights to an in-process inference copy.
+    pub fn copy_weights_from(&self, other: &CausalLM) {
+        let theirs = other.vs.variables();
+        tch::no_grad(|| {
+            for (name, mut mine) in self.vs.variables() {
+                let src = theirs
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("copy_weights_from: {name} missing in the source"));
+                mine.copy_(src);
+            }
+        });
+    }
+
+    /// Final-normed hidden states `[b, s, hidden]` for a whole sequence (training and scoring).
+    ///
+    /// `attention_mask` (`[b, s]`, 1 for tokens and 0 for padding) masks padded keys; positions count
+    /// only real tokens, so left- and right-padded rows get the same positions as unpadded ones.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        let (b, s) = input_ids.size2().expect("input_ids are [batch, seq]");
+        let device = input_ids.device();
+        let valid = match attention_mask {
+            Some(mask) => mask.to_kind(Kind::Bool),
+            None => Tensor::ones([b, s], (Kind::Bool, device)),
+        };
+        let positions = positions_from_mask(&valid);
+        let bias = attention_bias(&valid, 0, s, self.kind());
+        self.run(input_ids, &positions, &bias, None, hooks)
+    }
+
+    /// Logits `[b, s, vocab]` for a whole sequence: [`Self::hidden_states`] then the LM head.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        let h = self.hidden_states(input_ids, attention_mask, hooks);
+        self.logits(&h, hooks)
+    }
+
+    /// The LM head on (a selection of) final hidden states.
+    pub fn logits(&self, hidden: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+        hooks.logits(self.lm_head.forward(hidden, hooks))
+    }
+
+    /// Incremental forward with a KV cache: `input_ids` (`[b, s]`) sit at `positions` (`[b, s]`) and
+    /// attend to every cached key plus themselves; `key_valid` (`[b, cache.len() + s]`, bool) marks
+    /// which cached and new keys are real tokens. Returns final-normed hidden states `[b, s, hidden]`.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: &mut KvCache,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        let (_, s) = input_ids.size2().expect("input_ids are [batch, seq]");
+        let bias = attention_bias(key_valid, cache.len(), s, self.kind());
+        self.run(input_ids, positions, &bias, Some(cache), hooks)
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        let rope = self.rotary.cos_sin(positions, self.kind());
+        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        for layer in &self.layers {
+            h = layer.forward(h, &rope, bias, cache.as_deref_mut(), hooks);
+        }
+        if let Some(cache) = cache {
+            cache.advance(input_ids.size()[1]);
+        }
+        self.norm.forward(&h)
+    }
+
+    /// An empty KV cache for `batch` rows of up to `capacity` positions, in the model's dtype.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        KvCache::new(
+            self.layers.len(),
+            batch,
+            self.config.num_key_value_heads,
+            self.config.head_dim,
+            capacity,
+            self.kind(),
+            self.device(),
+        )
+    }
+}
+
+/// Position of each token among the real (unpadded) tokens of its row; padding gets position 0.
+pub fn positions_from_mask(valid: &Tensor) -> Tensor {
+    (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Additive attention bias `[b, 1, q_len, k_len]`: 0 where query `i` (at absolute index
+/// `q_offset + i`) may attend to key `j` (causal and `key_valid[b, j]`), the dtype's minimum elsewhere,
+/// as HF does, so that fully masked (padding) rows stay finite.
+pub fn attention_bias(key_valid: &Tensor, q_offset: i64, q_len: i64, kind: Kind) -> Tensor {
+    let (b, k_len) = key_valid.size2().expect("key_valid is [batch, keys]");
+    let device = key_valid.device();
+    let key_pos = Tensor::arange(k_len, (Kind::Int64, device)).view([1, k_len]);
+    let query_pos = (Tensor::arange(q_len, (Kind::Int64, device)) + q_offset).view([q_len, 1]);
+    let causal = key_pos.le_tensor(&query_pos);
+    let allowed = causal.unsqueeze(0).logical_and(&key_valid.to_kind(Kind::Bool).unsqueeze(1));
+    let min = match kind {
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Half => -65504.0,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    };
+    Tensor::zeros([b, q_len, k_len], (kind, device))
+        .masked_fill(&allowed.logical_not(), min)
+        .unsqueeze(1)
+}

@@ -1,0 +1,203 @@
+//! Malformed checkpoints are refused with an error that names the problem, never a panic.
+use std::collections::HashMap;
+use std::path::Path;
+
+use alp_policy::{CausalLM, LoadOptions, ModelConfig, PolicyError};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde_json::json;
+
+fn tiny_config() -> serde_json::Value {
+    json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32,
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "float32"
+    })
+}
+
+/// A valid tiny checkpoint in `dir`.
+fn write_valid(dir: &Path) {
+    let cfg = ModelConfig::from_json_str(&tiny_config().to_string(), "test").unwrap();
+    CausalLM::random(cfg, &LoadOptions::default(), 0)
+        .unwrap()
+        .save(dir)
+        .unwrap();
+}
+
+/// Rewrites `dir/model.safetensors` through `edit`, which gets (name, dtype, shape, bytes) entries.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    edit(&mut entries);
+    let views: Vec<(String, TensorView)> = entries
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+}
+
+fn load_err(dir: &Path) -> String {
+    let err: PolicyError = CausalLM::load(dir, &LoadOptions::default()).unwrap_err();
+    err.to_string()
+}
+
+#[test]
+fn missing_tensor_is_named_with_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    rewrite_weights(dir.path(), |e| e.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight"));
+    let msg = load_err(dir.path());
+    assert!(msg.contains("model.layers.1.mlp.up_proj.weight"), "{msg}");
+    assert!(msg.contains("missing") && msg.contains("[32, 16]"), "{msg}");
+}
+
+#[test]
+fn misshaped_tensor_names_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    rewrite_weights(dir.path(), |e| {
+        let t = e.iter_mut().find(|(n, ..)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        t.2 = vec![16, 8]; // 128 elements in a [8, 16] slot
+    });
+    let msg = load_err(dir.path());
+    assert!(msg.contains("model.layers.0.self_attn.k_proj.weight"), "{msg}");
+    assert!(msg.contains("[16, 8]") && msg.contains("[8, 16]"), "{msg}");
+}
+
+#[test]
+fn truncated_file_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("model.safetensors") && msg.contains("truncated or corrupt"), "{msg}");
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    let mut cfg = tiny_config();
+    cfg["model_type"] = json!("gpt_neox");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("gpt_neox") && msg.contains("unknown architecture"), "{msg}");
+}
+
+#[test]
+fn wrong_dtype_on_disk_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    rewrite_weights(dir.path(), |e| {
+        let t = e.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
+        t.1 = Dtype::I32; // same byte size as f32
+    });
+    let msg = load_err(dir.path());
+    assert!(msg.contains("model.norm.weight") && msg.contains("I32"), "{msg}");
+}
+
+#[test]
+fn unsupported_compute_dtype_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    let opts = LoadOptions {
+        kind: tch::Kind::Int64,
+        ..LoadOptions::default()
+    };
+    let msg = CausalLM::load(dir.path(), &opts).unwrap_err().to_string();
+    assert!(msg.contains("Int64") && msg.contains("f32, bf16 or f16"), "{msg}");
+}
+
+#[test]
+fn missing_config_field_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    let mut cfg = tiny_config();
+    cfg.as_object_mut().unwrap().remove("intermediate_size");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("config.json") && msg.contains("`intermediate_size` is missing"), "{msg}");
+}
+
+#[test]
+fn unexpected_tensor_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    rewrite_weights(dir.path(), |e| {
+        e.push(("model.layers.0.self_attn.q_norm.weight".into(), Dtype::F32, vec![8], vec![0; 32]))
+    });
+    let msg = load_err(dir.path());
+    assert!(msg.contains("model.layers.0.self_attn.q_norm.weight") && msg.contains("Qwen2ForCausalLM"), "{msg}");
+}
+
+#[test]
+fn missing_weights_and_missing_config_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("config.json"), "{msg}");
+    std::fs::write(dir.path().join("config.json"), tiny_config().to_string()).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("no weights found"), "{msg}");
+}
+
+#[test]
+fn sharded_checkpoints_load_like_single_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_valid(dir.path());
+    let single = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
+    // Split the file into two shards with an index, as transformers does for large models.
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let views: Vec<(String, TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &dir.path().join(file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), json!(file));
+        }
+    }
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let sharded = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
+    for ((n, a), (_, b)) in single.named_parameters().iter().zip(sharded.named_parameters()) {
+        assert!(a.equal(&b), "{n} differs between single and sharded loads");
+    }
+}
+
+#[test]
+fn config_spellings_of_transformers_4_and_5_agree() {
+    let mut v4 = tiny_config();
+    v4["rope_theta"] = json!(500000.0);
+    v4["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    let mut v5 = tiny_config();
+    let obj = v5.as_object_mut().unwrap();
+    obj.remove("rope_theta");
+    obj.remove("torch_dtype");
+    obj.insert("dtype".into(), json!("bfloat16"));
+    obj.insert("rope_parameters".into(), json!({"rope_type": "llama3", "rope_theta": 500000.0,
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}));
+    let a = ModelConfig::from_json_str(&v4.to_string(), "v4").unwrap();
+    let b = ModelConfig::from_json_str(&v5.to_string(), "v5").unwrap();
+    assert_eq!(a.rope_theta, b.rope_theta);
+    assert_eq!(a.rope_scaling, b.rope_scaling);
+    assert_eq!(b.stored_dtype.as_deref(), Some("bfloat16"));
+    assert!(matches!(a.rope_scaling, alp_policy::RopeScaling::Llama3 { .. }));
+}

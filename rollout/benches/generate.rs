@@ -1,0 +1,88 @@
+//! Engine throughput against transformers `generate` on the same random Qwen2-architecture model
+//! (8 layers, hidden 512, GQA 8/2 heads, vocab 32k), batch 16, prompt length 64, 128 new tokens,
+//! the same thread count, f32 and bf16. Prints tokens/s for both and the ratio, in one run:
+//!
+//!     cargo bench -p alp-rollout --bench generate
+//!
+//! Environment: BENCH_THREADS (default 2), BENCH_NEW_TOKENS (128), BENCH_BATCH (16), BENCH_DTYPES
+//! (f32,bf16). Not a test: it asserts nothing about speed.
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use alp_policy::{CausalLM, LoadOptions, ModelConfig};
+use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
+use serde_json::json;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let threads: i32 = env_or("BENCH_THREADS", 2);
+    let new_tokens: usize = env_or("BENCH_NEW_TOKENS", 128);
+    let batch: usize = env_or("BENCH_BATCH", 16);
+    let prompt_len = 64usize;
+    let dtypes: String = env_or("BENCH_DTYPES", "f32,bf16".to_string());
+    tch::set_num_threads(threads);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} missing: run scripts/setup.sh", python.display());
+    let cfg = json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32000,
+        "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": false,
+        "hidden_act": "silu", "torch_dtype": "float32"
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
+    CausalLM::random(config, &LoadOptions::default(), 0)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let prompts: Vec<Vec<i64>> = (0..batch)
+        .map(|r| (0..prompt_len).map(|t| ((r * 7919 + t * 104_729) % 32_000) as i64).collect())
+        .collect();
+    let prompts_path = dir.path().join("prompts.json");
+    std::fs::write(&prompts_path, serde_json::to_string(&prompts).unwrap()).unwrap();
+
+    println!(
+        "generate benchmark: qwen2 8x512 GQA 8/2, vocab 32000, batch {batch}, prompt {prompt_len}, \
+         {new_tokens} new tokens, {threads} threads"
+    );
+    for dtype in dtypes.split(',') {
+        let kind = alp_policy::parse_kind(dtype).unwrap();
+        let model = CausalLM::load(dir.path(), &LoadOptions { kind, ..Default::default() }).unwrap();
+        let mut engine = LocalEngine::new(model, batch);
+        let requests: Vec<_> = prompts.iter().cloned().map(GenerationRequest::new).collect();
+        let params = SamplingParams { max_new_tokens: new_tokens, seed: 0, ..Default::default() };
+        // Warm-up, as on the Python side.
+        let warm = SamplingParams { max_new_tokens: 4, ..params.clone() };
+        engine.generate(&requests, &warm).unwrap();
+        let start = Instant::now();
+        let out = engine.generate(&requests, &params).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let generated: usize = out.iter().map(|c| c.completion_ids.len()).sum();
+        let ours = generated as f64 / secs;
+
+        let output = Command::new(&python)
+            .arg(root.join("scripts/oracles/bench_generate.py"))
+            .args([dir.path().to_str().unwrap(), prompts_path.to_str().unwrap(), dtype])
+            .arg(threads.to_string())
+            .arg(new_tokens.to_string())
+            .env("OMP_NUM_THREADS", threads.to_string())
+            .output()
+            .expect("run the transformers benchmark");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let hf: serde_json::Value =
+            serde_json::from_slice(output.stdout.trim_ascii()).expect("benchmark JSON");
+        let theirs = hf["tokens_per_s"].as_f64().unwrap();
+        println!(
+            "{dtype:>5}: alp-rl {ours:8.1} tok/s ({generated} tokens in {secs:.2}s) | transformers \
+             {theirs:8.1} tok/s | ratio {:.2}x",
+            ours / theirs
+        );
+    }
+}

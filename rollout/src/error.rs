@@ -1,0 +1,14 @@
+//! Errors of the rollout crate.
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RolloutError {
+    #[error("sampling setting `{field}` {problem}")]
+    InvalidSetting { field: &'static str, problem: String },
+
+    #[error("request {index}: {problem}")]
+    InvalidRequest { index: usize, problem: String },
+
+    #[error("generation backend: {0}")]
+    Backend(String),
+}

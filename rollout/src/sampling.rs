@@ -1,0 +1,185 @@
+//! Turning next-token logits into a token and its log-prob: greedy, temperature, top-k, top-p, with a
+//! seeded per-row RNG so a request's completion does not depend on what else shares its batch.
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::RolloutError;
+
+/// Which distribution the recorded log-prob of a sampled token is taken under.
+///
+/// The learner must compute its log-probs under the same definition (design section 3), so this is
+/// recorded with every sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogprobMode {
+    /// The distribution actually sampled from: `softmax(top_p(top_k(logits / T)))`, renormalised over
+    /// the kept tokens. This is the true behaviour policy `mu`.
+    #[default]
+    Sampling,
+    /// `log_softmax(logits / T)`: temperature applied, no truncation (what a learner that divides its
+    /// logits by the same temperature reproduces exactly).
+    Temperature,
+    /// `log_softmax(logits)`: the model's own distribution at temperature 1.
+    Raw,
+}
+
+/// Decoding settings shared by every row of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    /// Argmax decoding; its log-probs are always the raw `log_softmax(logits)` (a point mass has none).
+    pub greedy: bool,
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches `top_p`.
+    pub top_p: f64,
+    /// Keep only the `top_k` most likely tokens; 0 disables.
+    pub top_k: i64,
+    pub max_new_tokens: usize,
+    /// Tokens that end a completion (they are part of it); a request may override them.
+    pub stop_token_ids: Vec<i64>,
+    pub logprob_mode: LogprobMode,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            greedy: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 64,
+            stop_token_ids: Vec::new(),
+            logprob_mode: LogprobMode::Sampling,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Refuses settings that have no meaning, naming the field.
+    pub fn validate(&self) -> Result<(), RolloutError> {
+        let bad = |field: &'static str, problem: String| RolloutError::InvalidSetting { field, problem };
+        if !self.greedy && !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(bad(
+                "temperature",
+                format!("is {}; use a positive value, or greedy decoding", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(bad("top_p", format!("is {}; it must be in (0, 1]", self.top_p)));
+        }
+        if self.top_k < 0 {
+            return Err(bad("top_k", format!("is {}; use 0 (off) or a positive count", self.top_k)));
+        }
+        Ok(())
+    }
+
+    /// The per-row RNG seed: the call seed mixed with the request's index (SplitMix64 finaliser), so
+    /// rows get independent streams and a request's stream does not depend on the batch it lands in.
+    pub fn row_seed(&self, request_index: usize) -> u64 {
+        let mut z = self
+            .seed
+            .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(request_index as u64 + 1));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The processed next-token log-distribution for a batch of logits `[b, vocab]` (f32): temperature,
+/// then top-k, then top-p, as HF's logits warpers apply them. Removed tokens get `-inf`.
+pub fn processed_logprobs(logits: &Tensor, params: &SamplingParams) -> Tensor {
+    let mut scores = logits.to_kind(Kind::Float) / params.temperature;
+    let vocab = scores.size()[1];
+    if params.top_k > 0 && params.top_k < vocab {
+        let (kth, _) = scores.topk(params.top_k, -1, true, true);
+        let threshold = kth.narrow(1, params.top_k - 1, 1);
+        scores = scores.masked_fill(&scores.lt_tensor(&threshold), f64::NEG_INFINITY);
+    }
+    if params.top_p < 1.0 {
+        let (sorted, order) = scores.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        // Mass of the strictly more likely tokens; a token is dropped once that reaches top_p.
+        let before = probs.cumsum(-1, Kind::Float) - &probs;
+        let drop_sorted = before.ge(params.top_p);
+        // The most likely token always stays.
+        let _ = drop_sorted.narrow(1, 0, 1).fill_(0);
+        let drop = Tensor::zeros_like(&drop_sorted).scatter(-1, &order, &drop_sorted);
+        scores = scores.masked_fill(&drop.to_kind(Kind::Bool), f64::NEG_INFINITY);
+    }
+    scores.log_softmax(-1, Kind::Float)
+}
+
+/// Picks the next token of each row and its log-prob.
+pub struct RowSampler {
+    rngs: Vec<StdRng>,
+}
+
+impl RowSampler {
+    /// One RNG per row, seeded by [`SamplingParams::row_seed`] of each request index.
+    pub fn new(params: &SamplingParams, request_indices: &[usize]) -> Self {
+        RowSampler {
+            rngs: request_indices
+                .iter()
+                .map(|&i| StdRng::seed_from_u64(params.row_seed(i)))
+                .collect(),
+        }
+    }
+
+    /// Keeps the RNGs of the listed rows (after finished rows leave the batch).
+    pub fn retain_rows(&mut self, keep: &[usize]) {
+        let mut old: Vec<Option<StdRng>> = self.rngs.drain(..).map(Some).collect();
+        self.rngs = keep.iter().map(|&i| old[i].take().expect("rows kept once")).collect();
+    }
+
+    /// Samples one token per row from `logits` (`[rows, vocab]`, any float dtype).
+    pub fn sample(&mut self, logits: &Tensor, params: &SamplingParams) -> (Vec<i64>, Vec<f32>) {
+        let logits = logits.to_kind(Kind::Float);
+        let raw = || logits.log_softmax(-1, Kind::Float);
+        if params.greedy {
+            let tokens = logits.argmax(-1, false);
+            let lps = raw().gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
+            return (
+                Vec::<i64>::try_from(&tokens).expect("int64 tokens"),
+                Vec::<f32>::try_from(&lps).expect("f32 log-probs"),
+            );
+        }
+        let sampling = processed_logprobs(&logits, params);
+        let rows = sampling.size()[0] as usize;
+        let vocab = sampling.size()[1] as usize;
+        let probs: Vec<f32> = Vec::try_from(sampling.exp().contiguous().view([-1]))
+            .expect("f32 probabilities");
+        let tokens: Vec<i64> = (0..rows)
+            .map(|r| draw(&probs[r * vocab..(r + 1) * vocab], &mut self.rngs[r]) as i64)
+            .collect();
+        let recorded = match params.logprob_mode {
+            LogprobMode::Sampling => sampling,
+            LogprobMode::Temperature => (&logits / params.temperature).log_softmax(-1, Kind::Float),
+            LogprobMode::Raw => raw(),
+        };
+        let index = Tensor::from_slice(&tokens).to_device(logits.device()).unsqueeze(-1);
+        let lps = recorded.gather(-1, &index, false).squeeze_dim(-1);
+        (tokens, Vec::<f32>::try_from(&lps).expect("f32 log-probs"))
+    }
+}
+
+/// Inverse-CDF draw from unnormalised-by-rounding probabilities; never returns a zero-mass token.
+fn draw(probs: &[f32], rng: &mut StdRng) -> usize {
+    let total: f64 = probs.iter().map(|&p| p as f64).sum();
+    let target = rng.gen::<f64>() * total;
+    let mut acc = 0.0f64;
+    let mut last_nonzero = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > 0.0 {
+            acc += p as f64;
+            last_nonzero = i;
+            if acc > target {
+                return i;
+            }
+        }
+    }
+    last_nonzero
+}
