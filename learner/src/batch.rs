@@ -6,7 +6,10 @@
 //! before the f32 `log_softmax`, so the vocabulary-wide softmax runs only over completion positions.
 use tch::{Device, Kind, Tensor};
 
+use alp_policy::ForwardHooks;
+
 use crate::error::{LearnerError, Result};
+use crate::trainable::TrainablePolicy;
 
 /// One rollout sample (the learner's view of it).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,27 +167,72 @@ impl PackedBatch {
     pub fn num_tokens(&self) -> usize {
         self.row_tokens.iter().sum()
     }
+
+    /// Completion log-probs `[b, t]` (and entropy) of this batch under `policy` with `hooks`.
+    pub fn log_probs<P: TrainablePolicy + ?Sized>(
+        &self,
+        policy: &P,
+        hooks: &dyn ForwardHooks,
+        entropy: Entropy,
+    ) -> (Tensor, Option<Tensor>) {
+        let picked = policy.selected_logits(
+            &self.input_ids,
+            Some(&self.attention_mask),
+            &self.positions,
+            hooks,
+        );
+        completion_log_probs(&picked, self, entropy)
+    }
 }
 
-/// Per-token log-probs of the completion tokens (and optionally the entropy of the distribution at each
-/// completion position) from `[b, s, vocab]` logits, in f32 whatever the logits' dtype.
-pub fn token_log_probs(
-    logits: &Tensor,
+/// What to compute about the entropy of the distribution at each completion position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entropy {
+    Skip,
+    /// For metrics only: computed without building an autograd graph.
+    Detached,
+    /// For an entropy bonus in the loss.
+    WithGrad,
+}
+
+/// Per-token log-probs `[b, t]` of the completion tokens from the logits at their predicting positions
+/// (`[b * t, vocab]`, as selected by `packed.positions`), in f32 whatever the logits' dtype, and
+/// optionally the entropy `[b, t]` at each of those positions.
+pub fn completion_log_probs(
+    picked: &Tensor,
     packed: &PackedBatch,
-    with_entropy: bool,
+    entropy: Entropy,
 ) -> (Tensor, Option<Tensor>) {
-    let (b, s, v) = logits.size3().expect("logits must be [batch, seq, vocab]");
-    let t = packed.targets.size()[1];
-    let picked = logits
-        .reshape([b * s, v])
-        .index_select(0, &packed.positions);
+    let (b, t) = packed
+        .targets
+        .size2()
+        .expect("targets are [batch, completion]");
     let logp = picked.log_softmax(-1, Kind::Float);
     let lp = logp
         .gather(1, &packed.targets.reshape([b * t, 1]), false)
         .reshape([b, t]);
-    let entropy = with_entropy.then(|| {
-        let ent = -(logp.exp() * &logp).sum_dim_intlist(-1, false, Kind::Float);
-        ent.reshape([b, t])
-    });
+    let ent = |logp: &Tensor| {
+        -(logp.exp() * logp)
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .reshape([b, t])
+    };
+    let entropy = match entropy {
+        Entropy::Skip => None,
+        Entropy::Detached => Some(tch::no_grad(|| ent(&logp.detach()))),
+        Entropy::WithGrad => Some(ent(&logp)),
+    };
     (lp, entropy)
+}
+
+/// [`completion_log_probs`] from full `[b, s, vocab]` logits.
+pub fn token_log_probs(
+    logits: &Tensor,
+    packed: &PackedBatch,
+    entropy: Entropy,
+) -> (Tensor, Option<Tensor>) {
+    let (b, s, v) = logits.size3().expect("logits must be [batch, seq, vocab]");
+    let picked = logits
+        .reshape([b * s, v])
+        .index_select(0, &packed.positions);
+    completion_log_probs(&picked, packed, entropy)
 }

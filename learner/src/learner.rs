@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 
 use crate::advantage::group_advantages;
 use crate::alp::AlpPerturbation;
-use crate::batch::{token_log_probs, Group, PackedBatch, Sample};
+use crate::batch::{Entropy, Group, PackedBatch, Sample};
 use crate::correction::{correction_weights, CorrectionWeights};
 use crate::error::{LearnerError, Result};
 use crate::loss::{policy_loss, AggregationScale, LossConfig, LossInputs};
@@ -150,10 +150,7 @@ impl<P: TrainablePolicy> Learner<P> {
     pub fn log_probs(&self, samples: &[&Sample], hooks: &dyn ForwardHooks) -> Result<Tensor> {
         let packed = PackedBatch::pack(samples, &vec![0.0; samples.len()], self.policy.device())?;
         Ok(tch::no_grad(|| {
-            let logits =
-                self.policy
-                    .forward(&packed.input_ids, Some(&packed.attention_mask), hooks);
-            token_log_probs(&logits, &packed, false).0
+            packed.log_probs(&self.policy, hooks, Entropy::Skip).0
         }))
     }
 
@@ -202,11 +199,7 @@ impl<P: TrainablePolicy> Learner<P> {
         for r in &micro_ranges {
             let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?;
             let fwd = |m: &dyn TrainablePolicy| {
-                tch::no_grad(|| {
-                    let logits =
-                        m.forward(&packed.input_ids, Some(&packed.attention_mask), &NoHooks);
-                    token_log_probs(&logits, &packed, false).0
-                })
+                tch::no_grad(|| packed.log_probs(m, &NoHooks, Entropy::Skip).0)
             };
             let lp_old = need_old.then(|| fwd(&self.policy));
             if let Some(lp) = &lp_old {
@@ -258,14 +251,13 @@ impl<P: TrainablePolicy> Learner<P> {
                         Some(h) => h,
                         None => &NoHooks,
                     };
-                    let logits = self
-                        .policy
-                        .forward(&p.input_ids, Some(&p.attention_mask), hooks);
-                    let (lp, entropy) = token_log_probs(&logits, p, true);
-                    let mut entropy = entropy.expect("entropy was requested");
-                    if self.loss_cfg.entropy_coef == 0.0 {
-                        entropy = entropy.detach();
-                    }
+                    let entropy_mode = if self.loss_cfg.entropy_coef == 0.0 {
+                        Entropy::Detached
+                    } else {
+                        Entropy::WithGrad
+                    };
+                    let (lp, entropy) = p.log_probs(&self.policy, hooks, entropy_mode);
+                    let entropy = entropy.expect("entropy was requested");
                     if !need_old {
                         mismatch.add(&to_vec(&lp), &to_vec(&p.mu), &to_vec(&p.mask), p.num_rows());
                     }

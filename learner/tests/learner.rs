@@ -5,8 +5,8 @@
 mod common;
 
 use alp_learner::{
-    group_advantages, token_log_probs, AdvantageKind, Aggregation, CorrectionKind, Group, Learner,
-    LearnerSettings, PackedBatch, RatioLevel, Sample, TrainablePolicy,
+    group_advantages, token_log_probs, AdvantageKind, Aggregation, CorrectionKind, Entropy, Group,
+    Learner, LearnerSettings, PackedBatch, RatioLevel, Sample, TrainablePolicy,
 };
 use alp_policy::NoHooks;
 use common::{Rng, ToyLm};
@@ -82,7 +82,7 @@ fn packing_and_token_log_probs() {
     );
     let logits =
         tch::no_grad(|| model.forward(&packed.input_ids, Some(&packed.attention_mask), &NoHooks));
-    let (lp, ent) = token_log_probs(&logits, &packed, true);
+    let (lp, ent) = token_log_probs(&logits, &packed, Entropy::WithGrad);
     // Direct: unpadded forward of each sequence alone, logit at position p + j - 1.
     for (row, s) in [&a, &b].iter().enumerate() {
         let ids: Vec<i64> = s

@@ -184,8 +184,8 @@ impl TrainablePolicy for ToyLm {
 /// model's softmax (plus optional Gaussian "inference-engine" noise of scale `logit_noise` on the logits,
 /// which makes `mu` differ from the learner's log-probs). `mu` is the log-prob under the distribution
 /// actually sampled from; `reward` scores the completion.
-pub fn sample_groups(
-    model: &ToyLm,
+pub fn sample_groups<M: TrainablePolicy + ?Sized>(
+    model: &M,
     prompts: &[Vec<i64>],
     per_prompt: usize,
     len: usize,
@@ -209,7 +209,8 @@ pub fn sample_groups(
                 .select(1, s - 1)
         });
         let logits = Vec::<f64>::try_from(last.to_kind(Kind::Double).reshape([-1])).unwrap();
-        for (r, row) in logits.chunks(model.vocab as usize).enumerate() {
+        let vocab = logits.len() / seqs.len();
+        for (r, row) in logits.chunks(vocab).enumerate() {
             let noisy: Vec<f64> = row.iter().map(|x| x + logit_noise * rng.normal()).collect();
             let m = noisy.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let lse = m + noisy.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
