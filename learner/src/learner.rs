@@ -192,7 +192,12 @@ impl<P: TrainablePolicy> Learner<P> {
 
         let kind = s.correction.kind;
         let optimizer_steps = s.mini_batches * s.epochs;
-        let need_old = kind.ratio_against_old() || self.alp.is_some() || optimizer_steps > 1;
+        // The detached training log-probs are the unperturbed pre-update ones only without ALP and with
+        // a single optimizer step; otherwise the mismatch metrics need `lp_old`.
+        let mismatch_from_training = self.alp.is_none() && optimizer_steps == 1;
+        let mismatch_due = s.mismatch_every > 0 && self.step % s.mismatch_every == 0;
+        let need_old = kind.ratio_against_old() || (!mismatch_from_training && mismatch_due);
+        let skip_mismatch = !need_old && !mismatch_from_training;
         let device = self.policy.device();
         let mut mismatch = MismatchStats::default();
         let mut micros = Vec::with_capacity(micro_ranges.len());
@@ -258,7 +263,7 @@ impl<P: TrainablePolicy> Learner<P> {
                     };
                     let (lp, entropy) = p.log_probs(&self.policy, hooks, entropy_mode);
                     let entropy = entropy.expect("entropy was requested");
-                    if !need_old {
+                    if mismatch_from_training && !need_old {
                         mismatch.add(&to_vec(&lp), &to_vec(&p.mu), &to_vec(&p.mask), p.num_rows());
                     }
                     let base = if kind.ratio_against_old() {
@@ -322,7 +327,11 @@ impl<P: TrainablePolicy> Learner<P> {
         let mut m: Metrics = BTreeMap::new();
         let steps = optimizer_steps as f64;
         ratios.write(&mut m);
-        mismatch.write(&mut m);
+        if skip_mismatch {
+            MismatchStats::write_skipped(&mut m);
+        } else {
+            mismatch.write(&mut m);
+        }
         m.insert("loss/pg".into(), pg_sum / steps);
         m.insert("loss/total".into(), total_sum / steps);
         if self.reference.is_some() && s.loss.kl_coef > 0.0 {

@@ -216,6 +216,20 @@ impl MismatchStats {
         }
     }
 
+    /// The same names as NaN, for steps that skip the mismatch forward (`mismatch_every`).
+    pub fn write_skipped(out: &mut Metrics) {
+        for k in [
+            "k1",
+            "k2",
+            "k3",
+            "logp_abs_diff_mean",
+            "logp_abs_diff_max",
+            "ppl_ratio",
+        ] {
+            out.insert(format!("mismatch/{k}"), f64::NAN);
+        }
+    }
+
     pub fn write(&self, out: &mut Metrics) {
         let per_token = |x: f64| {
             if self.tokens == 0 {

@@ -185,6 +185,11 @@ pub struct LearnerSettings {
     pub max_grad_norm: f64,
     /// Run seed; ALP noise is a function of (seed, step, forward index, layer).
     pub seed: u64,
+    /// Run the extra no-grad forward that exists only for the `mismatch/*` metrics (with ALP, or with
+    /// several optimizer steps per batch) every this many steps; 0 never. Steps without it report
+    /// `mismatch/*` as NaN. When the metrics come for free (bypass with one optimizer step) or `lp_old`
+    /// is needed anyway (TIS, MIS, none), they are computed every step regardless.
+    pub mismatch_every: u64,
     pub loss: LossSettings,
     pub correction: CorrectionSettings,
     pub alp: AlpSettings,
@@ -200,6 +205,7 @@ impl Default for LearnerSettings {
             epochs: 1,
             max_grad_norm: 1.0,
             seed: 0,
+            mismatch_every: 1,
             loss: LossSettings::default(),
             correction: CorrectionSettings::default(),
             alp: AlpSettings::default(),

@@ -310,3 +310,19 @@ fn noise_only_in_the_training_forward() {
     assert!((m["alp/sigma_mean"] - 0.3).abs() < 1e-6);
     assert!(m.contains_key("alp/sigma_l0") && m.contains_key("alp/sigma_l2"));
 }
+
+/// `mismatch_every` spaces out the extra unperturbed forward under ALP; skipped steps report NaN.
+#[test]
+fn mismatch_forward_can_be_spaced_out() {
+    common::init();
+    let model = ToyLm::new(8, 16, 2, 8);
+    let data = batch(&model, 3);
+    let mut s = alp_settings();
+    s.mismatch_every = 2;
+    let mut learner = Learner::new(s, model, None).unwrap();
+    let m0 = learner.train_step(&data).unwrap();
+    let m1 = learner.train_step(&data).unwrap();
+    let m2 = learner.train_step(&data).unwrap();
+    assert!(m0["mismatch/k3"].is_finite() && m2["mismatch/k3"].is_finite());
+    assert!(m1["mismatch/k3"].is_nan() && m1["mismatch/ppl_ratio"].is_nan());
+}
