@@ -195,7 +195,7 @@ impl<P: TrainablePolicy> Learner<P> {
         // The detached training log-probs are the unperturbed pre-update ones only without ALP and with
         // a single optimizer step; otherwise the mismatch metrics need `lp_old`.
         let mismatch_from_training = self.alp.is_none() && optimizer_steps == 1;
-        let mismatch_due = s.mismatch_every > 0 && self.step % s.mismatch_every == 0;
+        let mismatch_due = s.mismatch_every > 0 && self.step.is_multiple_of(s.mismatch_every);
         let need_old = kind.ratio_against_old() || (!mismatch_from_training && mismatch_due);
         let skip_mismatch = !need_old && !mismatch_from_training;
         let device = self.policy.device();
