@@ -1,1 +1,33 @@
-//! Learners.
+//! The policy-gradient learner of alp-rl (design section 4): GRPO / Dr.GRPO / RLOO advantages, the
+//! clipped surrogate with token or GSPO-style sequence ratios, off-policy corrections (bypass, TIS, MIS,
+//! ALP), Adaptive Layerwise Perturbation, a resumable AdamW, and the per-step metrics.
+//!
+//! The model is reached only through [`TrainablePolicy`], whose forward takes the
+//! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
+pub mod advantage;
+pub mod alp;
+pub mod batch;
+pub mod correction;
+pub mod error;
+pub mod learner;
+pub mod loss;
+pub mod metrics;
+pub mod noise;
+pub mod optimizer;
+pub mod settings;
+pub mod trainable;
+
+pub use advantage::group_advantages;
+pub use alp::{AlpHooks, AlpPerturbation};
+pub use batch::{completion_log_probs, token_log_probs, Entropy, Group, PackedBatch, Sample};
+pub use error::{LearnerError, Result};
+pub use learner::{Learner, ALP_GROUP, MODEL_GROUP};
+pub use loss::{policy_loss, AggregationScale, ClipConfig, LossConfig, LossInputs, LossOutput};
+pub use metrics::Metrics;
+pub use optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
+pub use settings::{
+    AdvantageKind, Aggregation, AlpSettings, AlpTarget, CorrectionKind, CorrectionSettings,
+    KlEstimator, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings, RatioLevel,
+    SettingsError,
+};
+pub use trainable::TrainablePolicy;

@@ -1,0 +1,188 @@
+//! Learner step throughput (forward, backward, grad clip, AdamW, metrics) against a PyTorch eager
+//! reference on the same random Qwen2-architecture checkpoint, batch, loss and thread count, and the
+//! ALP step against the bypass step. Prints tokens/s and the ratios in one run:
+//!
+//!     cargo bench -p alp-learner --bench learner_step
+//!
+//! Environment: BENCH_THREADS (default 2), BENCH_STEPS (timed steps per variant, 3), BENCH_BATCH (8),
+//! BENCH_PROMPT (64), BENCH_COMPLETION (64). Not a test: it asserts nothing about speed.
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use alp_learner::{
+    group_advantages, AdvantageKind, CorrectionKind, Group, Learner, LearnerSettings, Sample,
+};
+use alp_policy::{CausalLM, LoadOptions, ModelConfig};
+use serde_json::json;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const VOCAB: i64 = 8192;
+const GROUP: usize = 4;
+
+fn settings(kind: CorrectionKind, batch: usize, mismatch_every: u64) -> LearnerSettings {
+    let mut s = LearnerSettings::default();
+    s.correction.kind = kind;
+    s.micro_batch_size = batch;
+    s.mismatch_every = mismatch_every;
+    s.loss.dual_clip = Some(3.0);
+    s.alp.sigma0 = 1e-2;
+    s
+}
+
+/// Times `steps` learner steps after one warm-up step; returns tokens/s (prompt + completion tokens).
+fn time_ours(
+    dir: &Path,
+    s: LearnerSettings,
+    groups: &[Group],
+    steps: usize,
+    tokens_per_step: usize,
+) -> f64 {
+    let model = CausalLM::load(dir, &LoadOptions::default()).unwrap();
+    let mut learner = Learner::new(s, model, None).unwrap();
+    learner.train_step(groups).unwrap();
+    let start = Instant::now();
+    for _ in 0..steps {
+        let m = learner.train_step(groups).unwrap();
+        assert!(m["loss/total"].is_finite());
+    }
+    (tokens_per_step * steps) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let threads: i32 = env_or("BENCH_THREADS", 2);
+    let steps: usize = env_or("BENCH_STEPS", 3);
+    let batch: usize = env_or("BENCH_BATCH", 8);
+    let prompt: usize = env_or("BENCH_PROMPT", 64);
+    let completion: usize = env_or("BENCH_COMPLETION", 64);
+    tch::set_num_threads(threads);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
+    let cfg = json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": VOCAB,
+        "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": false,
+        "hidden_act": "silu", "torch_dtype": "float32", "initializer_range": 0.02
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
+    CausalLM::random(config, &LoadOptions::default(), 0)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+
+    // A fixed batch: groups of GROUP samples, rewards varying within each group, mu near a uniform
+    // policy's log-prob so ratios are moderate.
+    let samples: Vec<Sample> = (0..batch)
+        .map(|r| Sample {
+            prompt_ids: (0..prompt)
+                .map(|t| ((r / GROUP * 7919 + t * 104_729) % VOCAB as usize) as i64)
+                .collect(),
+            completion_ids: (0..completion)
+                .map(|t| ((r * 31 + t * 7_877) % VOCAB as usize) as i64)
+                .collect(),
+            loss_mask: vec![true; completion],
+            mu: (0..completion)
+                .map(|t| -(VOCAB as f32).ln() + 0.05 * ((r + t) % 7) as f32 - 0.15)
+                .collect(),
+            reward: (r % 3) as f64,
+            policy_version: 0,
+        })
+        .collect();
+    let groups: Vec<Group> = samples
+        .chunks(GROUP)
+        .map(|c| Group {
+            samples: c.to_vec(),
+        })
+        .collect();
+    let advantages: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| {
+            group_advantages(
+                &g.samples.iter().map(|s| s.reward).collect::<Vec<_>>(),
+                AdvantageKind::Grpo,
+            )
+        })
+        .collect();
+    let batch_path = dir.path().join("batch.json");
+    let batch_json = json!({
+        "prompt_ids": samples.iter().map(|s| &s.prompt_ids).collect::<Vec<_>>(),
+        "completion_ids": samples.iter().map(|s| &s.completion_ids).collect::<Vec<_>>(),
+        "mu": samples.iter().map(|s| &s.mu).collect::<Vec<_>>(),
+        "advantages": advantages,
+    });
+    std::fs::write(&batch_path, batch_json.to_string()).unwrap();
+    let tokens = batch * (prompt + completion);
+
+    println!(
+        "learner step benchmark: qwen2 4x256 GQA 4/2, vocab {VOCAB}, f32, batch {batch}, prompt {prompt}, \
+         completion {completion} ({tokens} tokens/step), {threads} threads, {steps} timed steps"
+    );
+    let output = Command::new(&python)
+        .arg(root.join("learner/benches/learner_step_ref.py"))
+        .args([dir.path().to_str().unwrap(), batch_path.to_str().unwrap()])
+        .arg(threads.to_string())
+        .arg(steps.to_string())
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .expect("run the PyTorch reference");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference: serde_json::Value =
+        serde_json::from_slice(output.stdout.trim_ascii()).expect("reference JSON");
+    let torch = reference["tokens_per_s"].as_f64().unwrap();
+
+    let bypass = time_ours(
+        dir.path(),
+        settings(CorrectionKind::Bypass, batch, 1),
+        &groups,
+        steps,
+        tokens,
+    );
+    let alp = time_ours(
+        dir.path(),
+        settings(CorrectionKind::Alp, batch, 1),
+        &groups,
+        steps,
+        tokens,
+    );
+    let alp_train = time_ours(
+        dir.path(),
+        settings(CorrectionKind::Alp, batch, 0),
+        &groups,
+        steps,
+        tokens,
+    );
+    println!("pytorch eager (bypass)            {torch:9.1} tok/s");
+    println!(
+        "alp-rl bypass                      {bypass:9.1} tok/s | vs pytorch {:.2}x",
+        bypass / torch
+    );
+    println!(
+        "alp-rl alp (+ mismatch forward)    {alp:9.1} tok/s | step time vs bypass {:.2}x",
+        bypass / alp
+    );
+    println!(
+        "alp-rl alp (mismatch_every = 0)    {alp_train:9.1} tok/s | step time vs bypass {:.2}x",
+        bypass / alp_train
+    );
+}

@@ -1,0 +1,67 @@
+//! Off-policy corrections: what the PPO ratio is taken against, and the TIS/MIS factor on top of it.
+//!
+//! TIS and MIS split the off-policy ratio as `(pi_old / mu) * (pi_theta / pi_old)`: the second factor is
+//! the clipped PPO ratio, the first is truncated (`min(w, C)`, TIS) or turned into a keep mask
+//! (`lo <= w <= hi`, MIS) at token level, or once per sequence with `log w = sum_t m_t (lp_old - mu)`
+//! (divided by the length if geometric). MIS-masked tokens stay in the aggregation denominators, as in
+//! verl's rollout-IS weights, so masking lowers a batch's gradient rather than reweighting the rest.
+//! Bypass and ALP use the single ratio against `mu` and no factor; `none` is the PPO ratio against
+//! `lp_old` with no factor (the paper's GSPO baseline).
+use tch::{Kind, Tensor};
+
+use crate::loss::{masked_diff, sequence_log_ratio, LOG_RATIO_CLAMP};
+use crate::settings::{CorrectionKind, CorrectionSettings, RatioLevel};
+
+/// The per-token correction factor and, for MIS, the keep mask (`[b, t]` f32, no grad).
+#[derive(Debug)]
+pub struct CorrectionWeights {
+    pub weights: Tensor,
+    /// MIS only: 1 where the token (or its sequence) is kept.
+    pub keep: Option<Tensor>,
+}
+
+/// The clamped log IS weight `log(pi_old / mu)` per token (`[b, t]`), at token or sequence level.
+pub fn log_is_weight(
+    lp_old: &Tensor,
+    mu: &Tensor,
+    mask: &Tensor,
+    level: RatioLevel,
+    geometric: bool,
+) -> Tensor {
+    let diff = masked_diff(lp_old, mu, mask);
+    let log_w = match level {
+        RatioLevel::Token => diff,
+        RatioLevel::Sequence => sequence_log_ratio(&diff, mask, geometric).unsqueeze(1) * mask,
+    };
+    log_w.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+}
+
+/// The TIS/MIS factor for one micro-batch; `None` for corrections without one.
+pub fn correction_weights(
+    cfg: &CorrectionSettings,
+    lp_old: Option<&Tensor>,
+    mu: &Tensor,
+    mask: &Tensor,
+) -> Option<CorrectionWeights> {
+    let lp_old = match cfg.kind {
+        CorrectionKind::Tis | CorrectionKind::Mis => lp_old.expect("TIS/MIS need lp_old"),
+        _ => return None,
+    };
+    let w = log_is_weight(lp_old, mu, mask, cfg.level, cfg.geometric).exp();
+    Some(match cfg.kind {
+        CorrectionKind::Tis => CorrectionWeights {
+            weights: w.clamp_max(cfg.tis_cap),
+            keep: None,
+        },
+        _ => {
+            let keep = w
+                .ge(cfg.mis_low)
+                .logical_and(&w.le(cfg.mis_high))
+                .to_kind(Kind::Float);
+            CorrectionWeights {
+                weights: keep.shallow_clone(),
+                keep: Some(keep),
+            }
+        }
+    })
+}

@@ -1,0 +1,25 @@
+//! The learner's error type.
+use thiserror::Error;
+
+use crate::settings::SettingsError;
+
+#[derive(Debug, Error)]
+pub enum LearnerError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A batch the learner cannot train on (empty group, length mismatch, ...).
+    #[error("invalid batch: {0}")]
+    Batch(String),
+    /// A saved optimizer or learner state that does not fit the current parameters.
+    #[error("state mismatch: {0}")]
+    State(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = LearnerError> = std::result::Result<T, E>;

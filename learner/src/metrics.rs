@@ -1,0 +1,278 @@
+//! Per-step metric math, on plain f64 values pulled off the device once per micro-batch.
+//!
+//! Names are the interface of design section 4. Definitions where the design leaves a choice:
+//! - quantiles interpolate linearly between order statistics (numpy's default), `std` is the population
+//!   std (ddof 0), and a statistic of an empty set is NaN;
+//! - `ratio/*` is over every trained token of every loss evaluation of the step (all epochs and
+//!   mini-batches), `ratio_seq/*` over every sequence of those evaluations;
+//! - `clip/*` and `mask/frac` are fractions of those trained tokens (`mask/frac` = MIS-rejected);
+//! - `ess = (sum w)^2 / (n sum w^2)` over the per-token importance weights the loss applies: the ratio
+//!   times the TIS weight or MIS mask;
+//! - `mismatch/*` compare unperturbed pre-update training log-probs `lp` with `mu` per trained token,
+//!   `d = lp - mu` clamped to [-20, 20]: `k1 = mean(mu - lp)`, `k2 = mean(d^2 / 2)`,
+//!   `k3 = mean(exp(d) - d - 1)`, `logp_abs_diff_{mean,max}` of `|d|`, and `ppl_ratio` = mean over
+//!   sequences of `exp(mean_t mu - mean_t lp)` = training ppl / inference ppl (verl's definition).
+use std::collections::BTreeMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::loss::LOG_RATIO_CLAMP;
+
+/// Metric name to value; the runtime writes one row per step.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Quantile suffixes and levels of `ratio/*` and `ratio_seq/*`.
+pub const QUANTILES: [(&str, f64); 8] = [
+    ("q01", 0.01),
+    ("q05", 0.05),
+    ("q25", 0.25),
+    ("q50", 0.5),
+    ("q75", 0.75),
+    ("q95", 0.95),
+    ("q99", 0.99),
+    ("q999", 0.999),
+];
+
+/// Tensor (any shape, any float kind, any device) to a flat `Vec<f64>`.
+pub fn to_vec(t: &Tensor) -> Vec<f64> {
+    let flat = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double)
+        .reshape([-1]);
+    Vec::<f64>::try_from(flat).expect("a flat double tensor converts to Vec<f64>")
+}
+
+/// Linear-interpolation quantile of sorted values (numpy `method="linear"`).
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// `{prefix}/{min,max,mean,std,q01..q999}` of `values`.
+pub fn describe(prefix: &str, values: &[f64], out: &mut Metrics) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len() as f64;
+    let mean = if sorted.is_empty() {
+        f64::NAN
+    } else {
+        sorted.iter().sum::<f64>() / n
+    };
+    let var = if sorted.is_empty() {
+        f64::NAN
+    } else {
+        sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n
+    };
+    out.insert(
+        format!("{prefix}/min"),
+        sorted.first().copied().unwrap_or(f64::NAN),
+    );
+    out.insert(
+        format!("{prefix}/max"),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    );
+    out.insert(format!("{prefix}/mean"), mean);
+    out.insert(format!("{prefix}/std"), var.sqrt());
+    for (name, q) in QUANTILES {
+        out.insert(format!("{prefix}/{name}"), quantile_sorted(&sorted, q));
+    }
+}
+
+/// Effective sample size fraction `(sum w)^2 / (n sum w^2)` (1 for equal weights, NaN when empty).
+pub fn ess(weights: &[f64]) -> f64 {
+    let n = weights.len() as f64;
+    let s: f64 = weights.iter().sum();
+    let s2: f64 = weights.iter().map(|w| w * w).sum();
+    if weights.is_empty() || s2 == 0.0 {
+        return f64::NAN;
+    }
+    s * s / (n * s2)
+}
+
+fn frac(count: usize, total: usize) -> f64 {
+    if total == 0 {
+        f64::NAN
+    } else {
+        count as f64 / total as f64
+    }
+}
+
+/// Accumulates the ratio, clip, mask and ESS statistics of one step's loss evaluations.
+#[derive(Debug, Default, Clone)]
+pub struct RatioStats {
+    pub token_ratios: Vec<f64>,
+    pub seq_ratios: Vec<f64>,
+    pub weights: Vec<f64>,
+    pub clip_high: usize,
+    pub clip_low: usize,
+    pub clip_dual: usize,
+    pub masked: usize,
+}
+
+impl RatioStats {
+    /// Adds one evaluation. All slices are flat `[b * t]` except `seq_log_ratio` (`[b]`) and `row_tokens`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        log_ratio: &[f64],
+        seq_log_ratio: &[f64],
+        mask: &[f64],
+        correction: Option<&[f64]>,
+        keep: Option<&[f64]>,
+        clip_high: &[f64],
+        clip_low: &[f64],
+        clip_dual: &[f64],
+    ) {
+        let cols = mask.len() / seq_log_ratio.len().max(1);
+        for (i, &m) in mask.iter().enumerate() {
+            if m <= 0.0 {
+                continue;
+            }
+            let r = log_ratio[i].exp();
+            self.token_ratios.push(r);
+            self.weights.push(r * correction.map_or(1.0, |c| c[i]));
+            self.clip_high += usize::from(clip_high[i] > 0.0);
+            self.clip_low += usize::from(clip_low[i] > 0.0);
+            self.clip_dual += usize::from(clip_dual[i] > 0.0);
+            self.masked += usize::from(keep.is_some_and(|k| k[i] <= 0.0));
+        }
+        for (row, &s) in seq_log_ratio.iter().enumerate() {
+            let trained = mask[row * cols..(row + 1) * cols].iter().any(|&m| m > 0.0);
+            if trained {
+                self.seq_ratios.push(s.exp());
+            }
+        }
+    }
+
+    /// `ratio/*`, `ratio_seq/*`, `clip/*`, `mask/frac`, `ess`.
+    pub fn write(&self, out: &mut Metrics) {
+        describe("ratio", &self.token_ratios, out);
+        describe("ratio_seq", &self.seq_ratios, out);
+        let n = self.token_ratios.len();
+        for (name, t) in [("2", 2.0), ("5", 5.0), ("10", 10.0)] {
+            out.insert(
+                format!("ratio/frac_above_{name}"),
+                frac(self.token_ratios.iter().filter(|&&r| r > t).count(), n),
+            );
+        }
+        for (name, t) in [("0.5", 0.5), ("0.2", 0.2), ("0.1", 0.1)] {
+            out.insert(
+                format!("ratio/frac_below_{name}"),
+                frac(self.token_ratios.iter().filter(|&&r| r < t).count(), n),
+            );
+        }
+        out.insert("clip/high_frac".into(), frac(self.clip_high, n));
+        out.insert("clip/low_frac".into(), frac(self.clip_low, n));
+        out.insert("clip/dual_frac".into(), frac(self.clip_dual, n));
+        out.insert("mask/frac".into(), frac(self.masked, n));
+        out.insert("ess".into(), ess(&self.weights));
+    }
+}
+
+/// Accumulates `mismatch/*` between unperturbed training log-probs and inference log-probs.
+#[derive(Debug, Default, Clone)]
+pub struct MismatchStats {
+    k1: f64,
+    k2: f64,
+    k3: f64,
+    abs_sum: f64,
+    abs_max: f64,
+    tokens: usize,
+    ppl_ratio_sum: f64,
+    seqs: usize,
+}
+
+impl MismatchStats {
+    /// Adds `rows` sequences given as flat row-major `[rows * t]` slices.
+    pub fn add(&mut self, lp: &[f64], mu: &[f64], mask: &[f64], rows: usize) {
+        let t = mask.len() / rows.max(1);
+        for r in 0..rows {
+            let (mut n, mut lp_sum, mut mu_sum) = (0usize, 0.0, 0.0);
+            for i in r * t..(r + 1) * t {
+                if mask[i] <= 0.0 {
+                    continue;
+                }
+                let d = (lp[i] - mu[i]).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
+                self.k1 += -d;
+                self.k2 += 0.5 * d * d;
+                self.k3 += d.exp() - d - 1.0;
+                self.abs_sum += d.abs();
+                self.abs_max = self.abs_max.max(d.abs());
+                n += 1;
+                lp_sum += lp[i];
+                mu_sum += mu[i];
+            }
+            if n > 0 {
+                self.tokens += n;
+                self.ppl_ratio_sum += ((mu_sum - lp_sum) / n as f64).exp();
+                self.seqs += 1;
+            }
+        }
+    }
+
+    /// The same names as NaN, for steps that skip the mismatch forward (`mismatch_every`).
+    pub fn write_skipped(out: &mut Metrics) {
+        for k in [
+            "k1",
+            "k2",
+            "k3",
+            "logp_abs_diff_mean",
+            "logp_abs_diff_max",
+            "ppl_ratio",
+        ] {
+            out.insert(format!("mismatch/{k}"), f64::NAN);
+        }
+    }
+
+    pub fn write(&self, out: &mut Metrics) {
+        let per_token = |x: f64| {
+            if self.tokens == 0 {
+                f64::NAN
+            } else {
+                x / self.tokens as f64
+            }
+        };
+        out.insert("mismatch/k1".into(), per_token(self.k1));
+        out.insert("mismatch/k2".into(), per_token(self.k2));
+        out.insert("mismatch/k3".into(), per_token(self.k3));
+        out.insert(
+            "mismatch/logp_abs_diff_mean".into(),
+            per_token(self.abs_sum),
+        );
+        out.insert(
+            "mismatch/logp_abs_diff_max".into(),
+            if self.tokens == 0 {
+                f64::NAN
+            } else {
+                self.abs_max
+            },
+        );
+        let ppl = if self.seqs == 0 {
+            f64::NAN
+        } else {
+            self.ppl_ratio_sum / self.seqs as f64
+        };
+        out.insert("mismatch/ppl_ratio".into(), ppl);
+    }
+}
+
+/// `reward/{mean,std}` (population std) and `len/{mean,max}` (completion tokens) of a batch.
+pub fn batch_metrics(rewards: &[f64], lengths: &[usize], out: &mut Metrics) {
+    let n = rewards.len().max(1) as f64;
+    let mean = rewards.iter().sum::<f64>() / n;
+    let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
+    out.insert("reward/mean".into(), mean);
+    out.insert("reward/std".into(), var.sqrt());
+    let ln = lengths.len().max(1) as f64;
+    out.insert("len/mean".into(), lengths.iter().sum::<usize>() as f64 / ln);
+    out.insert(
+        "len/max".into(),
+        lengths.iter().copied().max().unwrap_or(0) as f64,
+    );
+}
