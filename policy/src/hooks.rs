@@ -64,13 +64,41 @@ pub trait ForwardHooks {
     /// `x W^T + b` for the projection at `site`; `w` is `[out, in]` as stored in HF checkpoints.
     fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         let _ = site;
-        x.linear(w, b)
+        linear(x, w, b)
     }
 
     /// The final logits (`[batch, seq, vocab]`), after the LM head.
     fn logits(&self, logits: Tensor) -> Tensor {
         logits
     }
+}
+
+/// Rows of `x` up to which [`linear`] multiplies weight-first on CPU.
+const FEW_ROWS: i64 = 64;
+
+/// `x W^T + b`. On CPU in f32 with few rows (a decode step), MKL runs `W x^T` 25-50% faster than
+/// `x W^T` with a transposed weight (measured for every projection shape of a 512-wide model, batch
+/// 16; bf16 goes through oneDNN and gains nothing), so that is what we compute there; the result is
+/// the same product up to float reassociation.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let size = x.size();
+    let in_features = *size.last().expect("x has a feature dimension");
+    let rows = x.numel() as i64 / in_features.max(1);
+    if x.device() != tch::Device::Cpu
+        || x.kind() != tch::Kind::Float
+        || rows > FEW_ROWS
+        || size.len() < 2
+    {
+        return x.linear(w, b);
+    }
+    let y = w.mm(&x.reshape([rows, in_features]).tr()).tr();
+    let y = match b {
+        Some(b) => y + b,
+        None => y.contiguous(),
+    };
+    let mut out_size = size;
+    *out_size.last_mut().expect("non-empty") = w.size()[0];
+    y.reshape(out_size.as_slice())
 }
 
 /// The plain model: every hook is the identity.

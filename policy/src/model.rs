@@ -209,6 +209,11 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if s == 1 {
+            return self
+                .o_proj
+                .forward(&self.decode_attention(&q, &k, &v, bias, scale), hooks);
+        }
         let attn = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -223,6 +228,30 @@ impl Attention {
             .transpose(1, 2)
             .reshape([b, s, self.num_heads * self.head_dim]);
         self.o_proj.forward(&attn, hooks)
+    }
+
+    /// Attention for one query position per row (a decode step), as two batched matmuls with the
+    /// query heads grouped by the KV head they share. On CPU this is 2-4x faster than
+    /// `scaled_dot_product_attention` with GQA and a mask, and it never materialises repeated keys.
+    /// Returns `[b, 1, heads * head_dim]`.
+    fn decode_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        scale: f64,
+    ) -> Tensor {
+        let b = q.size()[0];
+        let group = self.num_heads / self.num_kv_heads;
+        let keys = k.size()[2];
+        // q: [b, heads, 1, d] -> [b, kv_heads, group, d]; query head h uses KV head h / group.
+        let q = q.reshape([b, self.num_kv_heads, group, self.head_dim]);
+        let scores = q.matmul(&k.transpose(2, 3)) * scale + bias.reshape([b, 1, 1, keys]);
+        let probs = scores.softmax(-1, Kind::Float).to_kind(v.kind());
+        probs
+            .matmul(v)
+            .reshape([b, 1, self.num_heads * self.head_dim])
     }
 }
 

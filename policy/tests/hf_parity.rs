@@ -68,7 +68,8 @@ fn logits_match_transformers_for_ragged_batches_and_save_round_trips() {
     let prompts = oracle::ragged_prompts();
     for &(arch, tied, kv_heads) in oracle::CASES {
         let dir = tempfile::tempdir().unwrap();
-        let reference = oracle::make_model_with_reference(arch, dir.path(), tied, kv_heads, &prompts, 0);
+        let reference =
+            oracle::make_model_with_reference(arch, dir.path(), tied, kv_heads, &prompts, 0);
         let model = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
         assert_eq!(model.config().tie_word_embeddings, tied);
         for left in [false, true] {

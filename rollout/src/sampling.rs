@@ -163,40 +163,43 @@ impl RowSampler {
             );
         }
         let sampling = processed_logprobs(&logits, params);
-        let rows = sampling.size()[0] as usize;
-        let vocab = sampling.size()[1] as usize;
-        let probs: Vec<f32> =
-            Vec::try_from(sampling.exp().contiguous().view([-1])).expect("f32 probabilities");
-        let tokens: Vec<i64> = (0..rows)
-            .map(|r| draw(&probs[r * vocab..(r + 1) * vocab], &mut self.rngs[r]) as i64)
-            .collect();
+        let tokens = self.draw(&sampling);
         let recorded = match params.logprob_mode {
             LogprobMode::Sampling => sampling,
             LogprobMode::Temperature => (&logits / params.temperature).log_softmax(-1, Kind::Float),
             LogprobMode::Raw => raw(),
         };
-        let index = Tensor::from_slice(&tokens)
-            .to_device(logits.device())
-            .unsqueeze(-1);
-        let lps = recorded.gather(-1, &index, false).squeeze_dim(-1);
-        (tokens, Vec::<f32>::try_from(&lps).expect("f32 log-probs"))
+        let lps = recorded
+            .gather(-1, &tokens.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        (
+            Vec::<i64>::try_from(&tokens).expect("int64 tokens"),
+            Vec::<f32>::try_from(&lps).expect("f32 log-probs"),
+        )
     }
-}
 
-/// Inverse-CDF draw from unnormalised-by-rounding probabilities; never returns a zero-mass token.
-fn draw(probs: &[f32], rng: &mut StdRng) -> usize {
-    let total: f64 = probs.iter().map(|&p| p as f64).sum();
-    let target = rng.gen::<f64>() * total;
-    let mut acc = 0.0f64;
-    let mut last_nonzero = 0;
-    for (i, &p) in probs.iter().enumerate() {
-        if p > 0.0 {
-            acc += p as f64;
-            last_nonzero = i;
-            if acc > target {
-                return i;
-            }
-        }
+    /// Inverse-CDF sampling on the device: one uniform per row from the row's RNG, and the token is
+    /// the first whose cumulative probability exceeds it. Zero-mass tokens add nothing to the CDF, so
+    /// they can never be chosen; only `rows` numbers cross to the device, not `rows x vocab`.
+    fn draw(&mut self, logprobs: &Tensor) -> Tensor {
+        let probs = logprobs.exp();
+        let cdf = probs.cumsum(-1, Kind::Float);
+        let vocab = cdf.size()[1];
+        let total = cdf.narrow(1, vocab - 1, 1);
+        let uniforms: Vec<f32> = self.rngs.iter_mut().map(|rng| rng.gen::<f32>()).collect();
+        let target = Tensor::from_slice(&uniforms)
+            .to_device(cdf.device())
+            .unsqueeze(-1)
+            * total;
+        let tokens = cdf
+            .le_tensor(&target)
+            .sum_dim_intlist(-1, false, Kind::Int64)
+            .clamp_max(vocab - 1);
+        // Rounding can put the target at the very top of the CDF; fall back to the likeliest token
+        // rather than a zero-mass one.
+        let picked = probs
+            .gather(-1, &tokens.unsqueeze(-1), false)
+            .squeeze_dim(-1);
+        tokens.where_self(&picked.gt(0.0), &probs.argmax(-1, false))
     }
-    last_nonzero
 }

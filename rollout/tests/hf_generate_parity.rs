@@ -16,8 +16,14 @@ fn greedy_generation_matches_transformers() {
     let prompts = oracle::ragged_prompts();
     for &(arch, tied, kv_heads) in oracle::CASES {
         let dir = tempfile::tempdir().unwrap();
-        let reference =
-            oracle::make_model_with_reference(arch, dir.path(), tied, kv_heads, &prompts, NEW_TOKENS);
+        let reference = oracle::make_model_with_reference(
+            arch,
+            dir.path(),
+            tied,
+            kv_heads,
+            &prompts,
+            NEW_TOKENS,
+        );
         let model = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
         let mut engine = LocalEngine::new(model, 8);
         let params = SamplingParams {

@@ -65,15 +65,19 @@ pub fn make_model_with_reference(
     new_tokens: usize,
 ) -> Vec<OracleResult> {
     let kv = kv_heads.to_string();
-    let mut args = make_args(arch, dir, tied, &kv);
     with_cases(prompts, new_tokens, |cases, out| {
+        let mut args = make_args(arch, dir, tied, &kv);
         args.extend(["--run", cases, out]);
         hf(&args);
     })
 }
 
 /// Writes the cases file, lets `call` run the oracle with (cases path, result path), reads the result.
-fn with_cases(prompts: &[Vec<i64>], new_tokens: usize, call: impl FnOnce(&str, &str)) -> Vec<OracleResult> {
+fn with_cases(
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+    call: impl FnOnce(&str, &str),
+) -> Vec<OracleResult> {
     let tmp = tempfile::tempdir().unwrap();
     let cases = tmp.path().join("cases.json");
     let out = tmp.path().join("out.json");
