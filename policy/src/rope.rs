@@ -43,7 +43,8 @@ fn inv_freq_values(cfg: &ModelConfig) -> Vec<f32> {
                     } else {
                         f
                     };
-                    let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    // Wavelengths are finite and positive, so ">=" and "<=" are the negations HF writes.
+                    let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     if medium {
                         let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

@@ -20,16 +20,14 @@ fn pad(prompts: &[Vec<i64>], left: bool) -> (Tensor, Tensor, Vec<i64>) {
         let (pre, post) = if left { (padding, 0) } else { (0, padding) };
         offsets.push(pre as i64);
         ids.extend(
-            std::iter::repeat(0)
-                .take(pre)
+            std::iter::repeat_n(0, pre)
                 .chain(p.iter().copied())
-                .chain(std::iter::repeat(0).take(post)),
+                .chain(std::iter::repeat_n(0, post)),
         );
         mask.extend(
-            std::iter::repeat(0i64)
-                .take(pre)
-                .chain(std::iter::repeat(1).take(p.len()))
-                .chain(std::iter::repeat(0).take(post)),
+            std::iter::repeat_n(0i64, pre)
+                .chain(std::iter::repeat_n(1, p.len()))
+                .chain(std::iter::repeat_n(0, post)),
         );
     }
     let b = prompts.len() as i64;

@@ -63,7 +63,8 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<(), RolloutError> {
         let bad =
             |field: &'static str, problem: String| RolloutError::InvalidSetting { field, problem };
-        if !self.greedy && !(self.temperature > 0.0 && self.temperature.is_finite()) {
+        let temperature_ok = self.temperature > 0.0 && self.temperature.is_finite();
+        if !self.greedy && !temperature_ok {
             return Err(bad(
                 "temperature",
                 format!(

@@ -86,7 +86,7 @@ fn kv_cache_decode_equals_full_recompute_with_padding() {
 fn engine_logprobs_equal_full_recompute_in_raw_mode() {
     tch::set_num_threads(1);
     let model = tiny_model("qwen3", 3);
-    let prompts = vec![
+    let prompts = [
         vec![1i64, 2, 3, 4, 5, 6, 7],
         vec![8, 9],
         vec![10, 11, 12, 13],
