@@ -3,6 +3,10 @@
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod config;
+mod parquet_log;
+mod run_dir;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +27,8 @@ enum Command {
     Env(commands::env::EnvArgs),
     /// Write a small random HF checkpoint with a character tokenizer (demos, smoke tests).
     NewModel(commands::new_model::NewModelArgs),
+    /// RL post-training from a TOML run config (docs/config.md) into a run directory.
+    Train(commands::train::TrainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Env(args) => commands::env::run(args),
         Command::NewModel(args) => commands::new_model::run(args),
+        Command::Train(args) => commands::train::run(args),
     }
 }

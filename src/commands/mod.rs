@@ -2,3 +2,4 @@
 pub mod env;
 pub mod generate;
 pub mod new_model;
+pub mod train;

@@ -26,24 +26,35 @@ pub struct NewModelArgs {
 }
 
 pub fn run(args: NewModelArgs) -> Result<()> {
+    write_model(&args.preset, &args.arch, &args.out, args.seed, &args.dtype)
+}
+
+/// Writes a random `preset` model of family `arch` with the char tokenizer into `out`.
+pub fn write_model(
+    preset: &str,
+    arch: &str,
+    out: &std::path::Path,
+    seed: u64,
+    dtype: &str,
+) -> Result<()> {
     let spec = CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars());
     let tokenizer = spec.build()?;
-    let (layers, hidden, heads, kv_heads, inter) = match args.preset.as_str() {
+    let (layers, hidden, heads, kv_heads, inter) = match preset {
         "tiny" => (2, 64, 4, 2, 192),
         "small" => (4, 256, 8, 2, 704),
-        other => bail!("--preset {other:?}: use tiny or small"),
+        other => bail!("preset {other:?}: use tiny or small"),
     };
-    let class = match args.arch.as_str() {
+    let class = match arch {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "llama" => "LlamaForCausalLM",
-        other => bail!("--arch {other:?}: use qwen2, qwen3 or llama"),
+        other => bail!("arch {other:?}: use qwen2, qwen3 or llama"),
     };
     let eos = tokenizer
         .eos_token_id()
         .context("the char tokenizer has an EOS token")?;
     let config = json!({
-        "architectures": [class], "model_type": args.arch,
+        "architectures": [class], "model_type": arch,
         "vocab_size": tokenizer.vocab_size(), "hidden_size": hidden, "intermediate_size": inter,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": hidden / heads, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
@@ -52,24 +63,24 @@ pub fn run(args: NewModelArgs) -> Result<()> {
         "pad_token_id": tokenizer.pad_token_id(), "torch_dtype": "float32"
     });
     let config = ModelConfig::from_json_str(&config.to_string(), "new-model preset")?;
-    let kind = parse_kind(&args.dtype)?;
+    let kind = parse_kind(dtype)?;
     let model = CausalLM::random(
         config,
         &LoadOptions {
             kind,
             ..LoadOptions::default()
         },
-        args.seed,
+        seed,
     )?;
     model
-        .save(&args.out)
-        .with_context(|| format!("cannot write the model to {}", args.out.display()))?;
-    tokenizer.save(&args.out)?;
+        .save(out)
+        .with_context(|| format!("cannot write the model to {}", out.display()))?;
+    tokenizer.save(out)?;
     let params: i64 = model
         .named_parameters()
         .iter()
         .map(|(_, t)| t.numel() as i64)
         .sum();
-    tracing::info!(dir = %args.out.display(), params, preset = %args.preset, "wrote a random model");
+    tracing::info!(dir = %out.display(), params, preset, "wrote a random model");
     Ok(())
 }

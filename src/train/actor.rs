@@ -1,0 +1,248 @@
+//! The rollout worker: a thread that owns the inference copy of the policy (its own `LocalEngine`; a
+//! libtorch model stays on the thread that made it), generates one batch of groups per learner step
+//! into a bounded queue, and installs the weights the learner publishes through a channel.
+//!
+//! Pacing: batch `b` (trained at learner step `b + 1`, when the learner holds version `b`) is generated
+//! with exactly version `max(first, b - max_staleness)`. So the worker waits for that version instead
+//! of running further ahead, no sample ever lags more than `max_staleness` versions, and the batches a
+//! run sees do not depend on thread timing (runs are reproducible, `max_staleness = 0` is synchronous).
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use alp_envs::{Environment, Example, Split};
+use alp_policy::{CausalLM, LoadOptions};
+use alp_rollout::{run_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
+use alp_tokenizer::Tokenizer;
+use tch::{Device, Kind, Tensor};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ActorError {
+    #[error("rollout worker: {0}")]
+    Worker(String),
+    #[error("the rollout worker stopped unexpectedly")]
+    Stopped,
+}
+
+/// Everything the worker needs; moved into its thread.
+pub struct ActorSettings {
+    /// Weights the worker starts from (the initial model or the resumed checkpoint).
+    pub model_dir: PathBuf,
+    pub tokenizer_dir: PathBuf,
+    pub inference_kind: Kind,
+    pub device: Device,
+    pub engine_batch_size: usize,
+    pub env: Arc<dyn Environment>,
+    pub params: SamplingParams,
+    pub episode: EpisodeSettings,
+    pub group_size: usize,
+    pub prompts_per_step: usize,
+    pub seed: u64,
+    pub max_staleness: u64,
+    /// First batch to generate (= learner steps already done = version of `model_dir`).
+    pub first_batch: u64,
+    /// One past the last batch.
+    pub end_batch: u64,
+}
+
+/// One learner step's worth of rollouts.
+pub struct RolloutBatch {
+    /// 0-based: trained at learner step `index + 1`.
+    pub index: u64,
+    pub policy_version: u64,
+    /// `prompts_per_step` groups of `group_size` trajectories, in example order.
+    pub groups: Vec<Vec<Trajectory>>,
+    pub generate_s: f64,
+    /// Seconds the worker waited for the weights it needed.
+    pub wait_weights_s: f64,
+}
+
+/// Weights published by the learner: deep copies of its parameters.
+pub struct WeightsUpdate {
+    pub version: u64,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The learner's handle on the worker thread.
+pub struct Actor {
+    batches: Option<Receiver<Result<RolloutBatch, String>>>,
+    weights: Option<Sender<WeightsUpdate>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// SplitMix64 of `(seed, index)`: the seed of one example draw or one batch's sampling.
+pub fn mix(seed: u64, index: u64) -> u64 {
+    let mut z = seed ^ 0x5851_F42D_4C95_7F2Du64.wrapping_mul(index.wrapping_add(1));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The examples of batch `b`: a pure function of (seed, b), so the data cursor is the step itself.
+pub fn batch_examples(
+    env: &dyn Environment,
+    seed: u64,
+    batch: u64,
+    prompts: usize,
+) -> Result<Vec<Example>, String> {
+    (0..prompts as u64)
+        .map(|j| {
+            env.example(Split::Train, mix(seed, batch * prompts as u64 + j))
+                .map_err(|e| format!("env {}: drawing an example: {e}", env.name()))
+        })
+        .collect()
+}
+
+impl Actor {
+    pub fn spawn(settings: ActorSettings) -> Self {
+        // Batch b needs version b - s, published after step b - s; the worker is thus at most s + 1
+        // batches ahead, which is the queue's bound.
+        let (batch_tx, batches) = mpsc::sync_channel(settings.max_staleness as usize + 1);
+        let (weights_tx, weights_rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("rollout-0".into())
+            .spawn(move || {
+                if let Err(e) = worker(settings, &batch_tx, weights_rx) {
+                    // The learner may already be gone; then nobody needs the error.
+                    let _ = batch_tx.send(Err(e));
+                }
+            })
+            .expect("spawning the rollout thread");
+        Actor {
+            batches: Some(batches),
+            weights: Some(weights_tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// The next batch, in order; blocks until the worker has produced it.
+    pub fn next_batch(&self) -> Result<RolloutBatch, ActorError> {
+        let rx = self.batches.as_ref().ok_or(ActorError::Stopped)?;
+        match rx.recv() {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(e)) => Err(ActorError::Worker(e)),
+            Err(_) => Err(ActorError::Stopped),
+        }
+    }
+
+    /// Sends a deep copy of `model`'s parameters as `version`.
+    pub fn publish(&self, model: &CausalLM, version: u64) {
+        let tensors = tch::no_grad(|| {
+            model
+                .named_parameters()
+                .into_iter()
+                .map(|(n, t)| (n, t.detach().copy()))
+                .collect()
+        });
+        if let Some(tx) = &self.weights {
+            // A worker that has produced its last batch has exited; nothing more to send it.
+            let _ = tx.send(WeightsUpdate { version, tensors });
+        }
+    }
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        // Closing both channels unblocks the worker wherever it waits; it exits once its current
+        // generate call returns.
+        self.weights.take();
+        self.batches.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(
+    s: ActorSettings,
+    out: &SyncSender<Result<RolloutBatch, String>>,
+    weights: Receiver<WeightsUpdate>,
+) -> Result<(), String> {
+    let _guard = tch::no_grad_guard();
+    let load = |kind| {
+        CausalLM::load(
+            &s.model_dir,
+            &LoadOptions {
+                kind,
+                device: s.device,
+            },
+        )
+        .map_err(|e| format!("loading {}: {e}", s.model_dir.display()))
+    };
+    let tokenizer = Tokenizer::from_dir(&s.tokenizer_dir)
+        .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
+    // Published weights land in `staging` (as sent, f32) and reach the engine through
+    // `update_weights`, which converts them to the inference dtype and sets the version.
+    let staging = load(Kind::Float)?;
+    let mut engine = LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size);
+    engine.update_weights(&staging, s.first_batch);
+    let mut version = s.first_batch;
+    for b in s.first_batch..s.end_batch {
+        let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
+        let waited = Instant::now();
+        while version < needed {
+            let Ok(update) = weights.recv() else {
+                return Ok(()); // the learner is done
+            };
+            if update.version >= needed {
+                install(&staging, &update.tensors)?;
+                engine.update_weights(&staging, update.version);
+            }
+            version = update.version;
+        }
+        let wait_weights_s = waited.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let examples = batch_examples(s.env.as_ref(), s.seed, b, s.prompts_per_step)?;
+        let expanded: Vec<Example> = examples
+            .iter()
+            .flat_map(|e| std::iter::repeat_n(e.clone(), s.group_size))
+            .collect();
+        let params = SamplingParams {
+            seed: mix(s.seed ^ 0xA5A5_5A5A, b),
+            ..s.params.clone()
+        };
+        let trajectories = run_episodes(
+            &mut engine,
+            &tokenizer,
+            s.env.as_ref(),
+            &expanded,
+            &params,
+            &s.episode,
+        )
+        .map_err(|e| format!("batch {b}: {e}"))?;
+        let mut groups = Vec::with_capacity(s.prompts_per_step);
+        let mut it = trajectories.into_iter();
+        for _ in 0..s.prompts_per_step {
+            groups.push(it.by_ref().take(s.group_size).collect());
+        }
+        let batch = RolloutBatch {
+            index: b,
+            policy_version: version,
+            groups,
+            generate_s: started.elapsed().as_secs_f64(),
+            wait_weights_s,
+        };
+        if out.send(Ok(batch)).is_err() {
+            return Ok(()); // the learner stopped
+        }
+    }
+    Ok(())
+}
+
+/// Copies published tensors into the staging model's parameters (same names and shapes).
+fn install(staging: &CausalLM, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    let mut params: std::collections::HashMap<String, Tensor> =
+        staging.named_parameters().into_iter().collect();
+    tch::no_grad(|| {
+        for (name, t) in tensors {
+            let p = params
+                .get_mut(name)
+                .ok_or_else(|| format!("published weight {name} is not in the model"))?;
+            p.copy_(t);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,92 @@
+//! Checkpoints: `checkpoints/step-NNNNNN/` holds `model/` (HF layout: config.json, model.safetensors,
+//! tokenizer files), `learner/` (optimizer moments, learner step, ALP scales) and `state.json` (the
+//! runtime's counters). The directory is assembled under a temporary name and renamed when complete;
+//! then `checkpoints/latest` is rewritten (atomically) to name it, and checkpoints beyond `keep` are
+//! deleted. A reader that follows `latest` therefore only ever sees complete checkpoints.
+use std::path::Path;
+
+use alp_learner::Learner;
+use alp_policy::CausalLM;
+use alp_tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::run_dir::{checkpoint_name, temp_path, write_bytes_atomic, RunDir};
+
+/// The runtime's own state: with the weights and the learner state it determines the rest of the run
+/// (examples and sampling seeds are pure functions of the seed and the step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// Learner steps completed; the next batch (data cursor) is batch `step`.
+    pub step: u64,
+    pub policy_version: u64,
+    pub seed: u64,
+    /// Consecutive non-finite steps so far.
+    pub nonfinite_run: u64,
+    /// Non-finite steps skipped over the whole run.
+    pub nonfinite_total: u64,
+}
+
+pub fn save(
+    run: &RunDir,
+    learner: &Learner<CausalLM>,
+    tokenizer: &Tokenizer,
+    state: &RuntimeState,
+    keep: usize,
+) -> Result<()> {
+    let final_dir = run.checkpoint(state.step);
+    let tmp = temp_path(&final_dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let model_dir = tmp.join("model");
+    learner
+        .policy()
+        .save(&model_dir)
+        .with_context(|| format!("saving weights to {}", model_dir.display()))?;
+    tokenizer
+        .save(&model_dir)
+        .with_context(|| format!("saving the tokenizer to {}", model_dir.display()))?;
+    learner
+        .save_state(&tmp.join("learner"))
+        .context("saving the learner state")?;
+    write_bytes_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
+    if final_dir.exists() {
+        // A previous attempt of this step (before a crash and resume): replace it.
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(&run.checkpoints_dir());
+    write_bytes_atomic(&run.latest(), checkpoint_name(state.step).as_bytes())?;
+    prune(run, state.step, keep)?;
+    tracing::info!(step = state.step, dir = %final_dir.display(), "checkpoint saved");
+    Ok(())
+}
+
+/// Reads a checkpoint's runtime state.
+pub fn load_state(dir: &Path) -> Result<RuntimeState> {
+    let path = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Deletes complete checkpoints older than the `keep` newest (never the one `latest` names).
+fn prune(run: &RunDir, latest: u64, keep: usize) -> Result<()> {
+    let steps = run.checkpoint_steps()?;
+    let n = steps.len();
+    for &s in steps.iter().take(n.saturating_sub(keep)) {
+        if s != latest {
+            std::fs::remove_dir_all(run.checkpoint(s))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the rename durable; best effort (not every filesystem supports syncing a directory).
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}

@@ -1,0 +1,483 @@
+//! The `alp-rl train` runtime: one rollout worker thread ([`actor`]) feeding the learner on the main
+//! thread, parquet logs, checkpoints ([`checkpoint`]) and exact resume.
+//!
+//! Versions: the initial weights are version 0; learner step `t` (1-based) trains on batch `t - 1` while
+//! holding version `t - 1`, then publishes version `t`. A sample's staleness is `t - 1 - v` for the
+//! version `v` that generated it, bounded by `rollout.max_staleness` through the worker's pacing.
+pub mod actor;
+pub mod checkpoint;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
+use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_rollout::{EpisodeSettings, Trajectory};
+use alp_tokenizer::Tokenizer;
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::json;
+use tch::{Device, Kind};
+
+use crate::config::TrainConfig;
+use crate::parquet_log::{self, MetricsRow, RolloutRow};
+use crate::run_dir::{remove_stale_temps, temp_path, write_bytes_atomic, RunDir};
+use actor::{Actor, ActorSettings, RolloutBatch};
+use checkpoint::RuntimeState;
+
+/// What `train` was asked to do.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub config: TrainConfig,
+    pub config_path: PathBuf,
+    pub run_dir: PathBuf,
+    pub resume: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub first_step: u64,
+    pub last_step: u64,
+}
+
+fn device_of(name: &str) -> Device {
+    match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        _ => Device::cuda_if_available(),
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Creates (fresh run) or checks and reopens (resume) the run directory; writes `config.toml` and
+/// `run.json`.
+fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Result<()> {
+    if req.resume {
+        let saved_path = run.config_toml();
+        let saved = std::fs::read_to_string(&saved_path).with_context(|| {
+            format!(
+                "--resume: {} has no config.toml; is it a run directory?",
+                run.root.display()
+            )
+        })?;
+        let mut saved: TrainConfig = toml::from_str(&saved)
+            .with_context(|| format!("parsing {}", saved_path.display()))?;
+        // Only the step count may change on resume (to extend a run).
+        saved.run.steps = req.config.run.steps;
+        saved.run.out = req.config.run.out.clone();
+        ensure!(
+            saved == req.config,
+            "--resume: the config differs from the run's {} in more than run.steps; \
+             resume with the same config",
+            saved_path.display()
+        );
+        for dir in [run.root.clone(), run.rollouts_dir(), run.checkpoints_dir()] {
+            remove_stale_temps(&dir)?;
+        }
+    } else {
+        let used = ["run.json", "metrics.parquet", "checkpoints", "rollouts"]
+            .iter()
+            .any(|n| run.root.join(n).exists());
+        if used {
+            bail!(
+                "run directory {} already holds a run: pass --resume to continue it, or --out DIR",
+                run.root.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(run.rollouts_dir())?;
+    std::fs::create_dir_all(run.checkpoints_dir())?;
+    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
+
+    let mut meta = if req.resume && run.run_json().exists() {
+        serde_json::from_str(&std::fs::read_to_string(run.run_json())?)?
+    } else {
+        json!({
+            "config_path": req.config_path.display().to_string(),
+            "start_time_unix": unix_now(),
+            "seeds": {
+                "run": req.config.run.seed,
+                "learner": req.config.learner.seed,
+                "model_init": req.config.model.init_seed,
+            },
+            "versions": {
+                "alp_rl": env!("CARGO_PKG_VERSION"),
+                "git": option_env!("ALP_RL_GIT_DESCRIBE"),
+                "libtorch_cuda": tch::Cuda::is_available(),
+            },
+            "resumes": [],
+        })
+    };
+    meta["config"] = serde_json::to_value(&req.config)?;
+    if req.resume {
+        if let Some(list) = meta["resumes"].as_array_mut() {
+            list.push(json!({ "time_unix": unix_now() }));
+        }
+    }
+    write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)?;
+    Ok(())
+}
+
+/// The model the run starts from: `model.path`, or a preset created once inside the run directory.
+fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBuf> {
+    if let Some(p) = &config.model.path {
+        return Ok(p.clone());
+    }
+    let preset = config
+        .model
+        .new_model
+        .as_deref()
+        .expect("validated: path or new_model");
+    let dir = run.initial_model();
+    if !dir.join("config.json").exists() {
+        let tmp = temp_path(&dir);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        crate::commands::new_model::write_model(
+            preset,
+            &config.model.arch,
+            &tmp,
+            config.model.init_seed,
+            "f32",
+        )?;
+        std::fs::rename(&tmp, &dir)?;
+    }
+    Ok(dir)
+}
+
+pub fn run(req: TrainRequest) -> Result<TrainSummary> {
+    let config = &req.config;
+    let run = RunDir::new(&req.run_dir);
+    let config_toml = config.to_toml();
+    prepare_run_dir(&req, &run, &config_toml)?;
+    let model_src = initial_model(config, &run)?;
+
+    let device = device_of(&config.model.device);
+    let train_kind = parse_kind(&config.model.train_dtype)?;
+    let inference_kind = parse_kind(&config.model.inference_dtype)?;
+    let latest = if req.resume {
+        run.latest_checkpoint()?
+    } else {
+        None
+    };
+    let (weights_dir, state) = match &latest {
+        Some((dir, _)) => (dir.join("model"), checkpoint::load_state(dir)?),
+        None => {
+            if req.resume {
+                tracing::warn!(run = %run.root.display(), "no complete checkpoint: starting from step 0");
+            }
+            (
+                model_src.clone(),
+                RuntimeState {
+                    step: 0,
+                    policy_version: 0,
+                    seed: config.run.seed,
+                    nonfinite_run: 0,
+                    nonfinite_total: 0,
+                },
+            )
+        }
+    };
+    ensure!(
+        state.step <= config.run.steps,
+        "the run is already at step {} beyond run.steps = {}",
+        state.step,
+        config.run.steps
+    );
+
+    let tokenizer = Tokenizer::from_dir(&model_src)
+        .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
+    let load = |dir: &Path, kind: Kind| {
+        CausalLM::load(dir, &LoadOptions { kind, device })
+            .with_context(|| format!("loading the model in {}", dir.display()))
+    };
+    let policy = load(&weights_dir, train_kind)?;
+    let mut stop = policy.config().eos_token_ids.clone();
+    stop.extend(tokenizer.eos_token_id().map(i64::from));
+    stop.sort_unstable();
+    stop.dedup();
+    let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
+        Some(Box::new(load(&model_src, train_kind)?))
+    } else {
+        None
+    };
+    let mut learner = Learner::new(config.learner.clone(), policy, reference)?;
+    if let Some((dir, _)) = &latest {
+        learner
+            .load_state(&dir.join("learner"))
+            .with_context(|| format!("restoring the learner from {}", dir.display()))?;
+    }
+
+    let mut metrics_rows = Vec::new();
+    if req.resume && run.metrics().exists() {
+        metrics_rows = parquet_log::read_metrics(&run.metrics())?;
+        // Steps after the checkpoint are redone: drop their rows and rollout files.
+        metrics_rows.retain(|r| r.step <= state.step);
+    }
+    for s in state.step + 1..=config.run.steps.max(state.step + 1) {
+        let p = run.rollouts(s);
+        if p.exists() {
+            std::fs::remove_file(p)?;
+        }
+    }
+
+    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
+    let mut params = config.sampling_params();
+    params.stop_token_ids = stop;
+    let chat_extra = serde_json::to_value(&config.rollout.chat_extra)?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let actor = Actor::spawn(ActorSettings {
+        model_dir: weights_dir.clone(),
+        tokenizer_dir: model_src.clone(),
+        inference_kind,
+        device,
+        engine_batch_size: config.rollout.batch_size,
+        env: env.clone(),
+        params,
+        episode: EpisodeSettings {
+            max_total_tokens: config.rollout.max_total_tokens,
+            chat_extra,
+        },
+        group_size: config.rollout.group_size,
+        prompts_per_step: config.rollout.prompts_per_step,
+        seed: config.run.seed,
+        max_staleness: config.rollout.max_staleness,
+        first_batch: state.step,
+        end_batch: config.run.steps,
+    });
+
+    tracing::info!(
+        run = %run.root.display(),
+        from_step = state.step,
+        steps = config.run.steps,
+        correction = %config.learner.correction.kind,
+        max_staleness = config.rollout.max_staleness,
+        "training"
+    );
+    let first_step = state.step + 1;
+    let mut state = state;
+    while state.step < config.run.steps {
+        let step = state.step + 1;
+        let started = Instant::now();
+        let batch = actor.next_batch()?;
+        let wait_s = started.elapsed().as_secs_f64();
+        ensure!(
+            batch.index == step - 1,
+            "rollout batch {} arrived for step {step}",
+            batch.index
+        );
+        let out = train_one(config, &mut learner, &batch, step)?;
+        let mut values = out.metrics;
+        let nonfinite = ["loss/total", "grad/norm"]
+            .iter()
+            .any(|k| values.get(*k).is_some_and(|v| !v.is_finite()))
+            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0);
+        if nonfinite {
+            state.nonfinite_run += 1;
+            state.nonfinite_total += 1;
+            tracing::warn!(
+                step,
+                consecutive = state.nonfinite_run,
+                "non-finite loss or gradient: the update was skipped"
+            );
+            if state.nonfinite_run >= config.run.max_nonfinite_steps {
+                bail!(
+                    "{} consecutive steps (up to step {step}) had a non-finite loss or gradient \
+                     (run.max_nonfinite_steps = {}); lower learner.optimizer.lr or check the data",
+                    state.nonfinite_run,
+                    config.run.max_nonfinite_steps
+                );
+            }
+        } else {
+            state.nonfinite_run = 0;
+        }
+        state.step = step;
+        state.policy_version = step;
+        actor.publish(learner.policy(), step);
+
+        values.insert("train/nonfinite_steps".into(), state.nonfinite_total as f64);
+        values.insert("time/rollout_wait_s".into(), wait_s);
+        values.insert("time/generate_s".into(), batch.generate_s);
+        values.insert("time/weights_wait_s".into(), batch.wait_weights_s);
+        values.insert(
+            "throughput/rollout_tokens_per_s".into(),
+            out.sampled_tokens as f64 / batch.generate_s.max(1e-9),
+        );
+        parquet_log::write_parquet(
+            &run.rollouts(step),
+            &parquet_log::rollout_batch(&out.rows)?,
+            &config_toml,
+        )?;
+        values.insert("time/step_s".into(), started.elapsed().as_secs_f64());
+        tracing::info!(
+            step,
+            reward = format!("{:.3}", values.get("reward/mean").copied().unwrap_or(f64::NAN)),
+            acc = format!("{:.3}", values.get("acc").copied().unwrap_or(f64::NAN)),
+            loss = format!("{:.4}", values.get("loss/total").copied().unwrap_or(f64::NAN)),
+            k3 = format!("{:.2e}", values.get("mismatch/k3").copied().unwrap_or(f64::NAN)),
+            staleness = values.get("staleness/max").copied().unwrap_or(0.0),
+            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "step"
+        );
+        metrics_rows.push(MetricsRow {
+            step,
+            policy_version: step,
+            values,
+        });
+        parquet_log::write_parquet(
+            &run.metrics(),
+            &parquet_log::metrics_batch(&metrics_rows)?,
+            &config_toml,
+        )?;
+        let every = config.run.checkpoint_every;
+        if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
+            let t = Instant::now();
+            checkpoint::save(&run, &learner, &tokenizer, &state, config.run.keep)?;
+            tracing::debug!(secs = t.elapsed().as_secs_f64(), "checkpoint time");
+        }
+    }
+    drop(actor);
+    Ok(TrainSummary {
+        run_dir: run.root.clone(),
+        first_step,
+        last_step: state.step,
+    })
+}
+
+/// The learner's side of one step: samples, update, and the rows and metrics to log.
+struct StepOutput {
+    metrics: BTreeMap<String, f64>,
+    rows: Vec<RolloutRow>,
+    sampled_tokens: usize,
+}
+
+/// Whether a trajectory can be trained on: failed episodes (environment error, non-finite reward)
+/// and empty completions are logged but not trained on.
+fn trainable(t: &Trajectory) -> bool {
+    t.error.is_none()
+        && t.reward.is_finite()
+        && !t.prompt_ids.is_empty()
+        && !t.completion_ids.is_empty()
+        && t.loss_mask.len() == t.completion_ids.len()
+        && t.mu.len() == t.completion_ids.len()
+}
+
+fn to_sample(t: &Trajectory) -> Sample {
+    Sample {
+        prompt_ids: t.prompt_ids.clone(),
+        completion_ids: t.completion_ids.clone(),
+        loss_mask: t.loss_mask.iter().map(|&m| m != 0).collect(),
+        mu: t.mu.clone(),
+        reward: t.reward,
+        policy_version: t.policy_version,
+    }
+}
+
+fn train_one(
+    config: &TrainConfig,
+    learner: &mut Learner<CausalLM>,
+    batch: &RolloutBatch,
+    step: u64,
+) -> Result<StepOutput> {
+    let learner_version = step - 1;
+    let max_staleness = config.rollout.max_staleness;
+    let mut groups = Vec::new();
+    let mut rows = Vec::new();
+    let (mut staleness_sum, mut staleness_max, mut trained) = (0.0, 0u64, 0usize);
+    let (mut correct, mut total, mut failed, mut sampled_tokens) = (0usize, 0usize, 0usize, 0usize);
+    for (g, trajectories) in batch.groups.iter().enumerate() {
+        let keep: Vec<&Trajectory> = trajectories.iter().filter(|t| trainable(t)).collect();
+        let rewards: Vec<f64> = keep.iter().map(|t| t.reward).collect();
+        let advantages = group_advantages(&rewards, config.learner.advantage);
+        let mut adv = advantages.iter();
+        let mut samples = Vec::new();
+        for t in trajectories {
+            let staleness = learner_version.checked_sub(t.policy_version).with_context(|| {
+                format!(
+                    "a sample of version {} is newer than the learner ({learner_version})",
+                    t.policy_version
+                )
+            })?;
+            // Never train on a sample older than the bound (the worker's pacing makes this an
+            // invariant; a violation is a bug, not something to train through).
+            ensure!(
+                staleness <= max_staleness,
+                "a sample of version {} is {staleness} versions stale at step {step} \
+                 (rollout.max_staleness = {max_staleness})",
+                t.policy_version
+            );
+            total += 1;
+            correct += t.correct as usize;
+            sampled_tokens += t.loss_mask.iter().filter(|&&m| m != 0).count();
+            let advantage = if trainable(t) {
+                samples.push(to_sample(t));
+                staleness_sum += staleness as f64;
+                staleness_max = staleness_max.max(staleness);
+                trained += 1;
+                *adv.next().expect("one advantage per kept sample")
+            } else {
+                failed += 1;
+                0.0
+            };
+            rows.push(RolloutRow {
+                step,
+                policy_version: t.policy_version,
+                worker: 0,
+                env: config.env.name.clone(),
+                example_id: t.example_id.clone(),
+                group_id: batch.index * config.rollout.prompts_per_step as u64 + g as u64,
+                prompt_text: t.prompt_text.clone(),
+                completion_text: t.completion_text.clone(),
+                prompt_ids: t.prompt_ids.clone(),
+                completion_ids: t.completion_ids.clone(),
+                loss_mask: t.loss_mask.clone(),
+                mu: t.mu.clone(),
+                lp_old: None,
+                lp: None,
+                reward: t.reward,
+                advantage,
+                correct: t.correct,
+                num_turns: t.num_turns,
+                finish_reason: t.finish_reason.clone(),
+                staleness,
+                error: t.error.clone(),
+            });
+        }
+        if !samples.is_empty() {
+            groups.push(Group { samples });
+        }
+    }
+    let mut metrics = if groups.is_empty() {
+        tracing::warn!(
+            step,
+            "no trainable sample in this step (every episode failed): no update"
+        );
+        BTreeMap::new()
+    } else {
+        learner
+            .train_step(&groups)
+            .with_context(|| format!("learner step {step}"))?
+    };
+    metrics.insert("acc".into(), correct as f64 / total.max(1) as f64);
+    metrics.insert(
+        "staleness/mean".into(),
+        staleness_sum / trained.max(1) as f64,
+    );
+    metrics.insert("staleness/max".into(), staleness_max as f64);
+    metrics.insert("rollout/failed_episodes".into(), failed as f64);
+    Ok(StepOutput {
+        metrics,
+        rows,
+        sampled_tokens,
+    })
+}
