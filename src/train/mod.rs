@@ -6,6 +6,7 @@
 //! version `v` that generated it, bounded by `rollout.max_staleness` through the worker's pacing.
 pub mod actor;
 pub mod checkpoint;
+pub mod episode;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
 use alp_policy::{parse_kind, CausalLM, LoadOptions};
-use alp_rollout::{EpisodeSettings, Trajectory};
+use episode::{EpisodeSettings, Trajectory};
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
@@ -271,6 +272,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         let started = Instant::now();
         let batch = actor.next_batch()?;
         let wait_s = started.elapsed().as_secs_f64();
+        tracing::debug!(step, version = batch.policy_version, wait_s, "rollout batch received");
         ensure!(
             batch.index == step - 1,
             "rollout batch {} arrived for step {step}",

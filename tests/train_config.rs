@@ -1,0 +1,123 @@
+//! `alp-rl train` refuses bad configs before any work, naming file, line, column, key and what is allowed.
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BASE: &str = r#"[model]
+new_model = "tiny"
+
+[rollout]
+group_size = 4
+
+[learner.alp]
+sigma0 = 0.01
+
+[env]
+name = "arithmetic"
+digits = 1
+"#;
+
+fn train(config: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .arg("train")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alp-rl")
+}
+
+/// Writes `text` as a config, runs `train` on it, and returns stderr of the (required) failure.
+fn refused(text: &str, extra: &[&str]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out_dir = dir.path().join("run");
+    let mut args = vec!["--out", out_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = train(&path, &args);
+    assert!(!out.status.success(), "a bad config was accepted");
+    assert!(!out_dir.exists(), "work started before validation");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn typo_names_position_key_and_suggestion() {
+    let text = BASE.replace("group_size = 4", "grup_size = 4");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:5:1")), "{err}");
+    assert!(err.contains("`rollout.grup_size`"), "{err}");
+    assert!(err.contains("did you mean `group_size`?"), "{err}");
+}
+
+#[test]
+fn typo_in_a_section_name_is_suggested() {
+    let text = BASE.replace("[rollout]", "[rollot]");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:4:")), "{err}");
+    assert!(err.contains("did you mean `rollout`?"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_position_and_expected_type() {
+    let text = BASE.replace("group_size = 4", "group_size = \"four\"");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:5:14")), "{err}");
+    assert!(err.contains("`rollout.group_size`"), "{err}");
+    assert!(err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn out_of_range_learner_value_names_its_line() {
+    let text = BASE.replace("sigma0 = 0.01", "sigma0 = -1.0");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:8:1")), "{err}");
+    assert!(err.contains("`learner.alp.sigma0`"), "{err}");
+    assert!(err.contains("must be > 0"), "{err}");
+}
+
+#[test]
+fn out_of_range_rollout_value_and_zero_group() {
+    let text = BASE.replace("group_size = 4", "group_size = 0");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:5:1")), "{err}");
+    assert!(err.contains("`rollout.group_size`: must be at least 1"), "{err}");
+}
+
+#[test]
+fn bad_override_names_the_set_argument() {
+    let (err, _) = refused(BASE, &["--set", "rollout.top_p=2"]);
+    assert!(err.contains("--set rollout.top_p=2"), "{err}");
+    assert!(err.contains("`rollout.top_p`"), "{err}");
+    assert!(err.contains("(0, 1]"), "{err}");
+    let (err, _) = refused(BASE, &["--set", "rollout.temprature=0.5"]);
+    assert!(err.contains("did you mean `temperature`?"), "{err}");
+}
+
+#[test]
+fn env_setting_errors_point_at_the_env_key() {
+    let text = BASE.replace("digits = 1", "digitz = 1");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:12:1")), "{err}");
+    assert!(err.contains("`env.digitz`"), "{err}");
+    let text = BASE.replace("name = \"arithmetic\"", "name = \"arithmetc\"");
+    let (err, _) = refused(&text, &[]);
+    assert!(err.contains("did you mean `arithmetic`?"), "{err}");
+}
+
+#[test]
+fn missing_model_is_refused() {
+    let text = BASE.replace("new_model = \"tiny\"", "");
+    let (err, _) = refused(&text, &[]);
+    assert!(err.contains("`model.path`"), "{err}");
+}
+
+#[test]
+fn unknown_correction_kind_lists_the_allowed_values() {
+    let text = format!("{BASE}\n[learner.correction]\nkind = \"icepop\"\n");
+    let (err, file) = refused(&text, &[]);
+    assert!(err.contains(&format!("{file}:15:")), "{err}");
+    assert!(err.contains("bypass, tis, mis, alp"), "{err}");
+}

@@ -1,0 +1,294 @@
+//! Short `alp-rl train` runs on a tiny model: every correction with max_staleness 0 and 2, the run
+//! directory layout, parquet schemas read back with arrow and with Python, and exact resume.
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .args(["train", CONFIG, "--out", out.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run alp-rl")
+}
+
+fn ok(out: Output) {
+    assert!(
+        out.status.success(),
+        "alp-rl train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(path: &Path) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Metrics as `step -> name -> value` (nulls left out).
+fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for b in read(&run.join("metrics.parquet")) {
+        let steps = b
+            .column_by_name("step")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            let mut row = BTreeMap::new();
+            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
+                    if c.is_valid(i) {
+                        row.insert(f.name().clone(), c.value(i));
+                    }
+                }
+            }
+            out.insert(steps.value(i), row);
+        }
+    }
+    out
+}
+
+fn int_column(b: &RecordBatch, name: &str) -> Vec<i64> {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
+fn run_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
+    tmp.path().join(name)
+}
+
+#[test]
+fn every_correction_and_staleness_trains_with_finite_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["bypass", "tis", "mis", "alp"] {
+        for staleness in [0u64, 2] {
+            let run = run_dir(&tmp, &format!("{kind}-{staleness}"));
+            ok(train(
+                &run,
+                &[
+                    "--set",
+                    &format!("learner.correction.kind={kind}"),
+                    "--set",
+                    &format!("rollout.max_staleness={staleness}"),
+                    "--set",
+                    "run.steps=3",
+                ],
+            ));
+            let m = metrics(&run);
+            assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+            for (step, row) in &m {
+                for name in ["loss/total", "grad/norm", "reward/mean", "acc", "ratio/mean"] {
+                    let v = row[name];
+                    assert!(v.is_finite(), "{kind}/{staleness} step {step}: {name} = {v}");
+                }
+                let k3 = row["mismatch/k3"];
+                assert!(k3 > 0.0 && k3.is_finite(), "{kind}: mismatch/k3 = {k3}");
+                assert!(row["staleness/max"] <= staleness as f64);
+                assert_eq!(row["optim/skipped_steps"], 0.0);
+            }
+            if kind == "alp" {
+                assert!(m[&1].contains_key("alp/sigma_mean"));
+            }
+            // Staleness within the bound in every rollout row, and it reaches the bound.
+            let mut max_seen = 0;
+            for step in 1..=3u64 {
+                for b in read(&run.join(format!("rollouts/step-{step:06}.parquet"))) {
+                    let versions = int_column(&b, "policy_version");
+                    for (s, v) in int_column(&b, "staleness").iter().zip(&versions) {
+                        assert!(*s >= 0 && *s as u64 <= staleness, "staleness {s}");
+                        assert_eq!(*s, step as i64 - 1 - v);
+                        max_seen = max_seen.max(*s);
+                    }
+                }
+            }
+            assert_eq!(max_seen as u64, staleness.min(2));
+        }
+    }
+}
+
+#[test]
+fn run_directory_layout_and_schemas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "run");
+    ok(train(&run, &[]));
+    for f in [
+        "run.json",
+        "config.toml",
+        "metrics.parquet",
+        "initial-model/config.json",
+        "rollouts/step-000001.parquet",
+        "rollouts/step-000004.parquet",
+        "checkpoints/latest",
+        "checkpoints/step-000004/model/model.safetensors",
+        "checkpoints/step-000004/model/config.json",
+        "checkpoints/step-000004/model/tokenizer.json",
+        "checkpoints/step-000004/learner/optimizer.safetensors",
+        "checkpoints/step-000004/learner/learner.safetensors",
+        "checkpoints/step-000004/state.json",
+    ] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    // keep = 2 with checkpoint_every = 2 over 4 steps: both kept, latest names the last.
+    assert!(run.join("checkpoints/step-000002").exists());
+    assert_eq!(
+        std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(),
+        "step-000004"
+    );
+    // No temporary names are left behind anywhere.
+    for dir in ["", "rollouts", "checkpoints"] {
+        for e in std::fs::read_dir(run.join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.contains(".tmp-"), "left {name}");
+        }
+    }
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(meta["seeds"]["run"], 0);
+    assert!(meta["start_time_unix"].as_f64().unwrap() > 0.0);
+    assert_eq!(meta["config"]["env"]["name"], "arithmetic");
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("max_staleness = 0") && resolved.contains("[learner.optimizer]"));
+
+    let b = &read(&run.join("rollouts/step-000001.parquet"))[0];
+    assert_eq!(b.num_rows(), 8);
+    let schema = b.schema();
+    let ty = |n: &str| schema.field_with_name(n).unwrap().data_type().clone();
+    let list = |dt: DataType| {
+        DataType::List(std::sync::Arc::new(arrow_schema::Field::new("item", dt, false)))
+    };
+    assert_eq!(ty("prompt_ids"), list(DataType::Int32));
+    assert_eq!(ty("completion_ids"), list(DataType::Int32));
+    assert_eq!(ty("loss_mask"), list(DataType::UInt8));
+    assert_eq!(ty("mu"), list(DataType::Float32));
+    assert_eq!(ty("lp_old"), list(DataType::Float32));
+    for (n, t) in [
+        ("step", DataType::Int64),
+        ("policy_version", DataType::Int64),
+        ("worker", DataType::Int32),
+        ("env", DataType::Utf8),
+        ("example_id", DataType::Utf8),
+        ("group_id", DataType::Int64),
+        ("prompt_text", DataType::Utf8),
+        ("completion_text", DataType::Utf8),
+        ("reward", DataType::Float64),
+        ("advantage", DataType::Float64),
+        ("correct", DataType::Boolean),
+        ("num_turns", DataType::Int32),
+        ("finish_reason", DataType::Utf8),
+        ("staleness", DataType::Int64),
+    ] {
+        assert_eq!(ty(n), t, "column {n}");
+    }
+    // Two prompts, four samples each, sharing a group id.
+    let groups = int_column(b, "group_id");
+    assert_eq!(groups, vec![0, 0, 0, 0, 1, 1, 1, 1]);
+    let m = metrics(&run);
+    assert_eq!(m.len(), 4);
+    for name in [
+        "reward/mean",
+        "acc",
+        "staleness/mean",
+        "staleness/max",
+        "time/step_s",
+        "throughput/rollout_tokens_per_s",
+        "mismatch/k3",
+        "ratio/q99",
+    ] {
+        assert!(m[&1].contains_key(name), "no metric {name}");
+    }
+    let pv = int_column(&read(&run.join("metrics.parquet"))[0], "policy_version");
+    assert_eq!(pv, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn python_reads_the_metrics_and_a_rollout_file() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(python.exists(), "the project venv is needed: {}", python.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "run");
+    ok(train(&run, &["--set", "run.steps=2"]));
+    let script = r#"
+import sys, pandas as pd, pyarrow.parquet as pq
+run = sys.argv[1]
+m = pd.read_parquet(f"{run}/metrics.parquet")
+assert list(m["step"]) == [1, 2], m["step"]
+assert (m["mismatch/k3"] > 0).all()
+r = pd.read_parquet(f"{run}/rollouts/step-000001.parquet")
+assert len(r) == 8 and r["prompt_ids"].map(len).min() > 0
+assert all(len(a) == len(b) for a, b in zip(r["completion_ids"], r["mu"]))
+assert r["lp_old"].isna().all()
+meta = pq.read_metadata(f"{run}/metrics.parquet").metadata
+assert b"alp_rl.config" in meta
+print("ok", len(m.columns))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script, run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "));
+}
+
+/// Metrics that depend on time are excluded from reproducibility comparisons.
+fn reproducible(m: BTreeMap<i64, BTreeMap<String, f64>>) -> BTreeMap<i64, BTreeMap<String, f64>> {
+    m.into_iter()
+        .map(|(s, row)| {
+            let row = row
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("throughput/"))
+                .collect();
+            (s, row)
+        })
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = run_dir(&tmp, "straight");
+    ok(train(&straight, &[]));
+    let split = run_dir(&tmp, "split");
+    ok(train(&split, &["--set", "run.steps=2"]));
+    assert_eq!(metrics(&split).len(), 2);
+    // Without --resume an existing run is not overwritten.
+    let again = train(&split, &[]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    ok(train(&split, &["--resume"]));
+    let (a, b) = (reproducible(metrics(&straight)), reproducible(metrics(&split)));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (step, row) in &a {
+        assert_eq!(row.keys().collect::<Vec<_>>(), b[step].keys().collect::<Vec<_>>());
+        for (k, v) in row {
+            let w = b[step][k];
+            assert!(
+                (v - w).abs() <= 1e-6 * v.abs().max(1.0) || (v.is_nan() && w.is_nan()),
+                "step {step} {k}: {v} vs {w}"
+            );
+        }
+    }
+}
