@@ -207,7 +207,8 @@ impl TrainConfig {
             (None, None) => {
                 return bad(
                     "model.path",
-                    "set `model.path` (an HF checkpoint directory) or `model.new_model` (a preset)".into(),
+                    "set `model.path` (an HF checkpoint directory) or `model.new_model` (a preset)"
+                        .into(),
                 )
             }
             (Some(_), Some(_)) => {
@@ -235,7 +236,11 @@ impl TrainConfig {
         if !DEVICES.contains(&m.device.as_str()) {
             return bad(
                 "model.device",
-                format!("unknown value {:?}; allowed: {}", m.device, DEVICES.join(", ")),
+                format!(
+                    "unknown value {:?}; allowed: {}",
+                    m.device,
+                    DEVICES.join(", ")
+                ),
             );
         }
         for (key, v) in [
@@ -278,7 +283,10 @@ impl TrainConfig {
             return bad("run.steps", "must be at least 1, got 0".into());
         }
         if self.run.max_nonfinite_steps < 1 {
-            return bad("run.max_nonfinite_steps", "must be at least 1, got 0".into());
+            return bad(
+                "run.max_nonfinite_steps",
+                "must be at least 1, got 0".into(),
+            );
         }
         if let Err(e) = self.learner.validate() {
             return bad(&format!("learner.{}", e.field), e.reason);
@@ -399,11 +407,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigErr
             .rev()
             .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")))
             .map(|(_, loc)| loc.clone())
-            .or_else(|| {
-                spans
-                    .find(&key)
-                    .map(|start| position(&file, &text, start))
-            })
+            .or_else(|| spans.find(&key).map(|start| position(&file, &text, start)))
             .unwrap_or_else(|| format!("{file} (default value)"));
         ConfigError {
             location,
@@ -425,7 +429,9 @@ pub fn parse_override(arg: &str) -> Result<(String, toml::Value), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {arg:?}"))?;
     let key = key.trim();
     if key.is_empty() || key.split('.').any(|p| p.trim().is_empty()) {
-        return Err(format!("bad key {key:?}: use a dotted path like rollout.group_size"));
+        return Err(format!(
+            "bad key {key:?}: use a dotted path like rollout.group_size"
+        ));
     }
     let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
@@ -550,7 +556,10 @@ mod tests {
     #[test]
     fn overrides_parse_as_toml_or_text() {
         let (k, v) = parse_override("rollout.group_size=8").unwrap();
-        assert_eq!((k.as_str(), v), ("rollout.group_size", toml::Value::Integer(8)));
+        assert_eq!(
+            (k.as_str(), v),
+            ("rollout.group_size", toml::Value::Integer(8))
+        );
         let (_, v) = parse_override("env.operators=+-").unwrap();
         assert_eq!(v, toml::Value::String("+-".into()));
         assert!(parse_override("nokey").is_err());

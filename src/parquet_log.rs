@@ -152,7 +152,9 @@ pub fn rollout_batch(rows: &[RolloutRow]) -> Result<RecordBatch, LogError> {
         completion_text.append_value(&r.completion_text);
         prompt_ids.values().append_slice(&ids32(&r.prompt_ids));
         prompt_ids.append(true);
-        completion_ids.values().append_slice(&ids32(&r.completion_ids));
+        completion_ids
+            .values()
+            .append_slice(&ids32(&r.completion_ids));
         completion_ids.append(true);
         loss_mask.values().append_slice(&r.loss_mask);
         loss_mask.append(true);

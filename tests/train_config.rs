@@ -83,7 +83,10 @@ fn out_of_range_rollout_value_and_zero_group() {
     let text = BASE.replace("group_size = 4", "group_size = 0");
     let (err, file) = refused(&text, &[]);
     assert!(err.contains(&format!("{file}:5:1")), "{err}");
-    assert!(err.contains("`rollout.group_size`: must be at least 1"), "{err}");
+    assert!(
+        err.contains("`rollout.group_size`: must be at least 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -97,9 +97,18 @@ fn every_correction_and_staleness_trains_with_finite_metrics() {
             let m = metrics(&run);
             assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
             for (step, row) in &m {
-                for name in ["loss/total", "grad/norm", "reward/mean", "acc", "ratio/mean"] {
+                for name in [
+                    "loss/total",
+                    "grad/norm",
+                    "reward/mean",
+                    "acc",
+                    "ratio/mean",
+                ] {
                     let v = row[name];
-                    assert!(v.is_finite(), "{kind}/{staleness} step {step}: {name} = {v}");
+                    assert!(
+                        v.is_finite(),
+                        "{kind}/{staleness} step {step}: {name} = {v}"
+                    );
                 }
                 let k3 = row["mismatch/k3"];
                 assert!(k3 > 0.0 && k3.is_finite(), "{kind}: mismatch/k3 = {k3}");
@@ -174,7 +183,9 @@ fn run_directory_layout_and_schemas() {
     let schema = b.schema();
     let ty = |n: &str| schema.field_with_name(n).unwrap().data_type().clone();
     let list = |dt: DataType| {
-        DataType::List(std::sync::Arc::new(arrow_schema::Field::new("item", dt, false)))
+        DataType::List(std::sync::Arc::new(arrow_schema::Field::new(
+            "item", dt, false,
+        )))
     };
     assert_eq!(ty("prompt_ids"), list(DataType::Int32));
     assert_eq!(ty("completion_ids"), list(DataType::Int32));
@@ -223,7 +234,11 @@ fn run_directory_layout_and_schemas() {
 #[test]
 fn python_reads_the_metrics_and_a_rollout_file() {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(python.exists(), "the project venv is needed: {}", python.display());
+    assert!(
+        python.exists(),
+        "the project venv is needed: {}",
+        python.display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(&tmp, "run");
     ok(train(&run, &["--set", "run.steps=2"]));
@@ -279,10 +294,16 @@ fn resume_reproduces_an_uninterrupted_run() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
     ok(train(&split, &["--resume"]));
-    let (a, b) = (reproducible(metrics(&straight)), reproducible(metrics(&split)));
+    let (a, b) = (
+        reproducible(metrics(&straight)),
+        reproducible(metrics(&split)),
+    );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (step, row) in &a {
-        assert_eq!(row.keys().collect::<Vec<_>>(), b[step].keys().collect::<Vec<_>>());
+        assert_eq!(
+            row.keys().collect::<Vec<_>>(),
+            b[step].keys().collect::<Vec<_>>()
+        );
         for (k, v) in row {
             let w = b[step][k];
             assert!(
@@ -291,4 +312,38 @@ fn resume_reproduces_an_uninterrupted_run() {
             );
         }
     }
+}
+
+#[test]
+fn nonfinite_steps_are_skipped_then_stop_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An absurd learning rate makes the weights non-finite after the first update.
+    let diverge = [
+        "--set",
+        "learner.optimizer.lr=1e30",
+        "--set",
+        "learner.correction.kind=bypass",
+    ];
+    let tolerant = run_dir(&tmp, "tolerant");
+    let mut args = diverge.to_vec();
+    args.extend(["--set", "run.max_nonfinite_steps=10"]);
+    ok(train(&tolerant, &args));
+    let m = metrics(&tolerant);
+    assert_eq!(m.len(), 4, "the run continues past skipped steps");
+    assert_eq!(m[&1]["train/nonfinite_steps"], 0.0);
+    assert_eq!(m[&4]["train/nonfinite_steps"], 3.0);
+
+    let strict = run_dir(&tmp, "strict");
+    let mut args = diverge.to_vec();
+    args.extend(["--set", "run.max_nonfinite_steps=2"]);
+    let out = train(&strict, &args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 consecutive steps"), "{err}");
+    assert!(err.contains("run.max_nonfinite_steps"), "{err}");
+    assert_eq!(
+        metrics(&strict).len(),
+        2,
+        "steps before the stop are logged"
+    );
 }

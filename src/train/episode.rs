@@ -18,9 +18,9 @@ use alp_envs::{Environment, Episode, Example, Observation};
 use alp_tokenizer::Tokenizer;
 use serde_json::{Map, Value};
 
-use alp_rollout::{FinishReason, GenerationBackend, GenerationRequest};
 use alp_rollout::RolloutError;
 use alp_rollout::SamplingParams;
+use alp_rollout::{FinishReason, GenerationBackend, GenerationRequest};
 
 /// One finished episode as the learner and the logs see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +152,9 @@ pub fn run_episodes(
         let mut requests = Vec::with_capacity(active.len());
         for &i in &active {
             let t = &live[i].traj;
-            let budget = settings.max_total_tokens.saturating_sub(t.completion_ids.len());
+            let budget = settings
+                .max_total_tokens
+                .saturating_sub(t.completion_ids.len());
             let mut prompt = t.prompt_ids.clone();
             prompt.extend_from_slice(&t.completion_ids);
             requests.push(GenerationRequest {
@@ -168,7 +170,9 @@ pub fn run_episodes(
             ep.traj.policy_version = ep.traj.policy_version.min(c.policy_version);
             ep.traj.num_turns += 1;
             ep.traj.completion_ids.extend_from_slice(&c.completion_ids);
-            ep.traj.loss_mask.extend(std::iter::repeat_n(1u8, c.completion_ids.len()));
+            ep.traj
+                .loss_mask
+                .extend(std::iter::repeat_n(1u8, c.completion_ids.len()));
             ep.traj.mu.extend_from_slice(&c.logprobs);
             let ids: Vec<u32> = c.completion_ids.iter().map(|&t| t as u32).collect();
             let text = match tokenizer.decode(&ids, true) {
@@ -192,12 +196,17 @@ pub fn run_episodes(
             };
             let out_of_tokens = ep.traj.completion_ids.len() >= settings.max_total_tokens;
             if obs.done {
-                let reason = if obs.info.truncated { "truncated" } else { "stop" };
+                let reason = if obs.info.truncated {
+                    "truncated"
+                } else {
+                    "stop"
+                };
                 ep.finish(&obs, reason);
             } else if c.finish_reason == FinishReason::Length || out_of_tokens {
                 ep.finish(&obs, "length");
             } else {
-                ep.messages.push(serde_json::json!({"role": "assistant", "content": text}));
+                ep.messages
+                    .push(serde_json::json!({"role": "assistant", "content": text}));
                 if let Err(reason) = append_env_messages(ep, tokenizer, &obs, extra) {
                     ep.fail(reason);
                 }
@@ -255,7 +264,10 @@ fn start(
             return live;
         }
         Err(panic) => {
-            live.fail(format!("environment reset panicked: {}", panic_message(panic)));
+            live.fail(format!(
+                "environment reset panicked: {}",
+                panic_message(panic)
+            ));
             return live;
         }
     };
@@ -269,7 +281,9 @@ fn start(
     let prompt = render(tokenizer, &live.messages, &live.tools, true, extra)
         .and_then(|text| tokenizer.encode(&text, false).map_err(|e| e.to_string()));
     match prompt {
-        Ok(ids) if !ids.is_empty() => live.traj.prompt_ids = ids.into_iter().map(i64::from).collect(),
+        Ok(ids) if !ids.is_empty() => {
+            live.traj.prompt_ids = ids.into_iter().map(i64::from).collect()
+        }
         Ok(_) => live.fail("the rendered prompt is empty".into()),
         Err(reason) => live.fail(reason),
     }
@@ -285,13 +299,16 @@ fn append_env_messages(
 ) -> Result<(), String> {
     let before = render(tokenizer, &ep.messages, &ep.tools, false, extra)?;
     for m in &obs.messages {
-        ep.messages.push(serde_json::to_value(m).expect("messages serialise"));
+        ep.messages
+            .push(serde_json::to_value(m).expect("messages serialise"));
     }
     let after = render(tokenizer, &ep.messages, &ep.tools, true, extra)?;
     let Some(new_messages) = after.strip_prefix(before.as_str()) else {
-        return Err("the chat template re-renders earlier turns when messages are added (it is not \
+        return Err(
+            "the chat template re-renders earlier turns when messages are added (it is not \
                     prefix-stable), so multi-turn tokens cannot be appended without re-tokenising"
-            .into());
+                .into(),
+        );
     };
     // What the template puts after the sampled tokens of the assistant turn (e.g. the newline after
     // `<|im_end|>`) is not sampled either: it joins the masked environment tokens.
@@ -302,17 +319,25 @@ fn append_env_messages(
         .chain(&ep.traj.completion_ids)
         .map(|&t| t as u32)
         .collect();
-    let sampled_text = tokenizer.decode(&so_far, false).map_err(|e| e.to_string())?;
+    let sampled_text = tokenizer
+        .decode(&so_far, false)
+        .map_err(|e| e.to_string())?;
     let Some(gap) = before.strip_prefix(sampled_text.as_str()) else {
-        return Err("the chat template renders the assistant turn differently from the sampled \
+        return Err(
+            "the chat template renders the assistant turn differently from the sampled \
                     tokens (e.g. it strips reasoning), so the trajectory cannot continue"
-            .into());
+                .into(),
+        );
     };
     let ids = tokenizer
         .encode(&format!("{gap}{new_messages}"), false)
         .map_err(|e| e.to_string())?;
-    ep.traj.completion_ids.extend(ids.iter().map(|&t| i64::from(t)));
-    ep.traj.loss_mask.extend(std::iter::repeat_n(0u8, ids.len()));
+    ep.traj
+        .completion_ids
+        .extend(ids.iter().map(|&t| i64::from(t)));
+    ep.traj
+        .loss_mask
+        .extend(std::iter::repeat_n(0u8, ids.len()));
     ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
     Ok(())
 }

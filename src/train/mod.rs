@@ -14,9 +14,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
 use alp_policy::{parse_kind, CausalLM, LoadOptions};
-use episode::{EpisodeSettings, Trajectory};
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
+use episode::{EpisodeSettings, Trajectory};
 use serde_json::json;
 use tch::{Device, Kind};
 
@@ -68,8 +68,8 @@ fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Resul
                 run.root.display()
             )
         })?;
-        let mut saved: TrainConfig = toml::from_str(&saved)
-            .with_context(|| format!("parsing {}", saved_path.display()))?;
+        let mut saved: TrainConfig =
+            toml::from_str(&saved).with_context(|| format!("parsing {}", saved_path.display()))?;
         // Only the step count may change on resume (to extend a run).
         saved.run.steps = req.config.run.steps;
         saved.run.out = req.config.run.out.clone();
@@ -272,7 +272,12 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         let started = Instant::now();
         let batch = actor.next_batch()?;
         let wait_s = started.elapsed().as_secs_f64();
-        tracing::debug!(step, version = batch.policy_version, wait_s, "rollout batch received");
+        tracing::debug!(
+            step,
+            version = batch.policy_version,
+            wait_s,
+            "rollout batch received"
+        );
         ensure!(
             batch.index == step - 1,
             "rollout batch {} arrived for step {step}",
@@ -283,18 +288,20 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         let nonfinite = ["loss/total", "grad/norm"]
             .iter()
             .any(|k| values.get(*k).is_some_and(|v| !v.is_finite()))
-            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0);
+            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0)
+            || values.get("rollout/nonfinite_mu").is_some_and(|&v| v > 0.0);
         if nonfinite {
             state.nonfinite_run += 1;
             state.nonfinite_total += 1;
             tracing::warn!(
                 step,
                 consecutive = state.nonfinite_run,
-                "non-finite loss or gradient: the update was skipped"
+                "non-finite loss, gradient or sampling log-probs: the update was skipped"
             );
             if state.nonfinite_run >= config.run.max_nonfinite_steps {
                 bail!(
-                    "{} consecutive steps (up to step {step}) had a non-finite loss or gradient \
+                    "{} consecutive steps (up to step {step}) had a non-finite loss, gradient or \
+                     sampling log-prob \
                      (run.max_nonfinite_steps = {}); lower learner.optimizer.lr or check the data",
                     state.nonfinite_run,
                     config.run.max_nonfinite_steps
@@ -323,10 +330,19 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         values.insert("time/step_s".into(), started.elapsed().as_secs_f64());
         tracing::info!(
             step,
-            reward = format!("{:.3}", values.get("reward/mean").copied().unwrap_or(f64::NAN)),
+            reward = format!(
+                "{:.3}",
+                values.get("reward/mean").copied().unwrap_or(f64::NAN)
+            ),
             acc = format!("{:.3}", values.get("acc").copied().unwrap_or(f64::NAN)),
-            loss = format!("{:.4}", values.get("loss/total").copied().unwrap_or(f64::NAN)),
-            k3 = format!("{:.2e}", values.get("mismatch/k3").copied().unwrap_or(f64::NAN)),
+            loss = format!(
+                "{:.4}",
+                values.get("loss/total").copied().unwrap_or(f64::NAN)
+            ),
+            k3 = format!(
+                "{:.2e}",
+                values.get("mismatch/k3").copied().unwrap_or(f64::NAN)
+            ),
             staleness = values.get("staleness/max").copied().unwrap_or(0.0),
             secs = format!("{:.2}", started.elapsed().as_secs_f64()),
             "step"
@@ -364,7 +380,8 @@ struct StepOutput {
 }
 
 /// Whether a trajectory can be trained on: failed episodes (environment error, non-finite reward)
-/// and empty completions are logged but not trained on.
+/// and empty completions are logged but not trained on, nor are samples with a non-finite `mu`
+/// (see [`finite_mu`]).
 fn trainable(t: &Trajectory) -> bool {
     t.error.is_none()
         && t.reward.is_finite()
@@ -372,6 +389,15 @@ fn trainable(t: &Trajectory) -> bool {
         && !t.completion_ids.is_empty()
         && t.loss_mask.len() == t.completion_ids.len()
         && t.mu.len() == t.completion_ids.len()
+        && finite_mu(t)
+}
+
+/// A non-finite sampling log-prob on a trained token means the inference copy's weights have gone
+/// non-finite (a diverged update): the step counts as non-finite.
+fn finite_mu(t: &Trajectory) -> bool {
+    t.mu.iter()
+        .zip(&t.loss_mask)
+        .all(|(m, &k)| k == 0 || m.is_finite())
 }
 
 fn to_sample(t: &Trajectory) -> Sample {
@@ -397,6 +423,7 @@ fn train_one(
     let mut rows = Vec::new();
     let (mut staleness_sum, mut staleness_max, mut trained) = (0.0, 0u64, 0usize);
     let (mut correct, mut total, mut failed, mut sampled_tokens) = (0usize, 0usize, 0usize, 0usize);
+    let mut nonfinite_mu = 0usize;
     for (g, trajectories) in batch.groups.iter().enumerate() {
         let keep: Vec<&Trajectory> = trajectories.iter().filter(|t| trainable(t)).collect();
         let rewards: Vec<f64> = keep.iter().map(|t| t.reward).collect();
@@ -404,12 +431,14 @@ fn train_one(
         let mut adv = advantages.iter();
         let mut samples = Vec::new();
         for t in trajectories {
-            let staleness = learner_version.checked_sub(t.policy_version).with_context(|| {
-                format!(
-                    "a sample of version {} is newer than the learner ({learner_version})",
-                    t.policy_version
-                )
-            })?;
+            let staleness = learner_version
+                .checked_sub(t.policy_version)
+                .with_context(|| {
+                    format!(
+                        "a sample of version {} is newer than the learner ({learner_version})",
+                        t.policy_version
+                    )
+                })?;
             // Never train on a sample older than the bound (the worker's pacing makes this an
             // invariant; a violation is a bug, not something to train through).
             ensure!(
@@ -428,7 +457,11 @@ fn train_one(
                 trained += 1;
                 *adv.next().expect("one advantage per kept sample")
             } else {
-                failed += 1;
+                if finite_mu(t) {
+                    failed += 1;
+                } else {
+                    nonfinite_mu += 1;
+                }
                 0.0
             };
             rows.push(RolloutRow {
@@ -477,6 +510,7 @@ fn train_one(
     );
     metrics.insert("staleness/max".into(), staleness_max as f64);
     metrics.insert("rollout/failed_episodes".into(), failed as f64);
+    metrics.insert("rollout/nonfinite_mu".into(), nonfinite_mu as f64);
     Ok(StepOutput {
         metrics,
         rows,
