@@ -500,8 +500,11 @@ fn position(file: &str, text: &str, offset: usize) -> String {
     format!("{file}:{line}:{col}")
 }
 
-/// Every key of the document with the spans of the key and of its value.
-struct KeySpans(Vec<(String, Option<Range<usize>>, Option<Range<usize>>)>);
+/// A dotted key path with the spans of the key and of its value.
+type KeySpan = (String, Option<Range<usize>>, Option<Range<usize>>);
+
+/// Every key of the document with its spans.
+struct KeySpans(Vec<KeySpan>);
 
 impl KeySpans {
     fn of(doc: &toml_edit::Document<&str>) -> Self {
@@ -530,11 +533,7 @@ impl KeySpans {
     }
 }
 
-fn walk(
-    table: &dyn toml_edit::TableLike,
-    prefix: &str,
-    out: &mut Vec<(String, Option<Range<usize>>, Option<Range<usize>>)>,
-) {
+fn walk(table: &dyn toml_edit::TableLike, prefix: &str, out: &mut Vec<KeySpan>) {
     for (name, item) in table.iter() {
         let path = if prefix.is_empty() {
             name.to_string()
