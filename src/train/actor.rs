@@ -196,6 +196,7 @@ fn worker(
             version = update.version;
         }
         let wait_weights_s = waited.elapsed().as_secs_f64();
+        super::pause::point("rollout", b + 1);
         let started = Instant::now();
         let examples = batch_examples(s.env.as_ref(), s.seed, b, s.prompts_per_step)?;
         let expanded: Vec<Example> = examples

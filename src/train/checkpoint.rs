@@ -47,6 +47,7 @@ pub fn save(
     tokenizer
         .save(&model_dir)
         .with_context(|| format!("saving the tokenizer to {}", model_dir.display()))?;
+    super::pause::point("checkpoint", state.step);
     learner
         .save_state(&tmp.join("learner"))
         .context("saving the learner state")?;
@@ -58,6 +59,7 @@ pub fn save(
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
     sync_dir(&run.checkpoints_dir());
+    super::pause::point("latest", state.step);
     write_bytes_atomic(&run.latest(), checkpoint_name(state.step).as_bytes())?;
     prune(run, state.step, keep)?;
     tracing::info!(step = state.step, dir = %final_dir.display(), "checkpoint saved");

@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod checkpoint;
 pub mod episode;
+pub mod pause;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -284,6 +285,8 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             batch.index
         );
         let out = train_one(config, &mut learner, &batch, step)?;
+        // The update is applied in memory, nothing of it is on disk yet.
+        pause::point("update", step);
         let mut values = out.metrics;
         let nonfinite = ["loss/total", "grad/norm"]
             .iter()
@@ -328,6 +331,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             &config_toml,
         )?;
         values.insert("time/step_s".into(), started.elapsed().as_secs_f64());
+        pause::point("metrics", step);
         tracing::info!(
             step,
             reward = format!(
