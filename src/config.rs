@@ -151,6 +151,8 @@ pub struct RunSection {
     pub keep: usize,
     /// Consecutive steps with a non-finite loss or gradient that stop the run.
     pub max_nonfinite_steps: u64,
+    /// Fill the rollout logs' `lp_old` / `lp` columns (two extra no-grad forwards per step).
+    pub log_logprobs: bool,
 }
 
 impl Default for RunSection {
@@ -162,6 +164,7 @@ impl Default for RunSection {
             checkpoint_every: 50,
             keep: 3,
             max_nonfinite_steps: 5,
+            log_logprobs: false,
         }
     }
 }

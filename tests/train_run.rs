@@ -347,3 +347,65 @@ fn nonfinite_steps_are_skipped_then_stop_the_run() {
         "steps before the stop are logged"
     );
 }
+
+/// Row `i` of a `list<T>` column as a vector.
+fn list_row<T: arrow_array::ArrowPrimitiveType>(
+    b: &RecordBatch,
+    name: &str,
+    i: usize,
+) -> Vec<T::Native> {
+    let col = b
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::ListArray>()
+        .unwrap();
+    col.value(i)
+        .as_any()
+        .downcast_ref::<arrow_array::PrimitiveArray<T>>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
+#[test]
+fn logged_lp_old_reproduces_the_mismatch_metric() {
+    use arrow_array::types::{Float32Type, UInt8Type};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "lp");
+    ok(train(
+        &run,
+        &[
+            "--set",
+            "run.log_logprobs=true",
+            "--set",
+            "learner.correction.kind=bypass",
+            "--set",
+            "run.steps=1",
+        ],
+    ));
+    let b = &read(&run.join("rollouts/step-000001.parquet"))[0];
+    let (mut k3, mut n, mut moved) = (0.0f64, 0usize, false);
+    for i in 0..b.num_rows() {
+        let mu = list_row::<Float32Type>(b, "mu", i);
+        let lp_old = list_row::<Float32Type>(b, "lp_old", i);
+        let lp = list_row::<Float32Type>(b, "lp", i);
+        let mask = list_row::<UInt8Type>(b, "loss_mask", i);
+        assert_eq!((lp_old.len(), lp.len()), (mu.len(), mu.len()));
+        for t in 0..mu.len() {
+            if mask[t] == 1 {
+                let d = (lp_old[t] - mu[t]) as f64;
+                k3 += d.exp() - d - 1.0;
+                n += 1;
+            }
+            moved |= lp[t] != lp_old[t];
+        }
+    }
+    let k3 = k3 / n as f64;
+    let logged = metrics(&run)[&1]["mismatch/k3"];
+    assert!(
+        (k3 - logged).abs() <= 1e-3 * logged,
+        "k3 from lp_old {k3} vs metric {logged}"
+    );
+    assert!(moved, "lp (after the update) equals lp_old everywhere");
+}

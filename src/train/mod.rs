@@ -330,27 +330,14 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             &parquet_log::rollout_batch(&out.rows)?,
             &config_toml,
         )?;
-        values.insert("time/step_s".into(), started.elapsed().as_secs_f64());
-        pause::point("metrics", step);
-        tracing::info!(
-            step,
-            reward = format!(
-                "{:.3}",
-                values.get("reward/mean").copied().unwrap_or(f64::NAN)
-            ),
-            acc = format!("{:.3}", values.get("acc").copied().unwrap_or(f64::NAN)),
-            loss = format!(
-                "{:.4}",
-                values.get("loss/total").copied().unwrap_or(f64::NAN)
-            ),
-            k3 = format!(
-                "{:.2e}",
-                values.get("mismatch/k3").copied().unwrap_or(f64::NAN)
-            ),
-            staleness = values.get("staleness/max").copied().unwrap_or(0.0),
-            secs = format!("{:.2}", started.elapsed().as_secs_f64()),
-            "step"
+        let step_s = started.elapsed().as_secs_f64();
+        values.insert("time/step_s".into(), step_s);
+        values.insert(
+            "throughput/samples_per_s".into(),
+            out.rows.len() as f64 / step_s.max(1e-9),
         );
+        pause::point("metrics", step);
+        tracing::info!("{}", summary_line(step, config.run.steps, &values));
         metrics_rows.push(MetricsRow {
             step,
             policy_version: step,
@@ -374,6 +361,25 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         first_step,
         last_step: state.step,
     })
+}
+
+/// The one-line summary of a step on stderr: a progress bar and the numbers people watch.
+fn summary_line(step: u64, steps: u64, m: &BTreeMap<String, f64>) -> String {
+    const WIDTH: u64 = 20;
+    let done = (step * WIDTH / steps.max(1)) as usize;
+    let bar = format!("{}{}", "#".repeat(done), "-".repeat(WIDTH as usize - done));
+    let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    format!(
+        "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3} | loss {:.4} | \
+         k3 {:.2e} | staleness {} | {:.2}s",
+        get("throughput/samples_per_s"),
+        get("reward/mean"),
+        get("acc"),
+        get("loss/total"),
+        get("mismatch/k3"),
+        get("staleness/max"),
+        get("time/step_s"),
+    )
 }
 
 /// The learner's side of one step: samples, update, and the rows and metrics to log.
@@ -415,6 +421,28 @@ fn to_sample(t: &Trajectory) -> Sample {
     }
 }
 
+/// Per-token log-probs of every sample's completion under the current weights, unperturbed and without
+/// grad, `chunk` samples per forward (the `lp_old` / `lp` columns of the rollout logs).
+fn plain_log_probs(
+    learner: &Learner<CausalLM>,
+    groups: &[Group],
+    chunk: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let samples: Vec<&Sample> = groups.iter().flat_map(|g| &g.samples).collect();
+    let mut out = Vec::with_capacity(samples.len());
+    for part in samples.chunks(chunk.max(1)) {
+        let lp = learner
+            .log_probs(part, &alp_policy::NoHooks)?
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu);
+        for (i, s) in part.iter().enumerate() {
+            let row = lp.get(i as i64).narrow(0, 0, s.completion_ids.len() as i64);
+            out.push(Vec::<f32>::try_from(&row.contiguous())?);
+        }
+    }
+    Ok(out)
+}
+
 fn train_one(
     config: &TrainConfig,
     learner: &mut Learner<CausalLM>,
@@ -428,6 +456,8 @@ fn train_one(
     let (mut staleness_sum, mut staleness_max, mut trained) = (0.0, 0u64, 0usize);
     let (mut correct, mut total, mut failed, mut sampled_tokens) = (0usize, 0usize, 0usize, 0usize);
     let mut nonfinite_mu = 0usize;
+    // Row index of each trained sample, in the order the groups hold them.
+    let mut trained_rows = Vec::new();
     for (g, trajectories) in batch.groups.iter().enumerate() {
         let keep: Vec<&Trajectory> = trajectories.iter().filter(|t| trainable(t)).collect();
         let rewards: Vec<f64> = keep.iter().map(|t| t.reward).collect();
@@ -456,6 +486,7 @@ fn train_one(
             sampled_tokens += t.loss_mask.iter().filter(|&&m| m != 0).count();
             let advantage = if trainable(t) {
                 samples.push(to_sample(t));
+                trained_rows.push(rows.len());
                 staleness_sum += staleness as f64;
                 staleness_max = staleness_max.max(staleness);
                 trained += 1;
@@ -496,6 +527,16 @@ fn train_one(
             groups.push(Group { samples });
         }
     }
+    let log_lp = config.run.log_logprobs && !groups.is_empty();
+    let chunk = config.learner.micro_batch_size;
+    if log_lp {
+        for (row, lp) in trained_rows
+            .iter()
+            .zip(plain_log_probs(learner, &groups, chunk)?)
+        {
+            rows[*row].lp_old = Some(lp);
+        }
+    }
     let mut metrics = if groups.is_empty() {
         tracing::warn!(
             step,
@@ -507,6 +548,14 @@ fn train_one(
             .train_step(&groups)
             .with_context(|| format!("learner step {step}"))?
     };
+    if log_lp {
+        for (row, lp) in trained_rows
+            .iter()
+            .zip(plain_log_probs(learner, &groups, chunk)?)
+        {
+            rows[*row].lp = Some(lp);
+        }
+    }
     metrics.insert("acc".into(), correct as f64 / total.max(1) as f64);
     metrics.insert(
         "staleness/mean".into(),
