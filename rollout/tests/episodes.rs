@@ -80,7 +80,7 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
         &mut backend,
         &tok,
         env.as_ref(),
-        &[example.clone()],
+        std::slice::from_ref(&example),
         &params,
         &EpisodeSettings::default(),
     )
