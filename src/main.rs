@@ -25,6 +25,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Inspect environments: list them, sample episodes, score completions.
     Env(commands::env::EnvArgs),
+    /// Accuracy and unbiased pass@k of a model on an environment (JSON).
+    Eval(commands::eval::EvalArgs),
     /// Write a small random HF checkpoint with a character tokenizer (demos, smoke tests).
     NewModel(commands::new_model::NewModelArgs),
     /// RL post-training from a TOML run config (docs/config.md) into a run directory.
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Env(args) => commands::env::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::NewModel(args) => commands::new_model::run(args),
         Command::Train(args) => commands::train::run(args),
     }

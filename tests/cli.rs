@@ -229,3 +229,37 @@ fn env_commands_list_sample_and_score() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("digitz"));
 }
+
+#[test]
+fn eval_reports_accuracy_and_pass_at_k() {
+    let tmp = tempfile::tempdir().unwrap();
+    new_model(tmp.path());
+    let out = ok(alp_rl(&[
+        "eval",
+        "--model",
+        tmp.path().to_str().unwrap(),
+        "--env",
+        "arithmetic",
+        "--n",
+        "3",
+        "--problems",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "1",
+    ]));
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["problems"], 4);
+    assert_eq!(report["samples_per_problem"], 3);
+    let table = report["pass_at_k"].as_object().unwrap();
+    assert_eq!(
+        table.keys().collect::<Vec<_>>(),
+        ["pass@1", "pass@2", "pass@3"]
+    );
+    // The unbiased pass@1 is the mean correctness, and pass@k never decreases with k.
+    let p = |k: &str| table[k].as_f64().unwrap();
+    assert!((p("pass@1") - report["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(p("pass@1") <= p("pass@2") && p("pass@2") <= p("pass@3"));
+    assert_eq!(report["error_rate"], 0.0);
+}

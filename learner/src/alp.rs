@@ -133,8 +133,9 @@ impl AlpPerturbation {
     fn perturb(&self, x: Tensor, index: i64, key: NoiseKey) -> Tensor {
         let eps = standard_normal(&x.size(), key, x.device());
         let sigma = self.log_sigma.get(index).exp();
-        let delta = (eps * sigma).to_kind(x.kind());
-        x + delta
+        // Add in f32: noise of sigma ~1e-6..1e-3 is below half an ulp of bf16 activations and would
+        // vanish (while log_sigma still got a gradient for it).
+        (x.to_kind(Kind::Float) + eps * sigma).to_kind(x.kind())
     }
 }
 

@@ -58,8 +58,10 @@ pub fn correction_weights(
                 .ge(cfg.mis_low)
                 .logical_and(&w.le(cfg.mis_high))
                 .to_kind(Kind::Float);
+            // Kept tokens keep their importance weight (verl's rollout_is, IcePop): masking only
+            // rejects the outliers, it does not drop the correction of the rest.
             CorrectionWeights {
-                weights: keep.shallow_clone(),
+                weights: &w * &keep,
                 keep: Some(keep),
             }
         }

@@ -26,7 +26,10 @@ use crate::alp::AlpPerturbation;
 use crate::batch::{Entropy, Group, PackedBatch, Sample};
 use crate::correction::{correction_weights, CorrectionWeights};
 use crate::error::{LearnerError, Result};
-use crate::loss::{policy_loss, AggregationScale, LossConfig, LossInputs};
+use crate::loss::{
+    masked_diff, policy_loss, sequence_log_ratio, AggregationScale, LossConfig, LossInputs,
+    LOG_RATIO_CLAMP,
+};
 use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioStats};
 use crate::optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
 use crate::settings::{CorrectionKind, LearnerSettings, SettingsError};
@@ -303,9 +306,21 @@ impl<P: TrainablePolicy> Learner<P> {
                         .as_ref()
                         .and_then(|c| c.keep.as_ref())
                         .map(to_vec);
+                    // `ratio_seq/*` is exp(S) with S = sum m (lp - mu) (design section 4) whatever the
+                    // correction takes its ratio against, so the tails compare across corrections.
+                    let seq_vs_mu = if kind.ratio_against_old() {
+                        sequence_log_ratio(
+                            &masked_diff(&lp.detach(), &p.mu, &p.mask),
+                            &p.mask,
+                            self.loss_cfg.geometric,
+                        )
+                        .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+                    } else {
+                        out.seq_log_ratio.shallow_clone()
+                    };
                     ratios.add(
                         &to_vec(&out.log_ratio),
-                        &to_vec(&out.seq_log_ratio),
+                        &to_vec(&seq_vs_mu),
                         &mask,
                         weights.as_deref(),
                         keep.as_deref(),

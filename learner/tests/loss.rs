@@ -462,12 +462,17 @@ fn tis_and_mis_weights() {
     s.kind = CorrectionKind::Mis;
     let cw = correction_weights(&s, Some(&old), &mu, &mask).unwrap();
     let keep = vec2(&cw.keep.unwrap());
+    let mis_w = vec2(&cw.weights);
     for i in 0..6 {
         let r = if m[i] > 0.0 { dtok[i].exp() } else { 1.0 };
-        assert_eq!(
-            keep[i],
-            if (0.5..=2.0).contains(&r) { 1.0 } else { 0.0 },
-            "mis token {i}"
+        let kept = (0.5..=2.0).contains(&r);
+        assert_eq!(keep[i], if kept { 1.0 } else { 0.0 }, "mis token {i}");
+        // Kept tokens keep their importance weight; masked ones weigh nothing.
+        let want = if kept { r } else { 0.0 };
+        assert!(
+            (mis_w[i] - want).abs() < 1e-12,
+            "mis weight {i}: {} vs {want}",
+            mis_w[i]
         );
     }
     // Sequence level: one weight per row from the summed log-ratio.

@@ -4,14 +4,20 @@
 //! ```text
 //! backend.rs   GenerationBackend, GenerationRequest, Completion   the seam (local engine, vLLM)
 //! engine.rs    LocalEngine: batched prefill + KV-cache decode on a libtorch CausalLM
+//! episode.rs   run_episodes: environments + chat template + backend -> token trajectories
+//! eval.rs      evaluate: accuracy (avg@k) and unbiased pass@k over k samples per problem
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
 //! ```
 pub mod backend;
 pub mod engine;
+pub mod episode;
 pub mod error;
+pub mod eval;
 pub mod sampling;
 
 pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 pub use engine::LocalEngine;
+pub use episode::{run_episodes, EpisodeSettings, Trajectory};
 pub use error::RolloutError;
+pub use eval::{evaluate, pass_at_k, EvalReport};
 pub use sampling::{processed_logprobs, LogprobMode, RowSampler, SamplingParams};

@@ -154,12 +154,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
-    let mut stop: Vec<i64> = model.config().eos_token_ids.clone();
-    if let Some(tok) = &tokenizer {
-        stop.extend(tok.eos_token_id().map(i64::from));
-    }
-    stop.sort_unstable();
-    stop.dedup();
+    let stop = stop_tokens(&model, tokenizer.as_ref());
     let params = SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -219,6 +214,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The tokens that end a completion: the model's `eos_token_id`s and the tokenizer's EOS token.
+pub fn stop_tokens(model: &CausalLM, tokenizer: Option<&Tokenizer>) -> Vec<i64> {
+    let mut stop: Vec<i64> = model.config().eos_token_ids.clone();
+    if let Some(tok) = tokenizer {
+        stop.extend(tok.eos_token_id().map(i64::from));
+    }
+    stop.sort_unstable();
+    stop.dedup();
+    stop
 }
 
 fn chat_ids(tok: &Tokenizer, messages: &[Value]) -> Result<Vec<i64>> {

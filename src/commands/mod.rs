@@ -1,5 +1,6 @@
 //! One module per `alp-rl` subcommand.
 pub mod env;
+pub mod eval;
 pub mod generate;
 pub mod new_model;
 pub mod train;

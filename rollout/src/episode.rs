@@ -1,0 +1,339 @@
+//! Episodes: environments (message level) meet the generation backend (token level).
+//!
+//! Each episode keeps one token trajectory: the rendered prompt, then every token the policy sampled
+//! (loss mask 1, with its sampling log-prob `mu`) interleaved with the tokens of the environment's
+//! replies (loss mask 0). Sampled tokens are never re-tokenised, so the tokens trained on are exactly
+//! the tokens sampled. The environment's messages are appended as the chat template renders them: the
+//! text between the conversation rendered up to the assistant's last message and the conversation
+//! rendered with the new messages and a generation prompt.
+//!
+//! All live episodes advance in lockstep: one batched `generate` call per turn.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use alp_envs::{Environment, Episode, Example, Observation};
+use alp_tokenizer::Tokenizer;
+use serde_json::{Map, Value};
+
+use crate::backend::{FinishReason, GenerationBackend, GenerationRequest};
+use crate::error::RolloutError;
+use crate::sampling::SamplingParams;
+
+/// One finished episode as the learner and the logs see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    pub example_id: String,
+    pub prompt_ids: Vec<i64>,
+    /// Everything after the prompt: sampled tokens and environment tokens, in order.
+    pub completion_ids: Vec<i64>,
+    /// 1 where the policy sampled the token, 0 for environment (tool result, feedback) tokens.
+    pub loss_mask: Vec<u8>,
+    /// Sampling log-prob of each completion token (0.0 where `loss_mask` is 0).
+    pub mu: Vec<f32>,
+    pub reward: f64,
+    pub correct: bool,
+    /// Assistant messages the policy produced.
+    pub num_turns: u32,
+    /// `stop` (the environment ended the episode), `length` (a token budget ran out), `truncated`
+    /// (the turn limit ended it), or `error` (see `error`).
+    pub finish_reason: String,
+    /// The oldest policy version that sampled any of its tokens.
+    pub policy_version: u64,
+    pub prompt_text: String,
+    pub completion_text: String,
+    /// Why the episode failed (environment error or panic, template problem); the reward is then 0.
+    pub error: Option<String>,
+}
+
+/// Limits and template options of an episode run.
+#[derive(Debug, Clone)]
+pub struct EpisodeSettings {
+    /// Bound on completion tokens (sampled plus environment) per episode.
+    pub max_total_tokens: usize,
+    /// Extra chat-template variables (e.g. `enable_thinking`).
+    pub chat_extra: Map<String, Value>,
+}
+
+impl Default for EpisodeSettings {
+    fn default() -> Self {
+        EpisodeSettings {
+            max_total_tokens: 1024,
+            chat_extra: Map::new(),
+        }
+    }
+}
+
+/// A live episode and its trajectory so far.
+struct Live {
+    episode: Option<Episode>,
+    messages: Vec<Value>,
+    tools: Vec<Value>,
+    traj: Trajectory,
+    done: bool,
+}
+
+impl Live {
+    fn fail(&mut self, reason: String) {
+        tracing::warn!(example = %self.traj.example_id, %reason, "episode failed");
+        self.traj.error = Some(reason);
+        self.traj.finish_reason = "error".into();
+        self.traj.reward = 0.0;
+        self.traj.correct = false;
+        self.done = true;
+    }
+
+    fn finish(&mut self, obs: &Observation, reason: &str) {
+        self.traj.reward = obs.reward;
+        self.traj.correct = obs.info.correct;
+        self.traj.finish_reason = reason.into();
+        self.done = true;
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Renders the conversation with the chat template.
+fn render(
+    tokenizer: &Tokenizer,
+    messages: &[Value],
+    tools: &[Value],
+    add_generation_prompt: bool,
+    extra: &Map<String, Value>,
+) -> Result<String, String> {
+    let tools = (!tools.is_empty()).then_some(tools);
+    tokenizer
+        .render_chat(messages, tools, add_generation_prompt, extra)
+        .map_err(|e| format!("chat template: {e}"))
+}
+
+/// Mixes the turn number into the seed so each turn's rows draw fresh random streams.
+fn turn_params(params: &SamplingParams, turn: u32) -> SamplingParams {
+    SamplingParams {
+        seed: params
+            .seed
+            .wrapping_add(0xD1B5_4A32_D192_ED03u64.wrapping_mul(turn as u64)),
+        ..params.clone()
+    }
+}
+
+/// Runs one episode per example, single- or multi-turn, in lockstep batches through `backend`.
+///
+/// Environment failures (errors or panics) fail only their episode; a backend failure fails the call.
+pub fn run_episodes(
+    backend: &mut dyn GenerationBackend,
+    tokenizer: &Tokenizer,
+    env: &dyn Environment,
+    examples: &[Example],
+    params: &SamplingParams,
+    settings: &EpisodeSettings,
+) -> Result<Vec<Trajectory>, RolloutError> {
+    let _span = tracing::info_span!("episodes", env = env.name(), n = examples.len()).entered();
+    let extra = &settings.chat_extra;
+    let mut live: Vec<Live> = examples
+        .iter()
+        .map(|ex| start(tokenizer, env, ex, extra, backend.policy_version()))
+        .collect();
+
+    let mut turn = 0u32;
+    loop {
+        let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
+        if active.is_empty() {
+            break;
+        }
+        let mut requests = Vec::with_capacity(active.len());
+        for &i in &active {
+            let t = &live[i].traj;
+            let budget = settings
+                .max_total_tokens
+                .saturating_sub(t.completion_ids.len());
+            let mut prompt = t.prompt_ids.clone();
+            prompt.extend_from_slice(&t.completion_ids);
+            requests.push(GenerationRequest {
+                prompt_ids: prompt,
+                max_new_tokens: Some(budget.min(params.max_new_tokens)),
+                stop_token_ids: None,
+            });
+        }
+        let completions = backend.generate(&requests, &turn_params(params, turn))?;
+        turn += 1;
+        for (&i, c) in active.iter().zip(completions) {
+            let ep = &mut live[i];
+            ep.traj.policy_version = ep.traj.policy_version.min(c.policy_version);
+            ep.traj.num_turns += 1;
+            ep.traj.completion_ids.extend_from_slice(&c.completion_ids);
+            ep.traj
+                .loss_mask
+                .extend(std::iter::repeat_n(1u8, c.completion_ids.len()));
+            ep.traj.mu.extend_from_slice(&c.logprobs);
+            let ids: Vec<u32> = c.completion_ids.iter().map(|&t| t as u32).collect();
+            let text = match tokenizer.decode(&ids, true) {
+                Ok(text) => text,
+                Err(e) => {
+                    ep.fail(format!("cannot decode the completion: {e}"));
+                    continue;
+                }
+            };
+            let episode = ep.episode.as_mut().expect("live episodes have an episode");
+            let obs = match catch_unwind(AssertUnwindSafe(|| episode.step(&text))) {
+                Ok(Ok(obs)) => obs,
+                Ok(Err(e)) => {
+                    ep.fail(format!("environment error: {e}"));
+                    continue;
+                }
+                Err(panic) => {
+                    ep.fail(format!("environment panicked: {}", panic_message(panic)));
+                    continue;
+                }
+            };
+            let out_of_tokens = ep.traj.completion_ids.len() >= settings.max_total_tokens;
+            if obs.done {
+                let reason = if obs.info.truncated {
+                    "truncated"
+                } else {
+                    "stop"
+                };
+                ep.finish(&obs, reason);
+            } else if c.finish_reason == FinishReason::Length || out_of_tokens {
+                ep.finish(&obs, "length");
+            } else {
+                ep.messages
+                    .push(serde_json::json!({"role": "assistant", "content": text}));
+                if let Err(reason) = append_env_messages(ep, tokenizer, &obs, extra) {
+                    ep.fail(reason);
+                }
+            }
+        }
+    }
+
+    Ok(live
+        .into_iter()
+        .map(|mut ep| {
+            let decode = |ids: &[i64]| {
+                let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+                tokenizer.decode(&ids, false).unwrap_or_default()
+            };
+            ep.traj.prompt_text = decode(&ep.traj.prompt_ids);
+            ep.traj.completion_text = decode(&ep.traj.completion_ids);
+            ep.traj
+        })
+        .collect())
+}
+
+/// Resets the environment on `example` and renders the initial prompt.
+fn start(
+    tokenizer: &Tokenizer,
+    env: &dyn Environment,
+    example: &Example,
+    extra: &Map<String, Value>,
+    version: u64,
+) -> Live {
+    let mut live = Live {
+        episode: None,
+        messages: Vec::new(),
+        tools: Vec::new(),
+        traj: Trajectory {
+            example_id: example.id.clone(),
+            prompt_ids: Vec::new(),
+            completion_ids: Vec::new(),
+            loss_mask: Vec::new(),
+            mu: Vec::new(),
+            reward: 0.0,
+            correct: false,
+            num_turns: 0,
+            finish_reason: String::new(),
+            policy_version: version,
+            prompt_text: String::new(),
+            completion_text: String::new(),
+            error: None,
+        },
+        done: false,
+    };
+    let episode = match catch_unwind(AssertUnwindSafe(|| env.reset(&example.data))) {
+        Ok(Ok(episode)) => episode,
+        Ok(Err(e)) => {
+            live.fail(format!("environment reset failed: {e}"));
+            return live;
+        }
+        Err(panic) => {
+            live.fail(format!(
+                "environment reset panicked: {}",
+                panic_message(panic)
+            ));
+            return live;
+        }
+    };
+    live.messages = episode
+        .messages
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("messages serialise"))
+        .collect();
+    live.tools = episode.tools.clone();
+    live.episode = Some(episode);
+    let prompt = render(tokenizer, &live.messages, &live.tools, true, extra)
+        .and_then(|text| tokenizer.encode(&text, false).map_err(|e| e.to_string()));
+    match prompt {
+        Ok(ids) if !ids.is_empty() => {
+            live.traj.prompt_ids = ids.into_iter().map(i64::from).collect()
+        }
+        Ok(_) => live.fail("the rendered prompt is empty".into()),
+        Err(reason) => live.fail(reason),
+    }
+    live
+}
+
+/// Appends the environment's messages (and the next generation prompt) as loss-masked tokens.
+fn append_env_messages(
+    ep: &mut Live,
+    tokenizer: &Tokenizer,
+    obs: &Observation,
+    extra: &Map<String, Value>,
+) -> Result<(), String> {
+    let before = render(tokenizer, &ep.messages, &ep.tools, false, extra)?;
+    for m in &obs.messages {
+        ep.messages
+            .push(serde_json::to_value(m).expect("messages serialise"));
+    }
+    let after = render(tokenizer, &ep.messages, &ep.tools, true, extra)?;
+    let Some(new_messages) = after.strip_prefix(before.as_str()) else {
+        return Err(
+            "the chat template re-renders earlier turns when messages are added (it is not \
+                    prefix-stable), so multi-turn tokens cannot be appended without re-tokenising"
+                .into(),
+        );
+    };
+    // What the template puts after the sampled tokens of the assistant turn (e.g. the newline after
+    // `<|im_end|>`) is not sampled either: it joins the masked environment tokens.
+    let so_far: Vec<u32> = ep
+        .traj
+        .prompt_ids
+        .iter()
+        .chain(&ep.traj.completion_ids)
+        .map(|&t| t as u32)
+        .collect();
+    let sampled_text = tokenizer
+        .decode(&so_far, false)
+        .map_err(|e| e.to_string())?;
+    let Some(gap) = before.strip_prefix(sampled_text.as_str()) else {
+        return Err(
+            "the chat template renders the assistant turn differently from the sampled \
+                    tokens (e.g. it strips reasoning), so the trajectory cannot continue"
+                .into(),
+        );
+    };
+    let ids = tokenizer
+        .encode(&format!("{gap}{new_messages}"), false)
+        .map_err(|e| e.to_string())?;
+    ep.traj
+        .completion_ids
+        .extend(ids.iter().map(|&t| i64::from(t)));
+    ep.traj
+        .loss_mask
+        .extend(std::iter::repeat_n(0u8, ids.len()));
+    ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
+    Ok(())
+}

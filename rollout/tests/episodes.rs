@@ -1,0 +1,290 @@
+//! Episodes: environment messages become masked tokens, sampled tokens are kept as sampled, and a
+//! failing environment fails only its own episode.
+use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
+use alp_rollout::{
+    run_episodes, Completion, EpisodeSettings, FinishReason, GenerationBackend, GenerationRequest,
+    LocalEngine, RolloutError, SamplingParams,
+};
+use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
+use serde_json::{json, Value};
+
+fn tokenizer() -> Tokenizer {
+    CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars())
+        .build()
+        .unwrap()
+}
+
+/// A backend that answers turn `t` of every row with `replies[t]` followed by EOS.
+struct Scripted {
+    tokenizer: Tokenizer,
+    replies: Vec<String>,
+    turn: usize,
+    calls: Vec<Vec<GenerationRequest>>,
+}
+
+const SCRIPTED_LOGPROB: f32 = -0.25;
+
+impl GenerationBackend for Scripted {
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        _: &SamplingParams,
+    ) -> Result<Vec<Completion>, RolloutError> {
+        self.calls.push(requests.to_vec());
+        let reply = &self.replies[self.turn];
+        self.turn += 1;
+        let mut ids: Vec<i64> = self
+            .tokenizer
+            .encode(reply, false)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        ids.push(self.tokenizer.eos_token_id().unwrap() as i64);
+        Ok(requests
+            .iter()
+            .map(|r| Completion {
+                prompt_ids: r.prompt_ids.clone(),
+                completion_ids: ids.clone(),
+                logprobs: vec![SCRIPTED_LOGPROB; ids.len()],
+                finish_reason: FinishReason::Stop,
+                policy_version: 7,
+            })
+            .collect())
+    }
+
+    fn policy_version(&self) -> u64 {
+        7
+    }
+}
+
+#[test]
+fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
+    let tok = tokenizer();
+    let env = cli::build("tool_math", &json!({})).unwrap();
+    let example = env.example(Split::Train, 3).unwrap();
+    let expression = example.data["expression"].as_str().unwrap().to_string();
+    let answer = example.data["answer"].as_str().unwrap().to_string();
+    let call = format!(
+        "<tool_call>{{\"name\": \"calculator\", \"arguments\": {{\"expression\": \"{expression}\"}}}}</tool_call>"
+    );
+    let final_answer = format!("The answer is \\boxed{{{answer}}}.");
+    let mut backend = Scripted {
+        tokenizer: tokenizer(),
+        replies: vec![call.clone(), final_answer.clone()],
+        turn: 0,
+        calls: vec![],
+    };
+    let params = SamplingParams::default();
+    let out = run_episodes(
+        &mut backend,
+        &tok,
+        env.as_ref(),
+        std::slice::from_ref(&example),
+        &params,
+        &EpisodeSettings::default(),
+    )
+    .unwrap();
+    let t = &out[0];
+    assert_eq!(t.error, None);
+    assert_eq!(t.num_turns, 2);
+    assert_eq!(t.finish_reason, "stop");
+    assert!(t.correct, "the final answer {answer} is right");
+    assert_eq!(t.reward, 1.0);
+    assert_eq!(t.policy_version, 7);
+
+    // Layout: turn-1 tokens (mask 1), tool-result tokens (mask 0), turn-2 tokens (mask 1).
+    let eos = tok.eos_token_id().unwrap() as i64;
+    let turn1: Vec<i64> = tok
+        .encode(&call, false)
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .chain([eos])
+        .collect();
+    let turn2: Vec<i64> = tok
+        .encode(&final_answer, false)
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .chain([eos])
+        .collect();
+    let n = t.completion_ids.len();
+    assert_eq!(t.loss_mask.len(), n);
+    assert_eq!(t.mu.len(), n);
+    assert_eq!(&t.completion_ids[..turn1.len()], turn1.as_slice());
+    assert_eq!(&t.completion_ids[n - turn2.len()..], turn2.as_slice());
+    let env_len = n - turn1.len() - turn2.len();
+    assert!(env_len > 0);
+    let expected_mask: Vec<u8> = [
+        vec![1u8; turn1.len()],
+        vec![0; env_len],
+        vec![1; turn2.len()],
+    ]
+    .concat();
+    assert_eq!(t.loss_mask, expected_mask);
+    for (m, mu) in t.loss_mask.iter().zip(&t.mu) {
+        assert_eq!(*mu, if *m == 1 { SCRIPTED_LOGPROB } else { 0.0 });
+    }
+
+    // The masked span is the tool turn as the template renders it, ending in the generation prompt,
+    // and it carries the calculator's result.
+    let env_ids: Vec<u32> = t.completion_ids[turn1.len()..turn1.len() + env_len]
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let env_text = tok.decode(&env_ids, false).unwrap();
+    assert!(
+        env_text.contains("<|im_start|>tool") && env_text.ends_with("<|im_start|>assistant\n"),
+        "{env_text:?}"
+    );
+    assert!(
+        env_text.contains(&answer),
+        "tool result {answer} missing from {env_text:?}"
+    );
+
+    // No drift: the whole trajectory is the template's rendering of the conversation.
+    let episode = env.reset(&example.data).unwrap();
+    let mut convo: Vec<Value> = episode
+        .messages
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap())
+        .collect();
+    convo.push(json!({"role": "assistant", "content": call}));
+    convo.push(json!({"role": "tool", "content": answer, "name": "calculator"}));
+    convo.push(json!({"role": "assistant", "content": final_answer}));
+    let rendered = tok
+        .render_chat(&convo, None, false, &Default::default())
+        .unwrap();
+    assert!(
+        rendered.starts_with(&(t.prompt_text.clone() + &t.completion_text)),
+        "{rendered:?}\nvs\n{}{}",
+        t.prompt_text,
+        t.completion_text
+    );
+    // The second call's prompt is the first call's prompt plus everything appended since.
+    assert_eq!(
+        backend.calls[1][0].prompt_ids,
+        [
+            t.prompt_ids.clone(),
+            t.completion_ids[..n - turn2.len()].to_vec()
+        ]
+        .concat()
+    );
+}
+
+/// An environment whose episodes panic on the assistant's message when the example says so.
+struct Fragile;
+
+impl Environment for Fragile {
+    fn name(&self) -> &str {
+        "fragile"
+    }
+    fn num_examples(&self, _: Split) -> Result<Option<usize>, EnvError> {
+        Ok(None)
+    }
+    fn example(&self, _: Split, seed: u64) -> Result<Example, EnvError> {
+        Ok(Example {
+            id: seed.to_string(),
+            data: json!({"panic": seed % 2 == 1}),
+        })
+    }
+    fn reset(&self, example: &Value) -> Result<Episode, EnvError> {
+        let panics = example["panic"].as_bool().unwrap();
+        Ok(Episode::single_turn(
+            vec![Message::user("say hi")],
+            move |_| {
+                if panics {
+                    panic!("reward code bug");
+                }
+                alp_envs::Observation::finished(0.5, Default::default())
+            },
+        ))
+    }
+}
+
+#[test]
+fn a_panicking_environment_fails_only_its_episode() {
+    let tok = tokenizer();
+    let examples: Vec<Example> = (0..4)
+        .map(|s| Fragile.example(Split::Train, s).unwrap())
+        .collect();
+    let mut backend = Scripted {
+        tokenizer: tokenizer(),
+        replies: vec!["hi".into()],
+        turn: 0,
+        calls: vec![],
+    };
+    let out = run_episodes(
+        &mut backend,
+        &tok,
+        &Fragile,
+        &examples,
+        &SamplingParams::default(),
+        &EpisodeSettings::default(),
+    )
+    .unwrap();
+    for (i, t) in out.iter().enumerate() {
+        if i % 2 == 1 {
+            assert_eq!(t.finish_reason, "error");
+            assert!(t.error.as_deref().unwrap().contains("reward code bug"));
+            assert_eq!(t.reward, 0.0);
+        } else {
+            assert_eq!(t.error, None);
+            assert_eq!(t.reward, 0.5);
+        }
+    }
+}
+
+#[test]
+fn single_turn_episodes_on_the_local_engine_score_their_own_text() {
+    tch::set_num_threads(1);
+    let tok = tokenizer();
+    let cfg = json!({
+        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": true
+    });
+    let cfg = alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+    let model = alp_policy::CausalLM::random(cfg, &Default::default(), 1).unwrap();
+    let mut engine = LocalEngine::new(model, 8);
+    let env = cli::build("arithmetic", &json!({})).unwrap();
+    let examples: Vec<Example> = (0..6)
+        .map(|s| env.example(Split::Train, s).unwrap())
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: 16,
+        stop_token_ids: vec![tok.eos_token_id().unwrap() as i64],
+        seed: 3,
+        ..Default::default()
+    };
+    let settings = EpisodeSettings {
+        max_total_tokens: 12,
+        ..Default::default()
+    };
+    let out = run_episodes(
+        &mut engine,
+        &tok,
+        env.as_ref(),
+        &examples,
+        &params,
+        &settings,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 6);
+    for (t, ex) in out.iter().zip(&examples) {
+        assert_eq!(t.num_turns, 1);
+        assert!(t.loss_mask.iter().all(|&m| m == 1));
+        assert_eq!(t.mu.len(), t.completion_ids.len());
+        assert!(
+            t.completion_ids.len() <= 12,
+            "max_total_tokens bounds the completion"
+        );
+        assert!(t.finish_reason == "stop" || t.finish_reason == "length");
+        let ids: Vec<u32> = t.completion_ids.iter().map(|&x| x as u32).collect();
+        let text = tok.decode(&ids, true).unwrap();
+        let score = env.score(&ex.data, &text).unwrap();
+        assert_eq!(t.reward, score.reward);
+        assert_eq!(t.correct, score.correct);
+    }
+}

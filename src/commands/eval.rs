@@ -1,0 +1,106 @@
+//! `alp-rl eval`: accuracy (avg@k) and unbiased pass@k of a model on an environment, as JSON.
+use std::path::PathBuf;
+
+use alp_envs::{cli, Split};
+use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_rollout::{evaluate, EpisodeSettings, LocalEngine, SamplingParams};
+use alp_tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::env::SplitArg;
+use super::generate::stop_tokens;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model directory in the HF layout, with tokenizer.json.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Environment name (see `alp-rl env list`).
+    #[arg(long)]
+    pub env: String,
+    /// An environment setting override, `key=value`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Samples per problem (k of pass@k).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Number of problems (seeds 0..problems of the split; a dataset caps it at its size).
+    #[arg(long, default_value_t = 100)]
+    pub problems: usize,
+    #[arg(long, value_enum, default_value_t = SplitArg::Heldout)]
+    pub split: SplitArg,
+    /// Greedy decoding (then --n should be 1).
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Bound on completion tokens per episode across turns.
+    #[arg(long, default_value_t = 1024)]
+    pub max_total_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    anyhow::ensure!(args.n >= 1, "--n must be at least 1");
+    let env = cli::build(&args.env, &cli::parse_overrides(&args.set)?)?;
+    let split = match args.split {
+        SplitArg::Train => Split::Train,
+        SplitArg::Heldout => Split::Test,
+    };
+    let available = env.num_examples(split)?.unwrap_or(usize::MAX);
+    let examples = (0..args.problems.min(available) as u64)
+        .map(|seed| env.example(split, seed))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokenizer = Tokenizer::from_dir(&args.model)
+        .with_context(|| format!("eval needs tokenizer.json in {}", args.model.display()))?;
+    let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    let model = CausalLM::load(
+        &args.model,
+        &LoadOptions {
+            kind,
+            device: tch::Device::cuda_if_available(),
+        },
+    )
+    .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
+    let params = SamplingParams {
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_new_tokens: args.max_new_tokens,
+        stop_token_ids: stop_tokens(&model, Some(&tokenizer)),
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    let settings = EpisodeSettings {
+        max_total_tokens: args.max_total_tokens,
+        ..EpisodeSettings::default()
+    };
+    let mut engine = LocalEngine::new(model, args.batch_size);
+    let report = evaluate(
+        &mut engine,
+        &tokenizer,
+        env.as_ref(),
+        &examples,
+        args.n,
+        &params,
+        &settings,
+    )?;
+    tracing::info!(
+        accuracy = report.accuracy,
+        problems = report.problems,
+        k = args.n,
+        "evaluated"
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
