@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{LocalEngine, SamplingParams};
-
-use super::episode::{run_episodes, EpisodeSettings, Trajectory};
+use alp_rollout::{run_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
 use alp_tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;

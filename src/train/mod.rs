@@ -6,7 +6,6 @@
 //! version `v` that generated it, bounded by `rollout.max_staleness` through the worker's pacing.
 pub mod actor;
 pub mod checkpoint;
-pub mod episode;
 pub mod pause;
 
 use std::collections::BTreeMap;
@@ -15,9 +14,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
 use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_rollout::{EpisodeSettings, Trajectory};
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use episode::{EpisodeSettings, Trajectory};
 use serde_json::json;
 use tch::{Device, Kind};
 
