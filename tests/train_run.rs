@@ -409,3 +409,71 @@ fn logged_lp_old_reproduces_the_mismatch_metric() {
     );
     assert!(moved, "lp (after the update) equals lp_old everywhere");
 }
+
+#[test]
+fn a_failing_environment_fails_its_episodes_not_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The math env on a dataset whose second row has no question: its episodes fail at reset.
+    let data = tmp.path().join("mixed.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"nothing\": 1}\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(CONFIG)
+        .unwrap()
+        .replace(
+            "name = \"arithmetic\"",
+            &format!(
+                "name = \"math\"\ntrain_path = {:?}\ntest_path = \"\"",
+                data.display().to_string()
+            ),
+        )
+        .replace("digits = 1\n", "")
+        .replace("max_operands = 2\n", "");
+    let path = tmp.path().join("math.toml");
+    std::fs::write(&path, config).unwrap();
+    let run = run_dir(&tmp, "run");
+    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .args([
+            "train",
+            path.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    ok(out);
+    let m = metrics(&run);
+    assert_eq!(m.len(), 4);
+    let failed: f64 = m.values().map(|r| r["rollout/failed_episodes"]).sum();
+    assert!(failed > 0.0, "no episode failed");
+    let mut errors = 0;
+    for step in 1..=4 {
+        for b in read(&run.join(format!("rollouts/step-{step:06}.parquet"))) {
+            let err = b
+                .column_by_name("error")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap()
+                .clone();
+            let reward = b
+                .column_by_name("reward")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            for i in 0..b.num_rows() {
+                if err.is_valid(i) {
+                    errors += 1;
+                    assert!(!err.value(i).is_empty());
+                    assert_eq!(reward.value(i), 0.0);
+                }
+            }
+        }
+    }
+    assert_eq!(errors as f64, failed);
+}
