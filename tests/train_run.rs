@@ -293,6 +293,10 @@ fn resume_reproduces_an_uninterrupted_run() {
     let again = train(&split, &[]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // A resumed run must keep its config (only run.steps may change).
+    let changed = train(&split, &["--resume", "--set", "learner.optimizer.lr=0.5"]);
+    assert!(!changed.status.success());
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("config differs"));
     ok(train(&split, &["--resume"]));
     let (a, b) = (
         reproducible(metrics(&straight)),
