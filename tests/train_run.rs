@@ -83,6 +83,9 @@ fn every_correction_and_staleness_trains_with_finite_metrics() {
     for kind in ["bypass", "tis", "mis", "alp"] {
         for staleness in [0u64, 2] {
             let run = run_dir(&tmp, &format!("{kind}-{staleness}"));
+            // With staleness 2, batches from step 4 on are generated with published weights
+            // (version >= 1), so the worker's weight installation is exercised too.
+            let steps: u64 = if staleness == 0 { 3 } else { 5 };
             ok(train(
                 &run,
                 &[
@@ -91,11 +94,14 @@ fn every_correction_and_staleness_trains_with_finite_metrics() {
                     "--set",
                     &format!("rollout.max_staleness={staleness}"),
                     "--set",
-                    "run.steps=3",
+                    &format!("run.steps={steps}"),
                 ],
             ));
             let m = metrics(&run);
-            assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!(
+                m.keys().copied().collect::<Vec<_>>(),
+                (1..=steps as i64).collect::<Vec<_>>()
+            );
             for (step, row) in &m {
                 for name in [
                     "loss/total",
@@ -120,17 +126,23 @@ fn every_correction_and_staleness_trains_with_finite_metrics() {
             }
             // Staleness within the bound in every rollout row, and it reaches the bound.
             let mut max_seen = 0;
-            for step in 1..=3u64 {
+            let mut last_version = 0;
+            for step in 1..=steps {
                 for b in read(&run.join(format!("rollouts/step-{step:06}.parquet"))) {
                     let versions = int_column(&b, "policy_version");
                     for (s, v) in int_column(&b, "staleness").iter().zip(&versions) {
                         assert!(*s >= 0 && *s as u64 <= staleness, "staleness {s}");
                         assert_eq!(*s, step as i64 - 1 - v);
                         max_seen = max_seen.max(*s);
+                        last_version = *v;
                     }
                 }
             }
             assert_eq!(max_seen as u64, staleness.min(2));
+            assert!(
+                last_version >= 1,
+                "the last batch must come from published weights"
+            );
         }
     }
 }
@@ -480,4 +492,36 @@ fn a_failing_environment_fails_its_episodes_not_the_run() {
         }
     }
     assert_eq!(errors as f64, failed);
+}
+
+#[test]
+fn old_checkpoints_are_pruned_but_never_the_latest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "prune");
+    ok(train(
+        &run,
+        &[
+            "--set",
+            "run.steps=3",
+            "--set",
+            "run.checkpoint_every=1",
+            "--set",
+            "run.keep=1",
+        ],
+    ));
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["latest", "step-000003"]);
+    assert_eq!(
+        std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(),
+        "step-000003"
+    );
+    let model = alp_policy::CausalLM::load(
+        &run.join("checkpoints/step-000003/model"),
+        &alp_policy::LoadOptions::default(),
+    );
+    assert!(model.is_ok(), "{:?}", model.err());
 }

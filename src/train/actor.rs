@@ -105,7 +105,24 @@ impl Actor {
         let handle = std::thread::Builder::new()
             .name("rollout-0".into())
             .spawn(move || {
-                if let Err(e) = worker(settings, &batch_tx, weights_rx) {
+                // A panic in the worker (outside an episode: drawing examples, libtorch) must reach
+                // the learner with its message, not as a silently closed channel.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker(settings, &batch_tx, weights_rx)
+                }));
+                let error = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(panic) => Some(format!(
+                        "the rollout worker panicked: {}",
+                        panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".into())
+                    )),
+                };
+                if let Some(e) = error {
                     // The learner may already be gone; then nobody needs the error.
                     let _ = batch_tx.send(Err(e));
                 }

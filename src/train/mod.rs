@@ -158,6 +158,14 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let config = &req.config;
     let run = RunDir::new(&req.run_dir);
     let config_toml = config.to_toml();
+    // Refuse a missing model before anything is written, so a typo leaves no run directory behind.
+    if let Some(path) = &config.model.path {
+        ensure!(
+            path.join("config.json").exists(),
+            "model.path = {}: no config.json there (expected an HF checkpoint directory)",
+            path.display()
+        );
+    }
     prepare_run_dir(&req, &run, &config_toml)?;
     let model_src = initial_model(config, &run)?;
 
@@ -287,19 +295,22 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         // The update is applied in memory, nothing of it is on disk yet.
         pause::point("update", step);
         let mut values = out.metrics;
-        let nonfinite = ["loss/total", "grad/norm"]
+        let bad_update = ["loss/total", "grad/norm"]
             .iter()
             .any(|k| values.get(*k).is_some_and(|v| !v.is_finite()))
-            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0)
-            || values.get("rollout/nonfinite_mu").is_some_and(|&v| v > 0.0);
-        if nonfinite {
+            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0);
+        let bad_mu = values.get("rollout/nonfinite_mu").is_some_and(|&v| v > 0.0);
+        if bad_update || bad_mu {
             state.nonfinite_run += 1;
             state.nonfinite_total += 1;
-            tracing::warn!(
-                step,
-                consecutive = state.nonfinite_run,
-                "non-finite loss, gradient or sampling log-probs: the update was skipped"
-            );
+            // Say exactly what happened: a non-finite loss or gradient skips the optimizer update;
+            // samples with non-finite sampling log-probs are dropped and the rest is trained on.
+            let what = match (bad_update, bad_mu) {
+                (true, true) => "non-finite loss or gradient (update skipped) and non-finite sampling log-probs (those samples dropped)",
+                (true, false) => "non-finite loss or gradient: the optimizer update was skipped",
+                _ => "non-finite sampling log-probs: those samples were dropped, the rest trained on",
+            };
+            tracing::warn!(step, consecutive = state.nonfinite_run, "{what}");
             if state.nonfinite_run >= config.run.max_nonfinite_steps {
                 bail!(
                     "{} consecutive steps (up to step {step}) had a non-finite loss, gradient or \
@@ -536,10 +547,15 @@ fn train_one(
             rows[*row].lp_old = Some(lp);
         }
     }
-    let mut metrics = if groups.is_empty() {
+    // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than that
+    // (failed episodes are dropped) the step is skipped rather than failing the run.
+    let trainable_samples: usize = groups.iter().map(|g| g.samples.len()).sum();
+    let mut metrics = if trainable_samples < config.learner.mini_batches {
         tracing::warn!(
             step,
-            "no trainable sample in this step (every episode failed): no update"
+            trainable_samples,
+            mini_batches = config.learner.mini_batches,
+            "too few trainable samples in this step (failed episodes are dropped): no update"
         );
         BTreeMap::new()
     } else {
