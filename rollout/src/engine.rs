@@ -2,7 +2,7 @@
 //! preallocated KV cache. Prompts are left-padded so every row's last prompt token sits in the same
 //! column; padding is masked out of attention and positions count real tokens only. Rows that finish
 //! leave the batch (their cache rows are dropped), so long and short completions can share a call.
-use alp_policy::{positions_from_mask, CausalLM, NoHooks};
+use alp_policy::{positions_from_mask, CausalLM, KvCache, NoHooks};
 use tch::{Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
@@ -25,6 +25,40 @@ struct RowState {
     ids: Vec<i64>,
     logprobs: Vec<f32>,
     finish: Option<FinishReason>,
+}
+
+/// The batch rows still decoding, and every per-row buffer that shrinks when rows finish.
+struct DecodeBatch {
+    /// `active[k]` is the index (into the chunk's rows) of batch row k.
+    active: Vec<usize>,
+    cache: KvCache,
+    key_valid: Tensor,
+    last_hidden: Tensor,
+    next_pos: Vec<i64>,
+    sampler: RowSampler,
+}
+
+impl DecodeBatch {
+    /// Drops finished rows from every per-row buffer, so the remaining rows run faster.
+    fn drop_finished(&mut self, rows: &[RowState]) {
+        let keep: Vec<usize> = (0..self.active.len())
+            .filter(|&k| rows[self.active[k]].finish.is_none())
+            .collect();
+        if keep.len() == self.active.len() {
+            return;
+        }
+        self.active = keep.iter().map(|&k| self.active[k]).collect();
+        self.next_pos = keep.iter().map(|&k| self.next_pos[k]).collect();
+        self.sampler.retain_rows(&keep);
+        if keep.is_empty() {
+            return;
+        }
+        let index: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
+        let index = Tensor::from_slice(&index).to_device(self.key_valid.device());
+        self.cache.select_rows(&index);
+        self.key_valid = self.key_valid.index_select(0, &index);
+        self.last_hidden = self.last_hidden.index_select(0, &index);
+    }
 }
 
 impl LocalEngine {
@@ -112,10 +146,8 @@ impl LocalEngine {
             .view([b, prompt_len])
             .to_device(device);
         let capacity = prompt_len + max_new;
-        let mut key_valid = Tensor::zeros([b, capacity], (Kind::Bool, device));
+        let key_valid = Tensor::zeros([b, capacity], (Kind::Bool, device));
         key_valid.narrow(1, 0, prompt_len).copy_(&valid);
-        let mut next_pos: Vec<i64> = chunk.iter().map(|r| r.prompt_ids.len() as i64).collect();
-
         let mut cache = self.model.new_cache(b, capacity);
         let hidden = self.model.forward_cached(
             &ids,
@@ -124,30 +156,28 @@ impl LocalEngine {
             &mut cache,
             &NoHooks,
         );
-        let mut last_hidden = hidden.narrow(1, prompt_len - 1, 1);
-        // `active[k]` is the index in `rows` of batch row k.
-        let mut active: Vec<usize> = (0..rows.len()).collect();
         let request_ids: Vec<usize> = rows.iter().map(|r| r.request).collect();
-        let mut sampler = RowSampler::new(params, &request_ids);
-        if rows.iter().any(|r| r.finish.is_some()) {
-            self.compact(
-                &mut rows,
-                &mut active,
-                &mut cache,
-                &mut key_valid,
-                &mut last_hidden,
-                &mut next_pos,
-                &mut sampler,
-            );
-        }
+        let mut batch = DecodeBatch {
+            active: (0..rows.len()).collect(),
+            cache,
+            key_valid,
+            last_hidden: hidden.narrow(1, prompt_len - 1, 1),
+            next_pos: chunk.iter().map(|r| r.prompt_ids.len() as i64).collect(),
+            sampler: RowSampler::new(params, &request_ids),
+        };
+        batch.drop_finished(&rows);
 
         for step in 0..max_new {
-            if active.is_empty() {
+            if batch.active.is_empty() {
                 break;
             }
-            let logits = self.model.logits(&last_hidden, &NoHooks).squeeze_dim(1);
-            let (tokens, logprobs) = sampler.sample(&logits, params);
-            for (k, &row_index) in active.iter().enumerate() {
+            let logits = self
+                .model
+                .logits(&batch.last_hidden, &NoHooks)
+                .squeeze_dim(1);
+            let (tokens, logprobs) = batch.sampler.sample(&logits, params);
+            let mut next_tokens = Vec::with_capacity(tokens.len());
+            for (k, &row_index) in batch.active.iter().enumerate() {
                 let row = &mut rows[row_index];
                 row.ids.push(tokens[k]);
                 row.logprobs.push(logprobs[k]);
@@ -155,41 +185,31 @@ impl LocalEngine {
                     row.finish = Some(FinishReason::Stop);
                 } else if row.ids.len() >= row.limit {
                     row.finish = Some(FinishReason::Length);
+                } else {
+                    next_tokens.push(tokens[k]);
                 }
             }
-            let next_tokens: Vec<i64> = active
-                .iter()
-                .enumerate()
-                .filter(|(_, &r)| rows[r].finish.is_none())
-                .map(|(k, _)| tokens[k])
-                .collect();
-            self.compact(
-                &mut rows,
-                &mut active,
-                &mut cache,
-                &mut key_valid,
-                &mut last_hidden,
-                &mut next_pos,
-                &mut sampler,
-            );
-            if active.is_empty() {
+            batch.drop_finished(&rows);
+            if batch.active.is_empty() {
                 break;
             }
             // Feed the sampled tokens: they sit at cache column prompt_len + step.
-            let n = active.len() as i64;
+            let n = batch.active.len() as i64;
             let input = Tensor::from_slice(&next_tokens)
                 .view([n, 1])
                 .to_device(device);
-            let positions = Tensor::from_slice(&next_pos).view([n, 1]).to_device(device);
-            let _ = key_valid.narrow(1, prompt_len + step, 1).fill_(1);
-            last_hidden = self.model.forward_cached(
+            let positions = Tensor::from_slice(&batch.next_pos)
+                .view([n, 1])
+                .to_device(device);
+            let _ = batch.key_valid.narrow(1, prompt_len + step, 1).fill_(1);
+            batch.last_hidden = self.model.forward_cached(
                 &input,
                 &positions,
-                &key_valid.narrow(1, 0, prompt_len + step + 1),
-                &mut cache,
+                &batch.key_valid.narrow(1, 0, prompt_len + step + 1),
+                &mut batch.cache,
                 &NoHooks,
             );
-            next_pos.iter_mut().for_each(|p| *p += 1);
+            batch.next_pos.iter_mut().for_each(|p| *p += 1);
         }
 
         rows.into_iter()
@@ -202,37 +222,6 @@ impl LocalEngine {
                 policy_version: self.version,
             })
             .collect()
-    }
-
-    /// Drops finished rows from every per-row buffer of the decode loop.
-    #[allow(clippy::too_many_arguments)]
-    fn compact(
-        &self,
-        rows: &mut [RowState],
-        active: &mut Vec<usize>,
-        cache: &mut alp_policy::KvCache,
-        key_valid: &mut Tensor,
-        last_hidden: &mut Tensor,
-        next_pos: &mut Vec<i64>,
-        sampler: &mut RowSampler,
-    ) {
-        let keep: Vec<usize> = (0..active.len())
-            .filter(|&k| rows[active[k]].finish.is_none())
-            .collect();
-        if keep.len() == active.len() {
-            return;
-        }
-        *active = keep.iter().map(|&k| active[k]).collect();
-        *next_pos = keep.iter().map(|&k| next_pos[k]).collect();
-        sampler.retain_rows(&keep);
-        if keep.is_empty() {
-            return;
-        }
-        let index: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
-        let index = Tensor::from_slice(&index).to_device(key_valid.device());
-        cache.select_rows(&index);
-        *key_valid = key_valid.index_select(0, &index);
-        *last_hidden = last_hidden.index_select(0, &index);
     }
 }
 

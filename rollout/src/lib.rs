@@ -20,4 +20,6 @@ pub use engine::LocalEngine;
 pub use episode::{run_episodes, EpisodeSettings, Trajectory};
 pub use error::RolloutError;
 pub use eval::{evaluate, pass_at_k, EvalReport};
-pub use sampling::{processed_logprobs, LogprobMode, RowSampler, SamplingParams};
+pub use sampling::{
+    default_stop_tokens, processed_logprobs, LogprobMode, RowSampler, SamplingParams,
+};

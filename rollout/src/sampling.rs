@@ -100,6 +100,20 @@ impl SamplingParams {
     }
 }
 
+/// The tokens that end a completion by default: the model's `eos_token_id`s and the tokenizer's EOS.
+pub fn default_stop_tokens(
+    model: &alp_policy::CausalLM,
+    tokenizer: Option<&alp_tokenizer::Tokenizer>,
+) -> Vec<i64> {
+    let mut stop: Vec<i64> = model.config().eos_token_ids.clone();
+    if let Some(tok) = tokenizer {
+        stop.extend(tok.eos_token_id().map(i64::from));
+    }
+    stop.sort_unstable();
+    stop.dedup();
+    stop
+}
+
 /// The processed next-token log-distribution for a batch of logits `[b, vocab]` (f32): temperature,
 /// then top-k, then top-p, as HF's logits warpers apply them. Removed tokens get `-inf`.
 pub fn processed_logprobs(logits: &Tensor, params: &SamplingParams) -> Tensor {

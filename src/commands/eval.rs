@@ -2,14 +2,13 @@
 use std::path::PathBuf;
 
 use alp_envs::{cli, Split};
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
-use alp_rollout::{evaluate, EpisodeSettings, LocalEngine, SamplingParams};
+use alp_policy::parse_kind;
+use alp_rollout::{default_stop_tokens, evaluate, EpisodeSettings, LocalEngine, SamplingParams};
 use alp_tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use clap::Args;
 
 use super::env::SplitArg;
-use super::generate::stop_tokens;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -64,20 +63,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(&args.model)
         .with_context(|| format!("eval needs tokenizer.json in {}", args.model.display()))?;
     let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
-    let model = CausalLM::load(
-        &args.model,
-        &LoadOptions {
-            kind,
-            device: tch::Device::cuda_if_available(),
-        },
-    )
-    .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
+    let model = super::load_inference_model(&args.model, kind)?;
     let params = SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,
         top_p: args.top_p,
         max_new_tokens: args.max_new_tokens,
-        stop_token_ids: stop_tokens(&model, Some(&tokenizer)),
+        stop_token_ids: default_stop_tokens(&model, Some(&tokenizer)),
         seed: args.seed,
         ..SamplingParams::default()
     };

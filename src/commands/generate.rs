@@ -2,8 +2,11 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
-use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, LogprobMode, SamplingParams};
+use alp_policy::parse_kind;
+use alp_rollout::{
+    default_stop_tokens, GenerationBackend, GenerationRequest, LocalEngine, LogprobMode,
+    SamplingParams,
+};
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -146,15 +149,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt_ids.push(ids);
     }
 
-    let model = CausalLM::load(
-        &args.model,
-        &LoadOptions {
-            kind,
-            device: tch::Device::cuda_if_available(),
-        },
-    )
-    .with_context(|| format!("cannot load the model in {}", args.model.display()))?;
-    let stop = stop_tokens(&model, tokenizer.as_ref());
+    let model = super::load_inference_model(&args.model, kind)?;
+    let stop = default_stop_tokens(&model, tokenizer.as_ref());
     let params = SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -214,17 +210,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// The tokens that end a completion: the model's `eos_token_id`s and the tokenizer's EOS token.
-pub fn stop_tokens(model: &CausalLM, tokenizer: Option<&Tokenizer>) -> Vec<i64> {
-    let mut stop: Vec<i64> = model.config().eos_token_ids.clone();
-    if let Some(tok) = tokenizer {
-        stop.extend(tok.eos_token_id().map(i64::from));
-    }
-    stop.sort_unstable();
-    stop.dedup();
-    stop
 }
 
 fn chat_ids(tok: &Tokenizer, messages: &[Value]) -> Result<Vec<i64>> {

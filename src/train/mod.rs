@@ -209,10 +209,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             .with_context(|| format!("loading the model in {}", dir.display()))
     };
     let policy = load(&weights_dir, train_kind)?;
-    let mut stop = policy.config().eos_token_ids.clone();
-    stop.extend(tokenizer.eos_token_id().map(i64::from));
-    stop.sort_unstable();
-    stop.dedup();
+    let stop = alp_rollout::default_stop_tokens(&policy, Some(&tokenizer));
     let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
         Some(Box::new(load(&model_src, train_kind)?))
     } else {
