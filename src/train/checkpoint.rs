@@ -52,9 +52,15 @@ pub fn save(
         .save_state(&tmp.join("learner"))
         .context("saving the learner state")?;
     write_bytes_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
+    // Every file reaches the disk before the directory gets its real name (power loss, not only
+    // SIGKILL, must never leave a complete-looking checkpoint with missing data).
+    sync_tree(&tmp).with_context(|| format!("syncing {}", tmp.display()))?;
     if final_dir.exists() {
-        // A previous attempt of this step (before a crash and resume): replace it.
-        std::fs::remove_dir_all(&final_dir)?;
+        // A previous attempt of this step (before a crash and resume): move it to a temporary name
+        // first, so a crash during the delete cannot leave a partial `step-N` that looks complete.
+        let old = temp_path(&final_dir.with_extension("old"));
+        std::fs::rename(&final_dir, &old)?;
+        std::fs::remove_dir_all(&old)?;
     }
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
@@ -83,6 +89,20 @@ fn prune(run: &RunDir, latest: u64, keep: usize) -> Result<()> {
             std::fs::remove_dir_all(run.checkpoint(s))?;
         }
     }
+    Ok(())
+}
+
+/// fsyncs every file below `dir` and the directories themselves.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    sync_dir(dir);
     Ok(())
 }
 
