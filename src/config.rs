@@ -169,6 +169,9 @@ impl Default for RunSection {
     }
 }
 
+/// Upper bound on `rollout.max_staleness` (each version of lag queues a weight copy).
+pub const MAX_STALENESS: u64 = 16;
+
 /// Model presets `model.new_model` accepts (those of `alp-rl new-model`).
 pub const PRESETS: &[&str] = &["tiny", "small"];
 pub const ARCHS: &[&str] = &["qwen2", "qwen3", "llama"];
@@ -267,6 +270,13 @@ impl TrainConfig {
             if v < 1 {
                 return bad(key, format!("must be at least 1, got {v}"));
             }
+        }
+        // Each version of lag keeps one more copy of the weights queued for the rollout worker.
+        if r.max_staleness > MAX_STALENESS {
+            return bad(
+                "rollout.max_staleness",
+                format!("must be at most {MAX_STALENESS}, got {}", r.max_staleness),
+            );
         }
         if r.max_total_tokens < r.max_new_tokens {
             return bad(

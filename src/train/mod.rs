@@ -228,10 +228,20 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         // Steps after the checkpoint are redone: drop their rows and rollout files.
         metrics_rows.retain(|r| r.step <= state.step);
     }
-    for s in state.step + 1..=config.run.steps.max(state.step + 1) {
-        let p = run.rollouts(s);
-        if p.exists() {
-            std::fs::remove_file(p)?;
+    // Every rollout file after the checkpoint, also those of a crashed attempt that got further
+    // than this run's `run.steps`.
+    if run.rollouts_dir().exists() {
+        for entry in std::fs::read_dir(run.rollouts_dir())? {
+            let path = entry?.path();
+            let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+                n.strip_prefix("step-")?
+                    .strip_suffix(".parquet")?
+                    .parse::<u64>()
+                    .ok()
+            });
+            if step.is_some_and(|s| s > state.step) {
+                std::fs::remove_file(&path)?;
+            }
         }
     }
 
