@@ -3,4 +3,5 @@ pub mod env;
 pub mod eval;
 pub mod generate;
 pub mod new_model;
+pub mod sft;
 pub mod train;

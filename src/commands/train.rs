@@ -38,5 +38,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         steps = format!("{}..={}", summary.first_step, summary.last_step),
         "training finished"
     );
+    if let (Some((s0, a0)), Some((s1, a1))) = (summary.first_eval, summary.last_eval) {
+        tracing::info!(
+            "held-out accuracy: {a0:.3} at step {s0} -> {a1:.3} at step {s1} ({:+.1} points)",
+            100.0 * (a1 - a0)
+        );
+    }
     Ok(())
 }
