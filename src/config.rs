@@ -432,7 +432,10 @@ impl TrainConfig {
         match &s.data {
             Some(path) if !path.is_file() => bad(
                 "data",
-                format!("no such file {} (a JSONL of prompt/completion or messages rows)", path.display()),
+                format!(
+                    "no such file {} (a JSONL of prompt/completion or messages rows)",
+                    path.display()
+                ),
             ),
             Some(_) => Ok(()),
             None => {
@@ -505,7 +508,11 @@ fn validate_eval(e: &EvalSection) -> Result<(), (String, String)> {
     if !EVAL_SPLITS.contains(&e.split.as_str()) {
         return bad(
             "split",
-            format!("unknown split {:?}; allowed: {}", e.split, EVAL_SPLITS.join(", ")),
+            format!(
+                "unknown split {:?}; allowed: {}",
+                e.split,
+                EVAL_SPLITS.join(", ")
+            ),
         );
     }
     if e.problems < 1 {

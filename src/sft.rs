@@ -115,9 +115,13 @@ impl SftSource {
             SftSource::Env(env) => {
                 let example = env.example(Split::Train, index)?;
                 let episode = env.reset(&example.data)?;
-                let answer = env
-                    .reference_completion(&example.data)?
-                    .with_context(|| format!("environment `{}` has no worked answer for {}", env.name(), example.id))?;
+                let answer = env.reference_completion(&example.data)?.with_context(|| {
+                    format!(
+                        "environment `{}` has no worked answer for {}",
+                        env.name(),
+                        example.id
+                    )
+                })?;
                 Ok(SftPair {
                     messages: episode
                         .messages
@@ -143,7 +147,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<SftPair>> {
             continue;
         }
         let at = || format!("{}:{}", path.display(), i + 1);
-        let row: Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let row: Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         let pair = if let Some(messages) = row.get("messages").and_then(Value::as_array) {
             let Some((last, prompt)) = messages.split_last() else {
                 bail!("{}: `messages` is empty", at());
@@ -195,14 +200,19 @@ pub fn sft_loss(policy: &CausalLM, batch: &[SftExample]) -> Result<(Tensor, usiz
 
 /// Saves `policy` and `tokenizer` as `RUN/checkpoints/step-N/model` (assembled under a temporary name,
 /// then renamed) and points `checkpoints/latest` at it.
-fn save_checkpoint(run: &RunDir, policy: &CausalLM, tokenizer: &Tokenizer, step: u64) -> Result<()> {
+fn save_checkpoint(
+    run: &RunDir,
+    policy: &CausalLM,
+    tokenizer: &Tokenizer,
+    step: u64,
+) -> Result<()> {
     let dir = run.checkpoint(step);
     let tmp = temp_path(&dir);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
     policy.save(&tmp.join("model"))?;
-    tokenizer.save(&tmp.join("model"))?;
+    tokenizer.save(tmp.join("model"))?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -367,18 +377,23 @@ mod tests {
         let tok = tokenizer();
         let ex = encode_pair(&tok, &pair("What is 2 + 3?", "= 5\n#### 5"), &Map::new()).unwrap();
         let prompt = tok
-            .apply_chat_template(&[json!({"role": "user", "content": "What is 2 + 3?"})], None, true, &Map::new())
+            .apply_chat_template(
+                &[json!({"role": "user", "content": "What is 2 + 3?"})],
+                None,
+                true,
+                &Map::new(),
+            )
             .unwrap();
         assert_eq!(ex.prompt_len, prompt.len());
         assert!(ex.loss_mask[..ex.prompt_len].iter().all(|&m| !m));
         assert!(ex.loss_mask[ex.prompt_len..].iter().all(|&m| m));
-        let answer: Vec<u32> = ex.ids[ex.prompt_len..]
-            .iter()
-            .map(|&t| t as u32)
-            .collect();
+        let answer: Vec<u32> = ex.ids[ex.prompt_len..].iter().map(|&t| t as u32).collect();
         let eos = tok.eos_token_id().unwrap();
         assert_eq!(answer.last(), Some(&eos));
-        assert_eq!(tok.decode(&answer[..answer.len() - 1], false).unwrap(), "= 5\n#### 5");
+        assert_eq!(
+            tok.decode(&answer[..answer.len() - 1], false).unwrap(),
+            "= 5\n#### 5"
+        );
         assert_eq!(ex.ids.len(), ex.loss_mask.len());
         // The learner's view puts exactly the masked tokens in the completion.
         let s = ex.to_sample();
@@ -400,7 +415,11 @@ mod tests {
         assert_eq!(rows[0], pair("1+1?", "2"));
         assert_eq!(rows[1].messages.len(), 2);
         assert_eq!(rows[1].answer, "a");
-        std::fs::write(&path, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}\n",
+        )
+        .unwrap();
         let err = read_jsonl(&path).unwrap_err().to_string();
         assert!(err.contains("d.jsonl:1"), "{err}");
     }

@@ -21,11 +21,19 @@ pub struct TrainArgs {
     /// Continue the run in the run directory from its latest complete checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Only parse and validate the config (and print the resolved config on stdout); start nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // Every config problem is reported before any model is loaded or file written.
     let loaded = config::load(&args.config, &args.overrides)?;
+    if args.check {
+        print!("{}", loaded.config.to_toml());
+        tracing::info!(config = %args.config.display(), "config is valid");
+        return Ok(());
+    }
     let run_dir = loaded.config.run_dir(&args.config, args.out.as_deref());
     let summary = train::run(TrainRequest {
         config: loaded.config,

@@ -61,9 +61,7 @@ impl Evaluator {
         let params = SamplingParams {
             greedy: e.greedy,
             temperature: e.temperature,
-            max_new_tokens: e
-                .max_new_tokens
-                .unwrap_or(s.config.rollout.max_new_tokens),
+            max_new_tokens: e.max_new_tokens.unwrap_or(s.config.rollout.max_new_tokens),
             stop_token_ids: s.stop_token_ids,
             // Fixed: every evaluation samples with the same seed, so only the weights change.
             seed: s.config.run.seed ^ 0xE7A1,
