@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# The quick-start main job (until the learning default of configs/math.toml lands): `alp-rl train` on
-# configs/math-tiny.toml (a tiny random model it creates, the arithmetic environment, ALP), then a look
-# at the run directory: the metrics table with pandas and a sample from the last checkpoint.
+# The quick-start main job: `alp-rl train configs/math.toml` (a tiny model it creates, a supervised warm
+# start on worked arithmetic answers, then RL with ALP, held-out evaluation before and after), then a
+# look at the run directory: the metrics tables with pandas and a sample from the last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/alp-rl
 OUT=runs/demo
 rm -rf "$OUT"
-"$BIN" train configs/math-tiny.toml --out "$OUT" --set run.steps=12 --set run.checkpoint_every=6
+"$BIN" train configs/math.toml --out "$OUT"
 echo
-echo "== $OUT/metrics.parquet (one row per step) =="
+echo "== $OUT/sft/metrics.parquet (the warm start) and $OUT/metrics.parquet (RL, eval at step 0 and every 25 steps) =="
 .venv/bin/python - "$OUT" <<'PY'
 import sys, pandas as pd
 run = sys.argv[1]
+s = pd.read_parquet(f"{run}/sft/metrics.parquet")
+print(s[["step", "sft/loss", "sft/tokens", "sft/lr"]].to_string(index=False))
 m = pd.read_parquet(f"{run}/metrics.parquet")
-print(m[["step", "reward/mean", "acc", "mismatch/k3", "ratio/q99", "alp/sigma_mean", "grad/norm"]].to_string(index=False))
-r = pd.read_parquet(f"{run}/rollouts/step-000012.parquet")
-print(f"\n== {run}/rollouts/step-000012.parquet: {len(r)} samples, columns: {', '.join(r.columns)}")
+e = m[m["eval/accuracy"].notna()]
+print(e[["step", "eval/accuracy", "eval/pass@4"]].to_string(index=False))
+print(m[m["step"] > 0][["step", "reward/mean", "mismatch/k3", "ratio/q99", "alp/sigma_mean"]].tail(5).to_string(index=False))
 PY
 echo
 echo "== a completion from the last checkpoint =="
 "$BIN" generate --model "$OUT/checkpoints/$(cat "$OUT/checkpoints/latest")/model" --chat \
-  --prompt "What is 3 + 4?" --max-new-tokens 16 --seed 0
+  --prompt "3 + 4 =" --max-new-tokens 24 --seed 0

@@ -44,7 +44,92 @@ pub struct TrainConfig {
     pub env: EnvSection,
     #[serde(default)]
     pub run: RunSection,
+    /// A supervised warm start run before RL (`alp-rl train`), or the whole job of `alp-rl sft`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftSection>,
+    /// Held-out evaluation during training (at step 0, every `every` steps and at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSection>,
 }
+
+/// `[sft]`: supervised fine-tuning on (prompt, answer) pairs, loss on the answer tokens only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftSection {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// (prompt, answer) pairs per step.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Linear warmup over this many steps, then cosine decay to `min_lr_ratio * lr` at `steps`.
+    pub warmup_steps: u64,
+    pub min_lr_ratio: f64,
+    /// Gradient-norm clip; 0 disables.
+    pub max_grad_norm: f64,
+    /// A JSONL file of `{"prompt", "completion"}` or `{"messages"}` rows; absent: the environment's
+    /// worked answers (`reference_completion`) on its train split.
+    pub data: Option<PathBuf>,
+    /// Seeds the order of the pairs.
+    pub seed: u64,
+    /// Log a metrics row every this many steps (the last step is always logged).
+    pub log_every: u64,
+    /// Checkpoint every this many steps; 0: last step only (always checkpointed).
+    pub checkpoint_every: u64,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        SftSection {
+            steps: 100,
+            batch_size: 16,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+            data: None,
+            seed: 0,
+            log_every: 10,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// `[eval]`: accuracy and unbiased pass@k on a split, logged as `eval/*` metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every this many RL steps; 0: only before the first and after the last step.
+    pub every: u64,
+    /// `heldout` (the environment's test split) or `train`.
+    pub split: String,
+    /// Problems: seeds `0..problems` of the split (a dataset caps it at its size).
+    pub problems: usize,
+    /// Samples per problem (k of pass@k).
+    pub samples: usize,
+    /// Greedy decoding (then `samples` must be 1); otherwise sampling at `temperature`.
+    pub greedy: bool,
+    pub temperature: f64,
+    /// Most tokens per assistant turn; absent: `rollout.max_new_tokens`.
+    pub max_new_tokens: Option<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            every: 0,
+            split: "heldout".into(),
+            problems: 64,
+            samples: 1,
+            greedy: true,
+            temperature: 1.0,
+            max_new_tokens: None,
+        }
+    }
+}
+
+pub const EVAL_SPLITS: &[&str] = &["heldout", "train"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -314,7 +399,75 @@ impl TrainConfig {
                 ),
             );
         }
-        self.validate_env()
+        self.validate_env()?;
+        if let Some(sft) = &self.sft {
+            self.validate_sft(sft)?;
+        }
+        if let Some(e) = &self.eval {
+            validate_eval(e)?;
+        }
+        Ok(())
+    }
+
+    fn validate_sft(&self, s: &SftSection) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((format!("sft.{key}"), msg));
+        if s.steps < 1 {
+            return bad("steps", "must be at least 1, got 0".into());
+        }
+        if s.batch_size < 1 {
+            return bad("batch_size", "must be at least 1, got 0".into());
+        }
+        if !(s.lr > 0.0 && s.lr.is_finite()) {
+            return bad("lr", format!("must be > 0, got {}", s.lr));
+        }
+        if !(0.0..=1.0).contains(&s.min_lr_ratio) {
+            return bad(
+                "min_lr_ratio",
+                format!("must be in [0, 1], got {}", s.min_lr_ratio),
+            );
+        }
+        if s.weight_decay < 0.0 || s.max_grad_norm < 0.0 {
+            return bad(
+                if s.weight_decay < 0.0 {
+                    "weight_decay"
+                } else {
+                    "max_grad_norm"
+                },
+                "must be >= 0".into(),
+            );
+        }
+        if s.log_every < 1 {
+            return bad("log_every", "must be at least 1, got 0".into());
+        }
+        match &s.data {
+            Some(path) if !path.is_file() => bad(
+                "data",
+                format!(
+                    "no such file {} (a JSONL of prompt/completion or messages rows)",
+                    path.display()
+                ),
+            ),
+            Some(_) => Ok(()),
+            None => {
+                // Without a file the pairs come from the environment: it must have worked answers.
+                let env = alp_envs::cli::build(&self.env.name, &self.env.settings_json())
+                    .map_err(|e| ("env".to_string(), e.to_string()))?;
+                let has = env
+                    .example(alp_envs::Split::Train, 0)
+                    .and_then(|ex| env.reference_completion(&ex.data))
+                    .map_err(|e| ("env".to_string(), e.to_string()))?;
+                if has.is_none() {
+                    return bad(
+                        "data",
+                        format!(
+                            "environment `{}` has no worked answers (reference_completion); set sft.data to a JSONL file",
+                            self.env.name
+                        ),
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Builds the environment once, so a bad setting is refused before the model loads.
@@ -358,6 +511,39 @@ impl TrainConfig {
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
     }
+}
+
+fn validate_eval(e: &EvalSection) -> Result<(), (String, String)> {
+    let bad = |key: &str, msg: String| Err((format!("eval.{key}"), msg));
+    if !EVAL_SPLITS.contains(&e.split.as_str()) {
+        return bad(
+            "split",
+            format!(
+                "unknown split {:?}; allowed: {}",
+                e.split,
+                EVAL_SPLITS.join(", ")
+            ),
+        );
+    }
+    if e.problems < 1 {
+        return bad("problems", "must be at least 1, got 0".into());
+    }
+    if e.samples < 1 {
+        return bad("samples", "must be at least 1, got 0".into());
+    }
+    if e.greedy && e.samples > 1 {
+        return bad(
+            "samples",
+            format!("is {} but greedy decoding makes every sample the same; set eval.samples = 1 or eval.greedy = false", e.samples),
+        );
+    }
+    if !(e.temperature > 0.0 && e.temperature.is_finite()) {
+        return bad("temperature", format!("must be > 0, got {}", e.temperature));
+    }
+    if e.max_new_tokens == Some(0) {
+        return bad("max_new_tokens", "must be at least 1, got 0".into());
+    }
+    Ok(())
 }
 
 /// Reads, overrides, deserialises and validates a config file.

@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod parquet_log;
 mod run_dir;
+mod sft;
 mod train;
 
 #[derive(Parser)]
@@ -29,6 +30,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Write a small random HF checkpoint with a character tokenizer (demos, smoke tests).
     NewModel(commands::new_model::NewModelArgs),
+    /// Supervised fine-tuning on an environment's worked answers or a JSONL file (docs/config.md).
+    Sft(commands::sft::SftArgs),
     /// RL post-training from a TOML run config (docs/config.md) into a run directory.
     Train(commands::train::TrainArgs),
 }
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Env(args) => commands::env::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::NewModel(args) => commands::new_model::run(args),
+        Command::Sft(args) => commands::sft::run(args),
         Command::Train(args) => commands::train::run(args),
     }
 }

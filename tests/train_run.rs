@@ -525,3 +525,87 @@ fn old_checkpoints_are_pruned_but_never_the_latest() {
     );
     assert!(model.is_ok(), "{:?}", model.err());
 }
+
+#[test]
+fn sft_warm_start_eval_and_rl_share_one_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "sft-eval");
+    ok(train(
+        &run,
+        &[
+            "--set",
+            "sft.steps=3",
+            "--set",
+            "sft.batch_size=4",
+            "--set",
+            "sft.log_every=2",
+            "--set",
+            "eval.every=2",
+            "--set",
+            "eval.problems=4",
+            "--set",
+            "run.steps=3",
+        ],
+    ));
+    // The warm start: rows at steps 2 and 3 (log_every and the last), its last model.
+    let mut sft = BTreeMap::new();
+    for b in read(&run.join("sft/metrics.parquet")) {
+        let steps = int_column(&b, "step");
+        let loss = b.column_by_name("sft/loss").unwrap();
+        let loss = loss.as_any().downcast_ref::<Float64Array>().unwrap();
+        let tokens = b.column_by_name("sft/tokens").unwrap();
+        let tokens = tokens.as_any().downcast_ref::<Float64Array>().unwrap();
+        for (i, s) in steps.iter().enumerate() {
+            sft.insert(*s, (loss.value(i), tokens.value(i)));
+        }
+    }
+    assert_eq!(sft.keys().copied().collect::<Vec<_>>(), [2, 3]);
+    assert!(sft
+        .values()
+        .all(|(l, t)| l.is_finite() && *l > 0.0 && *t > 0.0));
+    assert!(run
+        .join("sft/checkpoints/step-000003/model/config.json")
+        .exists());
+    // RL: evaluation at step 0 (its own row), every 2 steps and at the end.
+    let m = metrics(&run);
+    assert_eq!(m.keys().copied().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    for step in [0, 2, 3] {
+        let acc = m[&step]["eval/accuracy"];
+        assert!((0.0..=1.0).contains(&acc), "step {step}: {acc}");
+        assert_eq!(m[&step]["eval/pass@1"], acc);
+    }
+    assert!(!m[&1].contains_key("eval/accuracy"));
+    assert!(!m[&0].contains_key("reward/mean"));
+}
+
+#[test]
+fn sft_command_writes_metrics_and_a_loadable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(&tmp, "sft");
+    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .args(["sft", CONFIG, "--out", run.to_str().unwrap()])
+        .args(["--set", "sft.steps=2", "--set", "sft.batch_size=2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    ok(out);
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000002");
+    let model = run.join("checkpoints/step-000002/model");
+    let gen = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        .args(["generate", "--model", model.to_str().unwrap()])
+        .args(["--prompt", "1 + 1 =", "--max-new-tokens", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let rows: Vec<i64> = read(&run.join("metrics.parquet"))
+        .iter()
+        .flat_map(|b| int_column(b, "step"))
+        .collect();
+    assert_eq!(rows, [2]);
+    assert!(run.join("config.toml").exists() && run.join("run.json").exists());
+}

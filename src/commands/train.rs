@@ -21,11 +21,19 @@ pub struct TrainArgs {
     /// Continue the run in the run directory from its latest complete checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Only parse and validate the config (and print the resolved config on stdout); start nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     // Every config problem is reported before any model is loaded or file written.
     let loaded = config::load(&args.config, &args.overrides)?;
+    if args.check {
+        print!("{}", loaded.config.to_toml());
+        tracing::info!(config = %args.config.display(), "config is valid");
+        return Ok(());
+    }
     let run_dir = loaded.config.run_dir(&args.config, args.out.as_deref());
     let summary = train::run(TrainRequest {
         config: loaded.config,
@@ -38,5 +46,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         steps = format!("{}..={}", summary.first_step, summary.last_step),
         "training finished"
     );
+    if let (Some((s0, a0)), Some((s1, a1))) = (summary.first_eval, summary.last_eval) {
+        tracing::info!(
+            "held-out accuracy: {a0:.3} at step {s0} -> {a1:.3} at step {s1} ({:+.1} points)",
+            100.0 * (a1 - a0)
+        );
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! version `v` that generated it, bounded by `rollout.max_staleness` through the worker's pacing.
 pub mod actor;
 pub mod checkpoint;
+pub mod eval;
 pub mod pause;
 
 use std::collections::BTreeMap;
@@ -41,9 +42,12 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     pub first_step: u64,
     pub last_step: u64,
+    /// `(step, eval/accuracy)` of the first and the last evaluation, when `[eval]` is set.
+    pub first_eval: Option<(u64, f64)>,
+    pub last_eval: Option<(u64, f64)>,
 }
 
-fn device_of(name: &str) -> Device {
+pub(crate) fn device_of(name: &str) -> Device {
     match name {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
@@ -95,39 +99,51 @@ fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Resul
     }
     std::fs::create_dir_all(run.rollouts_dir())?;
     std::fs::create_dir_all(run.checkpoints_dir())?;
-    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
-
-    let mut meta = if req.resume && run.run_json().exists() {
-        serde_json::from_str(&std::fs::read_to_string(run.run_json())?)?
-    } else {
-        json!({
-            "config_path": req.config_path.display().to_string(),
-            "start_time_unix": unix_now(),
-            "seeds": {
-                "run": req.config.run.seed,
-                "learner": req.config.learner.seed,
-                "model_init": req.config.model.init_seed,
-            },
-            "versions": {
-                "alp_rl": env!("CARGO_PKG_VERSION"),
-                "git": option_env!("ALP_RL_GIT_DESCRIBE"),
-                "libtorch_cuda": tch::Cuda::is_available(),
-            },
-            "resumes": [],
-        })
-    };
-    meta["config"] = serde_json::to_value(&req.config)?;
-    if req.resume {
+    if req.resume && run.run_json().exists() {
+        write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.run_json())?)?;
+        meta["config"] = serde_json::to_value(&req.config)?;
         if let Some(list) = meta["resumes"].as_array_mut() {
             list.push(json!({ "time_unix": unix_now() }));
         }
+        write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)?;
+        return Ok(());
     }
+    write_run_files(&req.config, &req.config_path, run, config_toml)
+}
+
+/// Writes `config.toml` and a fresh `run.json` (config, seeds, versions, start time) into `run`.
+pub(crate) fn write_run_files(
+    config: &TrainConfig,
+    config_path: &Path,
+    run: &RunDir,
+    config_toml: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(&run.root)?;
+    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
+    let meta = json!({
+        "config_path": config_path.display().to_string(),
+        "start_time_unix": unix_now(),
+        "seeds": {
+            "run": config.run.seed,
+            "learner": config.learner.seed,
+            "model_init": config.model.init_seed,
+        },
+        "versions": {
+            "alp_rl": env!("CARGO_PKG_VERSION"),
+            "git": option_env!("ALP_RL_GIT_DESCRIBE"),
+            "libtorch_cuda": tch::Cuda::is_available(),
+        },
+        "resumes": [],
+        "config": serde_json::to_value(config)?,
+    });
     write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)?;
     Ok(())
 }
 
 /// The model the run starts from: `model.path`, or a preset created once inside the run directory.
-fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBuf> {
+pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBuf> {
     if let Some(p) = &config.model.path {
         return Ok(p.clone());
     }
@@ -167,9 +183,15 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         );
     }
     prepare_run_dir(&req, &run, &config_toml)?;
-    let model_src = initial_model(config, &run)?;
-
     let device = device_of(&config.model.device);
+    let mut model_src = initial_model(config, &run)?;
+    if let Some(sft) = &config.sft {
+        // The warm start: its logs and checkpoints go to RUN/sft/, RL starts from its last model
+        // (which is also the reference policy of a KL term).
+        let sft_run = RunDir::new(run.root.join("sft"));
+        model_src = crate::sft::run(config, sft, &sft_run, &model_src, &config_toml, device)?.model;
+    }
+
     let train_kind = parse_kind(&config.model.train_dtype)?;
     let inference_kind = parse_kind(&config.model.inference_dtype)?;
     let latest = if req.resume {
@@ -247,11 +269,42 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
 
     let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
     let mut params = config.sampling_params();
-    params.stop_token_ids = stop;
+    params.stop_token_ids = stop.clone();
     let chat_extra = serde_json::to_value(&config.rollout.chat_extra)?
         .as_object()
         .cloned()
         .unwrap_or_default();
+    let episode = EpisodeSettings {
+        max_total_tokens: config.rollout.max_total_tokens,
+        chat_extra: chat_extra.clone(),
+    };
+    let mut evaluator = match &config.eval {
+        Some(section) => Some(eval::Evaluator::new(eval::EvaluatorSetup {
+            config,
+            section,
+            env: env.clone(),
+            model_dir: &weights_dir,
+            tokenizer_dir: &model_src,
+            kind: inference_kind,
+            device,
+            stop_token_ids: stop,
+            episode: episode.clone(),
+        })?),
+        None => None,
+    };
+    if let (Some(ev), 0) = (evaluator.as_mut(), state.step) {
+        // Step 0: the starting point (after the SFT warm start, before any RL update).
+        metrics_rows.push(MetricsRow {
+            step: 0,
+            policy_version: 0,
+            values: ev.run(learner.policy(), 0)?,
+        });
+        parquet_log::write_parquet(
+            &run.metrics(),
+            &parquet_log::metrics_batch(&metrics_rows)?,
+            &config_toml,
+        )?;
+    }
     let actor = Actor::spawn(ActorSettings {
         model_dir: weights_dir.clone(),
         tokenizer_dir: model_src.clone(),
@@ -260,10 +313,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         engine_batch_size: config.rollout.batch_size,
         env: env.clone(),
         params,
-        episode: EpisodeSettings {
-            max_total_tokens: config.rollout.max_total_tokens,
-            chat_extra,
-        },
+        episode,
         group_size: config.rollout.group_size,
         prompts_per_step: config.rollout.prompts_per_step,
         seed: config.run.seed,
@@ -353,6 +403,12 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             "throughput/samples_per_s".into(),
             out.rows.len() as f64 / step_s.max(1e-9),
         );
+        if let Some(ev) = evaluator.as_mut() {
+            let every = config.eval.as_ref().map_or(0, |e| e.every);
+            if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
+                values.extend(ev.run(learner.policy(), step)?);
+            }
+        }
         pause::point("metrics", step);
         tracing::info!("{}", summary_line(step, config.run.steps, &values));
         metrics_rows.push(MetricsRow {
@@ -373,10 +429,16 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         }
     }
     drop(actor);
+    let evals: Vec<(u64, f64)> = metrics_rows
+        .iter()
+        .filter_map(|r| r.values.get("eval/accuracy").map(|&a| (r.step, a)))
+        .collect();
     Ok(TrainSummary {
         run_dir: run.root.clone(),
         first_step,
         last_step: state.step,
+        first_eval: evals.first().copied(),
+        last_eval: evals.last().copied(),
     })
 }
 

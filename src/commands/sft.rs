@@ -1,0 +1,48 @@
+//! `alp-rl sft CONFIG.toml [--set a.b=c ...] [--out DIR]`: supervised fine-tuning alone, from the same run
+//! config as `alp-rl train` (its `[model]`, `[env]`, `[sft]` and `[run]` sections), into a run directory
+//! with the same layout (`metrics.parquet`, `checkpoints/step-N/model`).
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::config;
+use crate::run_dir::RunDir;
+use crate::train;
+
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    /// The run config (TOML); `[sft]` may be absent (its defaults apply).
+    pub config: PathBuf,
+    /// Override a config value: `--set sft.steps=50` (repeatable; values are TOML, or text).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: `run.out`, else `runs/<config stem>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: SftArgs) -> Result<()> {
+    let loaded = config::load(&args.config, &args.overrides)?;
+    let mut config = loaded.config;
+    let sft = config.sft.get_or_insert_with(Default::default).clone();
+    let run = RunDir::new(config.run_dir(&args.config, args.out.as_deref()));
+    if run.metrics().exists() || run.checkpoints_dir().exists() {
+        bail!(
+            "run directory {} already holds a run: pass --out DIR",
+            run.root.display()
+        );
+    }
+    let config_toml = config.to_toml();
+    train::write_run_files(&config, &loaded.path, &run, &config_toml)?;
+    let model_src = train::initial_model(&config, &run)?;
+    let device = train::device_of(&config.model.device);
+    let summary = crate::sft::run(&config, &sft, &run, &model_src, &config_toml, device)?;
+    tracing::info!(
+        model = %summary.model.display(),
+        first_loss = summary.first_loss,
+        last_loss = summary.last_loss,
+        "sft finished"
+    );
+    Ok(())
+}
