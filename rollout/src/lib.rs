@@ -17,7 +17,7 @@ pub mod sampling;
 
 pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 pub use engine::LocalEngine;
-pub use episode::{run_episodes, EpisodeSettings, Trajectory};
+pub use episode::{panic_message, run_episodes, EpisodeSettings, Trajectory};
 pub use error::RolloutError;
 pub use eval::{evaluate, pass_at_k, EvalReport};
 pub use sampling::{

@@ -115,11 +115,7 @@ impl Actor {
                     Ok(Err(e)) => Some(e),
                     Err(panic) => Some(format!(
                         "the rollout worker panicked: {}",
-                        panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".into())
+                        alp_rollout::panic_message(panic)
                     )),
                 };
                 if let Some(e) = error {
