@@ -600,6 +600,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigErr
         overridden.push((key, location));
     }
 
+    inherit_run_seed(&mut config, &table);
     config.validate().map_err(|(key, message)| {
         let location = overridden
             .iter()
@@ -618,6 +619,25 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigErr
         config,
         path: path.to_path_buf(),
     })
+}
+
+/// `run.seed` seeds the whole run: the new model's weights, the SFT data order and the learner's ALP
+/// noise take it unless the config (or a `--set`) gives their own seed, so `--set run.seed=1` is a
+/// different run throughout. The resolved seeds are what `config.toml` in the run directory records.
+fn inherit_run_seed(config: &mut TrainConfig, table: &toml::Table) {
+    let given = |section: &str, key: &str| table.get(section).and_then(|s| s.get(key)).is_some();
+    let seed = config.run.seed;
+    if !given("model", "init_seed") {
+        config.model.init_seed = seed;
+    }
+    if !given("learner", "seed") {
+        config.learner.seed = seed;
+    }
+    if let Some(sft) = config.sft.as_mut() {
+        if !given("sft", "seed") {
+            sft.seed = seed;
+        }
+    }
 }
 
 /// `a.b.c=value`: the value is read as a TOML value when it parses (`3`, `true`, `"x"`, `[1, 2]`) and
@@ -762,6 +782,28 @@ mod tests {
         assert_eq!(v, toml::Value::String("+-".into()));
         assert!(parse_override("nokey").is_err());
         assert!(parse_override("a..b=1").is_err());
+    }
+
+    #[test]
+    fn run_seed_is_the_default_of_every_other_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seeds.toml");
+        let text =
+            "[model]\nnew_model = \"tiny\"\n[env]\nname = \"arithmetic\"\n[sft]\nsteps = 1\n\
+                    [run]\nseed = 5\n";
+        std::fs::write(&path, text).unwrap();
+        let seeds = |c: &TrainConfig| {
+            (
+                c.model.init_seed,
+                c.learner.seed,
+                c.sft.as_ref().unwrap().seed,
+            )
+        };
+        assert_eq!(seeds(&load(&path, &[]).unwrap().config), (5, 5, 5));
+        let over = ["run.seed=7".to_string(), "learner.seed=3".to_string()];
+        assert_eq!(seeds(&load(&path, &over).unwrap().config), (7, 3, 7));
+        std::fs::write(&path, text.replace("steps = 1", "steps = 1\nseed = 9")).unwrap();
+        assert_eq!(seeds(&load(&path, &[]).unwrap().config), (5, 5, 9));
     }
 
     #[test]
