@@ -58,7 +58,7 @@ pub struct TrainConfig {
 pub struct SftSection {
     /// Optimizer steps.
     pub steps: u64,
-    /// (prompt, answer) pairs per step.
+    /// Worked conversations (prompt and answer, or turns) per step.
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
@@ -67,8 +67,8 @@ pub struct SftSection {
     pub min_lr_ratio: f64,
     /// Gradient-norm clip; 0 disables.
     pub max_grad_norm: f64,
-    /// A JSONL file of `{"prompt", "completion"}` or `{"messages"}` rows; absent: the environment's
-    /// worked answers (`reference_completion`) on its train split.
+    /// A JSONL file of `{"prompt", "completion"}` or `{"messages", "tools"?}` rows; absent: the
+    /// environment's worked conversations (`reference_turns`) on its train split.
     pub data: Option<PathBuf>,
     /// Seeds the order of the pairs.
     pub seed: u64,
@@ -454,13 +454,13 @@ impl TrainConfig {
                     .map_err(|e| ("env".to_string(), e.to_string()))?;
                 let has = env
                     .example(alp_envs::Split::Train, 0)
-                    .and_then(|ex| env.reference_completion(&ex.data))
+                    .and_then(|ex| env.reference_turns(&ex.data))
                     .map_err(|e| ("env".to_string(), e.to_string()))?;
                 if has.is_none() {
                     return bad(
                         "data",
                         format!(
-                            "environment `{}` has no worked answers (reference_completion); set sft.data to a JSONL file",
+                            "environment `{}` has no worked answers (reference_turns); set sft.data to a JSONL file",
                             self.env.name
                         ),
                     );
