@@ -148,6 +148,8 @@ pub struct ModelSection {
     pub train_dtype: String,
     /// auto (CUDA when available), cpu or cuda.
     pub device: String,
+    /// CPU threads of each libtorch op (intra-op parallelism); 0 keeps libtorch's default (one per core).
+    pub threads: usize,
 }
 
 impl Default for ModelSection {
@@ -160,9 +162,13 @@ impl Default for ModelSection {
             inference_dtype: "bf16".into(),
             train_dtype: "f32".into(),
             device: "auto".into(),
+            threads: 0,
         }
     }
 }
+
+/// Most `model.threads`.
+pub const MAX_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -285,6 +291,14 @@ impl TrainConfig {
         }
     }
 
+    /// Applies `model.threads` to libtorch (every thread that starts torch work afterwards uses it).
+    pub fn apply_threads(&self) {
+        if self.model.threads > 0 {
+            tch::set_num_threads(self.model.threads as i32);
+            tracing::debug!(threads = self.model.threads, "libtorch intra-op threads");
+        }
+    }
+
     /// The resolved config as TOML (what `config.toml` in the run directory holds).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the config serialises to TOML")
@@ -331,6 +345,15 @@ impl TrainConfig {
                     "unknown value {:?}; allowed: {}",
                     m.device,
                     DEVICES.join(", ")
+                ),
+            );
+        }
+        if m.threads > MAX_THREADS {
+            return bad(
+                "model.threads",
+                format!(
+                    "must be 0 (libtorch's default) to {MAX_THREADS}, got {}",
+                    m.threads
                 ),
             );
         }
