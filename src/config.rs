@@ -58,7 +58,7 @@ pub struct TrainConfig {
 pub struct SftSection {
     /// Optimizer steps.
     pub steps: u64,
-    /// (prompt, answer) pairs per step.
+    /// Worked conversations (prompt and answer, or turns) per step.
     pub batch_size: usize,
     pub lr: f64,
     pub weight_decay: f64,
@@ -67,8 +67,8 @@ pub struct SftSection {
     pub min_lr_ratio: f64,
     /// Gradient-norm clip; 0 disables.
     pub max_grad_norm: f64,
-    /// A JSONL file of `{"prompt", "completion"}` or `{"messages"}` rows; absent: the environment's
-    /// worked answers (`reference_completion`) on its train split.
+    /// A JSONL file of `{"prompt", "completion"}` or `{"messages", "tools"?}` rows; absent: the
+    /// environment's worked conversations (`reference_turns`) on its train split.
     pub data: Option<PathBuf>,
     /// Seeds the order of the pairs.
     pub seed: u64,
@@ -148,6 +148,8 @@ pub struct ModelSection {
     pub train_dtype: String,
     /// auto (CUDA when available), cpu or cuda.
     pub device: String,
+    /// CPU threads of each libtorch op (intra-op parallelism); 0 keeps libtorch's default (one per core).
+    pub threads: usize,
 }
 
 impl Default for ModelSection {
@@ -160,9 +162,13 @@ impl Default for ModelSection {
             inference_dtype: "bf16".into(),
             train_dtype: "f32".into(),
             device: "auto".into(),
+            threads: 0,
         }
     }
 }
+
+/// Most `model.threads`.
+pub const MAX_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -285,6 +291,14 @@ impl TrainConfig {
         }
     }
 
+    /// Applies `model.threads` to libtorch (every thread that starts torch work afterwards uses it).
+    pub fn apply_threads(&self) {
+        if self.model.threads > 0 {
+            tch::set_num_threads(self.model.threads as i32);
+            tracing::debug!(threads = self.model.threads, "libtorch intra-op threads");
+        }
+    }
+
     /// The resolved config as TOML (what `config.toml` in the run directory holds).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the config serialises to TOML")
@@ -331,6 +345,15 @@ impl TrainConfig {
                     "unknown value {:?}; allowed: {}",
                     m.device,
                     DEVICES.join(", ")
+                ),
+            );
+        }
+        if m.threads > MAX_THREADS {
+            return bad(
+                "model.threads",
+                format!(
+                    "must be 0 (libtorch's default) to {MAX_THREADS}, got {}",
+                    m.threads
                 ),
             );
         }
@@ -454,13 +477,13 @@ impl TrainConfig {
                     .map_err(|e| ("env".to_string(), e.to_string()))?;
                 let has = env
                     .example(alp_envs::Split::Train, 0)
-                    .and_then(|ex| env.reference_completion(&ex.data))
+                    .and_then(|ex| env.reference_turns(&ex.data))
                     .map_err(|e| ("env".to_string(), e.to_string()))?;
                 if has.is_none() {
                     return bad(
                         "data",
                         format!(
-                            "environment `{}` has no worked answers (reference_completion); set sft.data to a JSONL file",
+                            "environment `{}` has no worked answers (reference_turns); set sft.data to a JSONL file",
                             self.env.name
                         ),
                     );

@@ -1,8 +1,11 @@
 //! Supervised fine-tuning (`alp-rl sft`, and the `[sft]` warm start of `alp-rl train`): next-token
-//! cross-entropy on (prompt, answer) pairs, with the loss on the answer tokens (and the EOS that ends
-//! them) only. Pairs come from an environment's worked answers (`reference_completion`) on its train
-//! split, or from a JSONL file. The run directory has the layout of a train run: `metrics.parquet` (one
-//! row every `sft.log_every` steps: `sft/loss`, `sft/tokens`, ...) and `checkpoints/step-N/model` (HF).
+//! cross-entropy on worked conversations, with the loss on the assistant's tokens (each turn and the EOS
+//! that ends it) only; prompt tokens and what the environment says between turns (tool results) are
+//! never trained on. Conversations come from an environment's worked answers (`reference_turns`) on its
+//! train split, or from a JSONL file. They are tokenised by the episode runner's own code
+//! ([`alp_rollout::encode_conversation`]), so SFT trains exactly the tokens RL samples and trains on. The
+//! run directory has the layout of a train run: `metrics.parquet` (one row every `sft.log_every` steps:
+//! `sft/loss`, `sft/tokens`, ...) and `checkpoints/step-N/model` (HF).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use crate::config::{SftSection, TrainConfig};
 use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::{temp_path, write_bytes_atomic, RunDir};
 
-/// One tokenised pair: `ids = prompt ++ answer ++ [eos]`, `loss_mask[i]` true on answer and EOS tokens.
+/// One tokenised conversation: `ids = prompt ++ turns`, `loss_mask[i]` true on the assistant's tokens
+/// (and the EOS ending each assistant turn), false on the prompt and the environment's messages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftExample {
     pub ids: Vec<i64>,
@@ -32,7 +36,8 @@ pub struct SftExample {
 }
 
 impl SftExample {
-    /// The learner's sample view (completion = the answer), so packing and log-probs are shared with RL.
+    /// The learner's sample view (completion = everything after the prompt), so packing and log-probs
+    /// are shared with RL.
     fn to_sample(&self) -> Sample {
         let completion = self.ids[self.prompt_len..].to_vec();
         Sample {
@@ -46,42 +51,48 @@ impl SftExample {
     }
 }
 
-/// A prompt (chat messages and tools) and the assistant answer to learn.
+/// A prompt (chat messages and tools) and the conversation to learn after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SftPair {
     pub messages: Vec<Value>,
     pub tools: Vec<Value>,
-    pub answer: String,
+    /// Assistant messages (learnt) alternating with the environment's messages (tool results; not
+    /// learnt), beginning and ending with an assistant message. A single answer is one assistant message.
+    pub turns: Vec<Value>,
 }
 
-/// Renders the prompt exactly as the episode runner does (so SFT trains the same context RL samples
-/// from) and appends the answer and the EOS the engine stops on.
+impl SftPair {
+    /// A prompt and a single assistant answer.
+    pub fn single(messages: Vec<Value>, tools: Vec<Value>, answer: &str) -> Self {
+        SftPair {
+            messages,
+            tools,
+            turns: vec![serde_json::json!({"role": "assistant", "content": answer})],
+        }
+    }
+}
+
+/// Tokenises `pair` exactly as the episode runner records an episode in which the policy wrote its
+/// assistant turns: the prompt rendered with the generation prompt, each assistant turn followed by the
+/// EOS the engine stops on (trained on), the other messages as the chat template renders them (not
+/// trained on).
 pub fn encode_pair(
     tokenizer: &Tokenizer,
     pair: &SftPair,
     extra: &Map<String, Value>,
 ) -> Result<SftExample> {
-    let tools = (!pair.tools.is_empty()).then_some(pair.tools.as_slice());
-    let prompt: Vec<i64> = tokenizer
-        .apply_chat_template(&pair.messages, tools, true, extra)?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let eos = tokenizer
-        .eos_token_id()
-        .context("SFT needs a tokenizer with an EOS token (it ends the answer)")?;
-    let mut answer: Vec<i64> = tokenizer
-        .encode(&pair.answer, false)?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    answer.push(i64::from(eos));
-    ensure!(!prompt.is_empty(), "the rendered prompt is empty");
-    let mut loss_mask = vec![false; prompt.len()];
-    loss_mask.resize(prompt.len() + answer.len(), true);
-    let prompt_len = prompt.len();
-    let mut ids = prompt;
-    ids.extend(answer);
+    let c = alp_rollout::encode_conversation(
+        tokenizer,
+        &pair.messages,
+        &pair.tools,
+        &pair.turns,
+        extra,
+    )?;
+    let prompt_len = c.prompt_ids.len();
+    let mut loss_mask = vec![false; prompt_len];
+    loss_mask.extend(c.loss_mask.iter().map(|&m| m == 1));
+    let mut ids = c.prompt_ids;
+    ids.extend(c.completion_ids);
     Ok(SftExample {
         ids,
         loss_mask,
@@ -91,10 +102,10 @@ pub fn encode_pair(
 
 /// Where the pairs come from.
 pub enum SftSource {
-    /// Worked answers of an environment's train split; pair `i` is the example of seed `i`.
+    /// Worked conversations of an environment's train split; pair `i` is the example of seed `i`.
     Env(Arc<dyn Environment>),
-    /// Rows of a JSONL file, cycled in order.
-    Rows(Vec<SftPair>),
+    /// Rows of a JSONL file (each with its `path:line`), cycled in order.
+    Rows(Vec<(String, SftPair)>),
 }
 
 impl SftSource {
@@ -108,37 +119,61 @@ impl SftSource {
         }
     }
 
-    /// Pair number `index`: a pure function of the index, so a run is reproducible.
-    pub fn pair(&self, index: u64) -> Result<SftPair> {
+    /// Pair number `index` and where it comes from (`path:line`, or the environment's example id): a
+    /// pure function of the index, so a run is reproducible.
+    pub fn pair(&self, index: u64) -> Result<(String, SftPair)> {
         match self {
             SftSource::Rows(rows) => Ok(rows[(index % rows.len() as u64) as usize].clone()),
             SftSource::Env(env) => {
                 let example = env.example(Split::Train, index)?;
+                let origin = format!("environment `{}` example {}", env.name(), example.id);
                 let episode = env.reset(&example.data)?;
-                let answer = env.reference_completion(&example.data)?.with_context(|| {
-                    format!(
-                        "environment `{}` has no worked answer for {}",
-                        env.name(),
-                        example.id
-                    )
-                })?;
-                Ok(SftPair {
-                    messages: episode
-                        .messages
-                        .iter()
+                let turns = env
+                    .reference_turns(&example.data)?
+                    .with_context(|| format!("{origin}: no worked answer"))?;
+                let values = |ms: &[alp_envs::Message]| {
+                    ms.iter()
                         .map(serde_json::to_value)
-                        .collect::<Result<_, _>>()?,
+                        .collect::<Result<Vec<_>, _>>()
+                };
+                let pair = SftPair {
+                    messages: values(&episode.messages)?,
                     tools: episode.tools.clone(),
-                    answer,
-                })
+                    turns: values(&turns)?,
+                };
+                Ok((origin, pair))
             }
         }
     }
+
+    /// Pair number `index`, tokenised; an error names the file line or the example.
+    pub fn example(
+        &self,
+        index: u64,
+        tokenizer: &Tokenizer,
+        extra: &Map<String, Value>,
+    ) -> Result<SftExample> {
+        let (origin, pair) = self.pair(index)?;
+        encode_pair(tokenizer, &pair, extra).with_context(|| format!("SFT data {origin}"))
+    }
+
+    /// Tokenises every row of a file once, so a bad row stops the run before its first step.
+    pub fn check_rows(&self, tokenizer: &Tokenizer, extra: &Map<String, Value>) -> Result<()> {
+        if let SftSource::Rows(rows) = self {
+            for i in 0..rows.len() as u64 {
+                self.example(i, tokenizer, extra)?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// `{"prompt": "...", "completion": "..."}` (the prompt becomes one user message) or `{"messages": [...]}`
-/// (every message before the last is the prompt; the last must be the assistant's answer) per line.
-pub fn read_jsonl(path: &Path) -> Result<Vec<SftPair>> {
+/// One pair per non-empty line: `{"prompt": "...", "completion": "..."}` (the prompt becomes one user
+/// message), or `{"messages": [...], "tools": [...]}`: the messages before the first assistant message
+/// are the prompt, every assistant message from there on is learnt and the messages between them (tool
+/// results) are not; the last message must be the assistant's. `tools` (optional) lists the tool specs
+/// the chat template shows.
+pub fn read_jsonl(path: &Path) -> Result<Vec<(String, SftPair)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the SFT data {}", path.display()))?;
     let mut rows = Vec::new();
@@ -150,18 +185,26 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<SftPair>> {
         let row: Value =
             serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         let pair = if let Some(messages) = row.get("messages").and_then(Value::as_array) {
-            let Some((last, prompt)) = messages.split_last() else {
-                bail!("{}: `messages` is empty", at());
+            let tools = match row.get("tools") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(tools)) if tools.iter().all(Value::is_object) => tools.clone(),
+                Some(_) => bail!(
+                    "{}: `tools` must be a list of tool specs (JSON objects such as {{\"type\": \"function\", \"function\": {{...}}}})",
+                    at()
+                ),
             };
-            let answer = last.get("content").and_then(Value::as_str);
-            match (last.get("role").and_then(Value::as_str), answer) {
-                (Some("assistant"), Some(answer)) if !prompt.is_empty() => SftPair {
-                    messages: prompt.to_vec(),
-                    tools: Vec::new(),
-                    answer: answer.to_string(),
+            let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
+            let first = messages
+                .iter()
+                .position(|m| role(m).as_deref() == Some("assistant"));
+            match (first, messages.last().and_then(role).as_deref()) {
+                (Some(first), Some("assistant")) if first > 0 => SftPair {
+                    messages: messages[..first].to_vec(),
+                    tools,
+                    turns: messages[first..].to_vec(),
                 },
                 _ => bail!(
-                    "{}: the last message must be the assistant's answer (role and content), after at least one prompt message",
+                    "{}: `messages` must hold the prompt (at least one message), then the assistant's turns; the last message must be the assistant's",
                     at()
                 ),
             }
@@ -170,24 +213,24 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<SftPair>> {
                 row.get("prompt").and_then(Value::as_str),
                 row.get("completion").and_then(Value::as_str),
             ) {
-                (Some(prompt), Some(completion)) => SftPair {
-                    messages: vec![serde_json::json!({"role": "user", "content": prompt})],
-                    tools: Vec::new(),
-                    answer: completion.to_string(),
-                },
+                (Some(prompt), Some(completion)) => SftPair::single(
+                    vec![serde_json::json!({"role": "user", "content": prompt})],
+                    Vec::new(),
+                    completion,
+                ),
                 _ => bail!(
                     "{}: expected {{\"prompt\", \"completion\"}} strings or a {{\"messages\"}} list",
                     at()
                 ),
             }
         };
-        rows.push(pair);
+        rows.push((at(), pair));
     }
     ensure!(!rows.is_empty(), "{} holds no rows", path.display());
     Ok(rows)
 }
 
-/// Mean negative log-likelihood of the masked (answer) tokens of `batch`, and how many there are.
+/// Mean negative log-likelihood of the trained (assistant) tokens of `batch`, and how many there are.
 pub fn sft_loss(policy: &CausalLM, batch: &[SftExample]) -> Result<(Tensor, usize)> {
     let samples: Vec<Sample> = batch.iter().map(SftExample::to_sample).collect();
     let refs: Vec<&Sample> = samples.iter().collect();
@@ -263,6 +306,7 @@ pub fn run(
         .as_object()
         .cloned()
         .unwrap_or_default();
+    source.check_rows(&tokenizer, &extra)?;
     let mut opt = AdamW::new(
         vec![ParamGroup {
             name: "model".into(),
@@ -293,7 +337,7 @@ pub fn run(
         let batch = (0..sft.batch_size as u64)
             .map(|i| {
                 let index = offset.wrapping_add((step - 1) * sft.batch_size as u64 + i);
-                encode_pair(&tokenizer, &source.pair(index)?, &extra)
+                source.example(index, &tokenizer, &extra)
             })
             .collect::<Result<Vec<_>>>()?;
         let lr = opt.lr_at("model", opt.steps_taken()).unwrap_or(sft.lr);
@@ -365,11 +409,7 @@ mod tests {
     }
 
     fn pair(q: &str, a: &str) -> SftPair {
-        SftPair {
-            messages: vec![json!({"role": "user", "content": q})],
-            tools: Vec::new(),
-            answer: a.into(),
-        }
+        SftPair::single(vec![json!({"role": "user", "content": q})], Vec::new(), a)
     }
 
     #[test]
@@ -412,16 +452,170 @@ mod tests {
         .unwrap();
         let rows = read_jsonl(&path).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], pair("1+1?", "2"));
-        assert_eq!(rows[1].messages.len(), 2);
-        assert_eq!(rows[1].answer, "a");
-        std::fs::write(
-            &path,
-            "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}\n",
-        )
-        .unwrap();
-        let err = read_jsonl(&path).unwrap_err().to_string();
-        assert!(err.contains("d.jsonl:1"), "{err}");
+        assert!(rows[0].0.ends_with("d.jsonl:1") && rows[1].0.ends_with("d.jsonl:3"));
+        assert_eq!(rows[0].1, pair("1+1?", "2"));
+        assert_eq!(rows[1].1.messages.len(), 2);
+        assert_eq!(
+            rows[1].1.turns,
+            [json!({"role": "assistant", "content": "a"})]
+        );
+        for (row, needle) in [
+            (
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}]}",
+                "the last message must be the assistant's",
+            ),
+            (
+                "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}, {\"role\": \"assistant\", \"content\": \"a\"}], \"tools\": {}}",
+                "`tools` must be a list",
+            ),
+        ] {
+            std::fs::write(&path, format!("{row}\n")).unwrap();
+            let err = read_jsonl(&path).unwrap_err().to_string();
+            assert!(err.contains("d.jsonl:1") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn multi_turn_rows_train_every_assistant_turn_and_mask_tool_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tools.jsonl");
+        let call = alp_envs::envs::tool_math::call_text("6 * 7");
+        let row = json!({
+            "messages": [
+                {"role": "user", "content": "What is 6 * 7?"},
+                {"role": "assistant", "content": call},
+                {"role": "tool", "name": "calculator", "content": "42"},
+                {"role": "assistant", "content": "\\boxed{42}"},
+            ],
+            "tools": [alp_envs::envs::tool_math::calculator_spec()],
+        });
+        std::fs::write(&path, format!("{row}\n")).unwrap();
+        let rows = read_jsonl(&path).unwrap();
+        let p = &rows[0].1;
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(p.turns.len(), 3);
+        assert_eq!(p.tools.len(), 1);
+        let tok = tokenizer();
+        let source = SftSource::Rows(rows);
+        source.check_rows(&tok, &Map::new()).unwrap();
+        let ex = source.example(0, &tok, &Map::new()).unwrap();
+        // The trained tokens are exactly the two assistant turns, each with its EOS; the tool result
+        // and the template text around it are not trained.
+        let text = |mask: bool| {
+            let ids: Vec<u32> = ex.ids[ex.prompt_len..]
+                .iter()
+                .zip(&ex.loss_mask[ex.prompt_len..])
+                .filter(|(_, &m)| m == mask)
+                .map(|(&t, _)| t as u32)
+                .collect();
+            tok.decode(&ids, false).unwrap()
+        };
+        assert_eq!(
+            text(true),
+            format!("{call}<|im_end|>\\boxed{{42}}<|im_end|>")
+        );
+        assert_eq!(
+            text(false),
+            "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert!(ex.loss_mask[..ex.prompt_len].iter().all(|&m| !m));
+
+        // A row the template cannot tokenise is refused with its line before training starts.
+        let bad = json!({"messages": [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calculator"}}]},
+        ]});
+        std::fs::write(&path, format!("{row}\n{bad}\n")).unwrap();
+        let source = SftSource::Rows(read_jsonl(&path).unwrap());
+        let err = format!("{:#}", source.check_rows(&tok, &Map::new()).unwrap_err());
+        assert!(
+            err.contains("tools.jsonl:2") && err.contains("structured `tool_calls`"),
+            "{err}"
+        );
+    }
+
+    /// Replies to turn `t` of every row with `replies[t]` and EOS.
+    struct Scripted {
+        tokenizer: Tokenizer,
+        replies: Vec<String>,
+        turn: usize,
+    }
+
+    impl alp_rollout::GenerationBackend for Scripted {
+        fn generate(
+            &mut self,
+            requests: &[alp_rollout::GenerationRequest],
+            _: &alp_rollout::SamplingParams,
+        ) -> Result<Vec<alp_rollout::Completion>, alp_rollout::RolloutError> {
+            let mut ids: Vec<i64> = self
+                .tokenizer
+                .encode(&self.replies[self.turn], false)
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            ids.push(i64::from(self.tokenizer.eos_token_id().unwrap()));
+            self.turn += 1;
+            Ok(requests
+                .iter()
+                .map(|r| alp_rollout::Completion {
+                    prompt_ids: r.prompt_ids.clone(),
+                    logprobs: vec![0.0; ids.len()],
+                    completion_ids: ids.clone(),
+                    finish_reason: alp_rollout::FinishReason::Stop,
+                    policy_version: 0,
+                })
+                .collect())
+        }
+
+        fn policy_version(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn tool_math_warm_start_trains_the_tokens_of_an_rl_episode() {
+        let tok = tokenizer();
+        let settings = json!({"max_turns": 2, "source_settings": {"digits": 1, "max_operands": 2}, "prompt_template": "{question} ="});
+        let env = alp_envs::cli::build("tool_math", &settings).unwrap();
+        let source = SftSource::Env(env.clone());
+        for index in 0..10 {
+            let ex = source.example(index, &tok, &Map::new()).unwrap();
+            let (_, pair) = source.pair(index).unwrap();
+            let replies: Vec<String> = pair
+                .turns
+                .iter()
+                .filter(|m| m["role"] == "assistant")
+                .map(|m| m["content"].as_str().unwrap().to_string())
+                .collect();
+            assert!(replies[0].starts_with("<tool_call>"), "{replies:?}");
+            // The policy writing the worked turns gives the SFT example's tokens and mask.
+            let example = env.example(Split::Train, index).unwrap();
+            let mut backend = Scripted {
+                tokenizer: tokenizer(),
+                replies,
+                turn: 0,
+            };
+            let t = alp_rollout::run_episodes(
+                &mut backend,
+                &tok,
+                env.as_ref(),
+                &[example],
+                &alp_rollout::SamplingParams::default(),
+                &alp_rollout::EpisodeSettings::default(),
+            )
+            .unwrap()
+            .remove(0);
+            assert!(t.correct, "{t:?}");
+            assert_eq!(
+                ex.ids,
+                [t.prompt_ids.clone(), t.completion_ids.clone()].concat()
+            );
+            let mask: Vec<bool> = t.loss_mask.iter().map(|&m| m == 1).collect();
+            assert_eq!(ex.loss_mask[ex.prompt_len..], mask);
+            assert_eq!(ex.prompt_len, t.prompt_ids.len());
+            assert!(mask.contains(&false) && mask.contains(&true));
+        }
     }
 
     #[test]

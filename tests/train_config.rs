@@ -97,6 +97,11 @@ fn bad_override_names_the_set_argument() {
     assert!(err.contains("(0, 1]"), "{err}");
     let (err, _) = refused(BASE, &["--set", "rollout.temprature=0.5"]);
     assert!(err.contains("did you mean `temperature`?"), "{err}");
+    let (err, _) = refused(BASE, &["--set", "model.threads=5000"]);
+    assert!(
+        err.contains("`model.threads`: must be 0 (libtorch's default) to 1024, got 5000"),
+        "{err}"
+    );
 }
 
 #[test]

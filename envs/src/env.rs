@@ -225,6 +225,18 @@ pub trait Environment: Send + Sync {
     fn reference_completion(&self, _example: &Value) -> Result<Option<String>, EnvError> {
         Ok(None)
     }
+
+    /// A correct worked conversation for `example`, for supervised warm starts: the messages that follow
+    /// the prompt, alternating assistant turns (their text as the model would write it, tool calls
+    /// included) with the environment's replies to them, ending with the assistant's final answer. Stepping
+    /// an episode of `example` with the assistant turns yields exactly the replies listed and a correct end.
+    /// The default is [`Environment::reference_completion`] as one assistant message; multi-turn
+    /// environments override it to demonstrate their tools.
+    fn reference_turns(&self, example: &Value) -> Result<Option<Vec<Message>>, EnvError> {
+        Ok(self
+            .reference_completion(example)?
+            .map(|answer| vec![Message::assistant(answer)]))
+    }
 }
 
 #[cfg(test)]

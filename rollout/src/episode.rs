@@ -202,10 +202,21 @@ pub fn run_episodes(
             } else if c.finish_reason == FinishReason::Length || out_of_tokens {
                 ep.finish(&obs, "length");
             } else {
-                ep.messages
-                    .push(serde_json::json!({"role": "assistant", "content": text}));
-                if let Err(reason) = append_env_messages(ep, tokenizer, &obs, extra) {
-                    ep.fail(reason);
+                ep.messages.push(assistant_message(&text));
+                let so_far = [ep.traj.prompt_ids.as_slice(), &ep.traj.completion_ids].concat();
+                let new = obs
+                    .messages
+                    .iter()
+                    .map(|m| serde_json::to_value(m).expect("messages serialise"));
+                match env_tokens(tokenizer, &mut ep.messages, &ep.tools, &so_far, new, extra) {
+                    Ok(ids) => {
+                        ep.traj
+                            .loss_mask
+                            .extend(std::iter::repeat_n(0u8, ids.len()));
+                        ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
+                        ep.traj.completion_ids.extend(ids);
+                    }
+                    Err(reason) => ep.fail(reason),
                 }
             }
         }
@@ -275,31 +286,49 @@ fn start(
         .collect();
     live.tools = episode.tools.clone();
     live.episode = Some(episode);
-    let prompt = render(tokenizer, &live.messages, &live.tools, true, extra)
-        .and_then(|text| tokenizer.encode(&text, false).map_err(|e| e.to_string()));
-    match prompt {
-        Ok(ids) if !ids.is_empty() => {
-            live.traj.prompt_ids = ids.into_iter().map(i64::from).collect()
-        }
-        Ok(_) => live.fail("the rendered prompt is empty".into()),
+    match prompt_ids(tokenizer, &live.messages, &live.tools, extra) {
+        Ok(ids) => live.traj.prompt_ids = ids,
         Err(reason) => live.fail(reason),
     }
     live
 }
 
-/// Appends the environment's messages (and the next generation prompt) as loss-masked tokens.
-fn append_env_messages(
-    ep: &mut Live,
+/// The prompt's tokens: the conversation rendered with the generation prompt.
+fn prompt_ids(
     tokenizer: &Tokenizer,
-    obs: &Observation,
+    messages: &[Value],
+    tools: &[Value],
     extra: &Map<String, Value>,
-) -> Result<(), String> {
-    let before = render(tokenizer, &ep.messages, &ep.tools, false, extra)?;
-    for m in &obs.messages {
-        ep.messages
-            .push(serde_json::to_value(m).expect("messages serialise"));
+) -> Result<Vec<i64>, String> {
+    let text = render(tokenizer, messages, tools, true, extra)?;
+    let ids = tokenizer.encode(&text, false).map_err(|e| e.to_string())?;
+    if ids.is_empty() {
+        return Err("the rendered prompt is empty".into());
     }
-    let after = render(tokenizer, &ep.messages, &ep.tools, true, extra)?;
+    Ok(ids.into_iter().map(i64::from).collect())
+}
+
+/// The assistant turn as the conversation records it: the text of the sampled tokens, special tokens
+/// (the EOS the engine stopped on) left out.
+fn assistant_message(text: &str) -> Value {
+    serde_json::json!({"role": "assistant", "content": text})
+}
+
+/// The tokens that follow an assistant turn: the environment's `new` messages (and the next generation
+/// prompt) as the chat template renders them, for the trajectory to append with loss mask 0. `messages`
+/// is the conversation so far, ending with the assistant turn whose tokens end `so_far`; the new
+/// messages are appended to it.
+fn env_tokens(
+    tokenizer: &Tokenizer,
+    messages: &mut Vec<Value>,
+    tools: &[Value],
+    so_far: &[i64],
+    new: impl IntoIterator<Item = Value>,
+    extra: &Map<String, Value>,
+) -> Result<Vec<i64>, String> {
+    let before = render(tokenizer, messages, tools, false, extra)?;
+    messages.extend(new);
+    let after = render(tokenizer, messages, tools, true, extra)?;
     let Some(new_messages) = after.strip_prefix(before.as_str()) else {
         return Err(
             "the chat template re-renders earlier turns when messages are added (it is not \
@@ -309,13 +338,7 @@ fn append_env_messages(
     };
     // What the template puts after the sampled tokens of the assistant turn (e.g. the newline after
     // `<|im_end|>`) is not sampled either: it joins the masked environment tokens.
-    let so_far: Vec<u32> = ep
-        .traj
-        .prompt_ids
-        .iter()
-        .chain(&ep.traj.completion_ids)
-        .map(|&t| t as u32)
-        .collect();
+    let so_far: Vec<u32> = so_far.iter().map(|&t| t as u32).collect();
     let sampled_text = tokenizer
         .decode(&so_far, false)
         .map_err(|e| e.to_string())?;
@@ -329,12 +352,95 @@ fn append_env_messages(
     let ids = tokenizer
         .encode(&format!("{gap}{new_messages}"), false)
         .map_err(|e| e.to_string())?;
-    ep.traj
-        .completion_ids
-        .extend(ids.iter().map(|&t| i64::from(t)));
-    ep.traj
-        .loss_mask
-        .extend(std::iter::repeat_n(0u8, ids.len()));
-    ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
-    Ok(())
+    Ok(ids.into_iter().map(i64::from).collect())
+}
+
+/// A conversation as token ids, laid out as [`run_episodes`] records an episode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedConversation {
+    /// The prompt rendered with the chat template and its generation prompt.
+    pub prompt_ids: Vec<i64>,
+    /// Assistant tokens and the environment's tokens, in order.
+    pub completion_ids: Vec<i64>,
+    /// 1 on the assistant's tokens (each turn's text and the EOS that ends it), 0 on the environment's
+    /// messages and the template text around them.
+    pub loss_mask: Vec<u8>,
+}
+
+/// The tokens and loss mask [`run_episodes`] would record if the policy wrote the assistant messages of
+/// `turns`, each ended by the tokenizer's EOS (where the engine stops), and the environment answered with
+/// the other messages: supervised training on worked conversations then trains exactly the tokens RL
+/// samples and trains on.
+///
+/// `prompt` holds the messages before the first assistant turn; `turns` alternates assistant messages
+/// (`{"role": "assistant", "content": "..."}`, tool calls written in the content as the model writes
+/// them) with the environment's messages (tool results, feedback; any roles but `assistant`), beginning
+/// and ending with an assistant message.
+pub fn encode_conversation(
+    tokenizer: &Tokenizer,
+    prompt: &[Value],
+    tools: &[Value],
+    turns: &[Value],
+    extra: &Map<String, Value>,
+) -> Result<TokenizedConversation, RolloutError> {
+    let bad = |problem: String| RolloutError::Conversation(problem);
+    let eos = tokenizer.eos_token_id().ok_or_else(|| {
+        bad("the tokenizer has no EOS token to end the assistant turns with".into())
+    })?;
+    let is_assistant = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant");
+    if !turns.first().is_some_and(is_assistant) || !turns.last().is_some_and(is_assistant) {
+        return Err(bad(
+            "the turns must begin and end with an assistant message".into(),
+        ));
+    }
+    let mut messages = prompt.to_vec();
+    let mut out = TokenizedConversation {
+        prompt_ids: prompt_ids(tokenizer, &messages, tools, extra).map_err(bad)?,
+        completion_ids: Vec::new(),
+        loss_mask: Vec::new(),
+    };
+    let mut pending: Vec<Value> = Vec::new();
+    for (i, m) in turns.iter().enumerate() {
+        if !is_assistant(m) {
+            if m.get("role").and_then(Value::as_str).is_none() {
+                return Err(bad(format!("turn {i} has no `role` string")));
+            }
+            pending.push(m.clone());
+            continue;
+        }
+        if m.get("tool_calls").is_some_and(|c| !c.is_null()) {
+            return Err(bad(format!(
+                "assistant turn {i} has structured `tool_calls`; write the calls in its content as \
+                 the model generates them (e.g. <tool_call>{{...}}</tool_call>)"
+            )));
+        }
+        let Some(text) = m.get("content").and_then(Value::as_str) else {
+            return Err(bad(format!("assistant turn {i} has no `content` string")));
+        };
+        if i > 0 {
+            let so_far = [out.prompt_ids.as_slice(), &out.completion_ids].concat();
+            let ids = env_tokens(
+                tokenizer,
+                &mut messages,
+                tools,
+                &so_far,
+                pending.drain(..),
+                extra,
+            )
+            .map_err(bad)?;
+            out.loss_mask.extend(std::iter::repeat_n(0u8, ids.len()));
+            out.completion_ids.extend(ids);
+        }
+        let mut ids: Vec<i64> = tokenizer
+            .encode(text, false)
+            .map_err(|e| bad(format!("assistant turn {i}: {e}")))?
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        ids.push(i64::from(eos));
+        out.loss_mask.extend(std::iter::repeat_n(1u8, ids.len()));
+        out.completion_ids.extend(ids);
+        messages.push(assistant_message(text));
+    }
+    Ok(out)
 }

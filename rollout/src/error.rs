@@ -14,4 +14,7 @@ pub enum RolloutError {
 
     #[error("generation backend: {0}")]
     Backend(String),
+
+    #[error("cannot tokenise the conversation: {0}")]
+    Conversation(String),
 }

@@ -4,7 +4,8 @@
 //! ```text
 //! backend.rs   GenerationBackend, GenerationRequest, Completion   the seam (local engine, vLLM)
 //! engine.rs    LocalEngine: batched prefill + KV-cache decode on a libtorch CausalLM
-//! episode.rs   run_episodes: environments + chat template + backend -> token trajectories
+//! episode.rs   run_episodes: environments + chat template + backend -> token trajectories;
+//!              encode_conversation: the same layout for a worked conversation (SFT)
 //! eval.rs      evaluate: accuracy (avg@k) and unbiased pass@k over k samples per problem
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
 //! ```
@@ -17,7 +18,10 @@ pub mod sampling;
 
 pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 pub use engine::LocalEngine;
-pub use episode::{panic_message, run_episodes, EpisodeSettings, Trajectory};
+pub use episode::{
+    encode_conversation, panic_message, run_episodes, EpisodeSettings, TokenizedConversation,
+    Trajectory,
+};
 pub use error::RolloutError;
 pub use eval::{evaluate, pass_at_k, EvalReport};
 pub use sampling::{

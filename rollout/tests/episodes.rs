@@ -2,8 +2,8 @@
 //! failing environment fails only its own episode.
 use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
 use alp_rollout::{
-    run_episodes, Completion, EpisodeSettings, FinishReason, GenerationBackend, GenerationRequest,
-    LocalEngine, RolloutError, SamplingParams,
+    encode_conversation, run_episodes, Completion, EpisodeSettings, FinishReason,
+    GenerationBackend, GenerationRequest, LocalEngine, RolloutError, SamplingParams,
 };
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use serde_json::{json, Value};
@@ -171,6 +171,108 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
         ]
         .concat()
     );
+}
+
+#[test]
+fn encoded_reference_conversations_are_the_trajectories_the_runner_records() {
+    let tok = tokenizer();
+    let env = cli::build(
+        "tool_math",
+        &json!({"max_turns": 3, "source_settings": {"digits": 2, "operators": "+-*/"}}),
+    )
+    .unwrap();
+    for seed in 0..20 {
+        let example = env.example(Split::Train, seed).unwrap();
+        let turns = env.reference_turns(&example.data).unwrap().unwrap();
+        let replies: Vec<String> = turns
+            .iter()
+            .filter(|m| m.role == alp_envs::Role::Assistant)
+            .map(|m| m.content.clone())
+            .collect();
+        assert_eq!(replies.len(), 2, "a call, then the answer: {turns:?}");
+        let mut backend = Scripted {
+            tokenizer: tokenizer(),
+            replies,
+            turn: 0,
+            calls: vec![],
+        };
+        let t = run_episodes(
+            &mut backend,
+            &tok,
+            env.as_ref(),
+            std::slice::from_ref(&example),
+            &SamplingParams::default(),
+            &EpisodeSettings::default(),
+        )
+        .unwrap()
+        .remove(0);
+        assert!(t.correct && t.error.is_none(), "{t:?}");
+        let episode = env.reset(&example.data).unwrap();
+        let values = |ms: &[Message]| -> Vec<Value> {
+            ms.iter()
+                .map(|m| serde_json::to_value(m).unwrap())
+                .collect()
+        };
+        let encoded = encode_conversation(
+            &tok,
+            &values(&episode.messages),
+            &episode.tools,
+            &values(&turns),
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(encoded.prompt_ids, t.prompt_ids);
+        assert_eq!(encoded.completion_ids, t.completion_ids);
+        assert_eq!(encoded.loss_mask, t.loss_mask);
+        // The tool result is among the masked tokens.
+        let masked: Vec<u32> = t
+            .completion_ids
+            .iter()
+            .zip(&t.loss_mask)
+            .filter(|(_, &m)| m == 0)
+            .map(|(&id, _)| id as u32)
+            .collect();
+        let masked = tok.decode(&masked, false).unwrap();
+        assert!(masked.contains(&turns[1].content), "{masked:?}");
+    }
+
+    // A plain single answer is the prompt, the answer and EOS, all of it trained.
+    let prompt = [json!({"role": "user", "content": "2+2?"})];
+    let one = encode_conversation(
+        &tok,
+        &prompt,
+        &[],
+        &[json!({"role": "assistant", "content": "4"})],
+        &Default::default(),
+    )
+    .unwrap();
+    let eos = tok.eos_token_id().unwrap() as i64;
+    assert_eq!(
+        one.completion_ids,
+        [tok.encode("4", false).unwrap()[0] as i64, eos]
+    );
+    assert_eq!(one.loss_mask, [1, 1]);
+    for (turns, needle) in [
+        (
+            vec![json!({"role": "tool", "content": "4"})],
+            "begin and end with an assistant message",
+        ),
+        (
+            vec![
+                json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calculator"}}]}),
+            ],
+            "structured `tool_calls`",
+        ),
+        (
+            vec![json!({"role": "assistant", "content": 4})],
+            "no `content` string",
+        ),
+    ] {
+        let e = encode_conversation(&tok, &prompt, &[], &turns, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
 }
 
 /// An environment whose episodes panic on the assistant's message when the example says so.

@@ -25,6 +25,7 @@ pub struct SftArgs {
 pub fn run(args: SftArgs) -> Result<()> {
     let loaded = config::load(&args.config, &args.overrides)?;
     let mut config = loaded.config;
+    config.apply_threads();
     let sft = config.sft.get_or_insert_with(Default::default).clone();
     let run = RunDir::new(config.run_dir(&args.config, args.out.as_deref()));
     if run.metrics().exists() || run.checkpoints_dir().exists() {

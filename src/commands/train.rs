@@ -34,6 +34,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         tracing::info!(config = %args.config.display(), "config is valid");
         return Ok(());
     }
+    loaded.config.apply_threads();
     let run_dir = loaded.config.run_dir(&args.config, args.out.as_deref());
     let summary = train::run(TrainRequest {
         config: loaded.config,

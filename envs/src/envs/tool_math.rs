@@ -158,8 +158,9 @@ impl ToolMath {
         }
     }
 
-    /// Prompt messages and gold answer of an example of the source environment.
-    fn problem(&self, example: &Value) -> Result<(Vec<Message>, String), EnvError> {
+    /// Prompt messages, gold answer and (for `arithmetic` problems) the expression of an example of the
+    /// source environment.
+    fn problem(&self, example: &Value) -> Result<(Vec<Message>, String, Option<String>), EnvError> {
         let system = self.settings.system_prompt.as_deref();
         let template = &self.settings.prompt_template;
         match &self.source {
@@ -169,7 +170,7 @@ impl ToolMath {
                     Some(q) => prompt(system, render(template, q)),
                     None => p.messages,
                 };
-                Ok((messages, p.gold))
+                Ok((messages, p.gold, None))
             }
             ProblemSource::Arithmetic(a) => {
                 let q = example.get("question").and_then(Value::as_str);
@@ -199,10 +200,20 @@ impl ToolMath {
                 Ok((
                     prompt(system, render(template, &format!("What is {q}?"))),
                     g,
+                    Some(q),
                 ))
             }
         }
     }
+}
+
+/// An assistant message calling the calculator on `expression`, in the Qwen3/Hermes layout (what the
+/// chat templates of tool-calling models render and what the episode parses).
+pub fn call_text(expression: &str) -> String {
+    let expression = Value::String(expression.to_string());
+    format!(
+        "<tool_call>\n{{\"name\": \"{TOOL_NAME}\", \"arguments\": {{\"expression\": {expression}}}}}\n</tool_call>"
+    )
 }
 
 /// Runs one tool call; every problem becomes the tool message, for the model to read.
@@ -304,7 +315,7 @@ impl Environment for ToolMath {
     }
 
     fn reset(&self, example: &Value) -> Result<Episode, EnvError> {
-        let (messages, gold) = self.problem(example)?;
+        let (messages, gold, _) = self.problem(example)?;
         let logic = ToolEpisode {
             gold,
             calculator: self.calculator,
@@ -325,7 +336,7 @@ impl Environment for ToolMath {
         example: &Value,
         completion: &str,
     ) -> Result<crate::env::ScoreResult, EnvError> {
-        let (_, gold) = self.problem(example)?;
+        let (_, gold, _) = self.problem(example)?;
         let tail = ["</tool_response>", "</tool_call>"]
             .iter()
             .filter_map(|m| completion.rfind(m).map(|i| i + m.len()))
@@ -341,6 +352,44 @@ impl Environment for ToolMath {
 
     fn reference_completion(&self, example: &Value) -> Result<Option<String>, EnvError> {
         self.source_env().reference_completion(example)
+    }
+
+    /// For `arithmetic` problems: a calculator call on the problem's expression, the tool message the
+    /// episode answers it with (obtained by stepping a real episode), and the final answer `\boxed{result}`.
+    /// Dataset (`math`) problems, and episodes of one turn, get the source's worked answer as one message.
+    fn reference_turns(&self, example: &Value) -> Result<Option<Vec<Message>>, EnvError> {
+        let (_, gold, expression) = self.problem(example)?;
+        let (Some(expression), true) = (expression, self.settings.max_turns >= 2) else {
+            return Ok(self
+                .reference_completion(example)?
+                .map(|answer| vec![Message::assistant(answer)]));
+        };
+        let call = call_text(&expression);
+        let mut episode = self.reset(example)?;
+        let reply = episode.step(&call)?;
+        let result = match reply.messages.as_slice() {
+            [m] if !reply.done && !m.content.starts_with("error:") => m.content.clone(),
+            _ => {
+                return Err(EnvError::bad_example(
+                    "tool_math",
+                    format!("the calculator cannot evaluate {expression:?}: {reply:?}"),
+                ))
+            }
+        };
+        let answer = format!("\\boxed{{{result}}}");
+        let end = episode.step(&answer)?;
+        if !(end.done && end.info.correct) {
+            return Err(EnvError::bad_example(
+                "tool_math",
+                format!(
+                    "the calculator's {result} for {expression:?} is not the gold answer {gold}"
+                ),
+            ));
+        }
+        let mut turns = vec![Message::assistant(call)];
+        turns.extend(reply.messages);
+        turns.push(Message::assistant(answer));
+        Ok(Some(turns))
     }
 }
 
@@ -371,6 +420,58 @@ mod tests {
         assert_eq!(o.messages, vec![Message::tool("calculator", "56088")]);
         let o = ep.step("The answer is \\boxed{56088}.").unwrap();
         assert!(o.done && o.info.correct && o.reward == 1.0);
+    }
+
+    #[test]
+    fn reference_turns_call_the_calculator_and_answer_correctly() {
+        let env = ToolMath::new(ToolMathSettings {
+            max_turns: 2,
+            source_settings: json!({"digits": 2, "max_operands": 3, "operators": "+-*/"}),
+            ..Default::default()
+        })
+        .unwrap();
+        for split in [Split::Train, Split::Test] {
+            for seed in 0..200 {
+                let ex = env.example(split, seed).unwrap();
+                let turns = env.reference_turns(&ex.data).unwrap().unwrap();
+                assert_eq!(turns.len(), 3, "{turns:?}");
+                let expression = ex.data["expression"].as_str().unwrap();
+                assert_eq!(turns[0], Message::assistant(call_text(expression)));
+                assert_eq!(turns[1].role, crate::message::Role::Tool);
+                assert_eq!(turns[2].role, crate::message::Role::Assistant);
+                // Replaying the turns through a fresh episode gives the same tool message and a
+                // correct end.
+                let mut ep = env.reset(&ex.data).unwrap();
+                let o = ep.step(&turns[0].content).unwrap();
+                assert!(!o.done);
+                assert_eq!(o.messages, vec![turns[1].clone()]);
+                assert_eq!(o.info.extra["tool_calls"], 1);
+                assert_eq!(o.info.extra["tool_errors"], 0);
+                let o = ep.step(&turns[2].content).unwrap();
+                assert!(o.done && o.info.correct && o.reward == 1.0, "{o:?}");
+                assert_eq!(
+                    o.info.extracted.as_deref(),
+                    ex.data["answer"].as_str(),
+                    "{turns:?}"
+                );
+            }
+        }
+        // One turn leaves no room for a call: the source's worked answer, which is correct too.
+        let one = ToolMath::new(ToolMathSettings {
+            max_turns: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let ex = one.example(Split::Train, 4).unwrap();
+        let turns = one.reference_turns(&ex.data).unwrap().unwrap();
+        assert_eq!(turns.len(), 1);
+        assert!(!turns[0].content.contains("<tool_call>"));
+        assert!(one.score(&ex.data, &turns[0].content).unwrap().correct);
+        // The call text escapes what JSON needs escaped.
+        assert_eq!(
+            call_text("1 \"+\" 2"),
+            "<tool_call>\n{\"name\": \"calculator\", \"arguments\": {\"expression\": \"1 \\\"+\\\" 2\"}}\n</tool_call>"
+        );
     }
 
     #[test]
