@@ -23,4 +23,4 @@ PY
 echo
 echo "== a completion from the last checkpoint =="
 "$BIN" generate --model "$OUT/checkpoints/$(cat "$OUT/checkpoints/latest")/model" --chat \
-  --prompt "3 + 4 =" --max-new-tokens 24 --seed 0
+  --prompt "3 + 4 - 2 =" --max-new-tokens 40 --seed 0
