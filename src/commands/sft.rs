@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::config;
+use crate::config::{self, SftSection};
 use crate::run_dir::RunDir;
 use crate::train;
 
@@ -26,7 +26,15 @@ pub fn run(args: SftArgs) -> Result<()> {
     let loaded = config::load(&args.config, &args.overrides)?;
     let mut config = loaded.config;
     config.apply_threads();
-    let sft = config.sft.get_or_insert_with(Default::default).clone();
+    // An absent `[sft]` takes its defaults, with `run.seed` as its seed like a present one.
+    let run_seed = config.run.seed;
+    let sft = config
+        .sft
+        .get_or_insert_with(|| SftSection {
+            seed: run_seed,
+            ..SftSection::default()
+        })
+        .clone();
     let run = RunDir::new(config.run_dir(&args.config, args.out.as_deref()));
     if run.metrics().exists() || run.checkpoints_dir().exists() {
         bail!(
