@@ -100,18 +100,23 @@ pub fn encode_pair(
     })
 }
 
-/// Where the pairs come from.
+/// Where the examples come from.
 pub enum SftSource {
-    /// Worked conversations of an environment's train split; pair `i` is the example of seed `i`.
+    /// Worked conversations of an environment's train split; example `i` is the one of seed `i`.
     Env(Arc<dyn Environment>),
-    /// Rows of a JSONL file (each with its `path:line`), cycled in order.
-    Rows(Vec<(String, SftPair)>),
+    /// Rows of a JSONL file, tokenised once when loaded, cycled in order.
+    Rows(Vec<SftExample>),
 }
 
 impl SftSource {
-    pub fn from_config(config: &TrainConfig, sft: &SftSection) -> Result<Self> {
+    pub fn from_config(
+        config: &TrainConfig,
+        sft: &SftSection,
+        tokenizer: &Tokenizer,
+        extra: &Map<String, Value>,
+    ) -> Result<Self> {
         match &sft.data {
-            Some(path) => Ok(SftSource::Rows(read_jsonl(path)?)),
+            Some(path) => Self::from_rows(read_jsonl(path)?, tokenizer, extra),
             None => Ok(SftSource::Env(alp_envs::cli::build(
                 &config.env.name,
                 &config.env.settings_json(),
@@ -119,53 +124,66 @@ impl SftSource {
         }
     }
 
-    /// Pair number `index` and where it comes from (`path:line`, or the environment's example id): a
-    /// pure function of the index, so a run is reproducible.
-    pub fn pair(&self, index: u64) -> Result<(String, SftPair)> {
-        match self {
-            SftSource::Rows(rows) => Ok(rows[(index % rows.len() as u64) as usize].clone()),
-            SftSource::Env(env) => {
-                let example = env.example(Split::Train, index)?;
-                let origin = format!("environment `{}` example {}", env.name(), example.id);
-                let episode = env.reset(&example.data)?;
-                let turns = env
-                    .reference_turns(&example.data)?
-                    .with_context(|| format!("{origin}: no worked answer"))?;
-                let values = |ms: &[alp_envs::Message]| {
-                    ms.iter()
-                        .map(serde_json::to_value)
-                        .collect::<Result<Vec<_>, _>>()
-                };
-                let pair = SftPair {
-                    messages: values(&episode.messages)?,
-                    tools: episode.tools.clone(),
-                    turns: values(&turns)?,
-                };
-                Ok((origin, pair))
-            }
-        }
+    /// Tokenises every row (`path:line`, pair) once, so a bad row stops the run before its first step,
+    /// named by its line.
+    pub fn from_rows(
+        rows: Vec<(String, SftPair)>,
+        tokenizer: &Tokenizer,
+        extra: &Map<String, Value>,
+    ) -> Result<Self> {
+        rows.iter()
+            .map(|(origin, pair)| encode(tokenizer, origin, pair, extra))
+            .collect::<Result<_>>()
+            .map(SftSource::Rows)
     }
 
-    /// Pair number `index`, tokenised; an error names the file line or the example.
+    /// Example number `index`, tokenised: a pure function of the index, so a run is reproducible; an
+    /// error names the environment's example.
     pub fn example(
         &self,
         index: u64,
         tokenizer: &Tokenizer,
         extra: &Map<String, Value>,
     ) -> Result<SftExample> {
-        let (origin, pair) = self.pair(index)?;
-        encode_pair(tokenizer, &pair, extra).with_context(|| format!("SFT data {origin}"))
-    }
-
-    /// Tokenises every row of a file once, so a bad row stops the run before its first step.
-    pub fn check_rows(&self, tokenizer: &Tokenizer, extra: &Map<String, Value>) -> Result<()> {
-        if let SftSource::Rows(rows) = self {
-            for i in 0..rows.len() as u64 {
-                self.example(i, tokenizer, extra)?;
+        match self {
+            SftSource::Rows(rows) => Ok(rows[(index % rows.len() as u64) as usize].clone()),
+            SftSource::Env(env) => {
+                let (origin, pair) = env_pair(env.as_ref(), index)?;
+                encode(tokenizer, &origin, &pair, extra)
             }
         }
-        Ok(())
     }
+}
+
+/// The worked conversation of the environment's train example of seed `index`, and its name.
+pub fn env_pair(env: &dyn Environment, index: u64) -> Result<(String, SftPair)> {
+    let example = env.example(Split::Train, index)?;
+    let origin = format!("environment `{}` example {}", env.name(), example.id);
+    let episode = env.reset(&example.data)?;
+    let turns = env
+        .reference_turns(&example.data)?
+        .with_context(|| format!("{origin}: no worked answer"))?;
+    let values = |ms: &[alp_envs::Message]| {
+        ms.iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let pair = SftPair {
+        messages: values(&episode.messages)?,
+        tools: episode.tools.clone(),
+        turns: values(&turns)?,
+    };
+    Ok((origin, pair))
+}
+
+/// [`encode_pair`], with errors naming where the pair comes from.
+fn encode(
+    tokenizer: &Tokenizer,
+    origin: &str,
+    pair: &SftPair,
+    extra: &Map<String, Value>,
+) -> Result<SftExample> {
+    encode_pair(tokenizer, pair, extra).with_context(|| format!("SFT data {origin}"))
 }
 
 /// One pair per non-empty line: `{"prompt": "...", "completion": "..."}` (the prompt becomes one user
@@ -301,12 +319,11 @@ pub fn run(
     let kind = alp_policy::parse_kind(&config.model.train_dtype)?;
     let policy = CausalLM::load(model_src, &LoadOptions { kind, device })
         .with_context(|| format!("loading the model in {}", model_src.display()))?;
-    let source = SftSource::from_config(config, sft)?;
     let extra = serde_json::to_value(&config.rollout.chat_extra)?
         .as_object()
         .cloned()
         .unwrap_or_default();
-    source.check_rows(&tokenizer, &extra)?;
+    let source = SftSource::from_config(config, sft, &tokenizer, &extra)?;
     let mut opt = AdamW::new(
         vec![ParamGroup {
             name: "model".into(),
@@ -496,8 +513,7 @@ mod tests {
         assert_eq!(p.turns.len(), 3);
         assert_eq!(p.tools.len(), 1);
         let tok = tokenizer();
-        let source = SftSource::Rows(rows);
-        source.check_rows(&tok, &Map::new()).unwrap();
+        let source = SftSource::from_rows(rows, &tok, &Map::new()).unwrap();
         let ex = source.example(0, &tok, &Map::new()).unwrap();
         // The trained tokens are exactly the two assistant turns, each with its EOS; the tool result
         // and the template text around it are not trained.
@@ -526,8 +542,8 @@ mod tests {
             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calculator"}}]},
         ]});
         std::fs::write(&path, format!("{row}\n{bad}\n")).unwrap();
-        let source = SftSource::Rows(read_jsonl(&path).unwrap());
-        let err = format!("{:#}", source.check_rows(&tok, &Map::new()).unwrap_err());
+        let refused = SftSource::from_rows(read_jsonl(&path).unwrap(), &tok, &Map::new());
+        let err = format!("{:#}", refused.err().expect("the bad row is refused"));
         assert!(
             err.contains("tools.jsonl:2") && err.contains("structured `tool_calls`"),
             "{err}"
@@ -581,7 +597,7 @@ mod tests {
         let source = SftSource::Env(env.clone());
         for index in 0..10 {
             let ex = source.example(index, &tok, &Map::new()).unwrap();
-            let (_, pair) = source.pair(index).unwrap();
+            let (_, pair) = env_pair(env.as_ref(), index).unwrap();
             let replies: Vec<String> = pair
                 .turns
                 .iter()
