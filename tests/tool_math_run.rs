@@ -1,13 +1,12 @@
 //! `alp-rl train` on the multi-turn `tool_math` environment after a short SFT warm start on its worked
 //! conversations: the policy calls the calculator in its rollouts, and in the rollout logs the tool's
 //! reply (and the template text around it) has loss mask 0 while the policy's own turns have mask 1.
-use std::fs::File;
-use std::path::Path;
 use std::process::Command;
 
 use arrow_array::types::{Int32Type, UInt8Type};
-use arrow_array::{Array, ListArray, PrimitiveArray, RecordBatch, StringArray};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod support;
+use support::{list_row, ok, read, text};
 
 const CONFIG: &str = r#"[model]
 new_model = "tiny"
@@ -43,44 +42,6 @@ checkpoint_every = 0
 keep = 1
 "#;
 
-fn read(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
-
-fn list_row<T: arrow_array::ArrowPrimitiveType>(
-    b: &RecordBatch,
-    name: &str,
-    i: usize,
-) -> Vec<T::Native> {
-    let col = b
-        .column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<ListArray>()
-        .unwrap();
-    col.value(i)
-        .as_any()
-        .downcast_ref::<PrimitiveArray<T>>()
-        .unwrap()
-        .values()
-        .to_vec()
-}
-
-fn text(b: &RecordBatch, name: &str, i: usize) -> String {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap()
-        .value(i)
-        .to_string()
-}
-
 /// Maximal runs of equal mask: `(mask, token ids)`.
 fn runs(ids: &[i32], mask: &[u8]) -> Vec<(u8, Vec<u32>)> {
     let mut out: Vec<(u8, Vec<u32>)> = Vec::new();
@@ -109,11 +70,7 @@ fn warm_started_rollouts_call_the_calculator_with_masked_tool_results() {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "alp-rl train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(out);
     let tok =
         alp_tokenizer::Tokenizer::from_dir(run.join("sft/checkpoints/step-000120/model")).unwrap();
     let decode = |ids: &[u32]| tok.decode(ids, false).unwrap();

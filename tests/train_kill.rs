@@ -3,14 +3,15 @@
 //! no lost or duplicated steps, every checkpoint directory loads, and the metrics equal an
 //! uninterrupted run's.
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use alp_policy::{CausalLM, LoadOptions};
 use arrow_array::{Array, Float64Array, Int64Array};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod support;
+use support::read;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 const SETTINGS: [&str; 6] = [
@@ -60,14 +61,8 @@ fn kill_at(out: &Path, point: &str) {
 
 /// Non-timing metrics, `step -> name -> value`, failing on duplicated steps.
 fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    let file = File::open(run.join("metrics.parquet")).unwrap();
     let mut out = BTreeMap::new();
-    for b in ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-    {
-        let b = b.unwrap();
+    for b in read(&run.join("metrics.parquet")) {
         let steps = b.column_by_name("step").unwrap();
         let steps = steps.as_any().downcast_ref::<Int64Array>().unwrap();
         for i in 0..b.num_rows() {

@@ -1,13 +1,14 @@
 //! Short `alp-rl train` runs on a tiny model: every correction with max_staleness 0 and 2, the run
 //! directory layout, parquet schemas read back with arrow and with Python, and exact resume.
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod support;
+use support::{list_row, ok, read};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 
@@ -18,23 +19,6 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run alp-rl")
-}
-
-fn ok(out: Output) {
-    assert!(
-        out.status.success(),
-        "alp-rl train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn read(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
 }
 
 /// Metrics as `step -> name -> value` (nulls left out).
@@ -365,25 +349,6 @@ fn nonfinite_steps_are_skipped_then_stop_the_run() {
 }
 
 /// Row `i` of a `list<T>` column as a vector.
-fn list_row<T: arrow_array::ArrowPrimitiveType>(
-    b: &RecordBatch,
-    name: &str,
-    i: usize,
-) -> Vec<T::Native> {
-    let col = b
-        .column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<arrow_array::ListArray>()
-        .unwrap();
-    col.value(i)
-        .as_any()
-        .downcast_ref::<arrow_array::PrimitiveArray<T>>()
-        .unwrap()
-        .values()
-        .to_vec()
-}
-
 #[test]
 fn logged_lp_old_reproduces_the_mismatch_metric() {
     use arrow_array::types::{Float32Type, UInt8Type};
