@@ -194,6 +194,12 @@ pub struct LearnerSettings {
     pub correction: CorrectionSettings,
     pub alp: AlpSettings,
     pub optimizer: OptimizerSettings,
+    /// The temperature `T` the sampled tokens' log-probs `mu` were taken at: every forward that scores
+    /// sampled tokens (training, `lp_old`, reference, the logged `lp`) divides its logits by `T`, so at
+    /// identical weights every ratio is exactly 1 (verl's convention). Not a config key: the train
+    /// runtime sets it from `[rollout]` (`rollout.temperature`, or 1 for `logprob_mode = "raw"`).
+    #[serde(skip)]
+    pub score_temperature: f64,
 }
 
 impl Default for LearnerSettings {
@@ -210,6 +216,7 @@ impl Default for LearnerSettings {
             correction: CorrectionSettings::default(),
             alp: AlpSettings::default(),
             optimizer: OptimizerSettings::default(),
+            score_temperature: 1.0,
         }
     }
 }
@@ -361,6 +368,10 @@ impl LearnerSettings {
         })?;
         check(self.epochs >= 1, "epochs", || "must be >= 1".into())?;
         finite_nonneg(self.max_grad_norm, "max_grad_norm")?;
+        let t = self.score_temperature;
+        check(t.is_finite() && t > 0.0, "score_temperature", || {
+            format!("must be > 0 (the rollout temperature), got {t}")
+        })?;
         self.loss.validate()?;
         self.correction.validate()?;
         self.alp.validate()?;
