@@ -7,7 +7,7 @@
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
-//! hooks.rs       ForwardHooks: layer_input / linear / logits seams for ALP and EGGROLL
+//! hooks.rs       ForwardHooks: embedding / layer_input / linear / logits seams for ALP and EGGROLL
 //! ```
 pub mod checkpoint;
 pub mod config;
