@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! config.rs      config.json in every spelling        -> ModelConfig
-//! checkpoint.rs  safetensors load/save, random init   -> CausalLM::{load, save, random}
+//! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
@@ -17,7 +17,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod rope;
 
-pub use checkpoint::{hf_dtype_name, parse_kind};
+pub use checkpoint::{hf_dtype_name, parse_kind, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::PolicyError;
 pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks};
