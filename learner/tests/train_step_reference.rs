@@ -145,8 +145,7 @@ fn brute_force(model: &ToyLm, groups: &[Group], s: &LearnerSettings) -> Referenc
     let n = tokens as f64;
     let mut total = Tensor::stack(&terms, 0).sum(Kind::Double) / n;
     if !entropy_terms.is_empty() {
-        total =
-            total - Tensor::stack(&entropy_terms, 0).sum(Kind::Double) / n * s.loss.entropy_coef;
+        total -= Tensor::stack(&entropy_terms, 0).sum(Kind::Double) / n * s.loss.entropy_coef;
     }
     let params: Vec<Tensor> = model
         .params()
