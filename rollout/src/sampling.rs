@@ -192,6 +192,11 @@ impl RowSampler {
             .collect();
     }
 
+    /// Gives batch row `row` the RNG of request `request_index` (a new request took over the slot).
+    pub fn reseed_row(&mut self, row: usize, params: &SamplingParams, request_index: usize) {
+        self.rngs[row] = StdRng::seed_from_u64(params.row_seed(request_index));
+    }
+
     /// Samples one token per row from `logits` (`[rows, vocab]`, any float dtype).
     pub fn sample(&mut self, logits: &Tensor, params: &SamplingParams) -> (Vec<i64>, Vec<f32>) {
         let logits = logits.to_kind(Kind::Float);
