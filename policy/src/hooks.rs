@@ -116,8 +116,23 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     y.reshape(out_size.as_slice())
 }
 
+/// Hooks that depend on which request each batch row serves, for a batch whose rows change between
+/// forwards (continuous batching): the evolution-strategies learner gives every request its own
+/// population member, i.e. its own low-rank weight perturbation.
+pub trait RowHooks {
+    /// The hooks of one forward over batch rows serving `requests` (row `k` serves `requests[k]`, an
+    /// index into the generation call's requests).
+    fn for_rows<'a>(&'a self, requests: &[usize]) -> Box<dyn ForwardHooks + 'a>;
+}
+
 /// The plain model: every hook is the identity.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;
 
 impl ForwardHooks for NoHooks {}
+
+impl RowHooks for NoHooks {
+    fn for_rows<'a>(&'a self, _requests: &[usize]) -> Box<dyn ForwardHooks + 'a> {
+        Box::new(NoHooks)
+    }
+}

@@ -15,7 +15,7 @@
 //! to its longest completion) for comparison (`cargo bench -p alp-rollout --bench continuous`).
 use std::collections::VecDeque;
 
-use alp_policy::{positions_from_mask, CausalLM, KvCache, NoHooks};
+use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, KvCache, NoHooks, RowHooks};
 use tch::{Device, Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
@@ -175,7 +175,12 @@ impl LocalEngine {
 
     /// Left-pads the prompts of `requests` into one batch and runs the prefill with a fresh cache of
     /// `capacity` columns (at least the longest prompt).
-    fn prefill(&self, requests: &[&GenerationRequest], capacity: i64) -> Prefilled {
+    fn prefill(
+        &self,
+        requests: &[&GenerationRequest],
+        capacity: i64,
+        hooks: &dyn ForwardHooks,
+    ) -> Prefilled {
         let device = self.model.device();
         let b = requests.len() as i64;
         let width = requests
@@ -200,7 +205,7 @@ impl LocalEngine {
             &positions_from_mask(&valid),
             &valid,
             &mut cache,
-            &NoHooks,
+            hooks,
         );
         Prefilled {
             cache,
@@ -217,6 +222,7 @@ impl LocalEngine {
         requests: &[GenerationRequest],
         first: usize,
         params: &SamplingParams,
+        row_hooks: &dyn RowHooks,
     ) -> Vec<Completion> {
         let _guard = tch::no_grad_guard();
         let device = self.model.device();
@@ -258,13 +264,14 @@ impl LocalEngine {
         if admit.is_empty() {
             return self.finish(requests, done);
         }
+        let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
         let pre = self.prefill(
             &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
             capacity,
+            row_hooks.for_rows(&request_ids).as_ref(),
         );
         let key_valid = Tensor::zeros([admit.len() as i64, capacity], (Kind::Bool, device));
         key_valid.narrow(1, 0, pre.width).copy_(&pre.valid);
-        let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
         let mut batch = DecodeBatch {
             rows: admit
                 .iter()
@@ -280,10 +287,12 @@ impl LocalEngine {
         };
 
         while !batch.rows.is_empty() {
+            let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
             let logits = self
                 .model
-                .logits(&batch.last_hidden, &NoHooks)
+                .logits(&batch.last_hidden, hooks.as_ref())
                 .squeeze_dim(1);
+            drop(hooks);
             let (tokens, logprobs) = batch.sampler.sample(&logits, params);
             let mut finished = Vec::new();
             for (k, row) in batch.rows.iter_mut().enumerate() {
@@ -312,7 +321,7 @@ impl LocalEngine {
                 }
             }
             let fed = tokens_of(&batch.rows);
-            self.decode_step(&mut batch, &fed, device);
+            self.decode_step(&mut batch, &fed, device, row_hooks);
             if !finished.is_empty() {
                 self.refill(
                     &mut batch,
@@ -323,6 +332,7 @@ impl LocalEngine {
                     first,
                     params,
                     capacity,
+                    row_hooks,
                 );
             }
         }
@@ -330,7 +340,13 @@ impl LocalEngine {
     }
 
     /// Feeds each row's last token at its own column and position; updates `last_hidden`.
-    fn decode_step(&self, batch: &mut DecodeBatch, tokens: &[i64], device: Device) {
+    fn decode_step(
+        &self,
+        batch: &mut DecodeBatch,
+        tokens: &[i64],
+        device: Device,
+        row_hooks: &dyn RowHooks,
+    ) {
         let n = batch.rows.len() as i64;
         let columns: Vec<i64> = batch.rows.iter().map(|r| r.column).collect();
         let positions: Vec<i64> = batch.rows.iter().map(|r| r.next_pos).collect();
@@ -340,6 +356,7 @@ impl LocalEngine {
             .scatter_(1, &cols, &Tensor::ones([n, 1], (Kind::Bool, device)));
         batch.cache.set_row_columns(&columns);
         let width = columns.iter().copied().max().unwrap_or(0) + 1;
+        let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
         batch.last_hidden = self.model.forward_cached(
             &Tensor::from_slice(tokens).view([n, 1]).to_device(device),
             &Tensor::from_slice(&positions)
@@ -347,7 +364,7 @@ impl LocalEngine {
                 .to_device(device),
             &batch.key_valid.narrow(1, 0, width),
             &mut batch.cache,
-            &NoHooks,
+            hooks.as_ref(),
         );
         for row in batch.rows.iter_mut() {
             row.column += 1;
@@ -368,6 +385,7 @@ impl LocalEngine {
         first: usize,
         params: &SamplingParams,
         capacity: i64,
+        row_hooks: &dyn RowHooks,
     ) {
         let device = self.model.device();
         let admit: Vec<usize> = (0..finished.len().min(waiting.len()))
@@ -380,9 +398,11 @@ impl LocalEngine {
             retire(done, first, row);
         }
         if !admit.is_empty() {
+            let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
             let pre = self.prefill(
                 &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
                 pre_capacity(&admit, requests),
+                row_hooks.for_rows(&request_ids).as_ref(),
             );
             let index: Vec<i64> = slots.iter().map(|&k| k as i64).collect();
             let index = Tensor::from_slice(&index).to_device(device);
@@ -447,10 +467,41 @@ fn retire(done: &mut [Option<RowState>], first: usize, row: RowState) {
     done[i] = Some(row);
 }
 
+fn requests_of(rows: &[RowState]) -> Vec<usize> {
+    rows.iter().map(|r| r.request).collect()
+}
+
 fn tokens_of(rows: &[RowState]) -> Vec<i64> {
     rows.iter()
         .map(|r| *r.ids.last().expect("a decoding row has sampled a token"))
         .collect()
+}
+
+impl LocalEngine {
+    /// [`GenerationBackend::generate`] with hooks that know which request each batch row serves (an
+    /// evolution-strategies population: request `i`'s tokens come from its member's weights). Every
+    /// forward, prefill and decode step alike, asks `row_hooks` for the hooks of its rows.
+    pub fn generate_with_hooks(
+        &mut self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        row_hooks: &dyn RowHooks,
+    ) -> Result<Vec<Completion>, RolloutError> {
+        params.validate()?;
+        self.check(requests)?;
+        let _span = tracing::info_span!("generate", requests = requests.len()).entered();
+        match self.scheduling {
+            Scheduling::Continuous => Ok(self.generate_batch(requests, 0, params, row_hooks)),
+            Scheduling::Chunked => {
+                let mut out = Vec::with_capacity(requests.len());
+                for (c, chunk) in requests.chunks(self.batch_size).enumerate() {
+                    out.extend(self.generate_batch(chunk, c * self.batch_size, params, row_hooks));
+                    tracing::debug!(done = out.len(), total = requests.len(), "generated chunk");
+                }
+                Ok(out)
+            }
+        }
+    }
 }
 
 impl GenerationBackend for LocalEngine {
@@ -459,20 +510,7 @@ impl GenerationBackend for LocalEngine {
         requests: &[GenerationRequest],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
-        params.validate()?;
-        self.check(requests)?;
-        let _span = tracing::info_span!("generate", requests = requests.len()).entered();
-        match self.scheduling {
-            Scheduling::Continuous => Ok(self.generate_batch(requests, 0, params)),
-            Scheduling::Chunked => {
-                let mut out = Vec::with_capacity(requests.len());
-                for (c, chunk) in requests.chunks(self.batch_size).enumerate() {
-                    out.extend(self.generate_batch(chunk, c * self.batch_size, params));
-                    tracing::debug!(done = out.len(), total = requests.len(), "generated chunk");
-                }
-                Ok(out)
-            }
-        }
+        self.generate_with_hooks(requests, params, &NoHooks)
     }
 
     fn policy_version(&self) -> u64 {
