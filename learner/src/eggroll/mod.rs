@@ -13,14 +13,20 @@
 //!   computed per antithetic pair as `(diag(c) A)^T B`, never materialising an `m x n` matrix per
 //!   member.
 //! - [`fitness`]: shaping of the raw rewards (group, z-score, rank).
+//! - [`learner`]: [`EsLearner`], one ES step (SGD or Adam) on a policy's evolved matrices, its `es/*`
+//!   metrics and its resumable state; [`settings`]: `[learner.eggroll]`.
 pub mod factors;
 pub mod fitness;
+pub mod learner;
 pub mod population;
+pub mod settings;
 pub mod update;
 
 pub use factors::{factors, noise_epoch, param_id, sign, FactorKey};
 pub use fitness::{shape_fitness, FitnessShaping};
+pub use learner::EsLearner;
 pub use population::{
     evolved_matrices, EvolvedMatrix, Population, PopulationFactors, PopulationHooks,
 };
+pub use settings::{EggrollSettings, EsOptimizer, FitnessKind};
 pub use update::es_gradient;
