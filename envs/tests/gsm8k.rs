@@ -91,3 +91,22 @@ fn dataset_splits_load_through_the_environment() {
         "seeds wrap around the dataset"
     );
 }
+
+#[test]
+fn a_malformed_dataset_row_is_refused_by_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(
+        &path,
+        "{\"question\": \"1 + 1?\", \"answer\": \"#### 2\"}\n\n{\"questoin\": \"2 + 2?\", \"answer\": \"#### 4\"}\n",
+    )
+    .unwrap();
+    let env = registry()
+        .build("math", &json!({"train_path": path.display().to_string()}))
+        .unwrap();
+    let e = env.example(Split::Train, 0).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{}: line 3", path.display())) && e.contains("expected `question`"),
+        "{e}"
+    );
+}

@@ -99,6 +99,14 @@ impl Math {
             if rows.is_empty() {
                 return Err((path.clone(), format!("{}: no rows", p.display())));
             }
+            // Every row is read as a problem once, so a malformed one is refused by its line when the
+            // split loads, not as a failed episode somewhere in the run.
+            for (i, row) in rows.iter().enumerate() {
+                if let Err(e) = self.problem(row) {
+                    let at = crate::dataset::row_location(&p, i);
+                    return Err((path.clone(), format!("{}: {at}: {e}", p.display())));
+                }
+            }
             Ok(Arc::new(rows))
         });
         loaded.clone().map_err(|(_, message)| EnvError::Dataset {
