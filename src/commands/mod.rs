@@ -16,6 +16,24 @@ pub fn load_inference_model(dir: &Path, kind: tch::Kind) -> Result<alp_policy::C
         kind,
         device: tch::Device::cuda_if_available(),
     };
-    alp_policy::CausalLM::load(dir, &opts)
-        .with_context(|| format!("cannot load the model in {}", dir.display()))
+    let model = alp_policy::CausalLM::load(dir, &opts)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    check_finite(&model, dir)?;
+    Ok(model)
+}
+
+/// Refuses weights with NaN or infinite values: they would sample token 0 with NaN log-probs and report
+/// accuracy 0 as if the model had answered.
+pub fn check_finite(model: &alp_policy::CausalLM, dir: &Path) -> Result<()> {
+    for (name, t) in model.named_parameters() {
+        let _guard = tch::no_grad_guard();
+        if !bool::try_from(t.isfinite().all())? {
+            anyhow::bail!(
+                "the model in {} has non-finite (NaN or infinite) values in tensor `{name}`; the \
+                 checkpoint is corrupt or came from a diverged run",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
