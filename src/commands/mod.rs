@@ -8,7 +8,7 @@ pub mod train;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// Loads the model in `dir` as an inference copy of dtype `kind`, on the GPU when there is one.
 pub fn load_inference_model(dir: &Path, kind: tch::Kind) -> Result<alp_policy::CausalLM> {
@@ -35,5 +35,26 @@ pub fn check_finite(model: &alp_policy::CausalLM, dir: &Path) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Refuses sampling flags the way the config refuses the same `rollout.*` keys, naming the flag.
+pub fn check_sampling_flags(params: &alp_rollout::SamplingParams) -> Result<()> {
+    if let Err(alp_rollout::RolloutError::InvalidSetting { field, problem }) = params.validate() {
+        bail!("--{}: {problem}", field.replace('_', "-"));
+    }
+    check_count(
+        "--max-new-tokens",
+        params.max_new_tokens,
+        crate::config::MAX_TOKENS,
+    )
+}
+
+/// A count flag must be 1 to `most` (the bound of the config key it mirrors).
+pub fn check_count(flag: &str, value: usize, most: usize) -> Result<()> {
+    ensure!(
+        (1..=most).contains(&value),
+        "{flag}: must be 1 to {most}, got {value}"
+    );
     Ok(())
 }
