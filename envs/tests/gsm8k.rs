@@ -2,6 +2,7 @@
 //! `#### N` and with `\boxed{N}`, and wrong with N+1.
 
 use alp_envs::dataset::{load_rows, shared_data_file};
+use alp_envs::envs::math::{Math, MathSettings};
 use alp_envs::{registry, Split};
 use serde_json::{json, Value};
 
@@ -93,7 +94,7 @@ fn dataset_splits_load_through_the_environment() {
 }
 
 #[test]
-fn a_malformed_dataset_row_is_refused_by_its_file_and_line() {
+fn a_malformed_dataset_row_is_reported_by_its_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("train.jsonl");
     std::fs::write(
@@ -101,12 +102,14 @@ fn a_malformed_dataset_row_is_refused_by_its_file_and_line() {
         "{\"question\": \"1 + 1?\", \"answer\": \"#### 2\"}\n\n{\"questoin\": \"2 + 2?\", \"answer\": \"#### 4\"}\n",
     )
     .unwrap();
-    let env = registry()
-        .build("math", &json!({"train_path": path.display().to_string()}))
-        .unwrap();
-    let e = env.example(Split::Train, 0).unwrap_err().to_string();
+    let math = Math::new(MathSettings::default());
+    let rows = load_rows(&path).unwrap();
+    let bad = math.malformed_rows(&path, &rows);
+    assert_eq!(bad.len(), 1, "{bad:?}");
     assert!(
-        e.contains(&format!("{}: line 3", path.display())) && e.contains("expected `question`"),
-        "{e}"
+        bad[0].starts_with(&format!("{}: line 3: ", path.display()))
+            && bad[0].contains("expected `question`"),
+        "{}",
+        bad[0]
     );
 }
