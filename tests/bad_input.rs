@@ -272,6 +272,19 @@ fn train_configs_with_impossible_sizes_and_paths_are_refused_before_work() {
             ],
         ),
         train(
+            "prompt_past_context",
+            &BASE.replace(
+                "digits = 1",
+                &format!("system_prompt = \"{}\"", "x".repeat(2100)),
+            ),
+            &[],
+            &[
+                "first training prompt",
+                "max_position_embeddings",
+                "shorten the prompt",
+            ],
+        ),
+        train(
             "huge_eval",
             &format!("{BASE}\n[eval]\nproblems = 100000000\n"),
             &[],
@@ -693,10 +706,6 @@ fn files_and_values_a_new_user_gets_wrong() {
         args.extend_from_slice(extra);
         Case::new(name, &args, expect).absent(&out)
     };
-    let bad_rows = write(
-        &d.join("rows.jsonl"),
-        "{\"question\": \"1 + 1?\", \"answer\": \"#### 2\"}\n\n{\"problem\": \"2 + 2?\"}\n",
-    );
     let not_json = write(&d.join("prompts.jsonl"), "{\"prompt\": \"a\"}\nnot json\n");
     let cases = vec![
         train(
@@ -814,19 +823,6 @@ fn files_and_values_a_new_user_gets_wrong() {
                 &format!("test_path={}", s(&d.join("gone.jsonl"))),
             ],
             &["gone.jsonl"],
-        ),
-        Case::new(
-            "eval_malformed_dataset_row",
-            &[
-                "eval",
-                "--model",
-                &m,
-                "--env",
-                "math",
-                "--set",
-                &format!("test_path={bad_rows}"),
-            ],
-            &["rows.jsonl: line 3", "no gold answer"],
         ),
         Case::new(
             "env_score_missing_input",

@@ -188,7 +188,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "--prompts {} (requests count its prompts from 0)",
                 file.display()
             ),
-            None => "the prompt".to_string(),
+            None if args.prompt_ids.is_some() => "--prompt-ids".to_string(),
+            None => "--prompt".to_string(),
         })?;
     if let Some(c) = completions
         .iter()

@@ -57,7 +57,7 @@ pub(crate) fn check_sft(config: &TrainConfig, sft: &SftSection) -> Result<()> {
 /// Refuses token budgets the model cannot hold, before any work: every episode (prompt, turns and
 /// environment messages) must fit in the model's `max_position_embeddings`.
 pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()> {
-    let (model, _, source) = starting_model(config)?;
+    let (model, tokenizer, source) = starting_model(config)?;
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
     if total >= context {
@@ -68,10 +68,41 @@ pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()
             config_path.display()
         );
     }
+    // The first training prompt, rendered as the episode runner renders it: a prompt that leaves
+    // no room for the episode would fail every episode of the run.
+    let prompt = first_prompt_len(config, &tokenizer)?;
+    if prompt + config.rollout.max_new_tokens.min(total) > context {
+        bail!(
+            "{}: the first training prompt of env `{}` is {prompt} tokens, so an episode of \
+             rollout.max_new_tokens = {} does not fit the model's context of {context} tokens \
+             (max_position_embeddings of {source}); shorten the prompt (its template or system \
+             prompt) or lower the token budgets",
+            config_path.display(),
+            config.env.name,
+            config.rollout.max_new_tokens
+        );
+    }
     if let Some(sft) = &config.sft {
         check_sft(config, sft)?;
     }
     Ok(())
+}
+
+/// Tokens of the environment's first training prompt (train example of seed 0) with the generation
+/// prompt, rendered with the run's chat template variables.
+fn first_prompt_len(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<usize> {
+    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
+    let example = env.example(alp_envs::Split::Train, 0)?;
+    let episode = env.reset(&example.data)?;
+    let extra = serde_json::to_value(&config.rollout.chat_extra)?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let tools = (!episode.tools.is_empty()).then_some(episode.tools.as_slice());
+    let text = tokenizer
+        .render_chat(&episode.messages, tools, true, &extra)
+        .with_context(|| format!("rendering the first prompt of env `{}`", config.env.name))?;
+    Ok(tokenizer.encode(&text, false)?.len())
 }
 
 /// `RUN/.lock`, locked (`flock`) for as long as the run lives; it holds the owner's pid.
