@@ -707,6 +707,7 @@ fn files_and_values_a_new_user_gets_wrong() {
         Case::new(name, &args, expect).absent(&out)
     };
     let not_json = write(&d.join("prompts.jsonl"), "{\"prompt\": \"a\"}\nnot json\n");
+    let a_file = write(&d.join("a-file"), "x");
     let cases = vec![
         train(
             "not_toml",
@@ -823,6 +824,21 @@ fn files_and_values_a_new_user_gets_wrong() {
                 &format!("test_path={}", s(&d.join("gone.jsonl"))),
             ],
             &["gone.jsonl"],
+        ),
+        Case::new(
+            "config_is_a_directory",
+            &["train", &s(d)],
+            &[&s(d), "cannot read the config"],
+        ),
+        Case::new(
+            "new_model_out_under_a_file",
+            &["new-model", "--out", &format!("{a_file}/m")],
+            &["a-file/m"],
+        ),
+        Case::new(
+            "env_score_input_is_a_directory",
+            &["env", "score", "arithmetic", "--input", &s(d)],
+            &[&s(d)],
         ),
         Case::new(
             "env_score_missing_input",
