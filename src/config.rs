@@ -205,7 +205,7 @@ impl Default for RolloutSection {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
-            logprob_mode: LogprobMode::Sampling,
+            logprob_mode: LogprobMode::Temperature,
             max_staleness: 0,
             batch_size: 64,
             chat_extra: toml::Table::new(),
@@ -308,6 +308,17 @@ impl TrainConfig {
             logprob_mode: r.logprob_mode,
             seed: 0,
         }
+    }
+
+    /// The learner's settings: `[learner]` plus the temperature the rollouts' log-probs are taken at
+    /// (every forward that scores sampled tokens divides its logits by it).
+    pub fn learner_settings(&self) -> LearnerSettings {
+        let mut s = self.learner.clone();
+        s.score_temperature = self
+            .sampling_params()
+            .scoring_temperature()
+            .expect("validated: the rollout log-probs can be reproduced");
+        s
     }
 
     /// Applies `model.threads` to libtorch (every thread that starts torch work afterwards uses it).
@@ -431,8 +442,10 @@ impl TrainConfig {
                 ),
             );
         }
-        if let Err(alp_rollout::RolloutError::InvalidSetting { field, problem }) =
-            self.sampling_params().validate()
+        let sampling = self.sampling_params();
+        if let Err(alp_rollout::RolloutError::InvalidSetting { field, problem }) = sampling
+            .validate()
+            .and_then(|()| sampling.scoring_temperature().map(|_| ()))
         {
             return bad(&format!("rollout.{field}"), problem);
         }

@@ -36,7 +36,15 @@ enum Command {
     Train(commands::train::TrainArgs),
 }
 
+/// Whether log lines get ANSI colours: only when stderr is a terminal, and never when `NO_COLOR` is
+/// set to a non-empty value (https://no-color.org). Piped or redirected stderr (log files, CI, the
+/// tests) gets plain text.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     // Logs and progress go to stderr (RUST_LOG controls the level); results go to stdout or --out.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -44,6 +52,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -53,5 +65,21 @@ fn main() -> anyhow::Result<()> {
         Command::NewModel(args) => commands::new_model::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Train(args) => commands::train::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        // no-color.org: NO_COLOR present and non-empty disables colour, whatever its value.
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some("".into())));
+        assert!(!log_colours(true, Some("1".into())));
+        assert!(!log_colours(true, Some("0".into())));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some("".into())));
     }
 }

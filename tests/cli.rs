@@ -265,3 +265,69 @@ fn eval_reports_accuracy_and_pass_at_k() {
     assert!(p("pass@1") <= p("pass@2") && p("pass@2") <= p("pass@3"));
     assert_eq!(report["error_rate"], 0.0);
 }
+
+/// `alp-rl new-model` logging at INFO with `NO_COLOR` set to `no_color` (unset when `None`).
+fn logging_new_model(out: &Path, no_color: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
+    cmd.args(["new-model", "--preset", "tiny", "--seed", "3", "--out"])
+        .arg(out)
+        .env("RUST_LOG", "info");
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    cmd
+}
+
+#[test]
+fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `output()` pipes stderr: a log file or CI, not a terminal. NO_COLOR is unset.
+    let out = logging_new_model(&tmp.path().join("m"), None)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wrote a random model"), "no INFO log: {err}");
+    assert!(
+        !err.contains("\x1b["),
+        "ANSI escapes in piped logs: {err:?}"
+    );
+}
+
+#[test]
+fn no_color_turns_colour_off_on_a_terminal() {
+    // util-linux `script` runs the command on a pseudo-terminal and copies what it prints to stdout.
+    let run_on_tty = |out: &Path, no_color: Option<&str>| {
+        let cmd = logging_new_model(out, no_color);
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| format!("'{}'", a.to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &line, "/dev/null"])
+            .env("RUST_LOG", "info");
+        match no_color {
+            Some(v) => script.env("NO_COLOR", v),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let done = script
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run util-linux `script` (needed to give alp-rl a terminal)");
+        assert!(done.status.success(), "{done:?}");
+        let text = String::from_utf8_lossy(&done.stdout).into_owned();
+        assert!(text.contains("wrote a random model"), "no INFO log: {text}");
+        text
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // On a terminal logs are coloured (this is what makes the NO_COLOR cases below mean something).
+    assert!(run_on_tty(&tmp.path().join("a"), None).contains("\x1b["));
+    assert!(run_on_tty(&tmp.path().join("b"), Some("")).contains("\x1b["));
+    for value in ["1", "0", "false"] {
+        let text = run_on_tty(&tmp.path().join(format!("c{value}")), Some(value));
+        assert!(!text.contains("\x1b["), "NO_COLOR={value}: {text:?}");
+    }
+}

@@ -23,6 +23,26 @@ const SETTINGS: [&str; 6] = [
     "run.keep=10",
 ];
 
+/// A run with everything that adds rows or state around the RL steps: a warm start, held-out
+/// evaluation at step 0 and every 2 steps (the step-0 row comes before the first checkpoint), and
+/// rollouts one version ahead of the learner.
+const FULL: [&str; 14] = [
+    "--set",
+    "sft.steps=4",
+    "--set",
+    "sft.batch_size=4",
+    "--set",
+    "sft.log_every=2",
+    "--set",
+    "eval.every=2",
+    "--set",
+    "eval.problems=4",
+    "--set",
+    "rollout.max_staleness=1",
+    "--set",
+    "run.log_logprobs=true",
+];
+
 fn command(out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
     c.args(["train", CONFIG, "--out", out.to_str().unwrap()])
@@ -42,8 +62,8 @@ fn run_ok(out: &Path, extra: &[&str]) {
 }
 
 /// Starts a run that pauses at `point`, waits until it is there, and SIGKILLs it.
-fn kill_at(out: &Path, point: &str) {
-    let mut child = command(out, &[])
+fn kill_at(out: &Path, point: &str, extra: &[&str]) {
+    let mut child = command(out, extra)
         .env("ALP_RL_PAUSE_AT", point)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -111,37 +131,45 @@ fn assert_checkpoints_load(run: &Path) {
     }
 }
 
-#[test]
-fn sigkill_at_any_point_then_resume_loses_and_duplicates_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let straight = tmp.path().join("straight");
-    run_ok(&straight, &[]);
+/// Kills a run with `extra` settings at each point, resumes it, and compares with a straight run:
+/// the same steps once each (`expected_steps`, step 0 being the first evaluation), the same metric
+/// names at every step, and equal values up to step `exact_through`.
+fn kill_resume_compare(
+    tmp: &Path,
+    extra: &[&str],
+    points: &[&str],
+    expected_steps: &[i64],
+    exact_through: i64,
+) {
+    let straight = tmp.join("straight");
+    run_ok(&straight, extra);
     let expected = metrics(&straight);
-    assert_eq!(expected.len(), 6);
+    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), expected_steps);
 
-    for point in [
-        "rollout:3",
-        "update:3",
-        "metrics:3",
-        "checkpoint:4",
-        "latest:4",
-        "rollout:1",
-    ] {
-        let run = tmp.path().join(point.replace(':', "-"));
-        kill_at(&run, point);
-        run_ok(&run, &["--resume"]);
+    for point in points {
+        let run = tmp.join(point.replace(':', "-"));
+        kill_at(&run, point, extra);
+        let mut resume = extra.to_vec();
+        resume.push("--resume");
+        run_ok(&run, &resume);
         assert_checkpoints_load(&run);
         let got = metrics(&run);
         assert_eq!(
             got.keys().copied().collect::<Vec<_>>(),
-            (1..=6).collect::<Vec<_>>(),
+            expected_steps,
             "{point}"
         );
         for (step, row) in &expected {
+            assert_eq!(
+                row.keys().collect::<Vec<_>>(),
+                got[step].keys().collect::<Vec<_>>(),
+                "{point}: step {step} has other metrics"
+            );
             for (k, v) in row {
                 let w = got[step][k];
+                let same = (v - w).abs() <= 1e-6 * v.abs().max(1.0) || (v.is_nan() && w.is_nan());
                 assert!(
-                    (v - w).abs() <= 1e-6 * v.abs().max(1.0) || (v.is_nan() && w.is_nan()),
+                    same || *step > exact_through,
                     "{point}: step {step} {k}: {v} vs {w}"
                 );
             }
@@ -152,4 +180,40 @@ fn sigkill_at_any_point_then_resume_loses_and_duplicates_nothing() {
                 .exists());
         }
     }
+}
+
+#[test]
+fn sigkill_at_any_point_then_resume_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    kill_resume_compare(
+        tmp.path(),
+        &[],
+        &[
+            "rollout:3",
+            "update:3",
+            "metrics:3",
+            "checkpoint:4",
+            "latest:4",
+            "rollout:1",
+        ],
+        &[1, 2, 3, 4, 5, 6],
+        6,
+    );
+}
+
+#[test]
+fn sigkill_with_eval_staleness_and_warm_start_then_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `update:1` dies after the step-0 evaluation row was written and before any checkpoint: the
+    // resumed run evaluates step 0 again and must not log it twice. With max_staleness = 1 the first
+    // batch after a resume from checkpoint N is generated with version N (the straight run used
+    // N - 1, whose weights no checkpoint keeps), so values are compared exactly up to the last
+    // checkpoint every kill point has passed (step 2), and as names after it.
+    kill_resume_compare(
+        tmp.path(),
+        &FULL,
+        &["update:1", "metrics:3", "checkpoint:4", "rollout:5"],
+        &[0, 1, 2, 3, 4, 5, 6],
+        2,
+    );
 }

@@ -1,5 +1,6 @@
 //! Short `alp-rl train` runs on a tiny model: every correction with max_staleness 0 and 2, the run
-//! directory layout, parquet schemas read back with arrow and with Python, and exact resume.
+//! directory layout, parquet schemas read back with arrow and with Python (zstd column chunks), and
+//! exact resume.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -250,6 +251,11 @@ assert all(len(a) == len(b) for a, b in zip(r["completion_ids"], r["mu"]))
 assert r["lp_old"].isna().all()
 meta = pq.read_metadata(f"{run}/metrics.parquet").metadata
 assert b"alp_rl.config" in meta
+for name in ["metrics.parquet", "rollouts/step-000001.parquet"]:
+    md = pq.read_metadata(f"{run}/{name}")
+    codecs = {md.row_group(g).column(c).compression
+              for g in range(md.num_row_groups) for c in range(md.num_columns)}
+    assert codecs == {"ZSTD"}, (name, codecs)
 print("ok", len(m.columns))
 "#;
     let out = Command::new(python)

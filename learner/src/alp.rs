@@ -130,12 +130,15 @@ impl AlpPerturbation {
         }
     }
 
+    /// `x + sigma * eps`, returned in f32 whatever `x`'s dtype: rounding back to bf16 would erase noise
+    /// below half an ulp of the activations (sigma ~1e-6..1e-3 against activations of order 1, while
+    /// `log_sigma` still got a gradient for it), and a bf16 forward after it would bury what is left
+    /// in its own rounding. The decoder computes in f32 from here on (bf16 weights upcast per matmul),
+    /// so the perturbation moves the log-probs by what sigma implies.
     fn perturb(&self, x: Tensor, index: i64, key: NoiseKey) -> Tensor {
         let eps = standard_normal(&x.size(), key, x.device());
         let sigma = self.log_sigma.get(index).exp();
-        // Add in f32: noise of sigma ~1e-6..1e-3 is below half an ulp of bf16 activations and would
-        // vanish (while log_sigma still got a gradient for it).
-        (x.to_kind(Kind::Float) + eps * sigma).to_kind(x.kind())
+        x.to_kind(Kind::Float) + eps * sigma
     }
 }
 

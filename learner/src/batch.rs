@@ -88,6 +88,9 @@ pub struct PackedBatch {
     pub advantages: Tensor,
     /// Trained tokens per row.
     pub row_tokens: Vec<usize>,
+    /// The logits are divided by this before the softmax: the temperature `mu` was sampled at, so the
+    /// learner scores tokens under the distribution that produced them (1 after [`PackedBatch::pack`]).
+    pub temperature: f64,
 }
 
 impl PackedBatch {
@@ -157,7 +160,14 @@ impl PackedBatch {
             mu: Tensor::from_slice(&mu).reshape([b, t]).to_device(device),
             advantages: Tensor::from_slice(&adv).to_device(device),
             row_tokens,
+            temperature: 1.0,
         })
+    }
+
+    /// Scores this batch at sampling temperature `t` (see [`PackedBatch::temperature`]).
+    pub fn at_temperature(mut self, t: f64) -> Self {
+        self.temperature = t;
+        self
     }
 
     pub fn num_rows(&self) -> usize {
@@ -197,7 +207,8 @@ pub enum Entropy {
 
 /// Per-token log-probs `[b, t]` of the completion tokens from the logits at their predicting positions
 /// (`[b * t, vocab]`, as selected by `packed.positions`), in f32 whatever the logits' dtype, and
-/// optionally the entropy `[b, t]` at each of those positions.
+/// optionally the entropy `[b, t]` at each of those positions, both of `softmax(logits / T)` with
+/// `T = packed.temperature`.
 pub fn completion_log_probs(
     picked: &Tensor,
     packed: &PackedBatch,
@@ -207,7 +218,11 @@ pub fn completion_log_probs(
         .targets
         .size2()
         .expect("targets are [batch, completion]");
-    let logp = picked.log_softmax(-1, Kind::Float);
+    let logp = if packed.temperature == 1.0 {
+        picked.log_softmax(-1, Kind::Float)
+    } else {
+        (picked.to_kind(Kind::Float) / packed.temperature).log_softmax(-1, Kind::Float)
+    };
     let lp = logp
         .gather(1, &packed.targets.reshape([b * t, 1]), false)
         .reshape([b, t]);

@@ -30,9 +30,9 @@ use crate::loss::{
     masked_diff, policy_loss, sequence_log_ratio, AggregationScale, LossConfig, LossInputs,
     LOG_RATIO_CLAMP,
 };
-use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioStats};
+use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioEval, RatioStats};
 use crate::optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
-use crate::settings::{CorrectionKind, LearnerSettings, SettingsError};
+use crate::settings::{CorrectionKind, LearnerSettings, RatioLevel, SettingsError};
 use crate::trainable::TrainablePolicy;
 
 /// Name of the model's optimizer group.
@@ -151,7 +151,8 @@ impl<P: TrainablePolicy> Learner<P> {
 
     /// Per-token log-probs `[b, t]` of the samples' completions under the policy with `hooks`, no grad.
     pub fn log_probs(&self, samples: &[&Sample], hooks: &dyn ForwardHooks) -> Result<Tensor> {
-        let packed = PackedBatch::pack(samples, &vec![0.0; samples.len()], self.policy.device())?;
+        let packed = PackedBatch::pack(samples, &vec![0.0; samples.len()], self.policy.device())?
+            .at_temperature(self.settings.score_temperature);
         Ok(tch::no_grad(|| {
             packed.log_probs(&self.policy, hooks, Entropy::Skip).0
         }))
@@ -205,7 +206,8 @@ impl<P: TrainablePolicy> Learner<P> {
         let mut mismatch = MismatchStats::default();
         let mut micros = Vec::with_capacity(micro_ranges.len());
         for r in &micro_ranges {
-            let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?;
+            let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
+                .at_temperature(s.score_temperature);
             let fwd = |m: &dyn TrainablePolicy| {
                 tch::no_grad(|| packed.log_probs(m, &NoHooks, Entropy::Skip).0)
             };
@@ -306,28 +308,32 @@ impl<P: TrainablePolicy> Learner<P> {
                         .as_ref()
                         .and_then(|c| c.keep.as_ref())
                         .map(to_vec);
-                    // `ratio_seq/*` is exp(S) with S = sum m (lp - mu) (design section 4) whatever the
-                    // correction takes its ratio against, so the tails compare across corrections.
-                    let seq_vs_mu = if kind.ratio_against_old() {
-                        sequence_log_ratio(
-                            &masked_diff(&lp.detach(), &p.mu, &p.mask),
-                            &p.mask,
-                            self.loss_cfg.geometric,
-                        )
-                        .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+                    // `ratio/*` and `ratio_seq/*` are against `mu` whatever the correction takes its
+                    // loss ratio against, so their tails compare across corrections (design section 4).
+                    let (vs_mu, seq_vs_mu) = if kind.ratio_against_old()
+                        || self.loss_cfg.level == RatioLevel::Sequence
+                    {
+                        let d = masked_diff(&lp.detach(), &p.mu, &p.mask);
+                        let seq = sequence_log_ratio(&d, &p.mask, self.loss_cfg.geometric)
+                            .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
+                        (d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), seq)
                     } else {
-                        out.seq_log_ratio.shallow_clone()
+                        (
+                            out.log_ratio.shallow_clone(),
+                            out.seq_log_ratio.shallow_clone(),
+                        )
                     };
-                    ratios.add(
-                        &to_vec(&out.log_ratio),
-                        &to_vec(&seq_vs_mu),
-                        &mask,
-                        weights.as_deref(),
-                        keep.as_deref(),
-                        &to_vec(&out.clip_high),
-                        &to_vec(&out.clip_low),
-                        &to_vec(&out.clip_dual),
-                    );
+                    ratios.add(&RatioEval {
+                        log_ratio_vs_mu: &to_vec(&vs_mu),
+                        seq_log_ratio_vs_mu: &to_vec(&seq_vs_mu),
+                        loss_log_ratio: &to_vec(&out.log_ratio),
+                        mask: &mask,
+                        correction: weights.as_deref(),
+                        keep: keep.as_deref(),
+                        clip_high: &to_vec(&out.clip_high),
+                        clip_low: &to_vec(&out.clip_low),
+                        clip_dual: &to_vec(&out.clip_dual),
+                    });
                 }
                 let norm = self.optimizer.clip_grad_norm(s.max_grad_norm);
                 norm_sum += norm;

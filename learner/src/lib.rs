@@ -8,11 +8,13 @@ pub mod advantage;
 pub mod alp;
 pub mod batch;
 pub mod correction;
+pub mod eggroll;
 pub mod error;
 pub mod learner;
 pub mod loss;
 pub mod metrics;
-pub mod noise;
+/// The counter-based noise generator (it lives in `alp-policy`, where the rollout engine can reach it too).
+pub use alp_policy::noise;
 pub mod optimizer;
 pub mod settings;
 pub mod trainable;

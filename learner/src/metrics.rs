@@ -3,11 +3,15 @@
 //! Names are the interface of design section 4. Definitions where the design leaves a choice:
 //! - quantiles interpolate linearly between order statistics (numpy's default), `std` is the population
 //!   std (ddof 0), and a statistic of an empty set is NaN;
-//! - `ratio/*` is over every trained token of every loss evaluation of the step (all epochs and
-//!   mini-batches), `ratio_seq/*` over every sequence of those evaluations;
-//! - `clip/*` and `mask/frac` are fractions of those trained tokens (`mask/frac` = MIS-rejected);
-//! - `ess = (sum w)^2 / (n sum w^2)` over the per-token importance weights the loss applies: the ratio
-//!   times the TIS weight or MIS mask;
+//! - `ratio/*` is `exp(lp - mu)` (the training forward, perturbed under ALP, against the inference
+//!   policy) whatever the correction, over every trained token of every loss evaluation of the step
+//!   (all epochs and mini-batches); `ratio_seq/*` is `exp(S)` over every sequence of those
+//!   evaluations; `ratio_loss/*` is the ratio the loss actually used (against `lp_old` for TIS, MIS
+//!   and none, equal to `ratio/*` for token-level bypass and ALP, the sequence ratio at sequence level);
+//! - `clip/*` and `mask/frac` are fractions of those trained tokens (`mask/frac` = MIS-rejected),
+//!   the clips being those of the loss ratio;
+//! - `ess = (sum w)^2 / (n sum w^2)` over the per-token importance weights the loss applies: the loss
+//!   ratio times the TIS weight or MIS mask;
 //! - `mismatch/*` compare unperturbed pre-update training log-probs `lp` with `mu` per trained token,
 //!   `d = lp - mu` clamped to [-20, 20]: `k1 = mean(mu - lp)`, `k2 = mean(d^2 / 2)`,
 //!   `k3 = mean(exp(d) - d - 1)`, `logp_abs_diff_{mean,max}` of `|d|`, and `ppl_ratio` = mean over
@@ -103,11 +107,36 @@ fn frac(count: usize, total: usize) -> f64 {
     }
 }
 
+/// One loss evaluation's per-token values for [`RatioStats::add`]. Token slices are flat `[b * t]`,
+/// sequence slices `[b]`.
+#[derive(Debug, Clone, Copy)]
+pub struct RatioEval<'a> {
+    /// `lp - mu` per token: the training forward (perturbed under ALP) against the inference policy.
+    pub log_ratio_vs_mu: &'a [f64],
+    /// `S = sum_t m_t (lp_t - mu_t)` per sequence (divided by the length when geometric).
+    pub seq_log_ratio_vs_mu: &'a [f64],
+    /// The log-ratio the loss used: against `mu` (bypass, ALP) or `lp_old` (TIS, MIS, none), and the
+    /// sequence value on every token at sequence level.
+    pub loss_log_ratio: &'a [f64],
+    pub mask: &'a [f64],
+    /// TIS weight or MIS mask per token.
+    pub correction: Option<&'a [f64]>,
+    /// MIS keep mask per token.
+    pub keep: Option<&'a [f64]>,
+    pub clip_high: &'a [f64],
+    pub clip_low: &'a [f64],
+    pub clip_dual: &'a [f64],
+}
+
 /// Accumulates the ratio, clip, mask and ESS statistics of one step's loss evaluations.
 #[derive(Debug, Default, Clone)]
 pub struct RatioStats {
+    /// `exp(lp - mu)` per trained token, whatever the correction (`ratio/*`).
     pub token_ratios: Vec<f64>,
+    /// `exp(S)` per trained sequence (`ratio_seq/*`).
     pub seq_ratios: Vec<f64>,
+    /// The ratio in the loss per trained token (`ratio_loss/*`).
+    pub loss_ratios: Vec<f64>,
     pub weights: Vec<f64>,
     pub clip_high: usize,
     pub clip_low: usize,
@@ -116,44 +145,37 @@ pub struct RatioStats {
 }
 
 impl RatioStats {
-    /// Adds one evaluation. All slices are flat `[b * t]` except `seq_log_ratio` (`[b]`) and `row_tokens`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        log_ratio: &[f64],
-        seq_log_ratio: &[f64],
-        mask: &[f64],
-        correction: Option<&[f64]>,
-        keep: Option<&[f64]>,
-        clip_high: &[f64],
-        clip_low: &[f64],
-        clip_dual: &[f64],
-    ) {
-        let cols = mask.len() / seq_log_ratio.len().max(1);
-        for (i, &m) in mask.iter().enumerate() {
+    /// Adds one evaluation.
+    pub fn add(&mut self, e: &RatioEval<'_>) {
+        let cols = e.mask.len() / e.seq_log_ratio_vs_mu.len().max(1);
+        for (i, &m) in e.mask.iter().enumerate() {
             if m <= 0.0 {
                 continue;
             }
-            let r = log_ratio[i].exp();
-            self.token_ratios.push(r);
-            self.weights.push(r * correction.map_or(1.0, |c| c[i]));
-            self.clip_high += usize::from(clip_high[i] > 0.0);
-            self.clip_low += usize::from(clip_low[i] > 0.0);
-            self.clip_dual += usize::from(clip_dual[i] > 0.0);
-            self.masked += usize::from(keep.is_some_and(|k| k[i] <= 0.0));
+            self.token_ratios.push(e.log_ratio_vs_mu[i].exp());
+            let r = e.loss_log_ratio[i].exp();
+            self.loss_ratios.push(r);
+            self.weights.push(r * e.correction.map_or(1.0, |c| c[i]));
+            self.clip_high += usize::from(e.clip_high[i] > 0.0);
+            self.clip_low += usize::from(e.clip_low[i] > 0.0);
+            self.clip_dual += usize::from(e.clip_dual[i] > 0.0);
+            self.masked += usize::from(e.keep.is_some_and(|k| k[i] <= 0.0));
         }
-        for (row, &s) in seq_log_ratio.iter().enumerate() {
-            let trained = mask[row * cols..(row + 1) * cols].iter().any(|&m| m > 0.0);
+        for (row, &s) in e.seq_log_ratio_vs_mu.iter().enumerate() {
+            let trained = e.mask[row * cols..(row + 1) * cols]
+                .iter()
+                .any(|&m| m > 0.0);
             if trained {
                 self.seq_ratios.push(s.exp());
             }
         }
     }
 
-    /// `ratio/*`, `ratio_seq/*`, `clip/*`, `mask/frac`, `ess`.
+    /// `ratio/*`, `ratio_seq/*`, `ratio_loss/*`, `clip/*`, `mask/frac`, `ess`.
     pub fn write(&self, out: &mut Metrics) {
         describe("ratio", &self.token_ratios, out);
         describe("ratio_seq", &self.seq_ratios, out);
+        describe("ratio_loss", &self.loss_ratios, out);
         let n = self.token_ratios.len();
         for (name, t) in [("2", 2.0), ("5", 5.0), ("10", 10.0)] {
             out.insert(

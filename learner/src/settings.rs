@@ -4,10 +4,8 @@
 //! changes. [`LearnerSettings::validate`] refuses bad values with a [`SettingsError`] that names the field
 //! by its path below `[learner]` (e.g. `alp.sigma0`), because a bad value usually comes from a hand-edited
 //! TOML file and the field name is what the user needs to fix it.
-use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A refused setting: the field's path below `[learner]` and why.
@@ -44,12 +42,12 @@ macro_rules! string_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = SettingsError;
-            fn from_str(s: &str) -> Result<Self, SettingsError> {
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::settings::SettingsError;
+            fn from_str(s: &str) -> ::std::result::Result<Self, $crate::settings::SettingsError> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(SettingsError::new(
+                    other => Err($crate::settings::SettingsError::new(
                         $field,
                         format!("unknown value \"{other}\", expected one of {}", Self::ALL.join(", ")),
                     )),
@@ -57,26 +55,27 @@ macro_rules! string_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> ::std::result::Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
             }
         }
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
+                let s = <String as ::serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(<D::Error as ::serde::de::Error>::custom)
             }
         }
     };
 }
+pub(crate) use string_enum;
 
 string_enum!(
     /// How rewards of a group become advantages.
@@ -194,6 +193,12 @@ pub struct LearnerSettings {
     pub correction: CorrectionSettings,
     pub alp: AlpSettings,
     pub optimizer: OptimizerSettings,
+    /// The temperature `T` the sampled tokens' log-probs `mu` were taken at: every forward that scores
+    /// sampled tokens (training, `lp_old`, reference, the logged `lp`) divides its logits by `T`, so at
+    /// identical weights every ratio is exactly 1 (verl's convention). Not a config key: the train
+    /// runtime sets it from `[rollout]` (`rollout.temperature`, or 1 for `logprob_mode = "raw"`).
+    #[serde(skip)]
+    pub score_temperature: f64,
 }
 
 impl Default for LearnerSettings {
@@ -210,6 +215,7 @@ impl Default for LearnerSettings {
             correction: CorrectionSettings::default(),
             alp: AlpSettings::default(),
             optimizer: OptimizerSettings::default(),
+            score_temperature: 1.0,
         }
     }
 }
@@ -335,7 +341,11 @@ impl Default for OptimizerSettings {
     }
 }
 
-fn check(ok: bool, field: &str, reason: impl FnOnce() -> String) -> Result<(), SettingsError> {
+pub(crate) fn check(
+    ok: bool,
+    field: &str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), SettingsError> {
     if ok {
         Ok(())
     } else {
@@ -343,7 +353,7 @@ fn check(ok: bool, field: &str, reason: impl FnOnce() -> String) -> Result<(), S
     }
 }
 
-fn finite_nonneg(x: f64, field: &str) -> Result<(), SettingsError> {
+pub(crate) fn finite_nonneg(x: f64, field: &str) -> Result<(), SettingsError> {
     check(x.is_finite() && x >= 0.0, field, || {
         format!("must be a finite number >= 0, got {x}")
     })
@@ -361,6 +371,10 @@ impl LearnerSettings {
         })?;
         check(self.epochs >= 1, "epochs", || "must be >= 1".into())?;
         finite_nonneg(self.max_grad_norm, "max_grad_norm")?;
+        let t = self.score_temperature;
+        check(t.is_finite() && t > 0.0, "score_temperature", || {
+            format!("must be > 0 (the rollout temperature), got {t}")
+        })?;
         self.loss.validate()?;
         self.correction.validate()?;
         self.alp.validate()?;

@@ -326,3 +326,41 @@ fn mismatch_forward_can_be_spaced_out() {
     assert!(m0["mismatch/k3"].is_finite() && m2["mismatch/k3"].is_finite());
     assert!(m1["mismatch/k3"].is_nan() && m1["mismatch/ppl_ratio"].is_nan());
 }
+
+/// The fused CPU generator is the tensor-op generator: bit-identical integer hash, and values within a
+/// few f32 ulps (Giles' erfinv against libtorch's), over 2^20 elements including the far tails.
+#[test]
+fn cpu_noise_equals_the_tensor_op_noise() {
+    use alp_learner::noise::{hash32, hash_bits, standard_normal_tensor_ops};
+    common::init();
+    let key = NoiseKey {
+        seed: 7,
+        step: 3,
+        forward: 1,
+        slot: 2,
+    };
+    let n = 1i64 << 20;
+    let fused = standard_normal(&[n], key, Device::Cpu);
+    let ops = standard_normal_tensor_ops(&[n], key, Device::Cpu);
+    let rel = ((&fused - &ops).abs() / (ops.abs() + 1.0))
+        .max()
+        .double_value(&[]);
+    assert!(
+        rel < 2e-6,
+        "fused vs tensor-op noise: relative difference {rel:e}"
+    );
+    assert!(
+        ops.abs().max().double_value(&[]) > 4.5,
+        "the tails were exercised"
+    );
+    // The integer hash, element by element, against the int64 tensor ops.
+    let bits = Vec::<i64>::try_from(hash_bits(4096, key, Device::Cpu)).unwrap();
+    let (k1, k2) = key.round_keys();
+    for (i, &b) in bits.iter().enumerate() {
+        assert_eq!(
+            hash32(i as u32, k1 as u32, k2 as u32) as i64,
+            b,
+            "element {i}"
+        );
+    }
+}

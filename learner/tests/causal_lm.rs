@@ -179,3 +179,101 @@ fn bf16_policy_trains() {
     assert_eq!(after.kind(), Kind::BFloat16);
     assert!(!bit_equal(&before, &after.detach()));
 }
+
+/// What ALP did before the perturbed residual was kept in f32: the sum rounded back to the input dtype.
+struct RoundedBack<'a>(&'a dyn ForwardHooks);
+
+impl ForwardHooks for RoundedBack<'_> {
+    fn layer_input(&self, layer: usize, h: Tensor) -> Tensor {
+        let kind = h.kind();
+        self.0.layer_input(layer, h).to_kind(kind)
+    }
+}
+
+/// Log-probs `[rows, vocab]` (f64) of every position of `ids` under `model` with `hooks`.
+fn all_log_probs(model: &CausalLM, ids: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+    tch::no_grad(|| {
+        TrainablePolicy::forward(model, ids, None, hooks)
+            .to_kind(Kind::Double)
+            .log_softmax(-1, Kind::Double)
+            .reshape([-1])
+    })
+}
+
+fn rms(t: &Tensor) -> f64 {
+    t.square().mean(Kind::Double).sqrt().double_value(&[])
+}
+
+/// ALP's perturbation reaches the forward in every training dtype: at sigma far below half an ulp of
+/// the bf16 hidden states, the bf16 model's perturbed log-probs move from its unperturbed ones by what
+/// the same noise does to an f32 model with the same (bf16-rounded) weights, the independent
+/// reference; rounding the perturbed residual back to bf16 (the old behaviour) erases most of it.
+#[test]
+fn alp_perturbation_reaches_a_bf16_forward() {
+    common::init();
+    for arch in ["qwen2", "llama"] {
+        let bf16 = tiny(arch, Kind::BFloat16, 8);
+        let f32_ref = tiny(arch, Kind::Float, 8);
+        f32_ref.copy_weights_from(&bf16);
+        let mut rng = Rng::new(3);
+        let ids: Vec<i64> = (0..64).map(|_| rng.below(64) as i64).collect();
+        let ids = Tensor::from_slice(&ids).reshape([4, 16]);
+        let alp = |sigma0: f64| {
+            AlpPerturbation::new(
+                &AlpSettings {
+                    sigma0,
+                    ..Default::default()
+                },
+                3,
+                11,
+                Device::Cpu,
+            )
+            .unwrap()
+        };
+        // The same numerics with noise too small to change any f32 value: what the perturbed forward
+        // is compared with, so that only the noise's effect remains.
+        let silent = alp(1e-30);
+        let zero_noise = all_log_probs(&bf16, &ids, &silent.hooks(0, 0));
+        let plain = all_log_probs(&bf16, &ids, &NoHooks);
+        let mut per_sigma = Vec::new();
+        for sigma in [1e-5, 1e-4, 1e-3] {
+            let alp = alp(sigma);
+            let hooks = alp.hooks(0, 0);
+            let reference =
+                all_log_probs(&f32_ref, &ids, &hooks) - all_log_probs(&f32_ref, &ids, &NoHooks);
+            let moved = all_log_probs(&bf16, &ids, &hooks) - &zero_noise;
+            let rounded = all_log_probs(&bf16, &ids, &RoundedBack(&hooks)) - &plain;
+            let (r, m, o) = (rms(&reference), rms(&moved), rms(&rounded));
+            let corr = (&moved * &reference).sum(Kind::Double).double_value(&[])
+                / (m * r * moved.numel() as f64);
+            let corr_rounded = (&rounded * &reference).sum(Kind::Double).double_value(&[])
+                / (o * r * rounded.numel() as f64);
+            println!(
+                "{arch} sigma {sigma:e}: f32 reference rms {r:.3e}, bf16 {m:.3e} (ratio {:.2}, \
+                 correlation {corr:.3}), rounded back {o:.3e} (ratio {:.2}, correlation \
+                 {corr_rounded:.2})",
+                m / r,
+                o / r
+            );
+            assert!(
+                (m / r - 1.0).abs() < 0.05 && corr > 0.99,
+                "{arch} sigma {sigma:e}: bf16 moved {m:e} vs {r:e}, correlation {corr}"
+            );
+            // In f32 the effect is first order in sigma at these scales (it scales linearly).
+            per_sigma.push(r / sigma);
+            if sigma <= 1e-4 {
+                assert!(
+                    corr_rounded < 0.5,
+                    "rounding back would have kept the perturbation?"
+                );
+            }
+        }
+        let (lo, hi) = per_sigma
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        assert!(
+            hi / lo < 1.02,
+            "{arch}: rms / sigma {per_sigma:?} is not linear in sigma"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use alp_learner::metrics::{
-    describe, ess, quantile_sorted, to_vec, MismatchStats, RatioStats, QUANTILES,
+    describe, ess, quantile_sorted, to_vec, MismatchStats, RatioEval, RatioStats, QUANTILES,
 };
 use alp_learner::{
     policy_loss, Aggregation, AggregationScale, ClipConfig, KlEstimator, LossConfig, LossInputs,
@@ -170,16 +170,19 @@ fn ratio_and_clip_stats_match_direct_computation() {
     let out = policy_loss(&inp, &cfg, AggregationScale::of(&mask));
     let mut stats = RatioStats::default();
     let kv = to_vec(&keep);
-    stats.add(
-        &to_vec(&out.log_ratio),
-        &to_vec(&out.seq_log_ratio),
-        &mask_v,
-        Some(&kv),
-        Some(&kv),
-        &to_vec(&out.clip_high),
-        &to_vec(&out.clip_low),
-        &to_vec(&out.clip_dual),
-    );
+    // The loss ratio is against `mu` here, so `ratio/*` and `ratio_loss/*` are the same values.
+    let (log_ratio, seq_log_ratio) = (to_vec(&out.log_ratio), to_vec(&out.seq_log_ratio));
+    stats.add(&RatioEval {
+        log_ratio_vs_mu: &log_ratio,
+        seq_log_ratio_vs_mu: &seq_log_ratio,
+        loss_log_ratio: &log_ratio,
+        mask: &mask_v,
+        correction: Some(&kv),
+        keep: Some(&kv),
+        clip_high: &to_vec(&out.clip_high),
+        clip_low: &to_vec(&out.clip_low),
+        clip_dual: &to_vec(&out.clip_dual),
+    });
     let mut m = BTreeMap::new();
     stats.write(&mut m);
 
@@ -216,6 +219,7 @@ fn ratio_and_clip_stats_match_direct_computation() {
     close("ratio/frac_above_2", above2 / n);
     close("ratio/frac_below_0.5", below05 / n);
     close("ratio/q50", numpy_quantile(&ratios, 0.5));
+    close("ratio_loss/q50", numpy_quantile(&ratios, 0.5));
     close("ess", ess(&weights));
     assert!(
         hi > 0.0 && lo > 0.0 && du > 0.0,

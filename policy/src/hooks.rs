@@ -3,8 +3,9 @@
 //! The decoder calls [`ForwardHooks::layer_input`] with the hidden state entering each decoder layer,
 //! before that layer's input norm (ALP adds its noise here, so the noise also rides the residual), and
 //! routes every projection through [`ForwardHooks::linear`] (EGGROLL adds its per-member low-rank term
-//! here). [`ForwardHooks::logits`] sees the final logits (the logits-only ALP ablation). The default
-//! methods give the plain model, which must match HF transformers.
+//! here). [`ForwardHooks::embedding`] does the token lookup and [`ForwardHooks::logits`] sees the final
+//! logits (the logits-only ALP ablation). The default methods give the plain model, which must match
+//! HF transformers.
 use tch::Tensor;
 
 /// Which projection a [`ForwardHooks::linear`] call computes.
@@ -55,6 +56,13 @@ impl LinearSite {
 
 /// Callbacks the decoder makes during a forward pass. Every method has the plain-model default.
 pub trait ForwardHooks {
+    /// The token embedding lookup: rows `ids` (`[batch, seq]` int64) of `weight` (`[vocab, hidden]`,
+    /// `model.embed_tokens.weight`). A hook site so that an evolution-strategies learner can perturb the
+    /// embedding like any other matrix.
+    fn embedding(&self, ids: &Tensor, weight: &Tensor) -> Tensor {
+        Tensor::embedding(weight, ids, -1, false, false)
+    }
+
     /// The hidden state `h` (`[batch, seq, hidden]`) entering decoder layer `layer`, before its input norm.
     fn layer_input(&self, layer: usize, h: Tensor) -> Tensor {
         let _ = layer;
@@ -80,7 +88,14 @@ const FEW_ROWS: i64 = 64;
 /// `x W^T` with a transposed weight (measured for every projection shape of a 512-wide model, batch
 /// 16; bf16 goes through oneDNN and gains nothing), so that is what we compute there; the result is
 /// the same product up to float reassociation.
+///
+/// An f32 `x` with a lower-precision weight (a residual stream ALP widened to f32) multiplies by the
+/// weight upcast to f32, so the activations keep their precision (and the gradient flows to the weight).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    if x.kind() != w.kind() {
+        let kind = x.kind();
+        return linear(x, &w.to_kind(kind), b.map(|b| b.to_kind(kind)).as_ref());
+    }
     let size = x.size();
     let in_features = *size.last().expect("x has a feature dimension");
     let rows = x.numel() as i64 / in_features.max(1);
@@ -101,8 +116,23 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     y.reshape(out_size.as_slice())
 }
 
+/// Hooks that depend on which request each batch row serves, for a batch whose rows change between
+/// forwards (continuous batching): the evolution-strategies learner gives every request its own
+/// population member, i.e. its own low-rank weight perturbation.
+pub trait RowHooks {
+    /// The hooks of one forward over batch rows serving `requests` (row `k` serves `requests[k]`, an
+    /// index into the generation call's requests).
+    fn for_rows<'a>(&'a self, requests: &[usize]) -> Box<dyn ForwardHooks + 'a>;
+}
+
 /// The plain model: every hook is the identity.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;
 
 impl ForwardHooks for NoHooks {}
+
+impl RowHooks for NoHooks {
+    fn for_rows<'a>(&'a self, _requests: &[usize]) -> Box<dyn ForwardHooks + 'a> {
+        Box::new(NoHooks)
+    }
+}

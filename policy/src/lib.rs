@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! config.rs      config.json in every spelling        -> ModelConfig
-//! checkpoint.rs  safetensors load/save, random init   -> CausalLM::{load, save, random}
+//! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
-//! hooks.rs       ForwardHooks: layer_input / linear / logits seams for ALP and EGGROLL
+//! hooks.rs       ForwardHooks: embedding / layer_input / linear / logits seams for ALP and EGGROLL;
+//!                RowHooks: hooks that know which request each batch row serves
+//! noise.rs       counter-based Gaussian noise keyed by (seed, step, forward, slot): ALP and EGGROLL
 //! ```
 pub mod checkpoint;
 pub mod config;
@@ -15,11 +17,12 @@ pub mod error;
 pub mod hooks;
 pub mod kv_cache;
 pub mod model;
+pub mod noise;
 pub mod rope;
 
-pub use checkpoint::{hf_dtype_name, parse_kind};
+pub use checkpoint::{hf_dtype_name, parse_kind, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::PolicyError;
-pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks};
+pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks, RowHooks};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};

@@ -129,7 +129,8 @@ pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
     specs
 }
 
-/// RMSNorm as HF computes it: normalise in f32, cast back, then scale.
+/// RMSNorm as HF computes it: normalise in f32, cast back to the input's dtype, then scale. An f32
+/// input with bf16 weights (a residual stream a hook widened, see [`Activations`]) stays f32.
 #[derive(Debug)]
 struct RmsNorm {
     weight: Tensor,
@@ -143,6 +144,38 @@ impl RmsNorm {
         let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = x32 * (variance + self.eps).rsqrt();
         &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// The RoPE tables of one forward in the model's dtype and in f32, and the attention bias, so that
+/// each layer uses those of its activations' dtype.
+///
+/// Activations are in the model's dtype unless a hook widens them: ALP returns its perturbed residual
+/// in f32 (noise below half a bf16 ulp would vanish if rounded back), and from there on HF's ops
+/// promote to f32 (norms keep the input's dtype, `x + branch` promotes) while [`crate::hooks::linear`]
+/// upcasts a bf16 weight to the f32 input. So a bf16 model's perturbed training forward computes in
+/// f32 with its bf16 weights from the first perturbed layer on; a plain forward is untouched.
+struct Activations {
+    rope: (Tensor, Tensor),
+    rope32: (Tensor, Tensor),
+    bias: Tensor,
+}
+
+impl Activations {
+    fn rope(&self, kind: Kind) -> &(Tensor, Tensor) {
+        if kind == Kind::Float {
+            &self.rope32
+        } else {
+            &self.rope
+        }
+    }
+
+    fn bias(&self, kind: Kind) -> Tensor {
+        if self.bias.kind() == kind {
+            self.bias.shallow_clone()
+        } else {
+            self.bias.to_kind(kind)
+        }
     }
 }
 
@@ -180,12 +213,12 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &(Tensor, Tensor),
-        bias: &Tensor,
+        act: &Activations,
         cache: Option<(&mut KvCache, usize)>,
         hooks: &dyn ForwardHooks,
     ) -> Tensor {
         let (b, s, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let (rope, bias) = (act.rope(x.kind()), &act.bias(x.kind()));
         let heads = |t: Tensor, n: i64, norm: &Option<RmsNorm>| {
             let t = t.view([b, s, n, self.head_dim]);
             let t = match norm {
@@ -282,8 +315,7 @@ impl DecoderLayer {
     fn forward(
         &self,
         h: Tensor,
-        rope: &(Tensor, Tensor),
-        bias: &Tensor,
+        act: &Activations,
         cache: Option<&mut KvCache>,
         hooks: &dyn ForwardHooks,
     ) -> Tensor {
@@ -291,8 +323,7 @@ impl DecoderLayer {
         let h = hooks.layer_input(self.index, h);
         let attn = self.self_attn.forward(
             &self.input_layernorm.forward(&h),
-            rope,
-            bias,
+            act,
             cache.map(|c| (c, self.index)),
             hooks,
         );
@@ -555,10 +586,20 @@ impl CausalLM {
         mut cache: Option<&mut KvCache>,
         hooks: &dyn ForwardHooks,
     ) -> Tensor {
-        let rope = self.rotary.cos_sin(positions, self.kind());
-        let mut h = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let rope32 = self.rotary.cos_sin(positions, Kind::Float);
+        let rope = if self.kind() == Kind::Float {
+            (rope32.0.shallow_clone(), rope32.1.shallow_clone())
+        } else {
+            self.rotary.cos_sin(positions, self.kind())
+        };
+        let act = Activations {
+            rope,
+            rope32,
+            bias: bias.shallow_clone(),
+        };
+        let mut h = hooks.embedding(input_ids, &self.embed_tokens);
         for layer in &self.layers {
-            h = layer.forward(h, &rope, bias, cache.as_deref_mut(), hooks);
+            h = layer.forward(h, &act, cache.as_deref_mut(), hooks);
         }
         if let Some(cache) = cache {
             cache.advance(input_ids.size()[1]);

@@ -1,13 +1,36 @@
 //! The local libtorch inference engine: batched prefill, then token-by-token decode with a
-//! preallocated KV cache. Prompts are left-padded so every row's last prompt token sits in the same
-//! column; padding is masked out of attention and positions count real tokens only. Rows that finish
-//! leave the batch (their cache rows are dropped), so long and short completions can share a call.
-use alp_policy::{positions_from_mask, CausalLM, KvCache, NoHooks};
-use tch::{Kind, Tensor};
+//! preallocated KV cache, scheduled by continuous batching.
+//!
+//! Up to `batch_size` requests decode together, one row ("slot") each. When a row finishes, a waiting
+//! request takes its slot at the next step: its prompt is prefilled (with the other newcomers of that
+//! step), its keys and values are copied into the freed cache row, and from then on every row writes
+//! its next token at its own cache column ([`KvCache::set_row_columns`]); a per-row key mask says
+//! which columns a row attends to. So a batch never decodes for rows that have ended, whatever the
+//! spread of completion lengths. Once no request waits, finished rows leave the batch (their cache
+//! rows are dropped) so the tail runs on fewer rows. Positions count real tokens only, so a request's
+//! computation does not depend on its slot or its neighbours, and each request samples from its own
+//! seeded RNG: completions are the same as generating the request alone (up to float reassociation).
+//!
+//! [`Scheduling::Chunked`] keeps the earlier schedule (fixed chunks of `batch_size` requests, each run
+//! to its longest completion) for comparison (`cargo bench -p alp-rollout --bench continuous`).
+use std::collections::VecDeque;
+
+use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, KvCache, NoHooks, RowHooks};
+use tch::{Device, Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 use crate::error::RolloutError;
 use crate::sampling::{RowSampler, SamplingParams};
+
+/// How requests share the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// A finished row's slot goes to the next waiting request at the next decode step.
+    #[default]
+    Continuous,
+    /// Requests run in fixed chunks of `batch_size`; a chunk ends with its longest completion.
+    Chunked,
+}
 
 /// An in-process inference copy of the policy.
 pub struct LocalEngine {
@@ -15,9 +38,10 @@ pub struct LocalEngine {
     version: u64,
     batch_size: usize,
     pad_id: i64,
+    scheduling: Scheduling,
 }
 
-/// Per-row progress through the decode loop.
+/// One request's progress through the decode loop.
 struct RowState {
     request: usize,
     limit: usize,
@@ -25,31 +49,66 @@ struct RowState {
     ids: Vec<i64>,
     logprobs: Vec<f32>,
     finish: Option<FinishReason>,
+    /// RoPE position of the next token fed (real tokens so far).
+    next_pos: i64,
+    /// Cache column the next token fed is written to.
+    column: i64,
 }
 
-/// The batch rows still decoding, and every per-row buffer that shrinks when rows finish.
+impl RowState {
+    fn new(request: usize, r: &GenerationRequest, params: &SamplingParams) -> Self {
+        RowState {
+            request,
+            limit: r.max_new_tokens.unwrap_or(params.max_new_tokens),
+            stop: r
+                .stop_token_ids
+                .clone()
+                .unwrap_or_else(|| params.stop_token_ids.clone()),
+            ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish: None,
+            next_pos: r.prompt_ids.len() as i64,
+            column: 0,
+        }
+    }
+
+    /// Records a sampled token; returns whether the row goes on.
+    fn push(&mut self, token: i64, logprob: f32) -> bool {
+        self.ids.push(token);
+        self.logprobs.push(logprob);
+        if self.stop.contains(&token) {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.ids.len() >= self.limit {
+            self.finish = Some(FinishReason::Length);
+        }
+        self.finish.is_none()
+    }
+}
+
+/// The rows decoding together and every per-row buffer, aligned: row `k` of the cache, of
+/// `key_valid`, of `last_hidden` and of the sampler is `rows[k]`.
 struct DecodeBatch {
-    /// `active[k]` is the index (into the chunk's rows) of batch row k.
-    active: Vec<usize>,
+    rows: Vec<RowState>,
     cache: KvCache,
+    /// `[rows, capacity]` bool: which cache columns of each row hold real tokens.
     key_valid: Tensor,
+    /// `[rows, 1, hidden]`: the final hidden state whose logits pick each row's next token.
     last_hidden: Tensor,
-    next_pos: Vec<i64>,
     sampler: RowSampler,
 }
 
 impl DecodeBatch {
-    /// Drops finished rows from every per-row buffer, so the remaining rows run faster.
-    fn drop_finished(&mut self, rows: &[RowState]) {
-        let keep: Vec<usize> = (0..self.active.len())
-            .filter(|&k| rows[self.active[k]].finish.is_none())
-            .collect();
-        if keep.len() == self.active.len() {
+    /// Keeps the rows listed (`keep`, ascending batch indices) in every per-row buffer.
+    fn keep_rows(&mut self, keep: &[usize]) {
+        if keep.len() == self.rows.len() {
             return;
         }
-        self.active = keep.iter().map(|&k| self.active[k]).collect();
-        self.next_pos = keep.iter().map(|&k| self.next_pos[k]).collect();
-        self.sampler.retain_rows(&keep);
+        self.sampler.retain_rows(keep);
+        let mut old: Vec<Option<RowState>> = self.rows.drain(..).map(Some).collect();
+        self.rows = keep
+            .iter()
+            .map(|&k| old[k].take().expect("rows kept once"))
+            .collect();
         if keep.is_empty() {
             return;
         }
@@ -61,15 +120,31 @@ impl DecodeBatch {
     }
 }
 
+/// Newly admitted requests, prefilled together: their cache, final hidden states and key masks.
+struct Prefilled {
+    cache: KvCache,
+    width: i64,
+    last_hidden: Tensor,
+    /// `[n, width]` bool.
+    valid: Tensor,
+}
+
 impl LocalEngine {
-    /// Wraps `model`; requests are processed `batch_size` at a time.
+    /// Wraps `model`; up to `batch_size` requests decode together.
     pub fn new(model: CausalLM, batch_size: usize) -> Self {
         LocalEngine {
             model,
             version: 0,
             batch_size: batch_size.max(1),
             pad_id: 0,
+            scheduling: Scheduling::default(),
         }
+    }
+
+    /// The same engine with another schedule.
+    pub fn with_scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
+        self
     }
 
     pub fn model(&self) -> &CausalLM {
@@ -114,130 +189,334 @@ impl LocalEngine {
         Ok(())
     }
 
-    /// Completes requests `first..first + chunk.len()` of a call as one batch.
-    fn generate_chunk(
+    /// Left-pads the prompts of `requests` into one batch and runs the prefill with a fresh cache of
+    /// `capacity` columns (at least the longest prompt).
+    fn prefill(
         &self,
-        chunk: &[GenerationRequest],
-        first: usize,
-        params: &SamplingParams,
-    ) -> Vec<Completion> {
-        let _guard = tch::no_grad_guard();
+        requests: &[&GenerationRequest],
+        capacity: i64,
+        hooks: &dyn ForwardHooks,
+    ) -> Prefilled {
         let device = self.model.device();
-        let b = chunk.len() as i64;
-        let prompt_len = chunk.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0) as i64;
-        let mut rows: Vec<RowState> = chunk
+        let b = requests.len() as i64;
+        let width = requests
             .iter()
-            .enumerate()
-            .map(|(i, r)| RowState {
-                request: first + i,
-                limit: r.max_new_tokens.unwrap_or(params.max_new_tokens),
-                stop: r
-                    .stop_token_ids
-                    .clone()
-                    .unwrap_or_else(|| params.stop_token_ids.clone()),
-                ids: Vec::new(),
-                logprobs: Vec::new(),
-                finish: None,
-            })
-            .collect();
-        let max_new = rows.iter().map(|r| r.limit).max().unwrap_or(0) as i64;
-        for row in rows.iter_mut().filter(|r| r.limit == 0) {
-            row.finish = Some(FinishReason::Length);
-        }
-
-        // Left-pad the prompts.
-        let mut ids = vec![self.pad_id; (b * prompt_len) as usize];
-        let mut valid = vec![false; (b * prompt_len) as usize];
-        for (i, r) in chunk.iter().enumerate() {
-            let start = i * prompt_len as usize + prompt_len as usize - r.prompt_ids.len();
+            .map(|r| r.prompt_ids.len())
+            .max()
+            .unwrap_or(0) as i64;
+        let mut ids = vec![self.pad_id; (b * width) as usize];
+        let mut valid = vec![false; (b * width) as usize];
+        for (i, r) in requests.iter().enumerate() {
+            let start = i * width as usize + width as usize - r.prompt_ids.len();
             ids[start..start + r.prompt_ids.len()].copy_from_slice(&r.prompt_ids);
-            valid[start..start + r.prompt_ids.len()]
-                .iter_mut()
-                .for_each(|v| *v = true);
+            valid[start..start + r.prompt_ids.len()].fill(true);
         }
-        let ids = Tensor::from_slice(&ids)
-            .view([b, prompt_len])
-            .to_device(device);
+        let ids = Tensor::from_slice(&ids).view([b, width]).to_device(device);
         let valid = Tensor::from_slice(&valid)
-            .view([b, prompt_len])
+            .view([b, width])
             .to_device(device);
-        let capacity = prompt_len + max_new;
-        let key_valid = Tensor::zeros([b, capacity], (Kind::Bool, device));
-        key_valid.narrow(1, 0, prompt_len).copy_(&valid);
-        let mut cache = self.model.new_cache(b, capacity);
+        let mut cache = self.model.new_cache(b, capacity.max(width));
         let hidden = self.model.forward_cached(
             &ids,
             &positions_from_mask(&valid),
-            &key_valid.narrow(1, 0, prompt_len),
+            &valid,
             &mut cache,
-            &NoHooks,
+            hooks,
         );
-        let request_ids: Vec<usize> = rows.iter().map(|r| r.request).collect();
-        let mut batch = DecodeBatch {
-            active: (0..rows.len()).collect(),
+        Prefilled {
             cache,
+            width,
+            last_hidden: hidden.narrow(1, width - 1, 1),
+            valid,
+        }
+    }
+
+    /// Completes `requests` (call indices `first..`) with continuous batching, or one fixed chunk when
+    /// `requests.len() <= batch_size` and nothing waits (the chunked schedule calls it per chunk).
+    fn generate_batch(
+        &self,
+        requests: &[GenerationRequest],
+        first: usize,
+        params: &SamplingParams,
+        row_hooks: &dyn RowHooks,
+    ) -> Vec<Completion> {
+        let _guard = tch::no_grad_guard();
+        let device = self.model.device();
+        let mut done: Vec<Option<RowState>> = (0..requests.len()).map(|_| None).collect();
+        // Requests with nothing to generate finish at once and never take a slot.
+        let mut waiting: VecDeque<usize> = VecDeque::new();
+        for (i, r) in requests.iter().enumerate() {
+            let row = RowState::new(first + i, r, params);
+            if row.limit == 0 {
+                done[i] = Some(RowState {
+                    finish: Some(FinishReason::Length),
+                    ..row
+                });
+            } else {
+                waiting.push_back(i);
+            }
+        }
+        // Every row's columns: its prompt (padded to the widest prompt of its prefill) then its
+        // completion, plus one column for the token fed in the step it finishes.
+        let capacity = requests
+            .iter()
+            .map(|r| r.prompt_ids.len())
+            .max()
+            .unwrap_or(0)
+            + requests
+                .iter()
+                .map(|r| r.max_new_tokens.unwrap_or(params.max_new_tokens))
+                .max()
+                .unwrap_or(0)
+            + 1;
+        let capacity = capacity as i64;
+
+        let take = |waiting: &mut VecDeque<usize>, n: usize| -> Vec<usize> {
+            (0..n.min(waiting.len()))
+                .filter_map(|_| waiting.pop_front())
+                .collect()
+        };
+        let admit = take(&mut waiting, self.batch_size);
+        if admit.is_empty() {
+            return self.finish(requests, done);
+        }
+        let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
+        let pre = self.prefill(
+            &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
+            capacity,
+            row_hooks.for_rows(&request_ids).as_ref(),
+        );
+        let key_valid = Tensor::zeros([admit.len() as i64, capacity], (Kind::Bool, device));
+        key_valid.narrow(1, 0, pre.width).copy_(&pre.valid);
+        let mut batch = DecodeBatch {
+            rows: admit
+                .iter()
+                .map(|&i| RowState {
+                    column: pre.width,
+                    ..RowState::new(first + i, &requests[i], params)
+                })
+                .collect(),
+            cache: pre.cache,
             key_valid,
-            last_hidden: hidden.narrow(1, prompt_len - 1, 1),
-            next_pos: chunk.iter().map(|r| r.prompt_ids.len() as i64).collect(),
+            last_hidden: pre.last_hidden,
             sampler: RowSampler::new(params, &request_ids),
         };
-        batch.drop_finished(&rows);
 
-        for step in 0..max_new {
-            if batch.active.is_empty() {
-                break;
-            }
+        while !batch.rows.is_empty() {
+            let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
             let logits = self
                 .model
-                .logits(&batch.last_hidden, &NoHooks)
+                .logits(&batch.last_hidden, hooks.as_ref())
                 .squeeze_dim(1);
+            drop(hooks);
             let (tokens, logprobs) = batch.sampler.sample(&logits, params);
-            let mut next_tokens = Vec::with_capacity(tokens.len());
-            for (k, &row_index) in batch.active.iter().enumerate() {
-                let row = &mut rows[row_index];
-                row.ids.push(tokens[k]);
-                row.logprobs.push(logprobs[k]);
-                if row.stop.contains(&tokens[k]) {
-                    row.finish = Some(FinishReason::Stop);
-                } else if row.ids.len() >= row.limit {
-                    row.finish = Some(FinishReason::Length);
-                } else {
-                    next_tokens.push(tokens[k]);
+            let mut finished = Vec::new();
+            for (k, row) in batch.rows.iter_mut().enumerate() {
+                if !row.push(tokens[k], logprobs[k]) {
+                    finished.push(k);
                 }
             }
-            batch.drop_finished(&rows);
-            if batch.active.is_empty() {
-                break;
+            // With nobody waiting, finished rows leave before the step; otherwise they decode once
+            // more (harmlessly) and their slots are refilled right after.
+            if waiting.is_empty() && !finished.is_empty() {
+                let keep: Vec<usize> = (0..batch.rows.len())
+                    .filter(|k| !finished.contains(k))
+                    .collect();
+                for &k in &finished {
+                    let row = std::mem::replace(
+                        &mut batch.rows[k],
+                        RowState::new(0, &requests[0], params),
+                    );
+                    retire(&mut done, first, row);
+                }
+                // The placeholders sit in the finished positions, which keep_rows drops.
+                batch.keep_rows(&keep);
+                finished.clear();
+                if batch.rows.is_empty() {
+                    break;
+                }
             }
-            // Feed the sampled tokens: they sit at cache column prompt_len + step.
-            let n = batch.active.len() as i64;
-            let input = Tensor::from_slice(&next_tokens)
-                .view([n, 1])
-                .to_device(device);
-            let positions = Tensor::from_slice(&batch.next_pos)
-                .view([n, 1])
-                .to_device(device);
-            let _ = batch.key_valid.narrow(1, prompt_len + step, 1).fill_(1);
-            batch.last_hidden = self.model.forward_cached(
-                &input,
-                &positions,
-                &batch.key_valid.narrow(1, 0, prompt_len + step + 1),
-                &mut batch.cache,
-                &NoHooks,
-            );
-            batch.next_pos.iter_mut().for_each(|p| *p += 1);
+            let fed = tokens_of(&batch.rows);
+            self.decode_step(&mut batch, &fed, device, row_hooks);
+            if !finished.is_empty() {
+                self.refill(
+                    &mut batch,
+                    &finished,
+                    &mut waiting,
+                    &mut done,
+                    requests,
+                    first,
+                    params,
+                    capacity,
+                    row_hooks,
+                );
+            }
         }
+        self.finish(requests, done)
+    }
 
-        rows.into_iter()
-            .zip(chunk)
-            .map(|(row, request)| Completion {
-                prompt_ids: request.prompt_ids.clone(),
-                completion_ids: row.ids,
-                logprobs: row.logprobs,
-                finish_reason: row.finish.unwrap_or(FinishReason::Length),
-                policy_version: self.version,
+    /// Feeds each row's last token at its own column and position; updates `last_hidden`.
+    fn decode_step(
+        &self,
+        batch: &mut DecodeBatch,
+        tokens: &[i64],
+        device: Device,
+        row_hooks: &dyn RowHooks,
+    ) {
+        let n = batch.rows.len() as i64;
+        let columns: Vec<i64> = batch.rows.iter().map(|r| r.column).collect();
+        let positions: Vec<i64> = batch.rows.iter().map(|r| r.next_pos).collect();
+        let cols = Tensor::from_slice(&columns).to_device(device).view([n, 1]);
+        let _ = batch
+            .key_valid
+            .scatter_(1, &cols, &Tensor::ones([n, 1], (Kind::Bool, device)));
+        batch.cache.set_row_columns(&columns);
+        let width = columns.iter().copied().max().unwrap_or(0) + 1;
+        let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
+        batch.last_hidden = self.model.forward_cached(
+            &Tensor::from_slice(tokens).view([n, 1]).to_device(device),
+            &Tensor::from_slice(&positions)
+                .view([n, 1])
+                .to_device(device),
+            &batch.key_valid.narrow(1, 0, width),
+            &mut batch.cache,
+            hooks.as_ref(),
+        );
+        for row in batch.rows.iter_mut() {
+            row.column += 1;
+            row.next_pos += 1;
+        }
+    }
+
+    /// Gives the slots of `finished` rows to waiting requests (prefilled together); slots left over
+    /// when the queue runs dry leave the batch.
+    #[allow(clippy::too_many_arguments)]
+    fn refill(
+        &self,
+        batch: &mut DecodeBatch,
+        finished: &[usize],
+        waiting: &mut VecDeque<usize>,
+        done: &mut [Option<RowState>],
+        requests: &[GenerationRequest],
+        first: usize,
+        params: &SamplingParams,
+        capacity: i64,
+        row_hooks: &dyn RowHooks,
+    ) {
+        let device = self.model.device();
+        let admit: Vec<usize> = (0..finished.len().min(waiting.len()))
+            .filter_map(|_| waiting.pop_front())
+            .collect();
+        let slots = &finished[..admit.len()];
+        for (&slot, &i) in slots.iter().zip(&admit) {
+            let pre = RowState::new(first + i, &requests[i], params);
+            let row = std::mem::replace(&mut batch.rows[slot], pre);
+            retire(done, first, row);
+        }
+        if !admit.is_empty() {
+            let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
+            let pre = self.prefill(
+                &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
+                pre_capacity(&admit, requests),
+                row_hooks.for_rows(&request_ids).as_ref(),
+            );
+            let index: Vec<i64> = slots.iter().map(|&k| k as i64).collect();
+            let index = Tensor::from_slice(&index).to_device(device);
+            batch.cache.copy_rows_from(&pre.cache, &index, pre.width);
+            let valid = Tensor::zeros([admit.len() as i64, capacity], (Kind::Bool, device));
+            valid.narrow(1, 0, pre.width).copy_(&pre.valid);
+            let _ = batch.key_valid.index_copy_(0, &index, &valid);
+            let _ = batch.last_hidden.index_copy_(0, &index, &pre.last_hidden);
+            for (&slot, &i) in slots.iter().zip(&admit) {
+                batch.rows[slot].column = pre.width;
+                batch.sampler.reseed_row(slot, params, first + i);
+            }
+        }
+        // Finished rows no request took over leave the batch.
+        let leftover = &finished[admit.len()..];
+        if !leftover.is_empty() {
+            for &k in leftover {
+                let row =
+                    std::mem::replace(&mut batch.rows[k], RowState::new(0, &requests[0], params));
+                retire(done, first, row);
+            }
+            let keep: Vec<usize> = (0..batch.rows.len())
+                .filter(|k| !leftover.contains(k))
+                .collect();
+            batch.keep_rows(&keep);
+        }
+    }
+
+    fn finish(
+        &self,
+        requests: &[GenerationRequest],
+        done: Vec<Option<RowState>>,
+    ) -> Vec<Completion> {
+        done.into_iter()
+            .zip(requests)
+            .map(|(row, request)| {
+                let row = row.expect("every request finished");
+                Completion {
+                    prompt_ids: request.prompt_ids.clone(),
+                    completion_ids: row.ids,
+                    logprobs: row.logprobs,
+                    finish_reason: row.finish.unwrap_or(FinishReason::Length),
+                    policy_version: self.version,
+                }
             })
             .collect()
+    }
+}
+
+/// The prefill cache of newcomers only needs their prompts.
+fn pre_capacity(admit: &[usize], requests: &[GenerationRequest]) -> i64 {
+    admit
+        .iter()
+        .map(|&i| requests[i].prompt_ids.len())
+        .max()
+        .unwrap_or(1) as i64
+}
+
+/// Files a finished row under its request.
+fn retire(done: &mut [Option<RowState>], first: usize, row: RowState) {
+    let i = row.request - first;
+    done[i] = Some(row);
+}
+
+fn requests_of(rows: &[RowState]) -> Vec<usize> {
+    rows.iter().map(|r| r.request).collect()
+}
+
+fn tokens_of(rows: &[RowState]) -> Vec<i64> {
+    rows.iter()
+        .map(|r| *r.ids.last().expect("a decoding row has sampled a token"))
+        .collect()
+}
+
+impl LocalEngine {
+    /// [`GenerationBackend::generate`] with hooks that know which request each batch row serves (an
+    /// evolution-strategies population: request `i`'s tokens come from its member's weights). Every
+    /// forward, prefill and decode step alike, asks `row_hooks` for the hooks of its rows.
+    pub fn generate_with_hooks(
+        &mut self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+        row_hooks: &dyn RowHooks,
+    ) -> Result<Vec<Completion>, RolloutError> {
+        params.validate()?;
+        self.check(requests, params)?;
+        let _span = tracing::info_span!("generate", requests = requests.len()).entered();
+        match self.scheduling {
+            Scheduling::Continuous => Ok(self.generate_batch(requests, 0, params, row_hooks)),
+            Scheduling::Chunked => {
+                let mut out = Vec::with_capacity(requests.len());
+                for (c, chunk) in requests.chunks(self.batch_size).enumerate() {
+                    out.extend(self.generate_batch(chunk, c * self.batch_size, params, row_hooks));
+                    tracing::debug!(done = out.len(), total = requests.len(), "generated chunk");
+                }
+                Ok(out)
+            }
+        }
     }
 }
 
@@ -247,15 +526,7 @@ impl GenerationBackend for LocalEngine {
         requests: &[GenerationRequest],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
-        params.validate()?;
-        self.check(requests, params)?;
-        let _span = tracing::info_span!("generate", requests = requests.len()).entered();
-        let mut out = Vec::with_capacity(requests.len());
-        for (c, chunk) in requests.chunks(self.batch_size).enumerate() {
-            out.extend(self.generate_chunk(chunk, c * self.batch_size, params));
-            tracing::debug!(done = out.len(), total = requests.len(), "generated chunk");
-        }
-        Ok(out)
+        self.generate_with_hooks(requests, params, &NoHooks)
     }
 
     fn policy_version(&self) -> u64 {

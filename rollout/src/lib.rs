@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! backend.rs   GenerationBackend, GenerationRequest, Completion   the seam (local engine, vLLM)
-//! engine.rs    LocalEngine: batched prefill + KV-cache decode on a libtorch CausalLM
+//! engine.rs    LocalEngine: continuous batching of prefill + KV-cache decode on a libtorch CausalLM
 //! episode.rs   run_episodes: environments + chat template + backend -> token trajectories;
 //!              encode_conversation: the same layout for a worked conversation (SFT)
 //! eval.rs      evaluate: accuracy (avg@k) and unbiased pass@k over k samples per problem
@@ -17,7 +17,7 @@ pub mod eval;
 pub mod sampling;
 
 pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
-pub use engine::LocalEngine;
+pub use engine::{LocalEngine, Scheduling};
 pub use episode::{
     encode_conversation, panic_message, run_episodes, EpisodeSettings, TokenizedConversation,
     Trajectory,

@@ -9,17 +9,18 @@ use crate::error::RolloutError;
 
 /// Which distribution the recorded log-prob of a sampled token is taken under.
 ///
-/// The learner must compute its log-probs under the same definition (design section 3), so this is
-/// recorded with every sample.
+/// The learner must compute its log-probs under the same definition (design section 3); see
+/// [`SamplingParams::scoring_temperature`] for the temperature a scorer must apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogprobMode {
     /// The distribution actually sampled from: `softmax(top_p(top_k(logits / T)))`, renormalised over
-    /// the kept tokens. This is the true behaviour policy `mu`.
-    #[default]
+    /// the kept tokens. No learner reproduces the truncation, so with top-p/top-k active this is for
+    /// generation only (`alp-rl train` refuses it); without truncation it equals `Temperature`.
     Sampling,
-    /// `log_softmax(logits / T)`: temperature applied, no truncation (what a learner that divides its
-    /// logits by the same temperature reproduces exactly).
+    /// `log_softmax(logits / T)`: temperature applied, no truncation (verl's convention, the default):
+    /// a learner that divides its logits by the same temperature reproduces it exactly.
+    #[default]
     Temperature,
     /// `log_softmax(logits)`: the model's own distribution at temperature 1.
     Raw,
@@ -52,7 +53,7 @@ impl Default for SamplingParams {
             top_k: 0,
             max_new_tokens: 64,
             stop_token_ids: Vec::new(),
-            logprob_mode: LogprobMode::Sampling,
+            logprob_mode: LogprobMode::Temperature,
             seed: 0,
         }
     }
@@ -86,6 +87,34 @@ impl SamplingParams {
             ));
         }
         Ok(())
+    }
+
+    /// The temperature a scorer (the learner's forward) must divide its logits by so that its
+    /// untruncated `log_softmax` equals the recorded log-probs at identical weights: `T` for
+    /// `temperature` (and `sampling` without truncation), 1 for `raw` and greedy decoding. Refused for
+    /// `sampling` with top-p or top-k active: those log-probs are of a truncated, renormalised
+    /// distribution that no full-vocabulary forward reproduces, so every ratio would be biased.
+    pub fn scoring_temperature(&self) -> Result<f64, RolloutError> {
+        if self.greedy {
+            return Ok(1.0);
+        }
+        let truncated = self.top_p < 1.0 || self.top_k > 0;
+        match self.logprob_mode {
+            LogprobMode::Raw => Ok(1.0),
+            LogprobMode::Temperature => Ok(self.temperature),
+            LogprobMode::Sampling if !truncated => Ok(self.temperature),
+            LogprobMode::Sampling => Err(RolloutError::InvalidSetting {
+                field: "logprob_mode",
+                problem: format!(
+                    "is \"sampling\" with top_p = {} and top_k = {}: those log-probs are of the \
+                     truncated, renormalised distribution, which the learner's full-vocabulary \
+                     forward cannot reproduce (every ratio would be biased); use logprob_mode = \
+                     \"temperature\" (the default: log-probs of softmax(logits / T), as verl), or \
+                     top_p = 1 and top_k = 0",
+                    self.top_p, self.top_k
+                ),
+            }),
+        }
     }
 
     /// The per-row RNG seed: the call seed mixed with the request's index (SplitMix64 finaliser), so
@@ -161,6 +190,11 @@ impl RowSampler {
             .iter()
             .map(|&i| old[i].take().expect("rows kept once"))
             .collect();
+    }
+
+    /// Gives batch row `row` the RNG of request `request_index` (a new request took over the slot).
+    pub fn reseed_row(&mut self, row: usize, params: &SamplingParams, request_index: usize) {
+        self.rngs[row] = StdRng::seed_from_u64(params.row_seed(request_index));
     }
 
     /// Samples one token per row from `logits` (`[rows, vocab]`, any float dtype).

@@ -8,6 +8,9 @@ use alp_rollout::{
 use serde_json::json;
 use tch::{Kind, Tensor};
 
+#[path = "../../policy/tests/support/oracle.rs"]
+mod oracle;
+
 fn tiny_model(arch: &str, seed: u64) -> CausalLM {
     let cfg = json!({
         "model_type": arch, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
@@ -131,47 +134,96 @@ fn engine_logprobs_equal_full_recompute_in_raw_mode() {
     }
 }
 
-/// Empirical next-token frequencies over many seeded rows against the processed softmax.
+/// transformers' logits warpers (Temperature, TopK, TopP in `generate`'s order) on `logits` (`[rows,
+/// vocab]`): the probabilities per case and row.
+fn hf_warped_probs(logits: &Tensor, cases: &[(f64, f64, i64)]) -> Vec<Vec<Vec<f64>>> {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Vec<f32>> = (0..logits.size()[0])
+        .map(|r| Vec::<f32>::try_from(logits.get(r).to_kind(Kind::Float)).unwrap())
+        .collect();
+    let spec = json!({
+        "logits": rows,
+        "cases": cases.iter().map(|&(t, p, k)| json!({"temperature": t, "top_p": p, "top_k": k}))
+            .collect::<Vec<_>>(),
+    });
+    let (inp, out) = (dir.path().join("in.json"), dir.path().join("out.json"));
+    std::fs::write(&inp, spec.to_string()).unwrap();
+    oracle::hf(&["warp", inp.to_str().unwrap(), out.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    serde_json::from_value(v["probs"].clone()).unwrap()
+}
+
+const WARP_CASES: [(f64, f64, i64); 5] = [
+    (1.0, 1.0, 0),
+    (0.7, 0.9, 0),
+    (1.3, 1.0, 10),
+    (1.0, 0.8, 20),
+    (0.5, 0.95, 5),
+];
+
+/// `processed_logprobs` equals transformers' warpers on the same logits (wide random logits, so top-p
+/// and top-k cut real mass).
 #[test]
-fn sampled_distribution_matches_processed_softmax() {
+fn processed_distribution_equals_transformers_warpers() {
+    tch::manual_seed(17);
+    let logits = Tensor::randn([8, 64], (Kind::Float, tch::Device::Cpu)) * 3.0;
+    let reference = hf_warped_probs(&logits, &WARP_CASES);
+    for (case, &(temperature, top_p, top_k)) in WARP_CASES.iter().enumerate() {
+        let params = SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            ..SamplingParams::default()
+        };
+        let ours = processed_logprobs(&logits, &params).exp();
+        for (r, want) in reference[case].iter().enumerate() {
+            let got = Vec::<f32>::try_from(ours.get(r as i64)).unwrap();
+            for (tok, (&g, &w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() < 1e-6,
+                    "T={temperature} top_p={top_p} top_k={top_k} row {r} token {tok}: ours {g} vs transformers {w}"
+                );
+            }
+        }
+    }
+}
+
+/// Empirical next-token frequencies over many seeded rows against transformers' warped softmax of the
+/// same logits; with `logprob_mode = sampling` the recorded log-prob is that distribution's.
+#[test]
+fn sampled_distribution_matches_transformers_warpers() {
     tch::set_num_threads(2);
     let model = tiny_model("llama", 5);
     let prompt = vec![4i64, 8, 15, 16, 23, 42];
     let n = 20_000usize;
-    for (temperature, top_p, top_k) in
-        [(1.0, 1.0, 0), (0.7, 0.9, 0), (1.3, 1.0, 10), (1.0, 0.8, 20)]
-    {
+    let logits = tch::no_grad(|| {
+        model
+            .forward(&Tensor::from_slice(&prompt).view([1, 6]), None, &NoHooks)
+            .select(1, 5)
+    });
+    let reference = hf_warped_probs(&logits, &WARP_CASES);
+    for (case, &(temperature, top_p, top_k)) in WARP_CASES.iter().enumerate() {
         let params = SamplingParams {
             temperature,
             top_p,
             top_k,
             max_new_tokens: 1,
             seed: 1234,
+            logprob_mode: LogprobMode::Sampling,
             ..SamplingParams::default()
         };
-        let logits = tch::no_grad(|| {
-            model
-                .forward(&Tensor::from_slice(&prompt).view([1, 6]), None, &NoHooks)
-                .select(1, 5)
-        });
-        let expected: Vec<f64> =
-            Vec::<f32>::try_from(processed_logprobs(&logits, &params).exp().view([-1]))
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect();
+        let expected = &reference[case][0];
         let mut engine = LocalEngine::new(model_clone(&model), 5_000);
         let requests = vec![GenerationRequest::new(prompt.clone()); n];
         let out = engine.generate(&requests, &params).unwrap();
         let mut counts = vec![0usize; expected.len()];
         for c in &out {
             counts[c.completion_ids[0] as usize] += 1;
-            // The recorded log-prob is that of the processed distribution.
             let want = expected[c.completion_ids[0] as usize].ln();
             assert!((c.logprobs[0] as f64 - want).abs() < 1e-4);
         }
         // Tokens removed by top-k / top-p are never drawn.
-        for (tok, (&count, &p)) in counts.iter().zip(&expected).enumerate() {
+        for (tok, (&count, &p)) in counts.iter().zip(expected).enumerate() {
             assert!(
                 p > 0.0 || count == 0,
                 "token {tok} has zero mass but was drawn {count} times"
@@ -181,7 +233,7 @@ fn sampled_distribution_matches_processed_softmax() {
         // P(TV > E + 0.02) < exp(-2 n 0.02^2) = e^-16, so 0.04 fails only on a real mismatch.
         let tv: f64 = counts
             .iter()
-            .zip(&expected)
+            .zip(expected)
             .map(|(&c, &p)| (c as f64 / n as f64 - p).abs())
             .sum::<f64>()
             / 2.0;
@@ -190,6 +242,50 @@ fn sampled_distribution_matches_processed_softmax() {
             "T={temperature} top_p={top_p} top_k={top_k}: total variation {tv}"
         );
     }
+}
+
+/// The default `temperature` mode records `log_softmax(logits / T)` of the sampled token, untruncated,
+/// computed here from the model's logits directly.
+#[test]
+fn temperature_mode_records_untruncated_tempered_log_probs() {
+    let model = tiny_model("qwen2", 4);
+    let prompt = vec![4i64, 8, 15, 16];
+    let params = SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        top_k: 12,
+        max_new_tokens: 1,
+        seed: 9,
+        ..SamplingParams::default()
+    };
+    assert_eq!(params.logprob_mode, LogprobMode::Temperature);
+    let logits = tch::no_grad(|| {
+        model
+            .forward(&Tensor::from_slice(&prompt).view([1, 4]), None, &NoHooks)
+            .select(1, 3)
+            .get(0)
+    });
+    let tempered =
+        Vec::<f64>::try_from((logits.to_kind(Kind::Double) / 0.7).log_softmax(-1, Kind::Double))
+            .unwrap();
+    let mut engine = LocalEngine::new(model_clone(&model), 64);
+    let out = engine
+        .generate(&vec![GenerationRequest::new(prompt.clone()); 64], &params)
+        .unwrap();
+    for c in &out {
+        let want = tempered[c.completion_ids[0] as usize];
+        assert!(
+            (c.logprobs[0] as f64 - want).abs() < 1e-5,
+            "{} vs {want}",
+            c.logprobs[0]
+        );
+    }
+    assert_eq!(params.scoring_temperature().unwrap(), 0.7);
+    let sampling = SamplingParams {
+        logprob_mode: LogprobMode::Sampling,
+        ..params.clone()
+    };
+    assert!(sampling.scoring_temperature().is_err());
 }
 
 fn model_clone(model: &CausalLM) -> CausalLM {
@@ -356,4 +452,68 @@ fn bad_requests_and_settings_are_refused() {
         err.contains("request 1") && err.contains(&format!("{context}")),
         "{err}"
     );
+}
+
+/// Requests of varied prompt lengths whose completions end at different steps (per-row limits, a
+/// stop token), more of them than the batch holds, so slots are refilled mid-batch.
+fn ragged_requests(n: usize) -> Vec<GenerationRequest> {
+    (0..n)
+        .map(|i| GenerationRequest {
+            prompt_ids: (0..1 + (i * 7) % 9)
+                .map(|j| ((i * 13 + j * 5) % 60 + 1) as i64)
+                .collect(),
+            max_new_tokens: Some(1 + (i * 11) % 24),
+            stop_token_ids: (i % 3 == 0).then(|| vec![7, 19]),
+        })
+        .collect()
+}
+
+/// Continuous batching gives every request the tokens and log-probs it gets generating alone (an
+/// engine of batch size 1, same request index so the same seed), greedy and seeded sampling, for
+/// every architecture; and the old chunked schedule agrees too.
+#[test]
+fn continuous_batching_equals_generating_each_request_alone() {
+    tch::set_num_threads(1);
+    for arch in ["qwen2", "qwen3", "llama"] {
+        let model = tiny_model(arch, 12);
+        let requests = ragged_requests(23);
+        for greedy in [true, false] {
+            let params = SamplingParams {
+                greedy,
+                temperature: 0.9,
+                top_k: 20,
+                max_new_tokens: 24,
+                seed: 5,
+                ..SamplingParams::default()
+            };
+            let alone = LocalEngine::new(model_clone(&model), 1)
+                .generate(&requests, &params)
+                .unwrap();
+            let continuous = LocalEngine::new(model_clone(&model), 4)
+                .generate(&requests, &params)
+                .unwrap();
+            let chunked = LocalEngine::new(model_clone(&model), 4)
+                .with_scheduling(alp_rollout::Scheduling::Chunked)
+                .generate(&requests, &params)
+                .unwrap();
+            let lengths: std::collections::BTreeSet<usize> =
+                alone.iter().map(|c| c.completion_ids.len()).collect();
+            assert!(lengths.len() > 5, "completions end at many different steps");
+            for (i, a) in alone.iter().enumerate() {
+                for (what, b) in [("continuous", &continuous[i]), ("chunked", &chunked[i])] {
+                    assert_eq!(
+                        a.completion_ids, b.completion_ids,
+                        "{arch} greedy={greedy} {what} request {i}: tokens"
+                    );
+                    assert_eq!(a.finish_reason, b.finish_reason);
+                    for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                        assert!(
+                            (x - y).abs() < 1e-4,
+                            "{arch} greedy={greedy} {what} request {i}: log-prob {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -470,3 +470,104 @@ fn the_model_context_bounds_every_episode() {
         "{e}"
     );
 }
+
+/// Episodes of 1 to 3 turns whatever the model writes: each turn gets a user reply ("again") until
+/// the example's turn count is reached.
+struct Chatty;
+
+struct ChattyLogic {
+    turns: u32,
+}
+
+impl alp_envs::EpisodeLogic for ChattyLogic {
+    fn step(&mut self, _assistant: &str, turn: alp_envs::Turn) -> alp_envs::Observation {
+        if turn.index + 1 >= self.turns {
+            return alp_envs::Observation::finished(1.0, Default::default());
+        }
+        alp_envs::Observation {
+            messages: vec![Message::user("again")],
+            reward: 0.0,
+            done: false,
+            info: Default::default(),
+        }
+    }
+}
+
+impl Environment for Chatty {
+    fn name(&self) -> &str {
+        "chatty"
+    }
+    fn max_turns(&self) -> u32 {
+        3
+    }
+    fn num_examples(&self, _: Split) -> Result<Option<usize>, EnvError> {
+        Ok(None)
+    }
+    fn example(&self, _: Split, seed: u64) -> Result<Example, EnvError> {
+        Ok(Example {
+            id: seed.to_string(),
+            data: json!({"turns": seed % 3 + 1}),
+        })
+    }
+    fn reset(&self, example: &Value) -> Result<Episode, EnvError> {
+        let turns = example["turns"].as_u64().unwrap() as u32;
+        Ok(Episode::new(
+            vec![Message::user("count")],
+            Vec::new(),
+            3,
+            Box::new(ChattyLogic { turns }),
+        ))
+    }
+}
+
+/// Multi-turn episodes on a continuously batched engine record the same trajectories as on an engine
+/// that generates one request at a time: each turn's continuation is a new request that takes a free
+/// slot while other episodes' turns are still decoding.
+#[test]
+fn multi_turn_episodes_are_the_same_with_continuous_batching() {
+    tch::set_num_threads(1);
+    let tok = tokenizer();
+    let cfg = json!({
+        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": true
+    });
+    let cfg = alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+    let env = Chatty;
+    let examples: Vec<Example> = (0..10)
+        .map(|s| env.example(Split::Train, s).unwrap())
+        .collect();
+    // Many stop tokens, so that this random model's turns usually stop (a turn cut by its length ends
+    // the episode) after different numbers of tokens.
+    let mut stop: Vec<i64> = (30..60).collect();
+    stop.push(tok.eos_token_id().unwrap() as i64);
+    let params = SamplingParams {
+        max_new_tokens: 12,
+        stop_token_ids: stop,
+        seed: 4,
+        ..Default::default()
+    };
+    let settings = EpisodeSettings {
+        max_total_tokens: 200,
+        ..Default::default()
+    };
+    let run = |batch: usize| {
+        let model = alp_policy::CausalLM::random(cfg.clone(), &Default::default(), 2).unwrap();
+        let mut engine = LocalEngine::new(model, batch);
+        run_episodes(&mut engine, &tok, &env, &examples, &params, &settings).unwrap()
+    };
+    let (alone, continuous) = (run(1), run(3));
+    assert_eq!(alone.len(), continuous.len());
+    assert!(
+        alone.iter().any(|t| t.num_turns == 3),
+        "multi-turn episodes ran"
+    );
+    for (i, (a, b)) in alone.iter().zip(&continuous).enumerate() {
+        assert_eq!(a.completion_ids, b.completion_ids, "episode {i}");
+        assert_eq!(a.loss_mask, b.loss_mask, "episode {i}");
+        assert_eq!(a.num_turns, b.num_turns, "episode {i}");
+        for (x, y) in a.mu.iter().zip(&b.mu) {
+            assert!((x - y).abs() < 1e-4, "episode {i}: {x} vs {y}");
+        }
+    }
+}

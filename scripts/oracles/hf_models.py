@@ -5,8 +5,12 @@ Used by the Rust tests (never at run time). Subcommands:
                                                      tiny random checkpoint via save_pretrained (f32),
                                                      then optionally `run` on it in the same process
   run MODEL CASES OUT                                per-row unpadded logits and greedy generations
+  warp IN OUT                                        transformers' logits warpers on given logits
 CASES is JSON: {"prompts": [[ids...], ...], "new_tokens": N}. OUT gets JSON with, per prompt,
 "logits" ([len][vocab]), "greedy_ids" and "greedy_logprobs" (log-softmax of the raw logits).
+warp IN is JSON {"logits": [[...], ...], "cases": [{"temperature", "top_p", "top_k"}, ...]}; OUT gets
+{"probs": [case][row][vocab]}: softmax after TemperatureLogitsWarper, TopKLogitsWarper and
+TopPLogitsWarper in the order `generate` applies them.
 """
 import json
 import os
@@ -100,6 +104,31 @@ def run(model_dir, cases_path, out_path):
     json.dump({"results": results}, open(out_path, "w"))
 
 
+def warp(in_path, out_path):
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    spec = json.load(open(in_path))
+    logits = torch.tensor(spec["logits"], dtype=torch.float32)
+    out = []
+    for case in spec["cases"]:
+        warpers = LogitsProcessorList()
+        if case["temperature"] != 1.0:
+            warpers.append(TemperatureLogitsWarper(case["temperature"]))
+        if case["top_k"] > 0:
+            warpers.append(TopKLogitsWarper(case["top_k"]))
+        if case["top_p"] < 1.0:
+            warpers.append(TopPLogitsWarper(case["top_p"]))
+        ids = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+        scores = warpers(ids, logits.clone())
+        out.append(torch.softmax(scores, -1).tolist())
+    json.dump({"probs": out}, open(out_path, "w"))
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "make":
@@ -116,6 +145,8 @@ def main(argv):
             run(out, args[i + 1], args[i + 2])
     elif cmd == "run":
         run(argv[2], argv[3], argv[4])
+    elif cmd == "warp":
+        warp(argv[2], argv[3])
     else:
         raise SystemExit(__doc__)
 

@@ -248,7 +248,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     } else {
         None
     };
-    let mut learner = Learner::new(config.learner.clone(), policy, reference)?;
+    let mut learner = Learner::new(config.learner_settings(), policy, reference)?;
     if let Some((dir, _)) = &latest {
         learner
             .load_state(&dir.join("learner"))
@@ -258,8 +258,10 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let mut metrics_rows = Vec::new();
     if req.resume && run.metrics().exists() {
         metrics_rows = parquet_log::read_metrics(&run.metrics())?;
-        // Steps after the checkpoint are redone: drop their rows and rollout files.
-        metrics_rows.retain(|r| r.step <= state.step);
+        // Steps after the checkpoint are redone: drop their rows and rollout files. Without a
+        // checkpoint the run restarts from scratch and its step-0 evaluation runs again, so no row
+        // survives (a kept one would be duplicated).
+        metrics_rows.retain(|r| state.step > 0 && r.step <= state.step);
     }
     // Every rollout file after the checkpoint, also those of a crashed attempt that got further
     // than this run's `run.steps`.

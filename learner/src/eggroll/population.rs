@@ -1,0 +1,186 @@
+//! The population forward: member `i`'s projection is `x W^T + s_i (sigma / sqrt r) (x B_i) A_i^T`,
+//! with the base product `x W^T` shared by every row of the batch.
+use std::collections::HashMap;
+
+use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, RowHooks};
+use tch::{Device, Kind, Tensor};
+
+use super::factors::{factors, param_id, sign, FactorKey};
+
+/// A matrix that evolves: its HF name, shape `m x n` (`[out, in]`) and noise id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvolvedMatrix {
+    pub name: String,
+    pub m: i64,
+    pub n: i64,
+    pub id: u64,
+}
+
+/// Every 2-D projection of `model` (attention, MLP, an untied LM head), in name order. Norms, biases
+/// and the embedding stay frozen; a tied LM head *is* the embedding and so stays frozen too.
+pub fn evolved_matrices(model: &CausalLM) -> Vec<EvolvedMatrix> {
+    model
+        .named_parameters()
+        .into_iter()
+        .filter(|(name, t)| {
+            t.dim() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
+        })
+        .map(|(name, t)| EvolvedMatrix {
+            id: param_id(&name),
+            m: t.size()[0],
+            n: t.size()[1],
+            name,
+        })
+        .collect()
+}
+
+/// One ES epoch's population: which noise, how large, on which matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Population {
+    pub seed: u64,
+    /// The noise epoch (see [`super::noise_epoch`]).
+    pub epoch: u64,
+    pub sigma: f64,
+    pub rank: i64,
+    pub matrices: Vec<EvolvedMatrix>,
+}
+
+impl Population {
+    /// The factor key of `member`'s pair for `matrix`.
+    pub fn key(&self, matrix: &EvolvedMatrix, member: usize) -> FactorKey {
+        FactorKey {
+            seed: self.seed,
+            epoch: self.epoch,
+            pair: (member / 2) as u64,
+            param: matrix.id,
+        }
+    }
+
+    /// Member `member`'s perturbation of `matrix`, materialised: `s_i (sigma / sqrt r) A_i B_i^T`
+    /// (`[m, n]` f32). For tests and references; the forward and the update never build it.
+    pub fn perturbation(&self, matrix: &EvolvedMatrix, member: usize, device: Device) -> Tensor {
+        let (a, b) = factors(
+            self.key(matrix, member),
+            matrix.m,
+            matrix.n,
+            self.rank,
+            device,
+        );
+        a.matmul(&b.tr()) * (sign(member) * self.sigma / (self.rank as f64).sqrt())
+    }
+}
+
+/// The factors of the members one generation call uses, stacked per matrix (`r (m + n)` floats per
+/// member and matrix, alive for the call only), and which member serves each request.
+pub struct PopulationFactors {
+    /// Matrix name to (`A` scaled by `s_i sigma / sqrt r`: `[members, m, r]`, `B`: `[members, n, r]`).
+    per_matrix: HashMap<String, (Tensor, Tensor)>,
+    /// Request index to position in the stacks.
+    request_member: Vec<i64>,
+    device: Device,
+}
+
+impl PopulationFactors {
+    /// Factors for `request_members[j]`, the member that serves request `j`, in `kind` on `device`.
+    pub fn new(
+        population: &Population,
+        request_members: &[usize],
+        kind: Kind,
+        device: Device,
+    ) -> Self {
+        let mut members: Vec<usize> = request_members.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        let position: HashMap<usize, i64> = members
+            .iter()
+            .enumerate()
+            .map(|(p, &m)| (m, p as i64))
+            .collect();
+        let scale = population.sigma / (population.rank as f64).sqrt();
+        let per_matrix = population
+            .matrices
+            .iter()
+            .map(|mat| {
+                let (a, b): (Vec<Tensor>, Vec<Tensor>) = members
+                    .iter()
+                    .map(|&i| {
+                        let (a, b) = factors(
+                            population.key(mat, i),
+                            mat.m,
+                            mat.n,
+                            population.rank,
+                            device,
+                        );
+                        (a * (sign(i) * scale), b)
+                    })
+                    .unzip();
+                (
+                    mat.name.clone(),
+                    (
+                        Tensor::stack(&a, 0).to_kind(kind),
+                        Tensor::stack(&b, 0).to_kind(kind),
+                    ),
+                )
+            })
+            .collect();
+        PopulationFactors {
+            per_matrix,
+            request_member: request_members.iter().map(|m| position[m]).collect(),
+            device,
+        }
+    }
+
+    /// The factors member `member` generates with for matrix `name`: `(s_i (sigma / sqrt r) A_i, B_i)`.
+    pub fn member_factors(&self, name: &str, member_position: i64) -> Option<(Tensor, Tensor)> {
+        self.per_matrix
+            .get(name)
+            .map(|(a, b)| (a.get(member_position), b.get(member_position)))
+    }
+
+    /// Bytes the stacked factors take.
+    pub fn bytes(&self) -> usize {
+        self.per_matrix
+            .values()
+            .map(|(a, b)| {
+                (a.numel() * a.kind().elt_size_in_bytes())
+                    + b.numel() * b.kind().elt_size_in_bytes()
+            })
+            .sum()
+    }
+}
+
+impl RowHooks for PopulationFactors {
+    fn for_rows<'a>(&'a self, requests: &[usize]) -> Box<dyn ForwardHooks + 'a> {
+        let rows: Vec<i64> = requests.iter().map(|&r| self.request_member[r]).collect();
+        Box::new(PopulationHooks {
+            factors: self,
+            rows: Tensor::from_slice(&rows).to_device(self.device),
+        })
+    }
+}
+
+/// The hooks of one forward: batch row `k` uses the member at stack position `rows[k]`.
+pub struct PopulationHooks<'a> {
+    factors: &'a PopulationFactors,
+    rows: Tensor,
+}
+
+impl ForwardHooks for PopulationHooks<'_> {
+    fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let base = hooks::linear(x, w, b);
+        let Some((a, bf)) = self.factors.per_matrix.get(&site.weight_name()) else {
+            return base;
+        };
+        // Rows first: `[b, s, n]` (a 2-D `[b, n]` is one position per row).
+        let x3 = if x.dim() == 2 {
+            x.unsqueeze(1)
+        } else {
+            x.shallow_clone()
+        };
+        let a = a.index_select(0, &self.rows).to_kind(x.kind());
+        let bf = bf.index_select(0, &self.rows).to_kind(x.kind());
+        let delta = x3.matmul(&bf).matmul(&a.transpose(1, 2));
+        let shape = base.size();
+        base + delta.reshape(shape.as_slice())
+    }
+}
