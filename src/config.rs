@@ -263,6 +263,25 @@ impl Default for RunSection {
 /// Upper bound on `rollout.max_staleness` (each version of lag queues a weight copy).
 pub const MAX_STALENESS: u64 = 16;
 
+/// Upper bounds on sizes, so a typo (`group_size = 1000000000`) is refused before anything is
+/// allocated; token counts are also checked against the model's context when the run starts
+/// ([`TrainConfig::check_context`]).
+pub const MAX_GROUP_SIZE: usize = 1024;
+pub const MAX_PROMPTS: usize = 65_536;
+pub const MAX_STEP_SAMPLES: usize = 1 << 20;
+pub const MAX_TOKENS: usize = 1 << 20;
+pub const MAX_BATCH: usize = 65_536;
+pub const MAX_EVAL_PROBLEMS: usize = 1 << 20;
+pub const MAX_EVAL_SAMPLES: usize = 1024;
+
+/// `(key, value, most)`: the first value above its bound is refused, naming the key and the bound.
+fn check_upper_bounds(bounds: &[(&str, usize, usize)]) -> Result<(), (String, String)> {
+    match bounds.iter().find(|(_, v, most)| v > most) {
+        Some((key, v, most)) => Err((key.to_string(), format!("must be at most {most}, got {v}"))),
+        None => Ok(()),
+    }
+}
+
 /// Model presets `model.new_model` accepts (those of `alp-rl new-model`).
 pub const PRESETS: &[&str] = &["tiny", "small"];
 pub const ARCHS: &[&str] = &["qwen2", "qwen3", "llama"];
@@ -390,6 +409,23 @@ impl TrainConfig {
                 return bad(key, format!("must be at least 1, got {v}"));
             }
         }
+        check_upper_bounds(&[
+            ("rollout.group_size", r.group_size, MAX_GROUP_SIZE),
+            ("rollout.prompts_per_step", r.prompts_per_step, MAX_PROMPTS),
+            ("rollout.max_new_tokens", r.max_new_tokens, MAX_TOKENS),
+            ("rollout.max_total_tokens", r.max_total_tokens, MAX_TOKENS),
+            ("rollout.batch_size", r.batch_size, MAX_BATCH),
+        ])?;
+        if r.group_size * r.prompts_per_step > MAX_STEP_SAMPLES {
+            return bad(
+                "rollout.prompts_per_step",
+                format!(
+                    "rollout.group_size x rollout.prompts_per_step is {} samples per step; the most \
+                     is {MAX_STEP_SAMPLES}",
+                    r.group_size * r.prompts_per_step
+                ),
+            );
+        }
         // Each version of lag keeps one more copy of the weights queued for the rollout worker.
         if r.max_staleness > MAX_STALENESS {
             return bad(
@@ -415,6 +451,18 @@ impl TrainConfig {
         }
         if self.run.steps < 1 {
             return bad("run.steps", "must be at least 1, got 0".into());
+        }
+        if self
+            .run
+            .out
+            .as_ref()
+            .is_some_and(|o| o.as_os_str().is_empty())
+        {
+            return bad(
+                "run.out",
+                "is empty; set a run directory such as \"runs/x\", or remove the key for runs/<config stem>"
+                    .into(),
+            );
         }
         if self.run.max_nonfinite_steps < 1 {
             return bad(
@@ -453,6 +501,7 @@ impl TrainConfig {
         if s.batch_size < 1 {
             return bad("batch_size", "must be at least 1, got 0".into());
         }
+        check_upper_bounds(&[("sft.batch_size", s.batch_size, MAX_BATCH)])?;
         if !(s.lr > 0.0 && s.lr.is_finite()) {
             return bad("lr", format!("must be > 0, got {}", s.lr));
         }
@@ -567,6 +616,15 @@ fn validate_eval(e: &EvalSection) -> Result<(), (String, String)> {
     if e.samples < 1 {
         return bad("samples", "must be at least 1, got 0".into());
     }
+    check_upper_bounds(&[
+        ("eval.problems", e.problems, MAX_EVAL_PROBLEMS),
+        ("eval.samples", e.samples, MAX_EVAL_SAMPLES),
+        (
+            "eval.max_new_tokens",
+            e.max_new_tokens.unwrap_or(0),
+            MAX_TOKENS,
+        ),
+    ])?;
     if e.greedy && e.samples > 1 {
         return bad(
             "samples",

@@ -211,6 +211,26 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(String, SftPair)>> {
                     at()
                 ),
             };
+            for (k, m) in messages.iter().enumerate() {
+                let role = m.get("role").and_then(Value::as_str);
+                if !role.is_some_and(|r| ROLES.contains(&r)) {
+                    bail!(
+                        "{}: message {} has role {}; allowed: {}",
+                        at(),
+                        k + 1,
+                        m.get("role").map_or("(none)".to_string(), Value::to_string),
+                        ROLES.join(", ")
+                    );
+                }
+                if !m.get("content").is_some_and(Value::is_string) {
+                    bail!(
+                        "{}: message {} needs a `content` string (tool calls are written in the \
+                         assistant's content)",
+                        at(),
+                        k + 1
+                    );
+                }
+            }
             let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
             let first = messages
                 .iter()
@@ -248,6 +268,32 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(String, SftPair)>> {
     Ok(rows)
 }
 
+/// The message roles an SFT row may use.
+pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// Reads and tokenises the `sft.data` file (when set) before any run file is written, so a bad row, or
+/// one longer than the model's context, is refused by its `file:line` with nothing to clean up.
+pub fn check_data(
+    sft: &SftSection,
+    tokenizer: &Tokenizer,
+    extra: &Map<String, Value>,
+    context: usize,
+) -> Result<()> {
+    let Some(path) = &sft.data else {
+        return Ok(());
+    };
+    for (origin, pair) in read_jsonl(path)? {
+        let ex = encode(tokenizer, &origin, &pair, extra)?;
+        ensure!(
+            ex.ids.len() <= context,
+            "SFT data {origin}: the conversation is {} tokens, more than the model's context of \
+             {context} tokens (max_position_embeddings); shorten it",
+            ex.ids.len()
+        );
+    }
+    Ok(())
+}
+
 /// Mean negative log-likelihood of the trained (assistant) tokens of `batch`, and how many there are.
 pub fn sft_loss(policy: &CausalLM, batch: &[SftExample]) -> Result<(Tensor, usize)> {
     let samples: Vec<Sample> = batch.iter().map(SftExample::to_sample).collect();
@@ -269,19 +315,26 @@ fn save_checkpoint(
 ) -> Result<()> {
     let dir = run.checkpoint(step);
     let tmp = temp_path(&dir);
+    let cannot = |what: &str, p: &Path| format!("cannot {what} {}", p.display());
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp).with_context(|| cannot("remove", &tmp))?;
     }
-    policy.save(&tmp.join("model"))?;
-    tokenizer.save(tmp.join("model"))?;
+    let model = tmp.join("model");
+    policy
+        .save(&model)
+        .with_context(|| cannot("save the model to", &model))?;
+    tokenizer
+        .save(&model)
+        .with_context(|| cannot("save the tokenizer to", &model))?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
+        std::fs::remove_dir_all(&dir).with_context(|| cannot("remove", &dir))?;
     }
-    std::fs::rename(&tmp, &dir)?;
+    std::fs::rename(&tmp, &dir).with_context(|| cannot("rename into place", &tmp))?;
     write_bytes_atomic(
         &run.latest(),
         crate::run_dir::checkpoint_name(step).as_bytes(),
-    )?;
+    )
+    .with_context(|| cannot("write", &run.latest()))?;
     Ok(())
 }
 
@@ -313,7 +366,6 @@ pub fn run(
             last_loss: f64::NAN,
         });
     }
-    std::fs::create_dir_all(run.checkpoints_dir())?;
     let tokenizer = Tokenizer::from_dir(model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
     let kind = alp_policy::parse_kind(&config.model.train_dtype)?;
@@ -324,6 +376,9 @@ pub fn run(
         .cloned()
         .unwrap_or_default();
     let source = SftSource::from_config(config, sft, &tokenizer, &extra)?;
+    // Only once the data has loaded: a bad file leaves nothing that would refuse a rerun.
+    std::fs::create_dir_all(run.checkpoints_dir())
+        .with_context(|| format!("cannot create {}", run.checkpoints_dir().display()))?;
     let mut opt = AdamW::new(
         vec![ParamGroup {
             name: "model".into(),
@@ -484,6 +539,14 @@ mod tests {
             (
                 "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}, {\"role\": \"assistant\", \"content\": \"a\"}], \"tools\": {}}",
                 "`tools` must be a list",
+            ),
+            (
+                "{\"messages\": [{\"role\": \"bot\", \"content\": \"u\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}",
+                "message 1 has role \"bot\"; allowed: system, user, assistant, tool",
+            ),
+            (
+                "{\"messages\": [{\"role\": \"user\", \"content\": 5}, {\"role\": \"assistant\", \"content\": \"a\"}]}",
+                "message 1 needs a `content` string",
             ),
         ] {
             std::fs::write(&path, format!("{row}\n")).unwrap();

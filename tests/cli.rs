@@ -171,7 +171,9 @@ fn generate_errors_name_the_problem() {
         "--top-p",
         "0",
     ]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("top_p"));
+    // Named as the flag the user typed, like a config key is named by its key.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--top-p") && err.contains("(0, 1]"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,10 @@ pub struct Limits {
     pub max_bits: u64,
     /// Largest absolute exponent.
     pub max_exponent: u64,
+    /// Most work for one expression, in estimated machine-word operations (see [`op_cost`]): the size
+    /// limits alone admit expressions that take minutes (thousands of operations on numbers near
+    /// `max_bits`), so the total work is bounded too.
+    pub max_work: u64,
 }
 
 impl Default for Limits {
@@ -29,7 +33,42 @@ impl Default for Limits {
             max_literal_digits: 100,
             max_bits: 4096,
             max_exponent: 4096,
+            max_work: DEFAULT_MAX_WORK,
         }
+    }
+}
+
+/// The default [`Limits::max_work`]: about a second of arithmetic at worst.
+pub const DEFAULT_MAX_WORK: u64 = 1 << 30;
+
+/// Estimated word operations of `a op b`, computed from the operands' sizes before the operation runs.
+/// The result of `a op b` has about `bits(a) + bits(b)` bits (`e * bits(a)` for a power); multiplying
+/// is quadratic in its words, and reducing a fraction (a binary gcd) about 64 times that.
+/// A power the size checks of [`Rational::pow`] refuse (exponent or estimated result too large) costs
+/// nothing here, so it is refused for its own, clearer reason.
+fn op_cost(op: Op, a: &Rational, b: &Rational, limits: &Limits) -> u64 {
+    let bits = match op {
+        Op::Pow => match b.to_i64().map(i64::unsigned_abs) {
+            Some(e) if e <= limits.max_exponent => e
+                .saturating_mul(a.bits())
+                .min(limits.max_bits.saturating_mul(2)),
+            _ => 0,
+        },
+        _ => a.bits().saturating_add(b.bits()),
+    };
+    let words = bits / 64 + 1;
+    let integer = a.is_integer()
+        && b.is_integer()
+        && match op {
+            Op::Div => false,
+            Op::Pow => !b.is_negative(),
+            _ => true,
+        };
+    let square = words.saturating_mul(words);
+    if integer {
+        square
+    } else {
+        square.saturating_mul(64)
     }
 }
 
@@ -83,6 +122,8 @@ pub enum CalcError {
     },
     #[error("{source} (at position {pos})")]
     Arithmetic { source: RationalError, pos: usize },
+    #[error("the expression needs too much computation (the operation at position {pos} exceeds the work limit of {max} word operations); use smaller numbers or fewer operations")]
+    TooMuchWork { max: u64, pos: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +188,7 @@ impl Calculator {
             at: 0,
             calc: self,
             literals: Vec::new(),
+            work: 0,
         };
         let value = p.expr(0)?;
         if let Some((pos, t)) = toks.get(p.at) {
@@ -245,6 +287,8 @@ struct Parser<'a> {
     at: usize,
     calc: &'a Calculator,
     literals: Vec<Rational>,
+    /// Work spent so far ([`op_cost`] summed).
+    work: u64,
 }
 
 impl Parser<'_> {
@@ -359,8 +403,21 @@ impl Parser<'_> {
         }
     }
 
-    fn apply(&self, op: Op, a: &Rational, b: &Rational, pos: usize) -> Result<Rational, CalcError> {
+    fn apply(
+        &mut self,
+        op: Op,
+        a: &Rational,
+        b: &Rational,
+        pos: usize,
+    ) -> Result<Rational, CalcError> {
         let l = &self.calc.limits;
+        self.work = self.work.saturating_add(op_cost(op, a, b, l));
+        if self.work > l.max_work {
+            return Err(CalcError::TooMuchWork {
+                max: l.max_work,
+                pos,
+            });
+        }
         let r = match op {
             Op::Add => a.add(b, l.max_bits),
             Op::Sub => a.sub(b, l.max_bits),

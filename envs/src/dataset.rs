@@ -80,6 +80,27 @@ pub fn load_rows(path: &Path) -> Result<Vec<Value>, EnvError> {
     }
 }
 
+/// Where row `index` (0-based, as [`load_rows`] returns it) sits in `path`, for messages: `line N` of a
+/// JSONL file (blank lines hold no row), `row N` otherwise.
+pub fn row_location(path: &Path, index: usize) -> String {
+    if matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("jsonl") | Some("json")
+    ) {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some((line, _)) = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .nth(index)
+            {
+                return format!("line {}", line + 1);
+            }
+        }
+    }
+    format!("row {}", index + 1)
+}
+
 fn load_jsonl(path: &Path) -> Result<Vec<Value>, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();

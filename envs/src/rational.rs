@@ -61,6 +61,10 @@ impl Rational {
             num = -num;
             den = -den;
         }
+        if den.is_one() {
+            // An integer is reduced already; the binary gcd would take time quadratic in its size.
+            return Rational { num, den };
+        }
         let g = num.gcd(&den);
         if !g.is_one() && !g.is_zero() {
             num /= &g;

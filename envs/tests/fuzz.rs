@@ -310,3 +310,60 @@ fn peak_memory_stays_small() {
         assert!(hwm_kb < 1024 * 1024, "peak resident memory {hwm_kb} kB");
     }
 }
+
+/// Sizes near the largest `tool_math` limits admit expressions whose every operation is slow (a binary
+/// gcd on million-bit fractions takes seconds): the work limit refuses them in bounded time.
+#[test]
+fn calculator_work_is_bounded_at_the_largest_limits() {
+    let calc = Calculator::new(
+        Limits {
+            max_len: 100_000,
+            max_depth: 256,
+            max_literal_digits: 100,
+            max_bits: 1 << 20,
+            max_exponent: 1 << 20,
+            ..Limits::default()
+        },
+        Grammar::FULL,
+    );
+    let big = "(3^400000/(7^100000+1))";
+    let cases = [
+        format!("{big}{}", "*(5/3)".repeat(2000)),
+        format!("{big}{}", "+1/7".repeat(2000)),
+        format!("{}1", "3^400000/7^100000*".repeat(2000)),
+        format!("(2^1000000){}", "-1".repeat(20_000)),
+        "(1/3)^600000 * (3/1)^600000".to_string(),
+    ];
+    for c in &cases {
+        let r = timed("an expensive expression", || calc.evaluate(c));
+        assert!(r.is_err(), "{}... was evaluated", &c[..40]);
+    }
+    let e = timed("refusal", || calc.evaluate(&cases[0]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("too much computation"), "{e}");
+    // Ordinary expressions stay well inside the budget.
+    assert_eq!(
+        calc.evaluate("(12 + 7) * 3 / 4").unwrap().value.to_string(),
+        "57/4"
+    );
+    // The same through the environment at its largest settings: one tool step, bounded time.
+    let env = ToolMath::new(ToolMathSettings {
+        max_expression_chars: 100_000,
+        max_depth: 256,
+        max_bits: 1 << 20,
+        max_exponent: 1 << 20,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut ep = env
+        .reset(&json!({"question": "1 + 1", "answer": "2"}))
+        .unwrap();
+    let call = format!(
+        "<tool_call>{}</tool_call>",
+        json!({"name": "calculator", "arguments": {"expression": format!("{big}{}", "*(5/3)".repeat(100))}})
+    );
+    let o = timed("tool step", || ep.step(&call)).unwrap();
+    let reply = &o.messages[0].content;
+    assert!(reply.contains("too much computation"), "{reply}");
+}

@@ -2,6 +2,7 @@
 //! `#### N` and with `\boxed{N}`, and wrong with N+1.
 
 use alp_envs::dataset::{load_rows, shared_data_file};
+use alp_envs::envs::math::{Math, MathSettings};
 use alp_envs::{registry, Split};
 use serde_json::{json, Value};
 
@@ -89,5 +90,26 @@ fn dataset_splits_load_through_the_environment() {
         env.example(Split::Test, 1319).unwrap(),
         ex,
         "seeds wrap around the dataset"
+    );
+}
+
+#[test]
+fn a_malformed_dataset_row_is_reported_by_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(
+        &path,
+        "{\"question\": \"1 + 1?\", \"answer\": \"#### 2\"}\n\n{\"questoin\": \"2 + 2?\", \"answer\": \"#### 4\"}\n",
+    )
+    .unwrap();
+    let math = Math::new(MathSettings::default());
+    let rows = load_rows(&path).unwrap();
+    let bad = math.malformed_rows(&path, &rows);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(
+        bad[0].starts_with(&format!("{}: line 3: ", path.display()))
+            && bad[0].contains("expected `question`"),
+        "{}",
+        bad[0]
     );
 }

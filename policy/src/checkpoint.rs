@@ -82,6 +82,24 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, PolicyError> {
         .collect();
     files.sort();
     files.dedup();
+    // Shards are files inside the checkpoint: an absolute path or `..` would read outside it.
+    let inside = |f: &str| {
+        let p = Path::new(f);
+        !f.is_empty()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if let Some(f) = files.iter().find(|f| !inside(f)) {
+        return Err(PolicyError::ConfigField {
+            path: index.display().to_string(),
+            field: "weight_map",
+            problem: format!(
+                "names the shard {f:?}, which is not a file inside {}; shards must be plain \
+                 relative file names",
+                dir.display()
+            ),
+        });
+    }
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 

@@ -251,7 +251,7 @@ impl ModelConfig {
             Architecture::Llama => (attention_bias, attention_bias),
         };
 
-        Ok(ModelConfig {
+        let config = ModelConfig {
             architecture,
             vocab_size: required(raw.vocab_size, "vocab_size", path)?,
             hidden_size,
@@ -274,7 +274,78 @@ impl ModelConfig {
             eos_token_ids: token_ids(&raw.eos_token_id),
             stored_dtype: raw.dtype.or(raw.torch_dtype),
             raw: raw_map,
-        })
+        };
+        config.check_values(path)?;
+        Ok(config)
+    }
+
+    /// Refuses values no model can run with (they would otherwise compute NaN everywhere and sample
+    /// token 0 with NaN log-probs, or fail allocating): sizes must be positive, `rms_norm_eps` and
+    /// `rope_theta` positive and finite, `head_dim` even (rotary embeddings rotate pairs).
+    fn check_values(&self, path: &str) -> Result<(), PolicyError> {
+        let bad = |field: &'static str, problem: String| {
+            Err(PolicyError::ConfigField {
+                path: path.to_string(),
+                field,
+                problem,
+            })
+        };
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers as i64),
+            ("num_attention_heads", self.num_attention_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (field, v) in sizes {
+            if v < 1 {
+                return bad(field, format!("is {v}; it must be at least 1"));
+            }
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(
+                "head_dim",
+                format!(
+                    "is {}; rotary embeddings need an even head_dim",
+                    self.head_dim
+                ),
+            );
+        }
+        for (field, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(
+                    field,
+                    format!("is {v}; it must be a positive finite number"),
+                );
+            }
+        }
+        let factors = match self.rope_scaling {
+            RopeScaling::None => vec![],
+            RopeScaling::Linear { factor } => vec![factor],
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => vec![
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            ],
+        };
+        if factors.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
+            return bad(
+                "rope_scaling",
+                format!("has {factors:?}; every factor must be a positive finite number"),
+            );
+        }
+        Ok(())
     }
 
     /// The JSON written beside saved weights: the original fields with the dtype brought up to date.

@@ -256,3 +256,66 @@ fn config_spellings_of_transformers_4_and_5_agree() {
         alp_policy::RopeScaling::Llama3 { .. }
     ));
 }
+
+#[test]
+fn impossible_config_values_are_refused_by_field() {
+    for (field, value) in [
+        ("rope_theta", json!(-5.0)),
+        ("rope_theta", json!(0.0)),
+        ("rms_norm_eps", json!(-1.0)),
+        ("vocab_size", json!(0)),
+        ("hidden_size", json!(-16)),
+        ("max_position_embeddings", json!(0)),
+        ("head_dim", json!(7)),
+    ] {
+        let mut cfg = tiny_config();
+        cfg[field] = value.clone();
+        let msg = ModelConfig::from_json_str(&cfg.to_string(), "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("m/config.json") && msg.contains(&format!("`{field}`")),
+            "{field} = {value}: {msg}"
+        );
+    }
+    let mut cfg = tiny_config();
+    cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": -2.0});
+    let msg = ModelConfig::from_json_str(&cfg.to_string(), "m/config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`rope_scaling`"), "{msg}");
+}
+
+#[test]
+fn a_weight_map_outside_the_checkpoint_is_refused() {
+    let outer = tempfile::tempdir().unwrap();
+    let dir = outer.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    write_valid(&dir);
+    // A valid shard outside the checkpoint directory: it must not be read.
+    std::fs::rename(
+        dir.join("model.safetensors"),
+        outer.path().join("elsewhere.safetensors"),
+    )
+    .unwrap();
+    for shard in [
+        "../elsewhere.safetensors".to_string(),
+        outer
+            .path()
+            .join("elsewhere.safetensors")
+            .display()
+            .to_string(),
+        String::new(),
+    ] {
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            json!({"weight_map": {"model.embed_tokens.weight": shard}}).to_string(),
+        )
+        .unwrap();
+        let msg = load_err(&dir);
+        assert!(
+            msg.contains("weight_map") && msg.contains("not a file inside"),
+            "{shard}: {msg}"
+        );
+    }
+}

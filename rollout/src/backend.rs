@@ -64,4 +64,10 @@ pub trait GenerationBackend {
 
     /// The version of the weights the next `generate` call will use.
     fn policy_version(&self) -> u64;
+
+    /// Most tokens (prompt plus completion) one row may hold: the model's `max_position_embeddings`.
+    /// `None`: no known bound (episodes are then bounded by `max_total_tokens` alone).
+    fn max_context(&self) -> Option<usize> {
+        None
+    }
 }

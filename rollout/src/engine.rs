@@ -157,12 +157,28 @@ impl LocalEngine {
         self.version = version;
     }
 
-    fn check(&self, requests: &[GenerationRequest]) -> Result<(), RolloutError> {
+    fn check(
+        &self,
+        requests: &[GenerationRequest],
+        params: &SamplingParams,
+    ) -> Result<(), RolloutError> {
         let vocab = self.model.config().vocab_size;
+        let context = self.model.config().max_position_embeddings.max(0) as usize;
         for (index, r) in requests.iter().enumerate() {
             let bad = |problem: String| RolloutError::InvalidRequest { index, problem };
             if r.prompt_ids.is_empty() {
                 return Err(bad("the prompt is empty".into()));
+            }
+            // The KV cache holds prompt and completion: refuse a row that cannot fit the model's
+            // context before allocating it (a huge `max_new_tokens` would otherwise abort the process).
+            let max_new = r.max_new_tokens.unwrap_or(params.max_new_tokens);
+            if r.prompt_ids.len().saturating_add(max_new) > context {
+                return Err(bad(format!(
+                    "the prompt is {} tokens and max_new_tokens is {max_new}, more than the model's \
+                     context of {context} tokens (max_position_embeddings); shorten the prompt or \
+                     lower max_new_tokens",
+                    r.prompt_ids.len()
+                )));
             }
             if let Some(&t) = r.prompt_ids.iter().find(|&&t| t < 0 || t >= vocab) {
                 return Err(bad(format!(
@@ -488,7 +504,7 @@ impl LocalEngine {
         row_hooks: &dyn RowHooks,
     ) -> Result<Vec<Completion>, RolloutError> {
         params.validate()?;
-        self.check(requests)?;
+        self.check(requests, params)?;
         let _span = tracing::info_span!("generate", requests = requests.len()).entered();
         match self.scheduling {
             Scheduling::Continuous => Ok(self.generate_batch(requests, 0, params, row_hooks)),
@@ -515,5 +531,9 @@ impl GenerationBackend for LocalEngine {
 
     fn policy_version(&self) -> u64 {
         self.version
+    }
+
+    fn max_context(&self) -> Option<usize> {
+        Some(self.model.config().max_position_embeddings.max(0) as usize)
     }
 }

@@ -146,12 +146,26 @@ pub fn run_episodes(
         if active.is_empty() {
             break;
         }
+        let context = backend.max_context();
         let mut requests = Vec::with_capacity(active.len());
+        let mut asked = Vec::with_capacity(active.len());
         for &i in &active {
             let t = &live[i].traj;
+            let used = t.prompt_ids.len() + t.completion_ids.len();
+            // The model cannot attend past its context: a prompt that already fills it fails its
+            // episode (it is the data's problem, not the run's), and no turn may sample past it.
+            if let Some(ctx) = context.filter(|&ctx| used >= ctx) {
+                let reason = format!(
+                    "the conversation is {used} tokens but the model's context \
+                     (max_position_embeddings) is {ctx}; shorten the prompt"
+                );
+                live[i].fail(reason);
+                continue;
+            }
             let budget = settings
                 .max_total_tokens
-                .saturating_sub(t.completion_ids.len());
+                .saturating_sub(t.completion_ids.len())
+                .min(context.map_or(usize::MAX, |ctx| ctx - used));
             let mut prompt = t.prompt_ids.clone();
             prompt.extend_from_slice(&t.completion_ids);
             requests.push(GenerationRequest {
@@ -159,10 +173,14 @@ pub fn run_episodes(
                 max_new_tokens: Some(budget.min(params.max_new_tokens)),
                 stop_token_ids: None,
             });
+            asked.push(i);
+        }
+        if asked.is_empty() {
+            continue;
         }
         let completions = backend.generate(&requests, &turn_params(params, turn))?;
         turn += 1;
-        for (&i, c) in active.iter().zip(completions) {
+        for (&i, c) in asked.iter().zip(completions) {
             let ep = &mut live[i];
             ep.traj.policy_version = ep.traj.policy_version.min(c.policy_version);
             ep.traj.num_turns += 1;
@@ -209,6 +227,16 @@ pub fn run_episodes(
                     .iter()
                     .map(|m| serde_json::to_value(m).expect("messages serialise"));
                 match env_tokens(tokenizer, &mut ep.messages, &ep.tools, &so_far, new, extra) {
+                    // The reply must leave room for at least one more sampled token within both
+                    // `max_total_tokens` and the model's context; otherwise the episode ends here
+                    // (`length`) and the reply is not appended, so no episode exceeds its budget.
+                    Ok(ids)
+                        if ep.traj.completion_ids.len() + ids.len()
+                            >= settings.max_total_tokens
+                            || context.is_some_and(|ctx| so_far.len() + ids.len() >= ctx) =>
+                    {
+                        ep.finish(&obs, "length");
+                    }
                     Ok(ids) => {
                         ep.traj
                             .loss_mask

@@ -420,6 +420,38 @@ fn bad_requests_and_settings_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("temperature"));
+    // A row that cannot fit the model's context is refused before its KV cache is allocated
+    // (`max_new_tokens = 10^9` used to abort the process), whether the limit is the call's or the row's.
+    let context = engine.model().config().max_position_embeddings as usize;
+    assert_eq!(engine.max_context(), Some(context));
+    let huge = SamplingParams {
+        max_new_tokens: 1_000_000_000,
+        ..SamplingParams::default()
+    };
+    let err = engine
+        .generate(&[GenerationRequest::new(vec![1, 2])], &huge)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("request 0") && err.contains("max_position_embeddings"),
+        "{err}"
+    );
+    let row = GenerationRequest {
+        prompt_ids: vec![1; context],
+        max_new_tokens: Some(1),
+        stop_token_ids: None,
+    };
+    let err = engine
+        .generate(
+            &[GenerationRequest::new(vec![1]), row],
+            &SamplingParams::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("request 1") && err.contains(&format!("{context}")),
+        "{err}"
+    );
 }
 
 /// Requests of varied prompt lengths whose completions end at different steps (per-row limits, a

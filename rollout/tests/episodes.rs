@@ -20,6 +20,8 @@ struct Scripted {
     replies: Vec<String>,
     turn: usize,
     calls: Vec<Vec<GenerationRequest>>,
+    /// What `max_context` reports (the model's context, for the budget tests).
+    context: Option<usize>,
 }
 
 const SCRIPTED_LOGPROB: f32 = -0.25;
@@ -56,6 +58,10 @@ impl GenerationBackend for Scripted {
     fn policy_version(&self) -> u64 {
         7
     }
+
+    fn max_context(&self) -> Option<usize> {
+        self.context
+    }
 }
 
 #[test]
@@ -74,6 +80,7 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
         replies: vec![call.clone(), final_answer.clone()],
         turn: 0,
         calls: vec![],
+        context: None,
     };
     let params = SamplingParams::default();
     let out = run_episodes(
@@ -195,6 +202,7 @@ fn encoded_reference_conversations_are_the_trajectories_the_runner_records() {
             replies,
             turn: 0,
             calls: vec![],
+            context: None,
         };
         let t = run_episodes(
             &mut backend,
@@ -316,6 +324,7 @@ fn a_panicking_environment_fails_only_its_episode() {
         replies: vec!["hi".into()],
         turn: 0,
         calls: vec![],
+        context: None,
     };
     let out = run_episodes(
         &mut backend,
@@ -389,6 +398,77 @@ fn single_turn_episodes_on_the_local_engine_score_their_own_text() {
         assert_eq!(t.reward, score.reward);
         assert_eq!(t.correct, score.correct);
     }
+}
+
+/// A tool call whose answer has 309 digits, and the episode's token budget.
+fn huge_reply_episode(
+    max_total_tokens: usize,
+    context: Option<usize>,
+) -> (Vec<alp_rollout::Trajectory>, usize) {
+    let tok = tokenizer();
+    let env = cli::build("tool_math", &json!({})).unwrap();
+    let example = env.example(Split::Train, 3).unwrap();
+    let call = "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"10^308\"}}</tool_call>";
+    let mut backend = Scripted {
+        tokenizer: tokenizer(),
+        replies: vec![call.into(), "\\boxed{1}".into()],
+        turn: 0,
+        calls: vec![],
+        context,
+    };
+    let settings = EpisodeSettings {
+        max_total_tokens,
+        ..Default::default()
+    };
+    let out = run_episodes(
+        &mut backend,
+        &tok,
+        env.as_ref(),
+        std::slice::from_ref(&example),
+        &SamplingParams::default(),
+        &settings,
+    )
+    .unwrap();
+    (out, backend.calls.len())
+}
+
+#[test]
+fn a_tool_reply_past_max_total_tokens_ends_the_episode_without_it() {
+    // The call is about 90 tokens with the char tokenizer; its 309-digit reply does not fit in 150.
+    let (out, calls) = huge_reply_episode(150, None);
+    let t = &out[0];
+    assert_eq!(t.error, None);
+    assert_eq!(t.finish_reason, "length");
+    assert_eq!(t.num_turns, 1);
+    assert_eq!(calls, 1, "no turn is sampled after the budget ran out");
+    assert!(t.completion_ids.len() <= 150, "{}", t.completion_ids.len());
+    assert!(
+        t.loss_mask.iter().all(|&m| m == 1),
+        "the reply was not appended"
+    );
+    // With room for it, the same reply is appended and the episode goes on.
+    let (out, calls) = huge_reply_episode(2000, None);
+    assert_eq!(calls, 2);
+    assert_eq!(out[0].num_turns, 2);
+    assert!(out[0].loss_mask.contains(&0));
+}
+
+#[test]
+fn the_model_context_bounds_every_episode() {
+    // Budget 2000 but a 300-token context: the reply cannot fit the context.
+    let (out, calls) = huge_reply_episode(2000, Some(300));
+    let t = &out[0];
+    assert_eq!((t.finish_reason.as_str(), calls), ("length", 1));
+    assert!(t.prompt_ids.len() + t.completion_ids.len() < 300);
+    // A prompt longer than the context fails its episode with the reason, before any generation.
+    let (out, calls) = huge_reply_episode(2000, Some(20));
+    let t = &out[0];
+    assert_eq!((t.finish_reason.as_str(), calls), ("error", 0));
+    let e = t.error.as_deref().unwrap();
+    assert!(
+        e.contains("max_position_embeddings") && e.contains("20"),
+        "{e}"
+    );
 }
 
 /// Episodes of 1 to 3 turns whatever the model writes: each turn gets a user reply ("again") until

@@ -56,6 +56,7 @@ pub fn run(args: EnvArgs) -> Result<()> {
             seed,
             split,
         } => {
+            super::check_count("--n", n, crate::config::MAX_EVAL_PROBLEMS)?;
             let settings = cli::parse_overrides(&set)?;
             let split = match split {
                 SplitArg::Train => Split::Train,

@@ -50,8 +50,33 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    anyhow::ensure!(args.n >= 1, "--n must be at least 1");
-    let env = cli::build(&args.env, &cli::parse_overrides(&args.set)?)?;
+    // The flags are checked like the `[eval]` and `[rollout]` keys they mirror, before any work.
+    use crate::config::{MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_TOKENS};
+    super::check_count("--n", args.n, MAX_EVAL_SAMPLES)?;
+    super::check_count("--problems", args.problems, MAX_EVAL_PROBLEMS)?;
+    super::check_count("--batch-size", args.batch_size, MAX_BATCH)?;
+    super::check_count("--max-total-tokens", args.max_total_tokens, MAX_TOKENS)?;
+    anyhow::ensure!(
+        !(args.greedy && args.n > 1),
+        "--n is {} but --greedy makes every sample the same; pass --n 1, or drop --greedy",
+        args.n
+    );
+    anyhow::ensure!(
+        args.max_total_tokens >= args.max_new_tokens,
+        "--max-total-tokens ({}) must be at least --max-new-tokens ({})",
+        args.max_total_tokens,
+        args.max_new_tokens
+    );
+    let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    super::check_sampling_flags(&SamplingParams {
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_new_tokens: args.max_new_tokens,
+        ..SamplingParams::default()
+    })?;
+    let env = cli::build(&args.env, &cli::parse_overrides(&args.set)?)
+        .with_context(|| format!("--env {}", args.env))?;
     let split = match args.split {
         SplitArg::Train => Split::Train,
         SplitArg::Heldout => Split::Test,
@@ -62,7 +87,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let tokenizer = Tokenizer::from_dir(&args.model)
         .with_context(|| format!("eval needs tokenizer.json in {}", args.model.display()))?;
-    let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
     let model = super::load_inference_model(&args.model, kind)?;
     let params = SamplingParams {
         greedy: args.greedy,

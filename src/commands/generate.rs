@@ -112,6 +112,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         other => bail!("--logprobs {other:?}: use sampling, temperature or raw"),
     };
     let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    // The flags are checked like the `[rollout]` keys they mirror, before the model is loaded.
+    super::check_count("--batch-size", args.batch_size, crate::config::MAX_BATCH)?;
+    super::check_sampling_flags(&SamplingParams {
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        max_new_tokens: args.max_new_tokens,
+        ..SamplingParams::default()
+    })?;
     let inputs = if let Some(ids) = &args.prompt_ids {
         vec![PromptInput::Ids(ids.clone())]
     } else if let Some(text) = &args.prompt {
@@ -170,7 +180,27 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let mut engine = LocalEngine::new(model, args.batch_size);
-    let completions = engine.generate(&requests, &params)?;
+    let completions = engine
+        .generate(&requests, &params)
+        .with_context(|| match &args.prompts {
+            // Request i is the i-th prompt of the file (blank lines hold none).
+            Some(file) => format!(
+                "--prompts {} (requests count its prompts from 0)",
+                file.display()
+            ),
+            None if args.prompt_ids.is_some() => "--prompt-ids".to_string(),
+            None => "--prompt".to_string(),
+        })?;
+    if let Some(c) = completions
+        .iter()
+        .position(|c| c.logprobs.iter().any(|lp| !lp.is_finite()))
+    {
+        bail!(
+            "completion {c}: the model in {} produced non-finite log-probs (its weights or config \
+             give NaN logits); try --dtype f32, or check the checkpoint",
+            args.model.display()
+        );
+    }
     let new_tokens: usize = completions.iter().map(|c| c.completion_ids.len()).sum();
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use alp_policy::{parse_kind, CausalLM, LoadOptions, ModelConfig};
 use alp_tokenizer::CharTokenizerSpec;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -26,7 +26,23 @@ pub struct NewModelArgs {
 }
 
 pub fn run(args: NewModelArgs) -> Result<()> {
-    write_model(&args.preset, &args.arch, &args.out, args.seed, &args.dtype)
+    let out = &args.out;
+    // Never overwrite: a checkpoint (or anything else) already there is refused, not replaced.
+    if out.exists() {
+        let empty_dir = out.is_dir()
+            && std::fs::read_dir(out)
+                .with_context(|| format!("cannot read {}", out.display()))?
+                .next()
+                .is_none();
+        ensure!(
+            empty_dir,
+            "--out {}: already exists and is not an empty directory; new-model never overwrites, \
+             pass a new path",
+            out.display()
+        );
+    }
+    parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    write_model(&args.preset, &args.arch, out, args.seed, &args.dtype)
 }
 
 /// Writes a random `preset` model of family `arch` with the char tokenizer into `out`.
@@ -37,18 +53,45 @@ pub fn write_model(
     seed: u64,
     dtype: &str,
 ) -> Result<()> {
+    let (config, tokenizer) = preset_config(preset, arch)?;
+    let kind = parse_kind(dtype)?;
+    let model = CausalLM::random(
+        config,
+        &LoadOptions {
+            kind,
+            ..LoadOptions::default()
+        },
+        seed,
+    )?;
+    model
+        .save(out)
+        .with_context(|| format!("cannot write the model to {}", out.display()))?;
+    tokenizer
+        .save(out)
+        .with_context(|| format!("cannot write the tokenizer to {}", out.display()))?;
+    let params: i64 = model
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    tracing::info!(dir = %out.display(), params, preset, "wrote a random model");
+    Ok(())
+}
+
+/// The model config of a preset (what `write_model` writes) and its character tokenizer.
+pub fn preset_config(preset: &str, arch: &str) -> Result<(ModelConfig, alp_tokenizer::Tokenizer)> {
     let spec = CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars());
     let tokenizer = spec.build()?;
     let (layers, hidden, heads, kv_heads, inter) = match preset {
         "tiny" => (2, 64, 4, 2, 192),
         "small" => (4, 256, 8, 2, 704),
-        other => bail!("preset {other:?}: use tiny or small"),
+        other => bail!("--preset {other:?}: unknown preset; use tiny or small"),
     };
     let class = match arch {
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
         "llama" => "LlamaForCausalLM",
-        other => bail!("arch {other:?}: use qwen2, qwen3 or llama"),
+        other => bail!("--arch {other:?}: unknown architecture; use qwen2, qwen3 or llama"),
     };
     let eos = tokenizer
         .eos_token_id()
@@ -63,24 +106,5 @@ pub fn write_model(
         "pad_token_id": tokenizer.pad_token_id(), "torch_dtype": "float32"
     });
     let config = ModelConfig::from_json_str(&config.to_string(), "new-model preset")?;
-    let kind = parse_kind(dtype)?;
-    let model = CausalLM::random(
-        config,
-        &LoadOptions {
-            kind,
-            ..LoadOptions::default()
-        },
-        seed,
-    )?;
-    model
-        .save(out)
-        .with_context(|| format!("cannot write the model to {}", out.display()))?;
-    tokenizer.save(out)?;
-    let params: i64 = model
-        .named_parameters()
-        .iter()
-        .map(|(_, t)| t.numel() as i64)
-        .sum();
-    tracing::info!(dir = %out.display(), params, preset, "wrote a random model");
-    Ok(())
+    Ok((config, tokenizer))
 }

@@ -35,7 +35,11 @@ pub fn run(args: SftArgs) -> Result<()> {
             ..SftSection::default()
         })
         .clone();
+    // The model and the data are read before anything is written, so a bad file leaves no run
+    // directory that would refuse the corrected rerun; the lock is held for the whole phase.
+    train::preflight::check_sft(&config, &sft)?;
     let run = RunDir::new(config.run_dir(&args.config, args.out.as_deref()));
+    let _lock = train::preflight::lock_run_dir(&run.root, true)?;
     if run.metrics().exists() || run.checkpoints_dir().exists() {
         bail!(
             "run directory {} already holds a run: pass --out DIR",

@@ -37,7 +37,8 @@ pub fn save(
     let final_dir = run.checkpoint(state.step);
     let tmp = temp_path(&final_dir);
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     let model_dir = tmp.join("model");
     learner
@@ -51,7 +52,9 @@ pub fn save(
     learner
         .save_state(&tmp.join("learner"))
         .context("saving the learner state")?;
-    write_bytes_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
+    let state_path = tmp.join("state.json");
+    write_bytes_atomic(&state_path, &serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("cannot write {}", state_path.display()))?;
     // Every file reaches the disk before the directory gets its real name (power loss, not only
     // SIGKILL, must never leave a complete-looking checkpoint with missing data).
     sync_tree(&tmp).with_context(|| format!("syncing {}", tmp.display()))?;
@@ -59,14 +62,17 @@ pub fn save(
         // A previous attempt of this step (before a crash and resume): move it to a temporary name
         // first, so a crash during the delete cannot leave a partial `step-N` that looks complete.
         let old = temp_path(&final_dir.with_extension("old"));
-        std::fs::rename(&final_dir, &old)?;
-        std::fs::remove_dir_all(&old)?;
+        std::fs::rename(&final_dir, &old)
+            .with_context(|| format!("cannot move {} aside", final_dir.display()))?;
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove {}", old.display()))?;
     }
     std::fs::rename(&tmp, &final_dir)
         .with_context(|| format!("renaming {} into place", tmp.display()))?;
     sync_dir(&run.checkpoints_dir());
     super::pause::point("latest", state.step);
-    write_bytes_atomic(&run.latest(), checkpoint_name(state.step).as_bytes())?;
+    write_bytes_atomic(&run.latest(), checkpoint_name(state.step).as_bytes())
+        .with_context(|| format!("cannot write {}", run.latest().display()))?;
     prune(run, state.step, keep)?;
     tracing::info!(step = state.step, dir = %final_dir.display(), "checkpoint saved");
     Ok(())
@@ -82,11 +88,14 @@ pub fn load_state(dir: &Path) -> Result<RuntimeState> {
 
 /// Deletes complete checkpoints older than the `keep` newest (never the one `latest` names).
 fn prune(run: &RunDir, latest: u64, keep: usize) -> Result<()> {
-    let steps = run.checkpoint_steps()?;
+    let steps = run
+        .checkpoint_steps()
+        .with_context(|| format!("cannot list {}", run.checkpoints_dir().display()))?;
     let n = steps.len();
     for &s in steps.iter().take(n.saturating_sub(keep)) {
         if s != latest {
-            std::fs::remove_dir_all(run.checkpoint(s))?;
+            std::fs::remove_dir_all(run.checkpoint(s))
+                .with_context(|| format!("cannot remove {}", run.checkpoint(s).display()))?;
         }
     }
     Ok(())

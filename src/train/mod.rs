@@ -8,6 +8,7 @@ pub mod actor;
 pub mod checkpoint;
 pub mod eval;
 pub mod pause;
+pub mod preflight;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,7 +85,8 @@ fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Resul
             saved_path.display()
         );
         for dir in [run.root.clone(), run.rollouts_dir(), run.checkpoints_dir()] {
-            remove_stale_temps(&dir)?;
+            remove_stale_temps(&dir)
+                .with_context(|| format!("cannot clean temporary files in {}", dir.display()))?;
         }
     } else {
         let used = ["run.json", "metrics.parquet", "checkpoints", "rollouts"]
@@ -97,12 +99,19 @@ fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Resul
             );
         }
     }
-    std::fs::create_dir_all(run.rollouts_dir())?;
-    std::fs::create_dir_all(run.checkpoints_dir())?;
+    for dir in [run.rollouts_dir(), run.checkpoints_dir()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     if req.resume && run.run_json().exists() {
-        write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
-        let mut meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.run_json())?)?;
+        write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())
+            .with_context(|| format!("cannot write {}", run.config_toml().display()))?;
+        let path = run.run_json();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--resume: cannot read {}", path.display()))?;
+        let mut meta: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+            format!("--resume: {} is not valid JSON; restore it from a backup, or start a new run with --out DIR", path.display())
+        })?;
         meta["config"] = serde_json::to_value(&req.config)?;
         if let Some(list) = meta["resumes"].as_array_mut() {
             list.push(json!({ "time_unix": unix_now() }));
@@ -120,8 +129,10 @@ pub(crate) fn write_run_files(
     run: &RunDir,
     config_toml: &str,
 ) -> Result<()> {
-    std::fs::create_dir_all(&run.root)?;
-    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())?;
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("cannot create the run directory {}", run.root.display()))?;
+    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())
+        .with_context(|| format!("cannot write {}", run.config_toml().display()))?;
     let meta = json!({
         "config_path": config_path.display().to_string(),
         "start_time_unix": unix_now(),
@@ -138,7 +149,8 @@ pub(crate) fn write_run_files(
         "resumes": [],
         "config": serde_json::to_value(config)?,
     });
-    write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)?;
+    write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)
+        .with_context(|| format!("cannot write {}", run.run_json().display()))?;
     Ok(())
 }
 
@@ -156,7 +168,8 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
     if !dir.join("config.json").exists() {
         let tmp = temp_path(&dir);
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
         crate::commands::new_model::write_model(
             preset,
@@ -165,7 +178,8 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
             config.model.init_seed,
             "f32",
         )?;
-        std::fs::rename(&tmp, &dir)?;
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
     }
     Ok(dir)
 }
@@ -174,14 +188,10 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let config = &req.config;
     let run = RunDir::new(&req.run_dir);
     let config_toml = config.to_toml();
-    // Refuse a missing model before anything is written, so a typo leaves no run directory behind.
-    if let Some(path) = &config.model.path {
-        ensure!(
-            path.join("config.json").exists(),
-            "model.path = {}: no config.json there (expected an HF checkpoint directory)",
-            path.display()
-        );
-    }
+    // Refuse a missing model (or budgets it cannot hold) before anything is written, so a typo
+    // leaves no run directory behind; then hold the run directory's lock for the whole run.
+    preflight::check_model(config, &req.config_path)?;
+    let _lock = preflight::lock_run_dir(&run.root, !req.resume)?;
     prepare_run_dir(&req, &run, &config_toml)?;
     let device = device_of(&config.model.device);
     let mut model_src = initial_model(config, &run)?;
@@ -195,7 +205,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let train_kind = parse_kind(&config.model.train_dtype)?;
     let inference_kind = parse_kind(&config.model.inference_dtype)?;
     let latest = if req.resume {
-        run.latest_checkpoint()?
+        preflight::resume_checkpoint(&run)?
     } else {
         None
     };
@@ -231,6 +241,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             .with_context(|| format!("loading the model in {}", dir.display()))
     };
     let policy = load(&weights_dir, train_kind)?;
+    crate::commands::check_finite(&policy, &weights_dir)?;
     let stop = alp_rollout::default_stop_tokens(&policy, Some(&tokenizer));
     let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
         Some(Box::new(load(&model_src, train_kind)?))

@@ -149,9 +149,16 @@ impl ChatTemplate {
     }
 }
 
-/// A minijinja error with its cause chain, which holds e.g. a failing filter's own message.
+/// A minijinja error with the template line it is at and its cause chain, which holds e.g. a failing
+/// filter's own message. (minijinja's own text names the internal template key, not the file.)
 fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
+    let mut msg = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line() {
+        msg = format!("line {line} of the template: {msg}");
+    }
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         msg.push_str(": ");
@@ -338,6 +345,14 @@ mod tests {
             err.contains("my.jinja") && err.contains("does not compile"),
             "{err}"
         );
+        let err = ChatTemplate::new("two.jinja", "ok\n{% if %}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("two.jinja") && err.contains("line 2 of the template"),
+            "{err}"
+        );
+        assert!(!err.contains("(in chat_template:"), "{err}");
     }
 
     #[test]

@@ -99,12 +99,38 @@ impl Math {
             if rows.is_empty() {
                 return Err((path.clone(), format!("{}: no rows", p.display())));
             }
+            // Every row is read as a problem once, so a malformed one is reported by its file and
+            // line when the split loads; its episodes then fail (reward 0) without failing the run.
+            let bad = self.malformed_rows(&p, &rows);
+            for message in bad.iter().take(5) {
+                tracing::warn!("dataset {message}; its episodes will fail (reward 0)");
+            }
+            if bad.len() > 5 {
+                tracing::warn!(
+                    "dataset {}: {} malformed rows in all",
+                    p.display(),
+                    bad.len()
+                );
+            }
             Ok(Arc::new(rows))
         });
         loaded.clone().map_err(|(_, message)| EnvError::Dataset {
             path: path.clone(),
             message,
         })
+    }
+
+    /// `FILE: line N: why` for every row of `rows` (read from `path`) that is not a problem.
+    pub fn malformed_rows(&self, path: &std::path::Path, rows: &[Value]) -> Vec<String> {
+        rows.iter()
+            .enumerate()
+            .filter_map(|(i, row)| {
+                self.problem(row).err().map(|e| {
+                    let at = crate::dataset::row_location(path, i);
+                    format!("{}: {at}: {e}", path.display())
+                })
+            })
+            .collect()
     }
 
     /// Reads a dataset row: `{question, answer}` (GSM8K), `{prompt, reward_model: {ground_truth}}` (verl), or

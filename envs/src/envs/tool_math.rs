@@ -75,12 +75,22 @@ impl ToolMathSettings {
                 format!("must be 1 to 16, got {}", self.max_calls_per_turn),
             ));
         }
-        if !(1..=100_000).contains(&self.max_expression_chars)
-            || !(1..=256).contains(&self.max_depth)
-        {
+        if !(1..=100_000).contains(&self.max_expression_chars) {
+            return Err((
+                "max_expression_chars",
+                format!("must be 1 to 100000, got {}", self.max_expression_chars),
+            ));
+        }
+        if !(1..=256).contains(&self.max_depth) {
             return Err((
                 "max_depth",
-                "max_expression_chars must be 1 to 100000 and max_depth 1 to 256".into(),
+                format!("must be 1 to 256, got {}", self.max_depth),
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.max_exponent) {
+            return Err((
+                "max_exponent",
+                format!("must be 1 to 1048576, got {}", self.max_exponent),
             ));
         }
         if !(64..=1 << 20).contains(&self.max_bits) {
@@ -143,6 +153,7 @@ impl ToolMath {
             max_literal_digits: 100,
             max_bits: settings.max_bits,
             max_exponent: settings.max_exponent,
+            max_work: crate::calculator::DEFAULT_MAX_WORK,
         };
         Ok(ToolMath {
             calculator: Calculator::new(limits, Grammar::FULL),
