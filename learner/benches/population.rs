@@ -101,7 +101,10 @@ fn main() {
             let tokens: usize = plain.iter().map(|c| c.completion_ids.len()).sum();
             assert_eq!(
                 tokens,
-                perturbed.iter().map(|c| c.completion_ids.len()).sum::<usize>()
+                perturbed
+                    .iter()
+                    .map(|c| c.completion_ids.len())
+                    .sum::<usize>()
             );
             let factor_bytes = factors.bytes();
             let predicted = weight_bytes as f64 / (weight_bytes + factor_bytes) as f64;
