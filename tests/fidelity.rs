@@ -9,10 +9,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use arrow_array::{Array, Float64Array, Int64Array};
-
 mod support;
-use support::{ok, read};
+use support::{metrics, ok};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 
@@ -26,32 +24,6 @@ fn train(out: &Path, sets: &[&str], extra: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run alp-rl")
-}
-
-/// Metrics as `step -> name -> value` (nulls left out).
-fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for b in read(&run.join("metrics.parquet")) {
-        let steps = b
-            .column_by_name("step")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .clone();
-        for i in 0..b.num_rows() {
-            let mut row = BTreeMap::new();
-            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
-                    if c.is_valid(i) {
-                        row.insert(f.name().clone(), c.value(i));
-                    }
-                }
-            }
-            out.insert(steps.value(i), row);
-        }
-    }
-    out
 }
 
 /// Sampling settings under test: identical f32 weights on both sides, temperature below 1, top-p.

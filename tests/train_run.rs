@@ -9,7 +9,7 @@ use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
 use arrow_schema::DataType;
 
 mod support;
-use support::{list_row, ok, read};
+use support::{list_row, metrics, ok, read};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 
@@ -20,32 +20,6 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run alp-rl")
-}
-
-/// Metrics as `step -> name -> value` (nulls left out).
-fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for b in read(&run.join("metrics.parquet")) {
-        let steps = b
-            .column_by_name("step")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .clone();
-        for i in 0..b.num_rows() {
-            let mut row = BTreeMap::new();
-            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
-                    if c.is_valid(i) {
-                        row.insert(f.name().clone(), c.value(i));
-                    }
-                }
-            }
-            out.insert(steps.value(i), row);
-        }
-    }
-    out
 }
 
 fn int_column(b: &RecordBatch, name: &str) -> Vec<i64> {

@@ -224,6 +224,20 @@ fn generation_and_update_use_the_same_noise() {
     );
 }
 
+/// Trial `t`'s quadratic: a starting matrix and its optimum, both N(0, 1), f64.
+fn problem(t: u64, m: i64, n: i64) -> (Tensor, Tensor) {
+    let draw = |slot| {
+        let key = NoiseKey {
+            seed: t,
+            step: 0,
+            forward: 0,
+            slot,
+        };
+        standard_normal(&[m, n], key, Device::Cpu).to_kind(Kind::Double)
+    };
+    (draw(1), draw(2))
+}
+
 /// On `f(W) = -|W - W*|^2` the EGGROLL direction's cosine with the true gradient rises with the rank
 /// towards the full-rank OpenES estimate from the same number of members (averaged over trials).
 #[test]
@@ -242,28 +256,7 @@ fn estimator_direction_improves_with_rank() {
     for rank in [1i64, 2, 4, 8, 16] {
         let mut total = 0.0;
         for t in 0..trials {
-            let w = standard_normal(
-                &[m, n],
-                NoiseKey {
-                    seed: t,
-                    step: 0,
-                    forward: 0,
-                    slot: 1,
-                },
-                Device::Cpu,
-            )
-            .to_kind(Kind::Double);
-            let target = standard_normal(
-                &[m, n],
-                NoiseKey {
-                    seed: t,
-                    step: 0,
-                    forward: 0,
-                    slot: 2,
-                },
-                Device::Cpu,
-            )
-            .to_kind(Kind::Double);
+            let (w, target) = problem(t, m, n);
             let mat = matrix(m, n);
             let population = Population {
                 seed: 100 + t,
@@ -290,28 +283,7 @@ fn estimator_direction_improves_with_rank() {
     // Full-rank OpenES: antithetic Gaussian matrices, the same number of members.
     let mut open = 0.0;
     for t in 0..trials {
-        let w = standard_normal(
-            &[m, n],
-            NoiseKey {
-                seed: t,
-                step: 0,
-                forward: 0,
-                slot: 1,
-            },
-            Device::Cpu,
-        )
-        .to_kind(Kind::Double);
-        let target = standard_normal(
-            &[m, n],
-            NoiseKey {
-                seed: t,
-                step: 0,
-                forward: 0,
-                slot: 2,
-            },
-            Device::Cpu,
-        )
-        .to_kind(Kind::Double);
+        let (w, target) = problem(t, m, n);
         let mut g = Tensor::zeros([m, n], (Kind::Double, Device::Cpu));
         for k in 0..members / 2 {
             let e = standard_normal(

@@ -8,6 +8,16 @@ use alp_rollout::{
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use serde_json::{json, Value};
 
+/// A tiny tied Qwen2 shape over `tok`'s vocabulary.
+fn tiny_config(tok: &Tokenizer) -> alp_policy::ModelConfig {
+    let cfg = json!({
+        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": true
+    });
+    alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap()
+}
+
 fn tokenizer() -> Tokenizer {
     CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars())
         .build()
@@ -351,12 +361,7 @@ fn a_panicking_environment_fails_only_its_episode() {
 fn single_turn_episodes_on_the_local_engine_score_their_own_text() {
     tch::set_num_threads(1);
     let tok = tokenizer();
-    let cfg = json!({
-        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": true
-    });
-    let cfg = alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+    let cfg = tiny_config(&tok);
     let model = alp_policy::CausalLM::random(cfg, &Default::default(), 1).unwrap();
     let mut engine = LocalEngine::new(model, 8);
     let env = cli::build("arithmetic", &json!({})).unwrap();
@@ -527,12 +532,7 @@ impl Environment for Chatty {
 fn multi_turn_episodes_are_the_same_with_continuous_batching() {
     tch::set_num_threads(1);
     let tok = tokenizer();
-    let cfg = json!({
-        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": true
-    });
-    let cfg = alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+    let cfg = tiny_config(&tok);
     let env = Chatty;
     let examples: Vec<Example> = (0..10)
         .map(|s| env.example(Split::Train, s).unwrap())
