@@ -152,17 +152,27 @@ impl PopulationFactors {
 impl RowHooks for PopulationFactors {
     fn for_rows<'a>(&'a self, requests: &[usize]) -> Box<dyn ForwardHooks + 'a> {
         let rows: Vec<i64> = requests.iter().map(|&r| self.request_member[r]).collect();
+        let members = self
+            .per_matrix
+            .values()
+            .next()
+            .map_or(0, |(a, _)| a.size()[0]);
+        // Every member once, in stack order (a full batch before any row finished): use the stacks
+        // as they are instead of gathering a copy per projection.
+        let identity =
+            rows.len() as i64 == members && rows.iter().enumerate().all(|(k, &r)| r == k as i64);
         Box::new(PopulationHooks {
             factors: self,
-            rows: Tensor::from_slice(&rows).to_device(self.device),
+            rows: (!identity).then(|| Tensor::from_slice(&rows).to_device(self.device)),
         })
     }
 }
 
-/// The hooks of one forward: batch row `k` uses the member at stack position `rows[k]`.
+/// The hooks of one forward: batch row `k` uses the member at stack position `rows[k]` (`None`: row
+/// `k` is stack position `k`).
 pub struct PopulationHooks<'a> {
     factors: &'a PopulationFactors,
-    rows: Tensor,
+    rows: Option<Tensor>,
 }
 
 impl ForwardHooks for PopulationHooks<'_> {
@@ -177,9 +187,18 @@ impl ForwardHooks for PopulationHooks<'_> {
         } else {
             x.shallow_clone()
         };
-        let a = a.index_select(0, &self.rows).to_kind(x.kind());
-        let bf = bf.index_select(0, &self.rows).to_kind(x.kind());
-        let delta = x3.matmul(&bf).matmul(&a.transpose(1, 2));
+        let (a, bf) = match &self.rows {
+            Some(rows) => (a.index_select(0, rows), bf.index_select(0, rows)),
+            None => (a.shallow_clone(), bf.shallow_clone()),
+        };
+        // The rank-r term in f32 whatever the activations' dtype: it is r (m + n) multiply-adds per
+        // row, and CPU bf16 batched matmuls of inner size r are slow.
+        let (a, bf) = (a.to_kind(Kind::Float), bf.to_kind(Kind::Float));
+        let delta = x3
+            .to_kind(Kind::Float)
+            .matmul(&bf)
+            .matmul(&a.transpose(1, 2))
+            .to_kind(base.kind());
         let shape = base.size();
         base + delta.reshape(shape.as_slice())
     }
