@@ -98,25 +98,28 @@ struct DecodeBatch {
 }
 
 impl DecodeBatch {
-    /// Keeps the rows listed (`keep`, ascending batch indices) in every per-row buffer.
-    fn keep_rows(&mut self, keep: &[usize]) {
-        if keep.len() == self.rows.len() {
-            return;
+    /// Takes the rows at batch indices `gone` out of every per-row buffer and returns them (in batch
+    /// order), so the remaining rows run faster.
+    fn remove_rows(&mut self, gone: &[usize]) -> Vec<RowState> {
+        if gone.is_empty() {
+            return Vec::new();
         }
-        self.sampler.retain_rows(keep);
-        let mut old: Vec<Option<RowState>> = self.rows.drain(..).map(Some).collect();
-        self.rows = keep
-            .iter()
-            .map(|&k| old[k].take().expect("rows kept once"))
-            .collect();
-        if keep.is_empty() {
-            return;
+        let keep: Vec<usize> = (0..self.rows.len()).filter(|k| !gone.contains(k)).collect();
+        self.sampler.retain_rows(&keep);
+        let (kept, removed): (Vec<_>, Vec<_>) = self
+            .rows
+            .drain(..)
+            .enumerate()
+            .partition(|(k, _)| !gone.contains(k));
+        self.rows = kept.into_iter().map(|(_, r)| r).collect();
+        if !keep.is_empty() {
+            let index: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
+            let index = Tensor::from_slice(&index).to_device(self.key_valid.device());
+            self.cache.select_rows(&index);
+            self.key_valid = self.key_valid.index_select(0, &index);
+            self.last_hidden = self.last_hidden.index_select(0, &index);
         }
-        let index: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
-        let index = Tensor::from_slice(&index).to_device(self.key_valid.device());
-        self.cache.select_rows(&index);
-        self.key_valid = self.key_valid.index_select(0, &index);
-        self.last_hidden = self.last_hidden.index_select(0, &index);
+        removed.into_iter().map(|(_, r)| r).collect()
     }
 }
 
@@ -127,6 +130,16 @@ struct Prefilled {
     last_hidden: Tensor,
     /// `[n, width]` bool.
     valid: Tensor,
+}
+
+impl Prefilled {
+    /// The newcomers' key masks over a cache of `capacity` columns.
+    fn key_valid(&self, capacity: i64) -> Tensor {
+        let n = self.valid.size()[0];
+        let out = Tensor::zeros([n, capacity], (Kind::Bool, self.valid.device()));
+        out.narrow(1, 0, self.width).copy_(&self.valid);
+        out
+    }
 }
 
 impl LocalEngine {
@@ -271,12 +284,7 @@ impl LocalEngine {
             + 1;
         let capacity = capacity as i64;
 
-        let take = |waiting: &mut VecDeque<usize>, n: usize| -> Vec<usize> {
-            (0..n.min(waiting.len()))
-                .filter_map(|_| waiting.pop_front())
-                .collect()
-        };
-        let admit = take(&mut waiting, self.batch_size);
+        let admit = pop_front_n(&mut waiting, self.batch_size);
         if admit.is_empty() {
             return self.finish(requests, done);
         }
@@ -286,8 +294,7 @@ impl LocalEngine {
             capacity,
             row_hooks.for_rows(&request_ids).as_ref(),
         );
-        let key_valid = Tensor::zeros([admit.len() as i64, capacity], (Kind::Bool, device));
-        key_valid.narrow(1, 0, pre.width).copy_(&pre.valid);
+        let key_valid = pre.key_valid(capacity);
         let mut batch = DecodeBatch {
             rows: admit
                 .iter()
@@ -319,18 +326,9 @@ impl LocalEngine {
             // With nobody waiting, finished rows leave before the step; otherwise they decode once
             // more (harmlessly) and their slots are refilled right after.
             if waiting.is_empty() && !finished.is_empty() {
-                let keep: Vec<usize> = (0..batch.rows.len())
-                    .filter(|k| !finished.contains(k))
-                    .collect();
-                for &k in &finished {
-                    let row = std::mem::replace(
-                        &mut batch.rows[k],
-                        RowState::new(0, &requests[0], params),
-                    );
+                for row in batch.remove_rows(&finished) {
                     retire(&mut done, first, row);
                 }
-                // The placeholders sit in the finished positions, which keep_rows drops.
-                batch.keep_rows(&keep);
                 finished.clear();
                 if batch.rows.is_empty() {
                     break;
@@ -404,9 +402,7 @@ impl LocalEngine {
         row_hooks: &dyn RowHooks,
     ) {
         let device = self.model.device();
-        let admit: Vec<usize> = (0..finished.len().min(waiting.len()))
-            .filter_map(|_| waiting.pop_front())
-            .collect();
+        let admit = pop_front_n(waiting, finished.len());
         let slots = &finished[..admit.len()];
         for (&slot, &i) in slots.iter().zip(&admit) {
             let pre = RowState::new(first + i, &requests[i], params);
@@ -423,9 +419,9 @@ impl LocalEngine {
             let index: Vec<i64> = slots.iter().map(|&k| k as i64).collect();
             let index = Tensor::from_slice(&index).to_device(device);
             batch.cache.copy_rows_from(&pre.cache, &index, pre.width);
-            let valid = Tensor::zeros([admit.len() as i64, capacity], (Kind::Bool, device));
-            valid.narrow(1, 0, pre.width).copy_(&pre.valid);
-            let _ = batch.key_valid.index_copy_(0, &index, &valid);
+            let _ = batch
+                .key_valid
+                .index_copy_(0, &index, &pre.key_valid(capacity));
             let _ = batch.last_hidden.index_copy_(0, &index, &pre.last_hidden);
             for (&slot, &i) in slots.iter().zip(&admit) {
                 batch.rows[slot].column = pre.width;
@@ -433,17 +429,8 @@ impl LocalEngine {
             }
         }
         // Finished rows no request took over leave the batch.
-        let leftover = &finished[admit.len()..];
-        if !leftover.is_empty() {
-            for &k in leftover {
-                let row =
-                    std::mem::replace(&mut batch.rows[k], RowState::new(0, &requests[0], params));
-                retire(done, first, row);
-            }
-            let keep: Vec<usize> = (0..batch.rows.len())
-                .filter(|k| !leftover.contains(k))
-                .collect();
-            batch.keep_rows(&keep);
+        for row in batch.remove_rows(&finished[admit.len()..]) {
+            retire(done, first, row);
         }
     }
 
@@ -475,6 +462,12 @@ fn pre_capacity(admit: &[usize], requests: &[GenerationRequest]) -> i64 {
         .map(|&i| requests[i].prompt_ids.len())
         .max()
         .unwrap_or(1) as i64
+}
+
+/// Up to `n` requests from the front of the queue.
+fn pop_front_n(waiting: &mut VecDeque<usize>, n: usize) -> Vec<usize> {
+    let n = n.min(waiting.len());
+    waiting.drain(..n).collect()
 }
 
 /// Files a finished row under its request.
