@@ -159,6 +159,8 @@ struct Activations {
     rope: (Tensor, Tensor),
     rope32: (Tensor, Tensor),
     bias: Tensor,
+    /// `bias` in f32, made once on first use (only a widened forward of a bf16 model needs it).
+    bias32: std::cell::OnceCell<Tensor>,
 }
 
 impl Activations {
@@ -174,7 +176,14 @@ impl Activations {
         if self.bias.kind() == kind {
             self.bias.shallow_clone()
         } else {
-            self.bias.to_kind(kind)
+            debug_assert_eq!(
+                kind,
+                Kind::Float,
+                "activations are the model's dtype or f32"
+            );
+            self.bias32
+                .get_or_init(|| self.bias.to_kind(Kind::Float))
+                .shallow_clone()
         }
     }
 }
@@ -586,16 +595,15 @@ impl CausalLM {
         mut cache: Option<&mut KvCache>,
         hooks: &dyn ForwardHooks,
     ) -> Tensor {
+        // The tables are computed in f32 once; the model-dtype ones are that, cast (as HF does).
         let rope32 = self.rotary.cos_sin(positions, Kind::Float);
-        let rope = if self.kind() == Kind::Float {
-            (rope32.0.shallow_clone(), rope32.1.shallow_clone())
-        } else {
-            self.rotary.cos_sin(positions, self.kind())
-        };
+        let kind = self.kind();
+        let rope = (rope32.0.to_kind(kind), rope32.1.to_kind(kind));
         let act = Activations {
             rope,
             rope32,
             bias: bias.shallow_clone(),
+            bias32: std::cell::OnceCell::new(),
         };
         let mut h = hooks.embedding(input_ids, &self.embed_tokens);
         for layer in &self.layers {
