@@ -101,17 +101,21 @@ impl PopulationFactors {
             .matrices
             .iter()
             .map(|mat| {
+                // Both members of a pair share its factors: generate each pair once.
+                let mut pairs: HashMap<usize, (Tensor, Tensor)> = HashMap::new();
                 let (a, b): (Vec<Tensor>, Vec<Tensor>) = members
                     .iter()
                     .map(|&i| {
-                        let (a, b) = factors(
-                            population.key(mat, i),
-                            mat.m,
-                            mat.n,
-                            population.rank,
-                            device,
-                        );
-                        (a * (sign(i) * scale), b)
+                        let (a, b) = pairs.entry(i / 2).or_insert_with(|| {
+                            factors(
+                                population.key(mat, i),
+                                mat.m,
+                                mat.n,
+                                population.rank,
+                                device,
+                            )
+                        });
+                        (&*a * (sign(i) * scale), b.shallow_clone())
                     })
                     .unzip();
                 (
