@@ -68,12 +68,17 @@ fn mix32_(x: &mut Tensor, tmp: &Tensor) {
     xorshift(x, 16);
 }
 
-/// Uniform 32-bit hashes (as int64 in [0, 2^32)) of the flat indices `0..numel` under `key`.
-pub fn hash_bits(numel: i64, key: NoiseKey, device: Device) -> Tensor {
+/// Element indices are 32-bit counters.
+fn check_numel(numel: i64) {
     assert!(
         numel < (1i64 << 32),
         "noise tensors are limited to 2^32 elements (got {numel})"
     );
+}
+
+/// Uniform 32-bit hashes (as int64 in [0, 2^32)) of the flat indices `0..numel` under `key`.
+pub fn hash_bits(numel: i64, key: NoiseKey, device: Device) -> Tensor {
+    check_numel(numel);
     let (k1, k2) = key.round_keys();
     let mut x = Tensor::arange(numel, (Kind::Int64, device));
     let tmp = x.empty_like();
@@ -200,10 +205,7 @@ fn fill(part: &mut [f32], first: u32, k1: u32, k2: u32) {
 /// element depends only on its index, so the split does not change the result).
 fn standard_normal_cpu(shape: &[i64], key: NoiseKey) -> Tensor {
     let numel: i64 = shape.iter().product();
-    assert!(
-        numel < (1i64 << 32),
-        "noise tensors are limited to 2^32 elements (got {numel})"
-    );
+    check_numel(numel);
     let (k1, k2) = key.round_keys();
     let (k1, k2) = (k1 as u32, k2 as u32);
     let out = Tensor::empty([numel], (Kind::Float, Device::Cpu));
