@@ -727,12 +727,7 @@ mod tests {
                 beta2: 0.999,
                 eps: 1e-8,
             },
-            Schedule {
-                warmup_steps: 0,
-                kind: LrSchedule::Constant,
-                total_steps: None,
-                min_lr_ratio: 0.0,
-            },
+            Schedule::constant(),
         );
         let mut losses = Vec::new();
         for _ in 0..20 {

@@ -35,6 +35,16 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// No warmup, no decay: every step at the base rate.
+    pub fn constant() -> Self {
+        Schedule {
+            warmup_steps: 0,
+            kind: LrSchedule::Constant,
+            total_steps: None,
+            min_lr_ratio: 0.0,
+        }
+    }
+
     pub fn from_settings(s: &OptimizerSettings) -> Self {
         Self {
             warmup_steps: s.warmup_steps,

@@ -11,15 +11,6 @@ use alp_learner::{
 use common::{bit_equal, Rng, ToyLm};
 use tch::{Device, Kind, Tensor};
 
-fn constant() -> Schedule {
-    Schedule {
-        warmup_steps: 0,
-        kind: LrSchedule::Constant,
-        total_steps: None,
-        min_lr_ratio: 0.0,
-    }
-}
-
 /// PyTorch AdamW written out in f64 for one scalar parameter sequence.
 fn reference_adamw(p0: f64, grads: &[f64], lrs: &[f64], wd: f64, cfg: AdamWConfig) -> f64 {
     let (mut p, mut m, mut v) = (p0, 0.0, 0.0);
@@ -144,7 +135,7 @@ fn bf16_parameters_get_f32_moments_and_master_weights() {
             beta2: 0.999,
             eps: 1e-8,
         },
-        constant(),
+        Schedule::constant(),
     );
     for _ in 0..3 {
         opt.zero_grad();
@@ -184,7 +175,7 @@ fn optimizer_save_load_round_trips_and_checks_shapes() {
                 beta2: 0.999,
                 eps: 1e-8,
             },
-            constant(),
+            Schedule::constant(),
         )
     };
     let mut a = make(&p);

@@ -12,8 +12,8 @@ mod oracle;
 
 use alp_learner::{
     completion_log_probs, group_advantages, AdamW, AdamWConfig, AdvantageKind, CorrectionKind,
-    Entropy, Group, Learner, LearnerSettings, LrSchedule, PackedBatch, ParamGroup, RatioLevel,
-    Sample, Schedule, TrainablePolicy,
+    Entropy, Group, Learner, LearnerSettings, PackedBatch, ParamGroup, RatioLevel, Sample,
+    Schedule, TrainablePolicy,
 };
 use alp_policy::NoHooks;
 use common::{Rng, ToyLm};
@@ -413,12 +413,7 @@ fn grad_norm_clipping_equals_torch() {
                 beta2: 0.999,
                 eps: 1e-8,
             },
-            Schedule {
-                warmup_steps: 0,
-                kind: LrSchedule::Constant,
-                total_steps: None,
-                min_lr_ratio: 0.0,
-            },
+            Schedule::constant(),
         );
         let norm = opt.clip_grad_norm(max_norm);
         close("norm", norm, torch["norm"].double_value(&[0]), 1e-6);
