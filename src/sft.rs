@@ -386,11 +386,7 @@ pub fn run(
             lr: sft.lr,
             weight_decay: sft.weight_decay,
         }],
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
+        AdamWConfig::default(),
         Schedule {
             warmup_steps: sft.warmup_steps,
             kind: LrSchedule::Cosine,
@@ -722,11 +718,7 @@ mod tests {
                 lr: 1e-2,
                 weight_decay: 0.0,
             }],
-            AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
+            AdamWConfig::default(),
             Schedule::constant(),
         );
         let mut losses = Vec::new();

@@ -81,6 +81,17 @@ pub struct AdamWConfig {
     pub eps: f64,
 }
 
+impl Default for AdamWConfig {
+    /// PyTorch's AdamW defaults.
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ParamState {
     name: String,

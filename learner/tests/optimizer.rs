@@ -130,11 +130,7 @@ fn bf16_parameters_get_f32_moments_and_master_weights() {
             lr: 1e-4,
             weight_decay: 0.0,
         }],
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        },
+        AdamWConfig::default(),
         Schedule::constant(),
     );
     for _ in 0..3 {
@@ -170,11 +166,7 @@ fn optimizer_save_load_round_trips_and_checks_shapes() {
                 lr: 0.1,
                 weight_decay: 0.01,
             }],
-            AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
+            AdamWConfig::default(),
             Schedule::constant(),
         )
     };

@@ -408,11 +408,7 @@ fn grad_norm_clipping_equals_torch() {
                 lr: 0.0,
                 weight_decay: 0.0,
             }],
-            AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-            },
+            AdamWConfig::default(),
             Schedule::constant(),
         );
         let norm = opt.clip_grad_norm(max_norm);
