@@ -10,7 +10,8 @@ use serde_json::json;
 
 #[derive(Args, Debug)]
 pub struct NewModelArgs {
-    /// Size preset: `tiny` (2 layers, hidden 64) or `small` (4 layers, hidden 256).
+    /// Size preset: `tiny` (2 layers, hidden 64), `small` (4 layers, hidden 256) or `vllm-tiny` (2
+    /// layers, hidden 128, head_dim 64: the smallest shape vLLM's CPU attention serves).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Decoder family: qwen2, qwen3 or llama.
@@ -85,7 +86,9 @@ pub fn preset_config(preset: &str, arch: &str) -> Result<(ModelConfig, alp_token
     let (layers, hidden, heads, kv_heads, inter) = match preset {
         "tiny" => (2, 64, 4, 2, 192),
         "small" => (4, 256, 8, 2, 704),
-        other => bail!("--preset {other:?}: unknown preset; use tiny or small"),
+        // vLLM's CPU attention needs head_dim >= 64 (tiny and small have 16 and 32).
+        "vllm-tiny" => (2, 128, 2, 1, 384),
+        other => bail!("--preset {other:?}: unknown preset; use tiny, small or vllm-tiny"),
     };
     let class = match arch {
         "qwen2" => "Qwen2ForCausalLM",
