@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, KvCache, NoHooks, RowHooks};
 use tch::{Device, Kind, Tensor};
 
-use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
+use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest, SyncReport};
 use crate::error::RolloutError;
 use crate::sampling::{RowSampler, SamplingParams};
 
@@ -528,5 +528,20 @@ impl GenerationBackend for LocalEngine {
 
     fn max_context(&self) -> Option<usize> {
         Some(self.model.config().max_position_embeddings.max(0) as usize)
+    }
+
+    /// [`LocalEngine::update_weights`]: an in-process copy, nothing to verify.
+    fn sync_weights(
+        &mut self,
+        weights: &CausalLM,
+        version: u64,
+    ) -> Result<SyncReport, RolloutError> {
+        let start = std::time::Instant::now();
+        self.update_weights(weights, version);
+        Ok(SyncReport {
+            version,
+            probes: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 }
