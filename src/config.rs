@@ -5,7 +5,9 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use alp_envs::{Environment, Registry};
 use alp_learner::LearnerSettings;
 use alp_rollout::{LogprobMode, SamplingParams};
 use serde::{Deserialize, Serialize};
@@ -288,9 +290,11 @@ pub const ARCHS: &[&str] = &["qwen2", "qwen3", "llama"];
 pub const DEVICES: &[&str] = &["auto", "cpu", "cuda"];
 
 /// A loaded config and what it came from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadedConfig {
     pub config: TrainConfig,
+    /// The `[env]` environment, built by validation from the registry `load` was given.
+    pub env: Arc<dyn Environment>,
     pub path: PathBuf,
 }
 
@@ -335,7 +339,11 @@ impl TrainConfig {
     }
 
     /// Range and consistency checks; the error names the key (a dotted path) and what is allowed.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Returns the environment, built once from `[env]` with `registry`.
+    pub fn validate(
+        &self,
+        registry: &Registry,
+    ) -> Result<Arc<dyn Environment>, (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         let m = &self.model;
         match (&m.path, &m.new_model) {
@@ -483,17 +491,17 @@ impl TrainConfig {
                 ),
             );
         }
-        self.validate_env()?;
+        let env = self.validate_env(registry)?;
         if let Some(sft) = &self.sft {
-            self.validate_sft(sft)?;
+            self.validate_sft(sft, env.as_ref())?;
         }
         if let Some(e) = &self.eval {
             validate_eval(e)?;
         }
-        Ok(())
+        Ok(env)
     }
 
-    fn validate_sft(&self, s: &SftSection) -> Result<(), (String, String)> {
+    fn validate_sft(&self, s: &SftSection, env: &dyn Environment) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((format!("sft.{key}"), msg));
         if s.steps < 1 {
             return bad("steps", "must be at least 1, got 0".into());
@@ -535,8 +543,6 @@ impl TrainConfig {
             Some(_) => Ok(()),
             None => {
                 // Without a file the pairs come from the environment: it must have worked answers.
-                let env = alp_envs::cli::build(&self.env.name, &self.env.settings_json())
-                    .map_err(|e| ("env".to_string(), e.to_string()))?;
                 let has = env
                     .example(alp_envs::Split::Train, 0)
                     .and_then(|ex| env.reference_turns(&ex.data))
@@ -556,8 +562,8 @@ impl TrainConfig {
     }
 
     /// Builds the environment once, so a bad setting is refused before the model loads.
-    fn validate_env(&self) -> Result<(), (String, String)> {
-        let names = alp_envs::registry().names();
+    fn validate_env(&self, registry: &Registry) -> Result<Arc<dyn Environment>, (String, String)> {
+        let names = registry.names();
         if !names.contains(&self.env.name.as_str()) {
             let mut msg = format!(
                 "unknown environment {:?}; allowed: {}",
@@ -569,8 +575,8 @@ impl TrainConfig {
             }
             return Err(("env.name".into(), msg));
         }
-        match alp_envs::cli::build(&self.env.name, &self.env.settings_json()) {
-            Ok(_) => Ok(()),
+        match registry.build(&self.env.name, &self.env.settings_json()) {
+            Ok(env) => Ok(env),
             Err(e) => {
                 let text = e.to_string();
                 // The env error names the setting as "setting `NAME`"; point at that key.
@@ -641,7 +647,11 @@ fn validate_eval(e: &EvalSection) -> Result<(), (String, String)> {
 }
 
 /// Reads, overrides, deserialises and validates a config file.
-pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigError> {
+pub fn load(
+    path: &Path,
+    overrides: &[String],
+    registry: &Registry,
+) -> Result<LoadedConfig, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         location: file.clone(),
@@ -695,7 +705,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigErr
     }
 
     inherit_run_seed(&mut config, &table);
-    config.validate().map_err(|(key, message)| {
+    let env = config.validate(registry).map_err(|(key, message)| {
         let location = overridden
             .iter()
             .rev()
@@ -711,6 +721,7 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<LoadedConfig, ConfigErr
     })?;
     Ok(LoadedConfig {
         config,
+        env,
         path: path.to_path_buf(),
     })
 }
@@ -893,11 +904,11 @@ mod tests {
                 c.sft.as_ref().unwrap().seed,
             )
         };
-        assert_eq!(seeds(&load(&path, &[]).unwrap().config), (5, 5, 5));
+        assert_eq!(seeds(&load(&path, &[], &Registry::builtin()).unwrap().config), (5, 5, 5));
         let over = ["run.seed=7".to_string(), "learner.seed=3".to_string()];
-        assert_eq!(seeds(&load(&path, &over).unwrap().config), (7, 3, 7));
+        assert_eq!(seeds(&load(&path, &over, &Registry::builtin()).unwrap().config), (7, 3, 7));
         std::fs::write(&path, text.replace("steps = 1", "steps = 1\nseed = 9")).unwrap();
-        assert_eq!(seeds(&load(&path, &[]).unwrap().config), (5, 5, 9));
+        assert_eq!(seeds(&load(&path, &[], &Registry::builtin()).unwrap().config), (5, 5, 9));
     }
 
     #[test]

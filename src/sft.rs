@@ -110,17 +110,14 @@ pub enum SftSource {
 
 impl SftSource {
     pub fn from_config(
-        config: &TrainConfig,
         sft: &SftSection,
+        env: Arc<dyn Environment>,
         tokenizer: &Tokenizer,
         extra: &Map<String, Value>,
     ) -> Result<Self> {
         match &sft.data {
             Some(path) => Self::from_rows(read_jsonl(path)?, tokenizer, extra),
-            None => Ok(SftSource::Env(alp_envs::cli::build(
-                &config.env.name,
-                &config.env.settings_json(),
-            )?)),
+            None => Ok(SftSource::Env(env)),
         }
     }
 
@@ -352,6 +349,7 @@ pub struct SftSummary {
 pub fn run(
     config: &TrainConfig,
     sft: &SftSection,
+    env: Arc<dyn Environment>,
     run: &RunDir,
     model_src: &Path,
     config_toml: &str,
@@ -375,7 +373,7 @@ pub fn run(
         .as_object()
         .cloned()
         .unwrap_or_default();
-    let source = SftSource::from_config(config, sft, &tokenizer, &extra)?;
+    let source = SftSource::from_config(sft, env, &tokenizer, &extra)?;
     // Only once the data has loaded: a bad file leaves nothing that would refuse a rerun.
     std::fs::create_dir_all(run.checkpoints_dir())
         .with_context(|| format!("cannot create {}", run.checkpoints_dir().display()))?;
@@ -652,7 +650,9 @@ mod tests {
     fn tool_math_warm_start_trains_the_tokens_of_an_rl_episode() {
         let tok = tokenizer();
         let settings = json!({"max_turns": 2, "source_settings": {"digits": 1, "max_operands": 2}, "prompt_template": "{question} ="});
-        let env = alp_envs::cli::build("tool_math", &settings).unwrap();
+        let env = alp_envs::Registry::builtin()
+            .build("tool_math", &settings)
+            .unwrap();
         let source = SftSource::Env(env.clone());
         for index in 0..10 {
             let ex = source.example(index, &tok, &Map::new()).unwrap();

@@ -2,7 +2,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use alp_envs::{cli, Split};
+use alp_envs::{cli, Registry, Split};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -45,10 +45,10 @@ pub enum SplitArg {
     Heldout,
 }
 
-pub fn run(args: EnvArgs) -> Result<()> {
+pub fn run(args: EnvArgs, registry: &Registry) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match args.command {
-        EnvCommand::List => write!(out, "{}", cli::list_text())?,
+        EnvCommand::List => write!(out, "{}", cli::list_text(registry))?,
         EnvCommand::Sample {
             name,
             set,
@@ -62,12 +62,12 @@ pub fn run(args: EnvArgs) -> Result<()> {
                 SplitArg::Train => Split::Train,
                 SplitArg::Heldout => Split::Test,
             };
-            for episode in cli::sample_split(&name, &settings, n, seed, split)? {
+            for episode in cli::sample_split(registry, &name, &settings, n, seed, split)? {
                 writeln!(out, "{episode}")?;
             }
         }
         EnvCommand::Score { name, input, set } => {
-            let env = cli::build(&name, &cli::parse_overrides(&set)?)?;
+            let env = cli::build(registry, &name, &cli::parse_overrides(&set)?)?;
             let file = std::fs::File::open(&input)
                 .with_context(|| format!("cannot open {}", input.display()))?;
             for (i, line) in std::io::BufReader::new(file).lines().enumerate() {

@@ -1,7 +1,7 @@
 //! `alp-rl eval`: accuracy (avg@k) and unbiased pass@k of a model on an environment, as JSON.
 use std::path::PathBuf;
 
-use alp_envs::{cli, Split};
+use alp_envs::{cli, Registry, Split};
 use alp_policy::parse_kind;
 use alp_rollout::{default_stop_tokens, evaluate, EpisodeSettings, LocalEngine, SamplingParams};
 use alp_tokenizer::Tokenizer;
@@ -49,7 +49,7 @@ pub struct EvalArgs {
     pub batch_size: usize,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     // The flags are checked like the `[eval]` and `[rollout]` keys they mirror, before any work.
     use crate::config::{MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_TOKENS};
     super::check_count("--n", args.n, MAX_EVAL_SAMPLES)?;
@@ -75,7 +75,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         ..SamplingParams::default()
     })?;
-    let env = cli::build(&args.env, &cli::parse_overrides(&args.set)?)
+    let env = cli::build(registry, &args.env, &cli::parse_overrides(&args.set)?)
         .with_context(|| format!("--env {}", args.env))?;
     let split = match args.split {
         SplitArg::Train => Split::Train,

@@ -12,8 +12,10 @@ pub mod preflight;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use alp_envs::Environment;
 use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
 use alp_policy::{parse_kind, CausalLM, LoadOptions};
 use alp_rollout::{EpisodeSettings, Trajectory};
@@ -29,9 +31,11 @@ use actor::{Actor, ActorSettings, RolloutBatch};
 use checkpoint::RuntimeState;
 
 /// What `train` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainRequest {
     pub config: TrainConfig,
+    /// The `[env]` environment (built from the application's registry when the config was loaded).
+    pub env: Arc<dyn Environment>,
     pub config_path: PathBuf,
     pub run_dir: PathBuf,
     pub resume: bool,
@@ -190,7 +194,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let config_toml = config.to_toml();
     // Refuse a missing model (or budgets it cannot hold) before anything is written, so a typo
     // leaves no run directory behind; then hold the run directory's lock for the whole run.
-    preflight::check_model(config, &req.config_path)?;
+    preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
     let _lock = preflight::lock_run_dir(&run.root, !req.resume)?;
     prepare_run_dir(&req, &run, &config_toml)?;
     let device = device_of(&config.model.device);
@@ -199,7 +203,15 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         // The warm start: its logs and checkpoints go to RUN/sft/, RL starts from its last model
         // (which is also the reference policy of a KL term).
         let sft_run = RunDir::new(run.root.join("sft"));
-        model_src = crate::sft::run(config, sft, &sft_run, &model_src, &config_toml, device)?.model;
+        model_src = crate::sft::run(
+            config,
+            sft,
+            req.env.clone(),
+            &sft_run,
+            &model_src,
+            &config_toml,
+            device,
+        )?.model;
     }
 
     let train_kind = parse_kind(&config.model.train_dtype)?;
@@ -280,7 +292,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         }
     }
 
-    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
+    let env = req.env.clone();
     let mut params = config.sampling_params();
     params.stop_token_ids = stop.clone();
     let chat_extra = serde_json::to_value(&config.rollout.chat_extra)?

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use alp_envs::Environment;
 use alp_policy::ModelConfig;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -56,7 +57,11 @@ pub(crate) fn check_sft(config: &TrainConfig, sft: &SftSection) -> Result<()> {
 
 /// Refuses token budgets the model cannot hold, before any work: every episode (prompt, turns and
 /// environment messages) must fit in the model's `max_position_embeddings`.
-pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()> {
+pub(crate) fn check_model(
+    config: &TrainConfig,
+    env: &dyn Environment,
+    config_path: &Path,
+) -> Result<()> {
     let (model, tokenizer, source) = starting_model(config)?;
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
@@ -70,7 +75,7 @@ pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()
     }
     // The first training prompt, rendered as the episode runner renders it: a prompt that leaves
     // no room for the episode would fail every episode of the run.
-    let prompt = first_prompt_len(config, &tokenizer)?;
+    let prompt = first_prompt_len(config, env, &tokenizer)?;
     if prompt + config.rollout.max_new_tokens.min(total) > context {
         bail!(
             "{}: the first training prompt of env `{}` is {prompt} tokens, so an episode of \
@@ -90,8 +95,11 @@ pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()
 
 /// Tokens of the environment's first training prompt (train example of seed 0) with the generation
 /// prompt, rendered with the run's chat template variables.
-fn first_prompt_len(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<usize> {
-    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
+fn first_prompt_len(
+    config: &TrainConfig,
+    env: &dyn Environment,
+    tokenizer: &Tokenizer,
+) -> Result<usize> {
     let example = env.example(alp_envs::Split::Train, 0)?;
     let episode = env.reset(&example.data)?;
     let extra = serde_json::to_value(&config.rollout.chat_extra)?
