@@ -340,10 +340,7 @@ impl TrainConfig {
 
     /// Range and consistency checks; the error names the key (a dotted path) and what is allowed.
     /// Returns the environment, built once from `[env]` with `registry`.
-    pub fn validate(
-        &self,
-        registry: &Registry,
-    ) -> Result<Arc<dyn Environment>, (String, String)> {
+    pub fn validate(&self, registry: &Registry) -> Result<Arc<dyn Environment>, (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         let m = &self.model;
         match (&m.path, &m.new_model) {
@@ -586,6 +583,12 @@ impl TrainConfig {
                 Err((key, text))
             }
         }
+    }
+
+    /// `[learner.eggroll]` when `[learner] kind = "eggroll"`. (Placeholder until the config schema
+    /// has the key.)
+    pub fn eggroll_settings(&self) -> Option<&alp_learner::eggroll::EggrollSettings> {
+        None
     }
 
     /// The run directory: `--out`, else `run.out`, else `runs/<config stem>`.
@@ -904,11 +907,20 @@ mod tests {
                 c.sft.as_ref().unwrap().seed,
             )
         };
-        assert_eq!(seeds(&load(&path, &[], &Registry::builtin()).unwrap().config), (5, 5, 5));
+        assert_eq!(
+            seeds(&load(&path, &[], &Registry::builtin()).unwrap().config),
+            (5, 5, 5)
+        );
         let over = ["run.seed=7".to_string(), "learner.seed=3".to_string()];
-        assert_eq!(seeds(&load(&path, &over, &Registry::builtin()).unwrap().config), (7, 3, 7));
+        assert_eq!(
+            seeds(&load(&path, &over, &Registry::builtin()).unwrap().config),
+            (7, 3, 7)
+        );
         std::fs::write(&path, text.replace("steps = 1", "steps = 1\nseed = 9")).unwrap();
-        assert_eq!(seeds(&load(&path, &[], &Registry::builtin()).unwrap().config), (5, 5, 9));
+        assert_eq!(
+            seeds(&load(&path, &[], &Registry::builtin()).unwrap().config),
+            (5, 5, 9)
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl GenerationBackend for Scripted {
 
 #[test]
 fn pass_at_k_matches_the_unbiased_estimator_by_hand() {
-    let env = alp_envs::cli::build("arithmetic", &serde_json::json!({"digits": 1})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("arithmetic", &serde_json::json!({"digits": 1}))
+        .unwrap();
     let examples: Vec<_> = (0..3)
         .map(|s| env.example(Split::Test, s).unwrap())
         .collect();

@@ -73,6 +73,7 @@ fn main() {
                         .collect(),
                     max_new_tokens: Some(new_tokens),
                     stop_token_ids: Some(Vec::new()),
+                    member: None,
                 })
                 .collect();
             let params = SamplingParams {
@@ -98,7 +99,7 @@ fn main() {
                 plain = engine.generate(&requests, &params).unwrap();
                 plain_s = plain_s.min(start.elapsed().as_secs_f64());
                 let start = Instant::now();
-                let factors = PopulationFactors::new(&population, &members, kind, Device::Cpu);
+                let factors = PopulationFactors::new(&population, &members, Device::Cpu);
                 perturbed = engine
                     .generate_with_hooks(&requests, &params, &factors)
                     .unwrap();

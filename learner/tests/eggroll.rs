@@ -49,6 +49,7 @@ fn requests(n: usize) -> Vec<GenerationRequest> {
                 .collect(),
             max_new_tokens: Some(3 + (i * 7) % 10),
             stop_token_ids: None,
+            member: None,
         })
         .collect()
 }
@@ -73,7 +74,7 @@ fn population_forward_equals_materialised_members() {
                 matrices: matrices.clone(),
             };
             let members: Vec<usize> = (0..6).collect();
-            let pf = PopulationFactors::new(&population, &members, Kind::Float, Device::Cpu);
+            let pf = PopulationFactors::new(&population, &members, Device::Cpu);
             // Prefill: one batched forward, row i as member i.
             let ids = Tensor::from_slice(&[5i64, 9, 13, 2, 7, 3])
                 .view([1, 6])
@@ -189,7 +190,7 @@ fn generation_and_update_use_the_same_noise() {
         matrices: evolved_matrices(&model),
     };
     let members = [0usize, 1, 4, 5];
-    let pf = PopulationFactors::new(&population, &members, Kind::Float, Device::Cpu);
+    let pf = PopulationFactors::new(&population, &members, Device::Cpu);
     let resumed = Population {
         matrices: evolved_matrices(&model),
         ..population.clone()
@@ -582,7 +583,7 @@ fn es_raises_the_log_prob_of_a_target_token() {
     let start = target_lp(&NoHooks, 1).double_value(&[0]);
     for _ in 0..40 {
         let members: Vec<usize> = (0..32).collect();
-        let pf = PopulationFactors::new(&learner.population(), &members, Kind::Float, Device::Cpu);
+        let pf = PopulationFactors::new(&learner.population(), &members, Device::Cpu);
         let fitness = Vec::<f64>::try_from(
             target_lp(pf.for_rows(&members).as_ref(), 32).to_kind(Kind::Double),
         )

@@ -23,6 +23,6 @@ pub mod rope;
 pub use checkpoint::{hf_dtype_name, parse_kind, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::PolicyError;
-pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks, RowHooks};
+pub use hooks::{ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};

@@ -440,6 +440,7 @@ fn bad_requests_and_settings_are_refused() {
         prompt_ids: vec![1; context],
         max_new_tokens: Some(1),
         stop_token_ids: None,
+        member: None,
     };
     let err = engine
         .generate(
@@ -464,6 +465,7 @@ fn ragged_requests(n: usize) -> Vec<GenerationRequest> {
                 .collect(),
             max_new_tokens: Some(1 + (i * 11) % 24),
             stop_token_ids: (i % 3 == 0).then(|| vec![7, 19]),
+            member: None,
         })
         .collect()
 }

@@ -1,6 +1,6 @@
 //! Episodes: environment messages become masked tokens, sampled tokens are kept as sampled, and a
 //! failing environment fails only its own episode.
-use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
+use alp_envs::{EnvError, Environment, Episode, Example, Message, Split};
 use alp_rollout::{
     encode_conversation, run_episodes, Completion, EpisodeSettings, FinishReason,
     GenerationBackend, GenerationRequest, LocalEngine, RolloutError, SamplingParams,
@@ -77,7 +77,9 @@ impl GenerationBackend for Scripted {
 #[test]
 fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
     let tok = tokenizer();
-    let env = cli::build("tool_math", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("tool_math", &json!({}))
+        .unwrap();
     let example = env.example(Split::Train, 3).unwrap();
     let expression = example.data["expression"].as_str().unwrap().to_string();
     let answer = example.data["answer"].as_str().unwrap().to_string();
@@ -193,11 +195,12 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
 #[test]
 fn encoded_reference_conversations_are_the_trajectories_the_runner_records() {
     let tok = tokenizer();
-    let env = cli::build(
-        "tool_math",
-        &json!({"max_turns": 3, "source_settings": {"digits": 2, "operators": "+-*/"}}),
-    )
-    .unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build(
+            "tool_math",
+            &json!({"max_turns": 3, "source_settings": {"digits": 2, "operators": "+-*/"}}),
+        )
+        .unwrap();
     for seed in 0..20 {
         let example = env.example(Split::Train, seed).unwrap();
         let turns = env.reference_turns(&example.data).unwrap().unwrap();
@@ -364,7 +367,9 @@ fn single_turn_episodes_on_the_local_engine_score_their_own_text() {
     let cfg = tiny_config(&tok);
     let model = alp_policy::CausalLM::random(cfg, &Default::default(), 1).unwrap();
     let mut engine = LocalEngine::new(model, 8);
-    let env = cli::build("arithmetic", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("arithmetic", &json!({}))
+        .unwrap();
     let examples: Vec<Example> = (0..6)
         .map(|s| env.example(Split::Train, s).unwrap())
         .collect();
@@ -411,7 +416,9 @@ fn huge_reply_episode(
     context: Option<usize>,
 ) -> (Vec<alp_rollout::Trajectory>, usize) {
     let tok = tokenizer();
-    let env = cli::build("tool_math", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("tool_math", &json!({}))
+        .unwrap();
     let example = env.example(Split::Train, 3).unwrap();
     let call = "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"10^308\"}}</tool_call>";
     let mut backend = Scripted {

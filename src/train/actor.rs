@@ -14,10 +14,12 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{run_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
+use alp_rollout::{run_member_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
 use alp_tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
+
+use super::learners::BatchPopulation;
 
 #[derive(Debug, Error)]
 pub enum ActorError {
@@ -46,6 +48,8 @@ pub struct ActorSettings {
     pub first_batch: u64,
     /// One past the last batch.
     pub end_batch: u64,
+    /// The population each batch is generated with (evolution strategies); `None`: the plain policy.
+    pub population: Option<Arc<dyn BatchPopulation>>,
 }
 
 /// One learner step's worth of rollouts.
@@ -218,11 +222,18 @@ fn worker(
             seed: mix(s.seed ^ 0xA5A5_5A5A, b),
             ..s.params.clone()
         };
-        let trajectories = run_episodes(
+        // Each row's member, every turn of its episode (the noise is rebuilt from its seeds).
+        let members = s.population.as_ref().map(|p| {
+            let (hooks, members) = p.for_batch(b);
+            engine.set_members(Some(hooks));
+            members
+        });
+        let trajectories = run_member_episodes(
             &mut engine,
             &tokenizer,
             s.env.as_ref(),
             &expanded,
+            members.as_deref(),
             &params,
             &s.episode,
         )

@@ -5,12 +5,11 @@
 //! deleted. A reader that follows `latest` therefore only ever sees complete checkpoints.
 use std::path::Path;
 
-use alp_learner::Learner;
-use alp_policy::CausalLM;
 use alp_tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::learners::RunLearner;
 use crate::run_dir::{checkpoint_name, temp_path, write_bytes_atomic, RunDir};
 
 /// The runtime's own state: with the weights and the learner state it determines the rest of the run
@@ -29,7 +28,7 @@ pub struct RuntimeState {
 
 pub fn save(
     run: &RunDir,
-    learner: &Learner<CausalLM>,
+    learner: &dyn RunLearner,
     tokenizer: &Tokenizer,
     state: &RuntimeState,
     keep: usize,

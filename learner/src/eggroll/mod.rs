@@ -27,6 +27,7 @@ pub use fitness::{shape_fitness, FitnessShaping};
 pub use learner::EsLearner;
 pub use population::{
     evolved_matrices, EvolvedMatrix, Population, PopulationFactors, PopulationHooks,
+    PopulationMembers,
 };
 pub use settings::{EggrollSettings, EsOptimizer, FitnessKind};
 pub use update::es_gradient;
