@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod kv_cache;
 pub mod model;
 pub mod noise;
+pub mod params;
 pub mod rope;
 
 pub use checkpoint::{hf_dtype_name, parse_kind, SaveOptions, DEFAULT_MAX_SHARD_SIZE};

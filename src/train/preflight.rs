@@ -87,6 +87,10 @@ pub(crate) fn check_model(
             config.rollout.max_new_tokens
         );
     }
+    if let Some(es) = config.eggroll_settings() {
+        super::learners::es::members_per_step(config, es)
+            .with_context(|| format!("{}", config_path.display()))?;
+    }
     if let Some(sft) = &config.sft {
         check_sft(config, sft)?;
     }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use arrow_array::types::{Int32Type, UInt8Type};
-use arrow_array::{Array, ArrowPrimitiveType, ListArray, PrimitiveArray, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrowPrimitiveType, Int32Array, ListArray, PrimitiveArray, RecordBatch, StringArray,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn trainer() -> Command {
@@ -160,10 +162,18 @@ fn trains_its_own_environment_with_a_warm_start_and_tool_calls() {
         for b in read(&run.join(format!("rollouts/step-{step:06}.parquet"))) {
             let env = strings(&b, "env");
             let text = strings(&b, "completion_text");
+            let turns: &Int32Array = b
+                .column_by_name("num_turns")
+                .unwrap()
+                .as_any()
+                .downcast_ref()
+                .unwrap();
             for row in 0..b.num_rows() {
                 assert_eq!(env.value(row), "unit_convert");
                 let completion = text.value(row);
-                if !completion.contains("</tool_call>") {
+                // A second turn means the tool answered the first one (a call on the last turn,
+                // or one that left no token budget, ends the episode unanswered).
+                if turns.value(row) < 2 {
                     continue;
                 }
                 calls += 1;
@@ -195,7 +205,7 @@ fn trains_its_own_environment_with_a_warm_start_and_tool_calls() {
             }
         }
     }
-    assert!(calls > 0, "no rollout called the tool");
+    assert!(calls > 0, "no rollout called the tool and read its reply");
     assert!(
         replies_checked > 0,
         "no well-formed call to check the reply of"
