@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Architecture, ModelConfig};
+use crate::config::ModelConfig;
 use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
 use crate::kv_cache::KvCache;
 pub use crate::params::{parameter_specs, ParamInit, ParamSpec};

@@ -166,6 +166,12 @@ impl LocalEngine {
         self.members = members;
     }
 
+    /// The same engine, its weights labelled `version` (a resumed run's starting version).
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
     /// The same engine with another schedule.
     pub fn with_scheduling(mut self, scheduling: Scheduling) -> Self {
         self.scheduling = scheduling;
@@ -174,6 +180,43 @@ impl LocalEngine {
 
     pub fn model(&self) -> &CausalLM {
         &self.model
+    }
+
+    /// Installs published weights, `(HF name, tensor)` of every parameter in any dtype (converted to
+    /// the engine's as they are copied), and the version they carry. No second copy of the model is
+    /// needed to receive them.
+    pub fn install_weights(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        version: u64,
+    ) -> Result<(), RolloutError> {
+        let mut params: std::collections::HashMap<String, Tensor> =
+            self.model.named_parameters().into_iter().collect();
+        if tensors.len() != params.len() {
+            return Err(RolloutError::Backend(format!(
+                "published weights have {} tensors, the engine's model {}",
+                tensors.len(),
+                params.len()
+            )));
+        }
+        tch::no_grad(|| {
+            for (name, t) in tensors {
+                let p = params.get_mut(name).ok_or_else(|| {
+                    RolloutError::Backend(format!("published weight {name} is not in the model"))
+                })?;
+                if p.size() != t.size() {
+                    return Err(RolloutError::Backend(format!(
+                        "published weight {name} is {:?}, the model's {:?}",
+                        t.size(),
+                        p.size()
+                    )));
+                }
+                p.copy_(t);
+            }
+            Ok(())
+        })?;
+        self.version = version;
+        Ok(())
     }
 
     /// Installs new weights (copied from the learner's model) and the version they carry.

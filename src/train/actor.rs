@@ -191,11 +191,10 @@ fn worker(
     };
     let tokenizer = Tokenizer::from_dir(&s.tokenizer_dir)
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
-    // Published weights land in `staging` (as sent, f32) and reach the engine through
-    // `update_weights`, which converts them to the inference dtype and sets the version.
-    let staging = load(Kind::Float)?;
-    let mut engine = LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size);
-    engine.update_weights(&staging, s.first_batch);
+    // Published weights are copied straight into the engine's model (converted to the inference
+    // dtype): the worker holds one copy of the model, the engine's.
+    let mut engine =
+        LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size).with_version(s.first_batch);
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
         let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
@@ -205,8 +204,9 @@ fn worker(
                 return Ok(()); // the learner is done
             };
             if update.version >= needed {
-                install(&staging, &update.tensors)?;
-                engine.update_weights(&staging, update.version);
+                engine
+                    .install_weights(&update.tensors, update.version)
+                    .map_err(|e| e.to_string())?;
             }
             version = update.version;
         }
@@ -255,19 +255,4 @@ fn worker(
         }
     }
     Ok(())
-}
-
-/// Copies published tensors into the staging model's parameters (same names and shapes).
-fn install(staging: &CausalLM, tensors: &[(String, Tensor)]) -> Result<(), String> {
-    let mut params: std::collections::HashMap<String, Tensor> =
-        staging.named_parameters().into_iter().collect();
-    tch::no_grad(|| {
-        for (name, t) in tensors {
-            let p = params
-                .get_mut(name)
-                .ok_or_else(|| format!("published weight {name} is not in the model"))?;
-            p.copy_(t);
-        }
-        Ok(())
-    })
 }
