@@ -331,7 +331,13 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         let every = config.run.checkpoint_every;
         if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
             let t = Instant::now();
-            checkpoint::save(&run, learner.as_ref(), &tokenizer, &state, config.run.keep)?;
+            checkpoint::writer(&run, config.run.keep).save(&state, |staging| {
+                checkpoint::write_model(staging, learner.policy(), &tokenizer)?;
+                pause::point("checkpoint", state.step);
+                learner
+                    .save_state(&staging.join("learner"))
+                    .context("saving the learner state")
+            })?;
             tracing::debug!(secs = t.elapsed().as_secs_f64(), "checkpoint time");
         }
     }
