@@ -8,13 +8,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use alp_policy::{CausalLM, LoadOptions};
-use arrow_array::{Array, Float64Array, Int64Array};
+use alp_test_support::cli::{ok, AlpRl};
+use alp_test_support::run_outputs::{self, without_timing};
 
-mod support;
-use support::read;
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
-const EGGROLL_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-eggroll.toml");
 const SETTINGS: [&str; 6] = [
     "--set",
     "run.steps=6",
@@ -44,52 +43,14 @@ const FULL: [&str; 14] = [
     "run.log_logprobs=true",
 ];
 
-/// The EGGROLL learner on the built-in task, shrunk: a tiny warm start and held-out evaluation, 2
-/// prompts x 4 members per step, Adam (so the checkpoint has optimizer state to restore).
-const EGGROLL: [&str; 22] = [
-    "--config",
-    EGGROLL_CONFIG,
-    "--set",
-    "sft.steps=4",
-    "--set",
-    "sft.batch_size=4",
-    "--set",
-    "eval.every=2",
-    "--set",
-    "eval.problems=4",
-    "--set",
-    "rollout.prompts_per_step=2",
-    "--set",
-    "rollout.group_size=4",
-    "--set",
-    "rollout.max_new_tokens=12",
-    "--set",
-    "learner.eggroll.optimizer=\"adam\"",
-    "--set",
-    "learner.eggroll.noise_reuse=2",
-];
-
 fn command(out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
-    // `--config FILE` first in `extra` picks another config than math-tiny.toml.
-    let (config, extra) = match extra {
-        ["--config", file, rest @ ..] => (*file, rest),
-        _ => (CONFIG, extra),
-    };
-    c.args(["train", config, "--out", out.to_str().unwrap()])
-        .args(SETTINGS)
-        .args(extra)
-        .env("RUST_LOG", "warn");
+    let mut c = ALP_RL.train_command(CONFIG, out);
+    c.args(SETTINGS).args(extra);
     c
 }
 
 fn run_ok(out: &Path, extra: &[&str]) {
-    let o = command(out, extra).output().unwrap();
-    assert!(
-        o.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(command(out, extra).output().unwrap());
 }
 
 /// Starts a run that pauses at `point`, waits until it is there, and SIGKILLs it.
@@ -112,28 +73,7 @@ fn kill_at(out: &Path, point: &str, extra: &[&str]) {
 
 /// Non-timing metrics, `step -> name -> value`, failing on duplicated steps.
 fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for b in read(&run.join("metrics.parquet")) {
-        let steps = b.column_by_name("step").unwrap();
-        let steps = steps.as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..b.num_rows() {
-            let mut row = BTreeMap::new();
-            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                let timing = f.name().starts_with("time/") || f.name().starts_with("throughput/");
-                if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
-                    if c.is_valid(i) && !timing {
-                        row.insert(f.name().clone(), c.value(i));
-                    }
-                }
-            }
-            assert!(
-                out.insert(steps.value(i), row).is_none(),
-                "step {} twice",
-                steps.value(i)
-            );
-        }
-    }
-    out
+    without_timing(run_outputs::metrics(run))
 }
 
 fn assert_checkpoints_load(run: &Path) {
@@ -246,20 +186,5 @@ fn sigkill_with_eval_staleness_and_warm_start_then_resume() {
         &["update:1", "metrics:3", "checkpoint:4", "rollout:5"],
         &[0, 1, 2, 3, 4, 5, 6],
         2,
-    );
-}
-
-#[test]
-fn sigkill_an_eggroll_run_then_resume_gives_the_same_metrics() {
-    let tmp = tempfile::tempdir().unwrap();
-    // Synchronous rollouts (EGGROLL members are the learner's own noise at the learner's version),
-    // so every value is compared exactly, also after the kill point; the noise and Adam's moments
-    // after a resume must equal the uninterrupted run's.
-    kill_resume_compare(
-        tmp.path(),
-        &EGGROLL,
-        &["rollout:3", "update:3", "checkpoint:4", "latest:4"],
-        &[0, 1, 2, 3, 4, 5, 6],
-        6,
     );
 }

@@ -10,26 +10,21 @@ use alp_learner::eggroll::{
     Population, PopulationFactors,
 };
 use alp_policy::noise::{standard_normal, NoiseKey};
-use alp_policy::{CausalLM, LoadOptions, ModelConfig, NoHooks, RowHooks};
+use alp_policy::{CausalLM, LoadOptions, NoHooks, RowHooks};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use serde_json::json;
+use alp_test_support::tiny_model::{copy_of, TinyModel};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(arch: &str, seed: u64) -> CausalLM {
-    let cfg = json!({
-        "model_type": arch, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "initializer_range": 0.3
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), seed).unwrap()
+    TinyModel::new(arch)
+        .with("intermediate_size", 48)
+        .with("initializer_range", 0.3)
+        .random(seed)
 }
 
 /// A copy of `model` whose evolved matrices carry member `member`'s perturbation.
 fn materialised(model: &CausalLM, population: &Population, member: usize) -> CausalLM {
-    let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 99).unwrap();
-    copy.copy_weights_from(model);
+    let copy = copy_of(model);
     let params: std::collections::HashMap<String, Tensor> =
         copy.named_parameters().into_iter().collect();
     tch::no_grad(|| {
@@ -106,10 +101,7 @@ fn population_forward_equals_materialised_members() {
                 max_new_tokens: 12,
                 ..SamplingParams::default()
             };
-            let copy =
-                CausalLM::random(model.config().clone(), &LoadOptions::default(), 1).unwrap();
-            copy.copy_weights_from(&model);
-            let out = LocalEngine::new(copy, 3)
+            let out = LocalEngine::new(copy_of(&model), 3)
                 .generate_with_hooks(&reqs, &greedy, &pf)
                 .unwrap();
             let lengths: std::collections::BTreeSet<usize> =
@@ -375,12 +367,6 @@ fn settings(population: usize) -> alp_learner::eggroll::EggrollSettings {
         params: vec!["mlp.up_proj".into()],
         ..Default::default()
     }
-}
-
-fn copy_of(model: &CausalLM) -> CausalLM {
-    let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 98).unwrap();
-    copy.copy_weights_from(model);
-    copy
 }
 
 fn weights(model: &CausalLM, name: &str) -> Tensor {
