@@ -7,6 +7,7 @@ use alp_rollout::Trajectory;
 use anyhow::{ensure, Context, Result};
 
 use super::actor::RolloutBatch;
+use crate::config::TrainConfig;
 use crate::parquet_log::RolloutRow;
 
 /// Whether a trajectory can be trained on: failed episodes (environment error, non-finite reward)
@@ -41,6 +42,24 @@ pub fn to_sample(t: &Trajectory) -> Sample {
     }
 }
 
+/// What every learner needs to turn a batch into rows: the staleness bound, the environment's
+/// name and the group ids' stride.
+pub struct RowContext {
+    pub max_staleness: u64,
+    pub env_name: String,
+    pub prompts_per_step: usize,
+}
+
+impl RowContext {
+    pub fn of(config: &TrainConfig) -> Self {
+        RowContext {
+            max_staleness: config.rollout.max_staleness,
+            env_name: config.env.name.clone(),
+            prompts_per_step: config.rollout.prompts_per_step,
+        }
+    }
+}
+
 /// A batch as rows to log, with the trainable trajectories of each group and the counts behind the
 /// `acc`, `staleness/*` and `rollout/*` metrics.
 pub struct BatchRows<'a> {
@@ -59,15 +78,14 @@ pub struct BatchRows<'a> {
 
 impl<'a> BatchRows<'a> {
     /// The rows of `batch`, trained at `step` by a learner holding version `step - 1`. A sample
-    /// staler than `max_staleness` is a bug (the worker's pacing makes it impossible), never
+    /// staler than `context.max_staleness` is a bug (the worker's pacing makes it impossible), never
     /// something to train through.
-    pub fn new(
-        batch: &'a RolloutBatch,
-        step: u64,
-        max_staleness: u64,
-        env_name: &str,
-        prompts_per_step: usize,
-    ) -> Result<Self> {
+    pub fn new(batch: &'a RolloutBatch, step: u64, context: &RowContext) -> Result<Self> {
+        let RowContext {
+            max_staleness,
+            ref env_name,
+            prompts_per_step,
+        } = *context;
         let learner_version = step - 1;
         let mut out = BatchRows {
             rows: Vec::new(),

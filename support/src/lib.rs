@@ -2,7 +2,8 @@
 //! crates need alike, so that each is written once. A `[dev-dependencies]` entry only; the features
 //! name the groups of helpers a crate's tests use (see `Cargo.toml`).
 //!
-//! - [`oracle`]: the venv's Python, the independent reference, and running scripts with it.
+//! - [`oracle`]: the venv's Python, the independent reference, and running scripts with it (the
+//!   `alp-oracle` crate, which the tokenizer's tests use without this crate's libtorch features).
 //! - [`hf_models`]: `scripts/oracles/hf_models.py`, transformers' tiny checkpoints and their outputs.
 //! - [`bench`]: benchmark settings from the environment.
 //! - `tiny_model` (feature `model`): tiny random decoders of the shapes the tests use.
@@ -11,7 +12,8 @@
 
 pub mod bench;
 pub mod hf_models;
-pub mod oracle;
+/// Re-exported from `alp-oracle`, which crates without libtorch depend on directly.
+pub use alp_oracle as oracle;
 
 #[cfg(feature = "backend")]
 pub mod backend;

@@ -4,7 +4,7 @@
 //! Needs `<workspace>/.venv/bin/python` with transformers (scripts/setup.sh) and
 //! `<workspace>/../shared/data/tokenizers/qwen3`. Missing either is a test failure, never a skip.
 
-use alp_test_support::oracle;
+use alp_oracle as oracle;
 use alp_tokenizer::{CharTokenizerSpec, ChatTemplate, FunctionCall, Message, Tokenizer, ToolCall};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};

@@ -131,7 +131,7 @@ impl UnitConvert {
         for (from, to) in whole_pairs(&settings.families) {
             for value in 1..=settings.max_value {
                 let p = Problem { value, from, to };
-                if index % settings.test_every == 0 {
+                if index.is_multiple_of(settings.test_every) {
                     test.push(p);
                 } else {
                     train.push(p);

@@ -1,54 +1,18 @@
 //! The example's binary is the whole alp-rl CLI with one more environment: `env list` shows it with
 //! its settings, and a short `train` (warm start, then RL) runs episodes that call its tool.
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::Path;
 use std::process::Command;
 
+use alp_test_support::run_outputs::{list_row, read, text};
 use arrow_array::types::{Int32Type, UInt8Type};
-use arrow_array::{
-    Array, ArrowPrimitiveType, Int32Array, ListArray, PrimitiveArray, RecordBatch, StringArray,
-};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow_array::{Array, Int32Array};
 
 fn trainer() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_units-trainer"));
     c.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("NO_COLOR", "1");
     c
-}
-
-fn read(path: &Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect()
-}
-
-fn strings<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref()
-        .unwrap()
-}
-
-/// Row `row` of a list column of `T` (`completion_ids` are int32, `loss_mask` uint8).
-fn list_row<T: ArrowPrimitiveType>(b: &RecordBatch, name: &str, row: usize) -> Vec<T::Native> {
-    let list: &ListArray = b
-        .column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref()
-        .unwrap();
-    let v = list.value(row);
-    v.as_any()
-        .downcast_ref::<PrimitiveArray<T>>()
-        .unwrap()
-        .values()
-        .to_vec()
 }
 
 /// Units in base units, written out here independently of the crate's table.
@@ -160,8 +124,6 @@ fn trains_its_own_environment_with_a_warm_start_and_tool_calls() {
     let (mut calls, mut replies_checked) = (0, 0);
     for step in 1..=2 {
         for b in read(&run.join(format!("rollouts/step-{step:06}.parquet"))) {
-            let env = strings(&b, "env");
-            let text = strings(&b, "completion_text");
             let turns: &Int32Array = b
                 .column_by_name("num_turns")
                 .unwrap()
@@ -169,8 +131,8 @@ fn trains_its_own_environment_with_a_warm_start_and_tool_calls() {
                 .downcast_ref()
                 .unwrap();
             for row in 0..b.num_rows() {
-                assert_eq!(env.value(row), "unit_convert");
-                let completion = text.value(row);
+                assert_eq!(text(&b, "env", row), "unit_convert");
+                let completion = text(&b, "completion_text", row);
                 // A second turn means the tool answered the first one (a call on the last turn,
                 // or one that left no token budget, ends the episode unanswered).
                 if turns.value(row) < 2 {
@@ -195,7 +157,7 @@ fn trains_its_own_environment_with_a_warm_start_and_tool_calls() {
                     !masked_text.contains("\"name\": \"convert\""),
                     "{masked_text:?}"
                 );
-                if let Some(expected) = expected_reply(completion) {
+                if let Some(expected) = expected_reply(&completion) {
                     assert!(
                         masked_text.contains(&expected),
                         "tool reply {expected:?} not masked: {masked_text:?} in {completion:?}"

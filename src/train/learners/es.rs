@@ -10,6 +10,7 @@ use alp_learner::eggroll::{
     noise_epoch, shape_fitness, EggrollSettings, EsLearner, EvolvedMatrix, Population,
     PopulationMembers,
 };
+use alp_learner::metrics::batch_metrics;
 use alp_policy::{CausalLM, MemberHooks};
 use anyhow::{ensure, Context, Result};
 use tch::Device;
@@ -17,15 +18,13 @@ use tch::Device;
 use super::{BatchPopulation, RunLearner, StepOutput};
 use crate::config::TrainConfig;
 use crate::train::actor::RolloutBatch;
-use crate::train::rows::BatchRows;
+use crate::train::rows::{BatchRows, RowContext};
 
 pub struct Eggroll {
     policy: CausalLM,
     es: EsLearner,
     plan: Arc<MemberPlan>,
-    max_staleness: u64,
-    env_name: String,
-    prompts_per_step: usize,
+    row_context: RowContext,
     group_size: usize,
 }
 
@@ -57,9 +56,7 @@ impl Eggroll {
             policy,
             es,
             plan,
-            max_staleness: config.rollout.max_staleness,
-            env_name: config.env.name.clone(),
-            prompts_per_step: config.rollout.prompts_per_step,
+            row_context: RowContext::of(config),
             group_size,
         })
     }
@@ -145,13 +142,7 @@ impl RunLearner for Eggroll {
             "the ES learner is at step {} but the loop trains step {step}",
             self.es.step()
         );
-        let mut rows = BatchRows::new(
-            batch,
-            step,
-            self.max_staleness,
-            &self.env_name,
-            self.prompts_per_step,
-        )?;
+        let mut rows = BatchRows::new(batch, step, &self.row_context)?;
         // A failed episode is a member that scored nothing: fitness 0, not a hole in the pairs.
         let rewards: Vec<f64> = rows
             .rows
@@ -179,11 +170,8 @@ impl RunLearner for Eggroll {
         for (r, row) in rows.rows.iter_mut().enumerate() {
             row.advantage = shaped[r / per];
         }
-        let n = rewards.len().max(1) as f64;
-        let mean = rewards.iter().sum::<f64>() / n;
-        let var = rewards.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-        metrics.insert("reward/mean".into(), mean);
-        metrics.insert("reward/std".into(), var.sqrt());
+        let lengths: Vec<usize> = rows.rows.iter().map(|r| r.completion_ids.len()).collect();
+        batch_metrics(&rewards, &lengths, &mut metrics);
         metrics.insert(
             "time/learner_step_s".into(),
             started.elapsed().as_secs_f64(),

@@ -10,14 +10,12 @@ use tch::{Device, Kind};
 use super::{RunLearner, StepOutput};
 use crate::config::TrainConfig;
 use crate::train::actor::RolloutBatch;
-use crate::train::rows::{to_sample, BatchRows};
+use crate::train::rows::{to_sample, BatchRows, RowContext};
 
 pub struct PolicyGradient {
     learner: Learner<CausalLM>,
     advantage: AdvantageKind,
-    max_staleness: u64,
-    env_name: String,
-    prompts_per_step: usize,
+    row_context: RowContext,
     mini_batches: usize,
     /// Log each trained token's log-prob before and after the update (`run.log_logprobs`).
     log_logprobs: bool,
@@ -29,9 +27,7 @@ impl PolicyGradient {
         PolicyGradient {
             learner,
             advantage: config.learner.advantage,
-            max_staleness: config.rollout.max_staleness,
-            env_name: config.env.name.clone(),
-            prompts_per_step: config.rollout.prompts_per_step,
+            row_context: RowContext::of(config),
             mini_batches: config.learner.mini_batches,
             log_logprobs: config.run.log_logprobs,
             micro_batch_size: config.learner.micro_batch_size,
@@ -64,13 +60,7 @@ impl RunLearner for PolicyGradient {
     }
 
     fn train(&mut self, batch: &RolloutBatch, step: u64) -> Result<StepOutput> {
-        let mut rows = BatchRows::new(
-            batch,
-            step,
-            self.max_staleness,
-            &self.env_name,
-            self.prompts_per_step,
-        )?;
+        let mut rows = BatchRows::new(batch, step, &self.row_context)?;
         let mut groups = Vec::new();
         // Row index of each trained sample, in the order the groups hold them.
         let mut trained_rows = Vec::new();

@@ -1,13 +1,19 @@
 //! The venv that `scripts/setup.sh` makes (torch, transformers, safetensors, pandas) as the
 //! independent reference: finding its Python and running scripts with it.
+//!
+//! A crate of its own, apart from `alp-test-support`, because it must never pull in libtorch: cargo
+//! unifies a dependency's features across the workspace, so a crate whose tests used
+//! `alp-test-support` for the oracle alone got `tch` linked into its test binaries without the rpath
+//! that `build/link_libtorch.rs` gives (the tokenizer's tests then failed to start).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The workspace root (this crate sits one level below it).
+/// The workspace root (this crate sits at `support/oracle`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the support crate has a parent folder")
+        .ancestors()
+        .nth(2)
+        .expect("the oracle crate sits two levels below the workspace root")
         .to_path_buf()
 }
 
