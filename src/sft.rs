@@ -266,7 +266,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<(String, SftPair)>> {
 }
 
 /// The message roles an SFT row may use.
-pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+pub const ROLES: &[&str] = alp_envs::Role::ALL;
 
 /// Reads and tokenises the `sft.data` file (when set) before any run file is written, so a bad row, or
 /// one longer than the model's context, is refused by its `file:line` with nothing to clean up.
@@ -366,7 +366,7 @@ pub fn run(
     }
     let tokenizer = Tokenizer::from_dir(model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
-    let kind = alp_policy::parse_kind(&config.model.train_dtype)?;
+    let kind = config.model.train_dtype.kind();
     let policy = CausalLM::load(model_src, &LoadOptions { kind, device })
         .with_context(|| format!("loading the model in {}", model_src.display()))?;
     let extra = serde_json::to_value(&config.rollout.chat_extra)?

@@ -25,61 +25,13 @@ impl SettingsError {
     }
 }
 
-/// Enums spelled as strings in the config. Deserialization goes through `FromStr` so an unknown value
-/// is refused with the field name (serde's own enum error names only the variant).
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident, $field:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
+// Enums spelled as strings in the config: the workspace's one string-enum macro (an unknown value is
+// refused with the allowed values and the closest one).
+use alp_macros::string_enum;
 
-        impl $name {
-            /// Every accepted spelling, in declaration order.
-            pub const ALL: &'static [&'static str] = &[$($text),+];
-            /// The config spelling of this value.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl ::std::str::FromStr for $name {
-            type Err = $crate::settings::SettingsError;
-            fn from_str(s: &str) -> ::std::result::Result<Self, $crate::settings::SettingsError> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err($crate::settings::SettingsError::new(
-                        $field,
-                        format!("unknown value \"{other}\", expected one of {}", Self::ALL.join(", ")),
-                    )),
-                }
-            }
-        }
-
-        impl ::std::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl ::serde::Serialize for $name {
-            fn serialize<S: ::serde::Serializer>(&self, s: S) -> ::std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> ::serde::Deserialize<'de> for $name {
-            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
-                let s = <String as ::serde::Deserialize>::deserialize(d)?;
-                s.parse().map_err(<D::Error as ::serde::de::Error>::custom)
-            }
-        }
-    };
-}
-pub(crate) use string_enum;
-
-string_enum!(
+string_enum! {
     /// How rewards of a group become advantages.
-    AdvantageKind, "advantage", {
+    pub enum AdvantageKind {
         /// `(R - mean) / (std + 1e-6)` over the group (std with Bessel's correction, as torch.std).
         Grpo => "grpo",
         /// `R - mean` (Dr.GRPO: no std normalisation).
@@ -87,11 +39,11 @@ string_enum!(
         /// `R_i - mean_{j != i} R_j` (leave-one-out baseline).
         Rloo => "rloo",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// How per-token losses become one number.
-    Aggregation, "loss.aggregation", {
+    pub enum Aggregation {
         /// Sum over all valid tokens of the mini-batch divided by their count.
         TokenMean => "token-mean",
         /// Mean over sequences of each sequence's token mean.
@@ -99,11 +51,11 @@ string_enum!(
         /// Mean over sequences of each sequence's token sum.
         SeqMeanTokenSum => "seq-mean-token-sum",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// KL estimator for the penalty towards the frozen reference, with `d = lp - ref`.
-    KlEstimator, "loss.kl_estimator", {
+    pub enum KlEstimator {
         /// `d`.
         K1 => "k1",
         /// `0.5 d^2`.
@@ -111,11 +63,11 @@ string_enum!(
         /// `exp(-d) + d - 1` (verl `low_var_kl`), clamped to [-10, 10] as verl does.
         K3 => "k3",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// The off-policy correction (design section 4).
-    CorrectionKind, "correction.kind", {
+    pub enum CorrectionKind {
         /// One ratio `pi_theta / mu` against the inference log-probs, no noise.
         Bypass => "bypass",
         /// Truncated IS: weight `min(pi_old / mu, tis_cap)` times the PPO ratio `pi_theta / pi_old`.
@@ -127,36 +79,36 @@ string_enum!(
         /// Plain PPO/GSPO ratio `pi_theta / pi_old`; the inference policy is ignored (the paper's GSPO baseline).
         None => "none",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Token ratios or one GSPO-style ratio per sequence; also the level of the TIS weight / MIS mask.
-    RatioLevel, "correction.level", {
+    pub enum RatioLevel {
         Token => "token",
         Sequence => "sequence",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Where ALP puts its noise.
-    AlpTarget, "alp.target", {
+    pub enum AlpTarget {
         /// Every decoder layer's input hidden state in the layer range (the method of the paper).
         Layers => "layers",
         /// Only the final logits, with one learnable scale (the paper's logits-only ablation).
         Logits => "logits",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Learning-rate decay after warmup.
-    LrSchedule, "optimizer.schedule", {
+    pub enum LrSchedule {
         Constant => "constant",
         /// Linear from the base rate to `min_lr_ratio * lr` at `total_steps`.
         Linear => "linear",
         /// Half cosine from the base rate to `min_lr_ratio * lr` at `total_steps`.
         Cosine => "cosine",
     }
-);
+}
 
 impl CorrectionKind {
     /// Whether the PPO ratio is taken against `lp_old` (a no-grad forward of the pre-update weights)

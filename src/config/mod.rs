@@ -14,9 +14,10 @@ mod validate;
 
 pub use load::{closest, load, parse_override, ConfigError, LoadedConfig};
 pub use schema::{
-    EnvSection, EvalSection, ModelSection, RolloutSection, RunSection, SftSection, TrainConfig,
+    Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,
+    SplitName, TrainConfig,
 };
 pub use validate::{
-    ARCHS, DEVICES, EVAL_SPLITS, MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_GROUP_SIZE,
-    MAX_PROMPTS, MAX_STALENESS, MAX_STEP_SAMPLES, MAX_THREADS, MAX_TOKENS, PRESETS,
+    MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_GROUP_SIZE, MAX_PROMPTS, MAX_STALENESS,
+    MAX_STEP_SAMPLES, MAX_THREADS, MAX_TOKENS,
 };

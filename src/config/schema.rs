@@ -3,8 +3,61 @@
 use std::path::{Path, PathBuf};
 
 use alp_learner::LearnerSettings;
+use alp_macros::string_enum;
+use alp_policy::{Architecture, Dtype};
 use alp_rollout::{LogprobMode, SamplingParams};
 use serde::{Deserialize, Serialize};
+
+string_enum! {
+    /// Where the model runs (`model.device`).
+    pub enum Device {
+        /// CUDA when libtorch sees a GPU, otherwise the CPU.
+        Auto => "auto",
+        Cpu => "cpu",
+        /// The first CUDA device.
+        Cuda => "cuda",
+    }
+}
+
+impl Device {
+    /// The libtorch device.
+    pub fn to_tch(self) -> tch::Device {
+        match self {
+            Device::Auto => tch::Device::cuda_if_available(),
+            Device::Cpu => tch::Device::Cpu,
+            Device::Cuda => tch::Device::Cuda(0),
+        }
+    }
+}
+
+string_enum! {
+    /// A random-model size of `alp-rl new-model --preset` and `model.new_model`.
+    pub enum Preset: "preset" {
+        /// 2 layers, hidden size 64.
+        Tiny => "tiny",
+        /// 4 layers, hidden size 256.
+        Small => "small",
+    }
+}
+
+string_enum! {
+    /// A split by the name users give it (`eval.split`, `--split`).
+    pub enum SplitName: "split" {
+        /// The environment's test split: problems training never draws.
+        Heldout => "heldout",
+        Train => "train",
+    }
+}
+
+impl SplitName {
+    /// The environment's split of this name.
+    pub fn split(self) -> alp_envs::Split {
+        match self {
+            SplitName::Heldout => alp_envs::Split::Test,
+            SplitName::Train => alp_envs::Split::Train,
+        }
+    }
+}
 
 /// The whole config. Sections and keys default as documented, except `env.name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +131,7 @@ pub struct EvalSection {
     /// Evaluate every this many RL steps; 0: only before the first and after the last step.
     pub every: u64,
     /// `heldout` (the environment's test split) or `train`.
-    pub split: String,
+    pub split: SplitName,
     /// Problems: seeds `0..problems` of the split (a dataset caps it at its size).
     pub problems: usize,
     /// Samples per problem (k of pass@k).
@@ -94,7 +147,7 @@ impl Default for EvalSection {
     fn default() -> Self {
         EvalSection {
             every: 0,
-            split: "heldout".into(),
+            split: SplitName::Heldout,
             problems: 64,
             samples: 1,
             greedy: true,
@@ -110,17 +163,17 @@ pub struct ModelSection {
     /// An HF checkpoint directory (config.json, safetensors, tokenizer.json).
     pub path: Option<PathBuf>,
     /// Instead of `path`: create a random model with this `alp-rl new-model` preset (tiny, small).
-    pub new_model: Option<String>,
+    pub new_model: Option<Preset>,
     /// Decoder family of a `new_model`: qwen2, qwen3 or llama.
-    pub arch: String,
+    pub arch: Architecture,
     /// Seed of a `new_model`'s random weights.
     pub init_seed: u64,
     /// Compute dtype of the rollout (inference) copy: bf16 makes the training-inference mismatch real.
-    pub inference_dtype: String,
+    pub inference_dtype: Dtype,
     /// Dtype of the trained (master) weights.
-    pub train_dtype: String,
+    pub train_dtype: Dtype,
     /// auto (CUDA when available), cpu or cuda.
-    pub device: String,
+    pub device: Device,
     /// CPU threads of each libtorch op (intra-op parallelism); 0 keeps libtorch's default (one per core).
     pub threads: usize,
 }
@@ -130,11 +183,11 @@ impl Default for ModelSection {
         ModelSection {
             path: None,
             new_model: None,
-            arch: "qwen2".into(),
+            arch: Architecture::Qwen2,
             init_seed: 0,
-            inference_dtype: "bf16".into(),
-            train_dtype: "f32".into(),
-            device: "auto".into(),
+            inference_dtype: Dtype::Bf16,
+            train_dtype: Dtype::F32,
+            device: Device::Auto,
             threads: 0,
         }
     }
@@ -283,5 +336,127 @@ impl TrainConfig {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "run".into());
         PathBuf::from("runs").join(stem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, ConfigError};
+    use super::*;
+
+    fn load_text(text: &str, overrides: &[&str]) -> (Result<TrainConfig, ConfigError>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let loaded = load(&path, &overrides, &alp_envs::Registry::builtin()).map(|l| l.config);
+        (loaded, path.display().to_string())
+    }
+
+    const ENV: &str = "[env]\nname = \"arithmetic\"\n";
+
+    #[test]
+    fn enum_values_are_written_as_old_run_directories_hold_them() {
+        // The spellings `config.toml` held before these values were typed: a run directory written
+        // then must still resume (the resumed config is compared with the saved one).
+        let text = format!("[model]\nnew_model = \"small\"\n{ENV}[eval]\nevery = 1\n");
+        let config = load_text(&text, &[]).0.unwrap();
+        let written = config.to_toml();
+        for line in [
+            "new_model = \"small\"",
+            "arch = \"qwen2\"",
+            "inference_dtype = \"bf16\"",
+            "train_dtype = \"f32\"",
+            "device = \"auto\"",
+            "logprob_mode = \"temperature\"",
+            "split = \"heldout\"",
+            "advantage = \"grpo\"",
+            "aggregation = \"token-mean\"",
+            "kind = \"bypass\"",
+            "schedule = \"constant\"",
+        ] {
+            assert!(
+                written.lines().any(|l| l == line),
+                "`{line}` missing from\n{written}"
+            );
+        }
+        assert_eq!(toml::from_str::<TrainConfig>(&written).unwrap(), config);
+    }
+
+    #[test]
+    fn dtype_aliases_are_read_and_written_canonically() {
+        let text = format!(
+            "[model]\nnew_model = \"tiny\"\ntrain_dtype = \"float32\"\ninference_dtype = \"bfloat16\"\n{ENV}"
+        );
+        let config = load_text(&text, &[]).0.unwrap();
+        assert_eq!(
+            (config.model.train_dtype, config.model.inference_dtype),
+            (Dtype::F32, Dtype::Bf16)
+        );
+        assert_eq!(config.model.train_dtype.kind(), tch::Kind::Float);
+        let written = config.to_toml();
+        assert!(written.contains("train_dtype = \"f32\""), "{written}");
+        assert!(written.contains("inference_dtype = \"bf16\""), "{written}");
+    }
+
+    #[test]
+    fn unknown_enum_values_name_position_key_allowed_values_and_the_closest() {
+        for (line, key, message) in [
+            (
+                "device = \"gpu\"",
+                "model.device",
+                "unknown value \"gpu\"; allowed: auto, cpu, cuda",
+            ),
+            (
+                "device = \"CPU\"",
+                "model.device",
+                "unknown value \"CPU\"; allowed: auto, cpu, cuda; did you mean `cpu`?",
+            ),
+            (
+                "arch = \"qwen\"",
+                "model.arch",
+                "unknown architecture \"qwen\"; allowed: qwen2, qwen3, llama; did you mean `qwen2`?",
+            ),
+            (
+                "train_dtype = \"f64\"",
+                "model.train_dtype",
+                "unknown dtype \"f64\"; allowed: f32, bf16, f16",
+            ),
+        ] {
+            let text = format!("[model]\nnew_model = \"tiny\"\n{line}\n{ENV}");
+            let (result, file) = load_text(&text, &[]);
+            let e = result.unwrap_err();
+            let col = line.find('"').unwrap() + 1;
+            assert_eq!(e.location, format!("{file}:3:{col}"), "{line}");
+            assert_eq!(e.key, key, "{line}");
+            assert!(e.message.starts_with(message), "{line}: {}", e.message);
+        }
+        let text = format!("[model]\nnew_model = \"tiyn\"\n{ENV}");
+        let e = load_text(&text, &[]).0.unwrap_err();
+        assert!(
+            e.message
+                .starts_with("unknown preset \"tiyn\"; allowed: tiny, small; did you mean `tiny`?"),
+            "{}",
+            e.message
+        );
+        let text = format!("[model]\nnew_model = \"tiny\"\n{ENV}");
+        let e = load_text(&text, &["model.device=gpu"]).0.unwrap_err();
+        assert_eq!(
+            (e.location.as_str(), e.key.as_str()),
+            ("--set model.device=gpu", "model.device")
+        );
+        assert!(
+            e.message.contains("allowed: auto, cpu, cuda"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn split_names_map_to_the_environment_splits() {
+        assert_eq!(SplitName::Heldout.split(), alp_envs::Split::Test);
+        assert_eq!(SplitName::Train.split(), alp_envs::Split::Train);
+        assert_eq!(Device::Cpu.to_tch(), tch::Device::Cpu);
+        assert_eq!(Device::Cuda.to_tch(), tch::Device::Cuda(0));
     }
 }

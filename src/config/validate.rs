@@ -7,8 +7,6 @@ use alp_envs::{Environment, Registry};
 use super::load::{between, closest};
 use super::schema::{EvalSection, SftSection, TrainConfig};
 
-pub const EVAL_SPLITS: &[&str] = &["heldout", "train"];
-
 /// Most `model.threads`.
 pub const MAX_THREADS: usize = 1024;
 
@@ -16,8 +14,8 @@ pub const MAX_THREADS: usize = 1024;
 pub const MAX_STALENESS: u64 = 16;
 
 /// Upper bounds on sizes, so a typo (`group_size = 1000000000`) is refused before anything is
-/// allocated; token counts are also checked against the model's context when the run starts
-/// ([`TrainConfig::check_context`]).
+/// allocated; token counts are also checked against the model's context before the run starts
+/// (`train::preflight::check_model`).
 pub const MAX_GROUP_SIZE: usize = 1024;
 pub const MAX_PROMPTS: usize = 65_536;
 pub const MAX_STEP_SAMPLES: usize = 1 << 20;
@@ -33,11 +31,6 @@ fn check_upper_bounds(bounds: &[(&str, usize, usize)]) -> Result<(), (String, St
         None => Ok(()),
     }
 }
-
-/// Model presets `model.new_model` accepts (those of `alp-rl new-model`).
-pub const PRESETS: &[&str] = &["tiny", "small"];
-pub const ARCHS: &[&str] = &["qwen2", "qwen3", "llama"];
-pub const DEVICES: &[&str] = &["auto", "cpu", "cuda"];
 
 impl TrainConfig {
     /// Range and consistency checks; the error names the key (a dotted path) and what is allowed.
@@ -61,30 +54,6 @@ impl TrainConfig {
             }
             _ => {}
         }
-        if let Some(p) = &m.new_model {
-            if !PRESETS.contains(&p.as_str()) {
-                return bad(
-                    "model.new_model",
-                    format!("unknown preset {p:?}; allowed: {}", PRESETS.join(", ")),
-                );
-            }
-        }
-        if !ARCHS.contains(&m.arch.as_str()) {
-            return bad(
-                "model.arch",
-                format!("unknown value {:?}; allowed: {}", m.arch, ARCHS.join(", ")),
-            );
-        }
-        if !DEVICES.contains(&m.device.as_str()) {
-            return bad(
-                "model.device",
-                format!(
-                    "unknown value {:?}; allowed: {}",
-                    m.device,
-                    DEVICES.join(", ")
-                ),
-            );
-        }
         if m.threads > MAX_THREADS {
             return bad(
                 "model.threads",
@@ -93,14 +62,6 @@ impl TrainConfig {
                     m.threads
                 ),
             );
-        }
-        for (key, v) in [
-            ("model.inference_dtype", &m.inference_dtype),
-            ("model.train_dtype", &m.train_dtype),
-        ] {
-            if alp_policy::parse_kind(v).is_err() {
-                return bad(key, format!("unknown dtype {v:?}; allowed: f32, bf16, f16"));
-            }
         }
         let r = &self.rollout;
         let at_least_one = [
@@ -290,16 +251,6 @@ impl TrainConfig {
 
 fn validate_eval(e: &EvalSection) -> Result<(), (String, String)> {
     let bad = |key: &str, msg: String| Err((format!("eval.{key}"), msg));
-    if !EVAL_SPLITS.contains(&e.split.as_str()) {
-        return bad(
-            "split",
-            format!(
-                "unknown split {:?}; allowed: {}",
-                e.split,
-                EVAL_SPLITS.join(", ")
-            ),
-        );
-    }
     if e.problems < 1 {
         return bad("problems", "must be at least 1, got 0".into());
     }

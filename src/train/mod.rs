@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use alp_envs::Environment;
 use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::{EpisodeSettings, Trajectory};
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -50,14 +50,6 @@ pub struct TrainSummary {
     /// `(step, eval/accuracy)` of the first and the last evaluation, when `[eval]` is set.
     pub first_eval: Option<(u64, f64)>,
     pub last_eval: Option<(u64, f64)>,
-}
-
-pub(crate) fn device_of(name: &str) -> Device {
-    match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    }
 }
 
 fn unix_now() -> f64 {
@@ -166,7 +158,6 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
     let preset = config
         .model
         .new_model
-        .as_deref()
         .expect("validated: path or new_model");
     let dir = run.initial_model();
     if !dir.join("config.json").exists() {
@@ -177,10 +168,10 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
         }
         crate::commands::new_model::write_model(
             preset,
-            &config.model.arch,
+            config.model.arch,
             &tmp,
             config.model.init_seed,
-            "f32",
+            alp_policy::Dtype::F32,
         )?;
         std::fs::rename(&tmp, &dir)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
@@ -197,7 +188,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
     let _lock = preflight::lock_run_dir(&run.root, !req.resume)?;
     prepare_run_dir(&req, &run, &config_toml)?;
-    let device = device_of(&config.model.device);
+    let device = config.model.device.to_tch();
     let mut model_src = initial_model(config, &run)?;
     if let Some(sft) = &config.sft {
         // The warm start: its logs and checkpoints go to RUN/sft/, RL starts from its last model
@@ -214,8 +205,8 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         )?.model;
     }
 
-    let train_kind = parse_kind(&config.model.train_dtype)?;
-    let inference_kind = parse_kind(&config.model.inference_dtype)?;
+    let train_kind = config.model.train_dtype.kind();
+    let inference_kind = config.model.inference_dtype.kind();
     let latest = if req.resume {
         preflight::resume_checkpoint(&run)?
     } else {

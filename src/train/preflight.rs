@@ -10,7 +10,7 @@ use alp_policy::ModelConfig;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::config::{SftSection, TrainConfig};
+use crate::config::{Preset, SftSection, TrainConfig};
 use crate::run_dir::{checkpoint_name, RunDir};
 
 /// The starting model's config and tokenizer: `model.path`'s files, or the `model.new_model` preset's;
@@ -32,8 +32,8 @@ pub(crate) fn starting_model(config: &TrainConfig) -> Result<(ModelConfig, Token
             path.join("config.json").display().to_string(),
         ));
     }
-    let preset = config.model.new_model.as_deref().unwrap_or("tiny");
-    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, &config.model.arch)?;
+    let preset = config.model.new_model.unwrap_or(Preset::Tiny);
+    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, config.model.arch)?;
     Ok((cfg, tokenizer, format!("the `{preset}` preset")))
 }
 
