@@ -5,8 +5,13 @@
 //! by its path below `[learner]` (e.g. `alp.sigma0`), because a bad value usually comes from a hand-edited
 //! TOML file and the field name is what the user needs to fix it.
 
+// Enums spelled as strings in the config use the workspace's one string-enum macro: an unknown value
+// is refused with the allowed values and the closest one.
+use alp_macros::string_enum;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::eggroll::EggrollSettings;
 
 /// A refused setting: the field's path below `[learner]` and why.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -24,10 +29,6 @@ impl SettingsError {
         }
     }
 }
-
-// Enums spelled as strings in the config: the workspace's one string-enum macro (an unknown value is
-// refused with the allowed values and the closest one).
-use alp_macros::string_enum;
 
 string_enum! {
     /// How rewards of a group become advantages.
@@ -121,10 +122,27 @@ impl CorrectionKind {
     }
 }
 
-/// The `[learner]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+string_enum! {
+    /// Which learner trains the policy (`[learner] kind`).
+    #[derive(Default)]
+    pub enum LearnerKind {
+        /// Policy gradient ([`crate::Learner`]): advantages, the clipped surrogate, off-policy
+        /// corrections, ALP; every `[learner]` key except `eggroll`.
+        #[default]
+        Pg => "pg",
+        /// EGGROLL evolution strategies ([`crate::eggroll::EsLearner`]), backprop-free:
+        /// `[learner.eggroll]` and `seed` only.
+        Eggroll => "eggroll",
+    }
+}
+
+/// The `[learner]` section: `kind` picks the learner; the policy-gradient keys and `[learner.eggroll]`
+/// belong to one learner each. Serialisation writes `kind`, `seed` and the chosen learner's keys only,
+/// so a written config never carries settings its learner ignores.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerSettings {
+    pub kind: LearnerKind,
     pub advantage: AdvantageKind,
     /// Samples per forward/backward; gradients accumulate over the micro-batches of a mini-batch.
     pub micro_batch_size: usize,
@@ -145,6 +163,8 @@ pub struct LearnerSettings {
     pub correction: CorrectionSettings,
     pub alp: AlpSettings,
     pub optimizer: OptimizerSettings,
+    /// `[learner.eggroll]`, used when `kind = "eggroll"`.
+    pub eggroll: EggrollSettings,
     /// The temperature `T` the sampled tokens' log-probs `mu` were taken at: every forward that scores
     /// sampled tokens (training, `lp_old`, reference, the logged `lp`) divides its logits by `T`, so at
     /// identical weights every ratio is exactly 1 (verl's convention). Not a config key: the train
@@ -156,6 +176,7 @@ pub struct LearnerSettings {
 impl Default for LearnerSettings {
     fn default() -> Self {
         Self {
+            kind: LearnerKind::Pg,
             advantage: AdvantageKind::Grpo,
             micro_batch_size: 8,
             mini_batches: 1,
@@ -167,9 +188,72 @@ impl Default for LearnerSettings {
             correction: CorrectionSettings::default(),
             alp: AlpSettings::default(),
             optimizer: OptimizerSettings::default(),
+            eggroll: EggrollSettings::default(),
             score_temperature: 1.0,
         }
     }
+}
+
+impl Serialize for LearnerSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Destructured, so a new field cannot be forgotten here.
+        let LearnerSettings {
+            kind,
+            advantage,
+            micro_batch_size,
+            mini_batches,
+            epochs,
+            max_grad_norm,
+            seed,
+            mismatch_every,
+            loss,
+            correction,
+            alp,
+            optimizer,
+            eggroll,
+            score_temperature: _,
+        } = self;
+        let mut out = s.serialize_struct("LearnerSettings", 12)?;
+        out.serialize_field("kind", kind)?;
+        match kind {
+            LearnerKind::Pg => {
+                out.serialize_field("advantage", advantage)?;
+                out.serialize_field("micro_batch_size", micro_batch_size)?;
+                out.serialize_field("mini_batches", mini_batches)?;
+                out.serialize_field("epochs", epochs)?;
+                out.serialize_field("max_grad_norm", max_grad_norm)?;
+                out.serialize_field("seed", seed)?;
+                out.serialize_field("mismatch_every", mismatch_every)?;
+                out.serialize_field("loss", loss)?;
+                out.serialize_field("correction", correction)?;
+                out.serialize_field("alp", alp)?;
+                out.serialize_field("optimizer", optimizer)?;
+            }
+            LearnerKind::Eggroll => {
+                out.serialize_field("seed", seed)?;
+                out.serialize_field("eggroll", eggroll)?;
+            }
+        }
+        out.end()
+    }
+}
+
+impl LearnerSettings {
+    /// The keys of `[learner]` that belong to the policy-gradient learner (`kind = "pg"`); `kind` and
+    /// `seed` are shared, `eggroll` is the ES learner's.
+    pub const PG_KEYS: &'static [&'static str] = &[
+        "advantage",
+        "micro_batch_size",
+        "mini_batches",
+        "epochs",
+        "max_grad_norm",
+        "mismatch_every",
+        "loss",
+        "correction",
+        "alp",
+        "optimizer",
+    ];
 }
 
 /// `[learner.loss]`: the clipped surrogate and its extra terms.
@@ -312,9 +396,13 @@ pub(crate) fn finite_nonneg(x: f64, field: &str) -> Result<(), SettingsError> {
 }
 
 impl LearnerSettings {
-    /// Refuses values that cannot work, naming the field. Checks that need the model (the layer range
-    /// against the number of layers) happen in [`AlpSettings::layer_range`].
+    /// Refuses values of the chosen learner that cannot work, naming the field. Checks that need the
+    /// model happen in [`AlpSettings::layer_range`] (the layer range against the number of layers)
+    /// and [`EggrollSettings::check_against`] (rank and parameter patterns).
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.kind == LearnerKind::Eggroll {
+            return self.eggroll.validate();
+        }
         check(self.micro_batch_size >= 1, "micro_batch_size", || {
             "must be >= 1".into()
         })?;

@@ -100,11 +100,15 @@ pub fn load(
     }
 
     inherit_run_seed(&mut config, &table);
-    let env = config.validate(registry).map_err(|(key, message)| {
+    // A refusal points at the last `--set` of the key (or of a key inside it, or of a table holding
+    // it), else at the key in the file, else says the value is a default.
+    let located = |(key, message): (String, String)| {
         let location = overridden
             .iter()
             .rev()
-            .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")))
+            .find(|(k, _)| {
+                key == *k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+            })
             .map(|(_, loc)| loc.clone())
             .or_else(|| spans.find(&key).map(|start| position(&file, &text, start)))
             .unwrap_or_else(|| format!("{file} (default value)"));
@@ -113,12 +117,31 @@ pub fn load(
             key,
             message,
         }
-    })?;
+    };
+    config.check_learner_tables(&table).map_err(located)?;
+    let env = config.validate(registry).map_err(located)?;
     Ok(LoadedConfig {
         config,
         env,
         path: path.to_path_buf(),
     })
+}
+
+/// Where `key` is set in the config file at `path` (`FILE:LINE:COL`), or the file alone when the file
+/// does not set it (a default, or a `--set`): for refusals after loading, such as the checks of the
+/// config against the model.
+pub fn key_location(path: &Path, key: &str) -> String {
+    let file = path.display().to_string();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return file;
+    };
+    let Ok(doc) = toml_edit::Document::parse(text.as_str()) else {
+        return file;
+    };
+    match KeySpans::of(&doc).find(key) {
+        Some(start) => position(&file, &text, start),
+        None => file,
+    }
 }
 
 /// `run.seed` seeds the whole run: the new model's weights, the SFT data order and the learner's ALP

@@ -12,7 +12,7 @@ mod load;
 mod schema;
 mod validate;
 
-pub use load::{closest, load, parse_override, ConfigError, LoadedConfig};
+pub use load::{closest, key_location, load, parse_override, ConfigError, LoadedConfig};
 pub use schema::{
     Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,
     SplitName, TrainConfig,

@@ -2,7 +2,8 @@
 //! the views of it the runtime takes (sampling settings, learner settings, the run directory).
 use std::path::{Path, PathBuf};
 
-use alp_learner::LearnerSettings;
+use alp_learner::eggroll::EggrollSettings;
+use alp_learner::{LearnerKind, LearnerSettings};
 use alp_macros::string_enum;
 use alp_policy::{Architecture, Dtype};
 use alp_rollout::{LogprobMode, SamplingParams};
@@ -310,6 +311,40 @@ impl TrainConfig {
         s
     }
 
+    /// Which learner trains the policy (`learner.kind`): [`LearnerKind::Pg`] runs
+    /// [`alp_learner::Learner`] with [`TrainConfig::learner_settings`], [`LearnerKind::Eggroll`] runs
+    /// [`alp_learner::eggroll::EsLearner`] with [`TrainConfig::eggroll_settings`].
+    pub fn learner_kind(&self) -> LearnerKind {
+        self.learner.kind
+    }
+
+    /// `[learner.eggroll]` when `learner.kind = "eggroll"` (`None` for the policy-gradient learner),
+    /// with `population` resolved: 0 in the config becomes [`TrainConfig::eggroll_population`], so
+    /// `EsLearner::update` refuses a step with any other number of members. Its noise seed is
+    /// `learner.seed` (`run.seed` unless set).
+    pub fn eggroll_settings(&self) -> Option<EggrollSettings> {
+        (self.learner.kind == LearnerKind::Eggroll).then(|| EggrollSettings {
+            population: self.eggroll_population(),
+            ..self.learner.eggroll.clone()
+        })
+    }
+
+    /// Members of one ES step: `learner.eggroll.population`, or for 0 one member per
+    /// `samples_per_member` rollouts of the step (`rollout.prompts_per_step x rollout.group_size`
+    /// rollouts; with the default 1, every rollout is its own member and the `group_size` members
+    /// answering one prompt are its fitness group). Validation makes it even and makes
+    /// `population x samples_per_member` the step's rollouts.
+    pub fn eggroll_population(&self) -> usize {
+        let es = &self.learner.eggroll;
+        match es.population {
+            0 => {
+                self.rollout.prompts_per_step * self.rollout.group_size
+                    / es.samples_per_member.max(1)
+            }
+            n => n,
+        }
+    }
+
     /// Applies `model.threads` to libtorch (every thread that starts torch work afterwards uses it).
     pub fn apply_threads(&self) {
         if self.model.threads > 0 {
@@ -450,6 +485,32 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn eggroll_settings_resolve_the_population_and_exist_only_for_that_learner() {
+        let text = format!("[model]\nnew_model = \"tiny\"\n{ENV}");
+        let pg = load_text(&text, &[]).0.unwrap();
+        assert_eq!(pg.learner_kind(), LearnerKind::Pg);
+        assert!(pg.eggroll_settings().is_none());
+        // 0: one member per rollout of a step, 3 prompts x 4 samples.
+        let over = [
+            "learner.kind=eggroll",
+            "rollout.prompts_per_step=3",
+            "rollout.group_size=4",
+            "learner.eggroll.rank=2",
+        ];
+        let es = load_text(&text, &over).0.unwrap();
+        assert_eq!(es.learner_kind(), LearnerKind::Eggroll);
+        let settings = es.eggroll_settings().unwrap();
+        assert_eq!((settings.population, settings.rank), (12, 2));
+        assert_eq!(
+            es.learner.eggroll.population, 0,
+            "the config keeps what was written"
+        );
+        let halves = [&over[..], &["learner.eggroll.samples_per_member=2"]].concat();
+        let es = load_text(&text, &halves).0.unwrap();
+        assert_eq!(es.eggroll_population(), 6);
     }
 
     #[test]

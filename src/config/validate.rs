@@ -3,6 +3,9 @@
 use std::sync::Arc;
 
 use alp_envs::{Environment, Registry};
+use alp_learner::eggroll::FitnessKind;
+use alp_learner::{LearnerKind, LearnerSettings};
+use alp_policy::Dtype;
 
 use super::load::{between, closest};
 use super::schema::{EvalSection, SftSection, TrainConfig};
@@ -142,7 +145,9 @@ impl TrainConfig {
             return bad(&format!("learner.{}", e.field), e.reason);
         }
         let samples = r.group_size * r.prompts_per_step;
-        if samples < self.learner.mini_batches {
+        if self.learner.kind == LearnerKind::Eggroll {
+            self.validate_eggroll(samples)?;
+        } else if samples < self.learner.mini_batches {
             return bad(
                 "learner.mini_batches",
                 format!(
@@ -159,6 +164,97 @@ impl TrainConfig {
             validate_eval(e)?;
         }
         Ok(env)
+    }
+
+    /// What `[learner.eggroll]` needs of the rest of the config (its own ranges are checked by
+    /// `EggrollSettings::validate`; rank and parameter patterns against the model at preflight).
+    fn validate_eggroll(&self, rollouts: usize) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        let es = &self.learner.eggroll;
+        if self.model.train_dtype != Dtype::F32 {
+            return bad(
+                "model.train_dtype",
+                format!(
+                    "is \"{}\" but learner.kind = \"eggroll\" evolves f32 weights (steps of lr x g \
+                     vanish in half precision); set model.train_dtype = \"f32\"",
+                    self.model.train_dtype
+                ),
+            );
+        }
+        let k = es.samples_per_member;
+        if es.population == 0 {
+            if rollouts % k != 0 || (rollouts / k) % 2 != 0 {
+                return bad(
+                    "learner.eggroll.population",
+                    format!(
+                        "is 0 (one member per {k} rollout(s) of a step, learner.eggroll.\
+                         samples_per_member) but a step has {rollouts} rollouts (rollout.\
+                         prompts_per_step x rollout.group_size), which is not an even number of \
+                         members: antithetic pairs need an even population; change rollout.\
+                         group_size or rollout.prompts_per_step, or set learner.eggroll.population"
+                    ),
+                );
+            }
+        } else if es.population * k != rollouts {
+            return bad(
+                "learner.eggroll.population",
+                format!(
+                    "is {} with samples_per_member = {k}, so a step needs {} rollouts, but it has \
+                     {rollouts} (rollout.prompts_per_step x rollout.group_size); make them equal, \
+                     or set population = 0 (one member per rollout)",
+                    es.population,
+                    es.population * k
+                ),
+            );
+        }
+        if es.fitness == FitnessKind::Group && self.rollout.group_size < 2 {
+            return bad(
+                "learner.eggroll.fitness",
+                "is \"group\" (each prompt's group mean subtracted) but rollout.group_size = 1 \
+                 leaves every member alone in its group, so every update would be zero; set \
+                 rollout.group_size >= 2, or fitness = \"zscore\" or \"rank\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `[learner]` keys that the chosen learner would ignore are refused, not silently dropped:
+    /// with `kind = "eggroll"` every policy-gradient key (`[learner.alp]`, `[learner.correction]`,
+    /// ...), with `kind = "pg"` the `[learner.eggroll]` table. `table` is the file with the `--set`
+    /// overrides applied, so only keys the user gave count (defaults do not).
+    pub(super) fn check_learner_tables(&self, table: &toml::Table) -> Result<(), (String, String)> {
+        let Some(learner) = table.get("learner").and_then(toml::Value::as_table) else {
+            return Ok(());
+        };
+        match self.learner.kind {
+            LearnerKind::Eggroll => {
+                if let Some(key) = learner
+                    .keys()
+                    .find(|k| LearnerSettings::PG_KEYS.contains(&k.as_str()))
+                {
+                    return Err((
+                        format!("learner.{key}"),
+                        "is a setting of the policy-gradient learner, but learner.kind = \
+                         \"eggroll\" (which reads only learner.seed and [learner.eggroll]); remove \
+                         it, or set learner.kind = \"pg\""
+                            .into(),
+                    ));
+                }
+            }
+            LearnerKind::Pg => {
+                if learner.contains_key("eggroll") {
+                    return Err((
+                        "learner.eggroll".into(),
+                        "is set but learner.kind is \"pg\" (the default), which does not read it; \
+                         set learner.kind = \"eggroll\" to train with evolution strategies, or \
+                         remove [learner.eggroll]"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_sft(&self, s: &SftSection, env: &dyn Environment) -> Result<(), (String, String)> {

@@ -6,6 +6,7 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use alp_envs::Environment;
+use alp_learner::eggroll::{evolved_matrices_of, EggrollSettings};
 use alp_policy::ModelConfig;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -63,6 +64,9 @@ pub(crate) fn check_model(
     config_path: &Path,
 ) -> Result<()> {
     let (model, tokenizer, source) = starting_model(config)?;
+    if let Some(es) = config.eggroll_settings() {
+        check_eggroll(&es, &model, &source, config_path)?;
+    }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
     if total >= context {
@@ -91,6 +95,31 @@ pub(crate) fn check_model(
         check_sft(config, sft)?;
     }
     Ok(())
+}
+
+/// Refuses `[learner.eggroll]` settings the starting model cannot take (a rank above the smaller side
+/// of an evolved matrix, a `params` pattern that matches no projection), from its config alone.
+fn check_eggroll(
+    es: &EggrollSettings,
+    model: &ModelConfig,
+    source: &str,
+    config_path: &Path,
+) -> Result<()> {
+    if let Err(e) = es.check_against(&evolved_matrices_of(model)) {
+        let key = format!("learner.{}", e.field);
+        bail!(
+            "{}: `{key}`: {} (the model of {source})",
+            crate::config::key_location(config_path, &key),
+            e.reason
+        );
+    }
+    // The train loop does not run the ES learner yet: refuse rather than train the policy-gradient
+    // learner in its place. (Remove once `train::run` drives `EsLearner`.)
+    bail!(
+        "{}: `learner.kind`: \"eggroll\" is validated but `alp-rl train` does not run the ES \
+         learner yet; set learner.kind = \"pg\"",
+        crate::config::key_location(config_path, "learner.kind")
+    )
 }
 
 /// Tokens of the environment's first training prompt (train example of seed 0) with the generation
