@@ -183,7 +183,7 @@ impl TrainConfig {
         }
         let k = es.samples_per_member;
         if es.population == 0 {
-            if rollouts % k != 0 || (rollouts / k) % 2 != 0 {
+            if !rollouts.is_multiple_of(k) || !(rollouts / k).is_multiple_of(2) {
                 return bad(
                     "learner.eggroll.population",
                     format!(
