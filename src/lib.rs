@@ -14,6 +14,7 @@
 //! ```
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod parquet_log;

@@ -268,17 +268,6 @@ fn bad_eggroll_settings_are_refused_before_any_work() {
                 "\"attn.q_norm\" matches no 2-D projection",
             ],
         ),
-        // A valid config is refused too until the train loop runs the ES learner, rather than
-        // trained with the policy-gradient learner in its place.
-        (
-            "not_run_yet",
-            BASE.to_string(),
-            vec![],
-            vec![
-                "FILE:12:1: `learner.kind`",
-                "does not run the ES learner yet",
-            ],
-        ),
     ];
     let n = cases.len();
     let failures: Vec<String> = cases

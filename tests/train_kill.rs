@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use alp_policy::{CausalLM, LoadOptions};
-use arrow_array::{Array, Float64Array, Int64Array};
+use alp_test_support::cli::{ok, AlpRl};
+use alp_test_support::run_outputs::{self, without_timing};
 
-mod support;
-use support::read;
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 const SETTINGS: [&str; 6] = [
@@ -44,21 +44,13 @@ const FULL: [&str; 14] = [
 ];
 
 fn command(out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
-    c.args(["train", CONFIG, "--out", out.to_str().unwrap()])
-        .args(SETTINGS)
-        .args(extra)
-        .env("RUST_LOG", "warn");
+    let mut c = ALP_RL.train_command(CONFIG, out);
+    c.args(SETTINGS).args(extra);
     c
 }
 
 fn run_ok(out: &Path, extra: &[&str]) {
-    let o = command(out, extra).output().unwrap();
-    assert!(
-        o.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    ok(command(out, extra).output().unwrap());
 }
 
 /// Starts a run that pauses at `point`, waits until it is there, and SIGKILLs it.
@@ -81,28 +73,7 @@ fn kill_at(out: &Path, point: &str, extra: &[&str]) {
 
 /// Non-timing metrics, `step -> name -> value`, failing on duplicated steps.
 fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for b in read(&run.join("metrics.parquet")) {
-        let steps = b.column_by_name("step").unwrap();
-        let steps = steps.as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..b.num_rows() {
-            let mut row = BTreeMap::new();
-            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
-                let timing = f.name().starts_with("time/") || f.name().starts_with("throughput/");
-                if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
-                    if c.is_valid(i) && !timing {
-                        row.insert(f.name().clone(), c.value(i));
-                    }
-                }
-            }
-            assert!(
-                out.insert(steps.value(i), row).is_none(),
-                "step {} twice",
-                steps.value(i)
-            );
-        }
-    }
-    out
+    without_timing(run_outputs::metrics(run))
 }
 
 fn assert_checkpoints_load(run: &Path) {

@@ -142,7 +142,10 @@ mod tests {
             let input = json!({"example": line, "completion": solution}).to_string();
             let verdict = score_line(env.as_ref(), &input).unwrap();
             assert!(verdict.correct && verdict.reward == 1.0);
-            assert_eq!(verdict.extracted.as_deref(), line["example"]["answer"].as_str());
+            assert_eq!(
+                verdict.extracted.as_deref(),
+                line["example"]["answer"].as_str()
+            );
             let wrong = score(&r, "arithmetic", &settings, &line["example"], "#### 0.5").unwrap();
             assert!(!wrong.correct && wrong.reward == 0.0);
         }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use alp_envs::envs::arithmetic::{Arithmetic, ArithmeticSettings};
-use alp_envs::{Registry, Environment, Split};
+use alp_envs::{Environment, Registry, Split};
 use serde_json::json;
 
 #[test]

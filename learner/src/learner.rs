@@ -31,12 +31,11 @@ use crate::loss::{
     LOG_RATIO_CLAMP,
 };
 use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioEval, RatioStats};
-use crate::optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
+pub use crate::optimizer::MODEL_GROUP;
+use crate::optimizer::{AdamW, ParamGroup};
 use crate::settings::{CorrectionKind, LearnerSettings, RatioLevel, SettingsError};
 use crate::trainable::TrainablePolicy;
 
-/// Name of the model's optimizer group.
-pub const MODEL_GROUP: &str = "model";
 /// Name of the ALP `log_sigma` optimizer group (no weight decay).
 pub const ALP_GROUP: &str = "alp";
 
@@ -85,13 +84,10 @@ impl<P: TrainablePolicy> Learner<P> {
             )?),
             _ => None,
         };
-        let opt = &settings.optimizer;
-        let mut groups = vec![ParamGroup {
-            name: MODEL_GROUP.into(),
-            params: policy.trainable_parameters(),
-            lr: opt.lr,
-            weight_decay: opt.weight_decay,
-        }];
+        let mut groups = vec![ParamGroup::model(
+            policy.trainable_parameters(),
+            &settings.optimizer,
+        )];
         if let Some(a) = &alp {
             groups.push(ParamGroup {
                 name: ALP_GROUP.into(),
@@ -100,15 +96,7 @@ impl<P: TrainablePolicy> Learner<P> {
                 weight_decay: 0.0,
             });
         }
-        let optimizer = AdamW::new(
-            groups,
-            AdamWConfig {
-                beta1: opt.beta1,
-                beta2: opt.beta2,
-                eps: opt.eps,
-            },
-            Schedule::from_settings(opt),
-        );
+        let optimizer = AdamW::from_settings(groups, &settings.optimizer);
         Ok(Self {
             loss_cfg: LossConfig::from_settings(&settings),
             settings,

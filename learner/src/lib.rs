@@ -1,6 +1,7 @@
 //! The policy-gradient learner of alp-rl (design section 4): GRPO / Dr.GRPO / RLOO advantages, the
 //! clipped surrogate with token or GSPO-style sequence ratios, off-policy corrections (bypass, TIS, MIS,
-//! ALP), Adaptive Layerwise Perturbation, a resumable AdamW, and the per-step metrics.
+//! ALP), Adaptive Layerwise Perturbation, a resumable AdamW, and the per-step metrics; supervised
+//! fine-tuning ([`sft`]) on the same packing, forward and optimizer.
 //!
 //! The model is reached only through [`TrainablePolicy`], whose forward takes the
 //! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
@@ -17,6 +18,7 @@ pub mod metrics;
 pub use alp_policy::noise;
 pub mod optimizer;
 pub mod settings;
+pub mod sft;
 pub mod trainable;
 
 pub use advantage::group_advantages;
@@ -32,4 +34,5 @@ pub use settings::{
     KlEstimator, LearnerKind, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings,
     RatioLevel, SettingsError,
 };
+pub use sft::{SftExample, SftLearner, SftSettings};
 pub use trainable::TrainablePolicy;

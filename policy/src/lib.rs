@@ -20,12 +20,13 @@ pub mod hooks;
 pub mod kv_cache;
 pub mod model;
 pub mod noise;
+pub mod params;
 pub mod rope;
 
 pub use checkpoint::{hf_dtype_name, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use dtype::{parse_kind, Dtype};
 pub use error::PolicyError;
-pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks, RowHooks};
+pub use hooks::{ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};

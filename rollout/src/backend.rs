@@ -11,6 +11,9 @@ pub struct GenerationRequest {
     pub prompt_ids: Vec<i64>,
     pub max_new_tokens: Option<usize>,
     pub stop_token_ids: Option<Vec<i64>>,
+    /// The population member whose weights serve this request (evolution strategies; the backend
+    /// must have the population installed); `None`: the plain policy.
+    pub member: Option<usize>,
 }
 
 impl GenerationRequest {

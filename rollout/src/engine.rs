@@ -14,8 +14,11 @@
 //! [`Scheduling::Chunked`] keeps the earlier schedule (fixed chunks of `batch_size` requests, each run
 //! to its longest completion) for comparison (`cargo bench -p alp-rollout --bench continuous`).
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, KvCache, NoHooks, RowHooks};
+use alp_policy::{
+    positions_from_mask, CausalLM, ForwardHooks, KvCache, MemberHooks, NoHooks, RowHooks,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
@@ -39,6 +42,8 @@ pub struct LocalEngine {
     batch_size: usize,
     pad_id: i64,
     scheduling: Scheduling,
+    /// The population requests with a `member` are served by (see [`LocalEngine::set_members`]).
+    members: Option<Arc<dyn MemberHooks>>,
 }
 
 /// One request's progress through the decode loop.
@@ -151,7 +156,20 @@ impl LocalEngine {
             batch_size: batch_size.max(1),
             pad_id: 0,
             scheduling: Scheduling::default(),
+            members: None,
         }
+    }
+
+    /// Installs the population that serves requests naming a `member` (`None` removes it): the
+    /// evolution-strategies learner installs each step's population before its batch is generated.
+    pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) {
+        self.members = members;
+    }
+
+    /// The same engine, its weights labelled `version` (a resumed run's starting version).
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
     }
 
     /// The same engine with another schedule.
@@ -162,6 +180,43 @@ impl LocalEngine {
 
     pub fn model(&self) -> &CausalLM {
         &self.model
+    }
+
+    /// Installs published weights, `(HF name, tensor)` of every parameter in any dtype (converted to
+    /// the engine's as they are copied), and the version they carry. No second copy of the model is
+    /// needed to receive them.
+    pub fn install_weights(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        version: u64,
+    ) -> Result<(), RolloutError> {
+        let mut params: std::collections::HashMap<String, Tensor> =
+            self.model.named_parameters().into_iter().collect();
+        if tensors.len() != params.len() {
+            return Err(RolloutError::Backend(format!(
+                "published weights have {} tensors, the engine's model {}",
+                tensors.len(),
+                params.len()
+            )));
+        }
+        tch::no_grad(|| {
+            for (name, t) in tensors {
+                let p = params.get_mut(name).ok_or_else(|| {
+                    RolloutError::Backend(format!("published weight {name} is not in the model"))
+                })?;
+                if p.size() != t.size() {
+                    return Err(RolloutError::Backend(format!(
+                        "published weight {name} is {:?}, the model's {:?}",
+                        t.size(),
+                        p.size()
+                    )));
+                }
+                p.copy_(t);
+            }
+            Ok(())
+        })?;
+        self.version = version;
+        Ok(())
     }
 
     /// Installs new weights (copied from the learner's model) and the version they carry.
@@ -514,12 +569,37 @@ impl LocalEngine {
 }
 
 impl GenerationBackend for LocalEngine {
+    /// Requests that name a `member` are generated with that member's weights, from the installed
+    /// population; all requests of a call name one, or none does.
     fn generate(
         &mut self,
         requests: &[GenerationRequest],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
-        self.generate_with_hooks(requests, params, &NoHooks)
+        let members: Vec<usize> = requests.iter().filter_map(|r| r.member).collect();
+        if members.is_empty() {
+            return self.generate_with_hooks(requests, params, &NoHooks);
+        }
+        if members.len() != requests.len() {
+            let index = requests
+                .iter()
+                .position(|r| r.member.is_none())
+                .unwrap_or(0);
+            return Err(RolloutError::InvalidRequest {
+                index,
+                problem: "names no population member while other requests of the call do".into(),
+            });
+        }
+        let Some(population) = self.members.clone() else {
+            return Err(RolloutError::InvalidRequest {
+                index: 0,
+                problem: "names a population member but no population is installed \
+                          (LocalEngine::set_members)"
+                    .into(),
+            });
+        };
+        let row_hooks = population.for_requests(&members);
+        self.generate_with_hooks(requests, params, row_hooks.as_ref())
     }
 
     fn policy_version(&self) -> u64 {

@@ -19,8 +19,8 @@ pub mod sampling;
 pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 pub use engine::{LocalEngine, Scheduling};
 pub use episode::{
-    encode_conversation, panic_message, run_episodes, EpisodeSettings, TokenizedConversation,
-    Trajectory,
+    encode_conversation, panic_message, run_episodes, run_member_episodes, EpisodeSettings,
+    TokenizedConversation, Trajectory,
 };
 pub use error::RolloutError;
 pub use eval::{evaluate, pass_at_k, EvalReport};

@@ -14,10 +14,12 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{run_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
+use alp_rollout::{run_member_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
 use alp_tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
+
+use super::learners::BatchPopulation;
 
 #[derive(Debug, Error)]
 pub enum ActorError {
@@ -46,6 +48,8 @@ pub struct ActorSettings {
     pub first_batch: u64,
     /// One past the last batch.
     pub end_batch: u64,
+    /// The population each batch is generated with (evolution strategies); `None`: the plain policy.
+    pub population: Option<Arc<dyn BatchPopulation>>,
 }
 
 /// One learner step's worth of rollouts.
@@ -187,11 +191,10 @@ fn worker(
     };
     let tokenizer = Tokenizer::from_dir(&s.tokenizer_dir)
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
-    // Published weights land in `staging` (as sent, f32) and reach the engine through
-    // `update_weights`, which converts them to the inference dtype and sets the version.
-    let staging = load(Kind::Float)?;
-    let mut engine = LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size);
-    engine.update_weights(&staging, s.first_batch);
+    // Published weights are copied straight into the engine's model (converted to the inference
+    // dtype): the worker holds one copy of the model, the engine's.
+    let mut engine =
+        LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size).with_version(s.first_batch);
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
         let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
@@ -201,8 +204,9 @@ fn worker(
                 return Ok(()); // the learner is done
             };
             if update.version >= needed {
-                install(&staging, &update.tensors)?;
-                engine.update_weights(&staging, update.version);
+                engine
+                    .install_weights(&update.tensors, update.version)
+                    .map_err(|e| e.to_string())?;
             }
             version = update.version;
         }
@@ -218,11 +222,18 @@ fn worker(
             seed: mix(s.seed ^ 0xA5A5_5A5A, b),
             ..s.params.clone()
         };
-        let trajectories = run_episodes(
+        // Each row's member, every turn of its episode (the noise is rebuilt from its seeds).
+        let members = s.population.as_ref().map(|p| {
+            let (hooks, members) = p.for_batch(b);
+            engine.set_members(Some(hooks));
+            members
+        });
+        let trajectories = run_member_episodes(
             &mut engine,
             &tokenizer,
             s.env.as_ref(),
             &expanded,
+            members.as_deref(),
             &params,
             &s.episode,
         )
@@ -244,19 +255,4 @@ fn worker(
         }
     }
     Ok(())
-}
-
-/// Copies published tensors into the staging model's parameters (same names and shapes).
-fn install(staging: &CausalLM, tensors: &[(String, Tensor)]) -> Result<(), String> {
-    let mut params: std::collections::HashMap<String, Tensor> =
-        staging.named_parameters().into_iter().collect();
-    tch::no_grad(|| {
-        for (name, t) in tensors {
-            let p = params
-                .get_mut(name)
-                .ok_or_else(|| format!("published weight {name} is not in the model"))?;
-            p.copy_(t);
-        }
-        Ok(())
-    })
 }

@@ -65,7 +65,7 @@ pub(crate) fn check_model(
 ) -> Result<()> {
     let (model, tokenizer, source) = starting_model(config)?;
     if let Some(es) = config.eggroll_settings() {
-        check_eggroll(&es, &model, &source, config_path)?;
+        check_eggroll(config, &es, &model, &source, config_path)?;
     }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
@@ -100,6 +100,7 @@ pub(crate) fn check_model(
 /// Refuses `[learner.eggroll]` settings the starting model cannot take (a rank above the smaller side
 /// of an evolved matrix, a `params` pattern that matches no projection), from its config alone.
 fn check_eggroll(
+    config: &TrainConfig,
     es: &EggrollSettings,
     model: &ModelConfig,
     source: &str,
@@ -113,13 +114,9 @@ fn check_eggroll(
             e.reason
         );
     }
-    // The train loop does not run the ES learner yet: refuse rather than train the policy-gradient
-    // learner in its place. (Remove once `train::run` drives `EsLearner`.)
-    bail!(
-        "{}: `learner.kind`: \"eggroll\" is validated but `alp-rl train` does not run the ES \
-         learner yet; set learner.kind = \"pg\"",
-        crate::config::key_location(config_path, "learner.kind")
-    )
+    super::learners::es::members_per_step(config, es)
+        .with_context(|| format!("{}", config_path.display()))?;
+    Ok(())
 }
 
 /// Tokens of the environment's first training prompt (train example of seed 0) with the generation

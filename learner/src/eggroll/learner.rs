@@ -88,6 +88,15 @@ impl EsLearner {
         }
     }
 
+    /// The fitness shaping of the settings, for fitness groups of `group_size` members.
+    pub fn shaping(&self, group_size: usize) -> FitnessShaping {
+        match self.settings.fitness {
+            FitnessKind::Group => FitnessShaping::Group { size: group_size },
+            FitnessKind::ZScore => FitnessShaping::ZScore,
+            FitnessKind::Rank => FitnessShaping::Rank,
+        }
+    }
+
     /// One ES step: shapes `raw_fitness` (one value per member, members in order; `group_size`
     /// consecutive members answer one prompt), applies the update, returns `es/*` metrics.
     pub fn update(
@@ -110,12 +119,7 @@ impl EsLearner {
         if let Some(f) = raw_fitness.iter().find(|f| !f.is_finite()) {
             return Err(LearnerError::Batch(format!("fitness {f} is not finite")));
         }
-        let shaping = match self.settings.fitness {
-            FitnessKind::Group => FitnessShaping::Group { size: group_size },
-            FitnessKind::ZScore => FitnessShaping::ZScore,
-            FitnessKind::Rank => FitnessShaping::Rank,
-        };
-        let shaped = shape_fitness(raw_fitness, shaping);
+        let shaped = shape_fitness(raw_fitness, self.shaping(group_size));
         let population = self.population();
         let s = &self.settings;
         let t = (self.step + 1) as i32;

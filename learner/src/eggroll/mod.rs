@@ -27,7 +27,7 @@ pub use fitness::{shape_fitness, FitnessShaping};
 pub use learner::EsLearner;
 pub use population::{
     evolved_matrices, evolved_matrices_of, EvolvedMatrix, Population, PopulationFactors,
-    PopulationHooks,
+    PopulationHooks, PopulationMembers,
 };
 pub use settings::{EggrollSettings, EsOptimizer, FitnessKind};
 pub use update::es_gradient;

@@ -2,8 +2,8 @@
 //! with the base product `x W^T` shared by every row of the batch.
 use std::collections::HashMap;
 
-use alp_policy::model::parameter_specs;
-use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, ModelConfig, RowHooks};
+use alp_policy::params::parameter_specs;
+use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks};
 use tch::{Device, Kind, Tensor};
 
 use super::factors::{factors, param_id, sign, FactorKey};
@@ -102,13 +102,10 @@ pub struct PopulationFactors {
 }
 
 impl PopulationFactors {
-    /// Factors for `request_members[j]`, the member that serves request `j`, in `kind` on `device`.
-    pub fn new(
-        population: &Population,
-        request_members: &[usize],
-        kind: Kind,
-        device: Device,
-    ) -> Self {
+    /// Factors for `request_members[j]`, the member that serves request `j`, on `device`. They stay
+    /// in f32 whatever the model's dtype: the update regenerates them in f32, so a bf16 copy would
+    /// make the noise a member generated with differ from the noise it is credited with.
+    pub fn new(population: &Population, request_members: &[usize], device: Device) -> Self {
         let mut members: Vec<usize> = request_members.to_vec();
         members.sort_unstable();
         members.dedup();
@@ -141,10 +138,7 @@ impl PopulationFactors {
                     .unzip();
                 (
                     mat.name.clone(),
-                    (
-                        Tensor::stack(&a, 0).to_kind(kind),
-                        Tensor::stack(&b, 0).to_kind(kind),
-                    ),
+                    (Tensor::stack(&a, 0), Tensor::stack(&b, 0)),
                 )
             })
             .collect();
@@ -171,6 +165,23 @@ impl PopulationFactors {
                     + b.numel() * b.kind().elt_size_in_bytes()
             })
             .sum()
+    }
+}
+
+/// A population as the generation side holds it: [`MemberHooks`] that build each call's factors
+/// (from the keys alone: nothing is sent but the population's description).
+pub struct PopulationMembers {
+    pub population: Population,
+    pub device: Device,
+}
+
+impl MemberHooks for PopulationMembers {
+    fn for_requests<'a>(&'a self, members: &[usize]) -> Box<dyn RowHooks + 'a> {
+        Box::new(PopulationFactors::new(
+            &self.population,
+            members,
+            self.device,
+        ))
     }
 }
 
@@ -216,9 +227,8 @@ impl ForwardHooks for PopulationHooks<'_> {
             Some(rows) => (a.index_select(0, rows), bf.index_select(0, rows)),
             None => (a.shallow_clone(), bf.shallow_clone()),
         };
-        // The rank-r term in f32 whatever the activations' dtype: it is r (m + n) multiply-adds per
-        // row, and CPU bf16 batched matmuls of inner size r are slow.
-        let (a, bf) = (a.to_kind(Kind::Float), bf.to_kind(Kind::Float));
+        // The rank-r term in f32 whatever the activations' dtype (the factors are f32): it is
+        // r (m + n) multiply-adds per row, and CPU bf16 batched matmuls of inner size r are slow.
         let delta = x3
             .to_kind(Kind::Float)
             .matmul(&bf)
