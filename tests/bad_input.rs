@@ -664,7 +664,7 @@ fn cli_flags_are_validated_like_their_config_keys() {
         Case::new(
             "new_model_bad_preset",
             &["new-model", "--preset", "huge", "--out", &s(&d.join("m2"))],
-            &["--preset", "tiny or small"],
+            &["--preset", "allowed: tiny, small"],
         )
         .absent(&d.join("m2")),
     ];
@@ -758,7 +758,7 @@ fn files_and_values_a_new_user_gets_wrong() {
         Case::new(
             "gen_dtype",
             &["generate", "--model", &m, "--prompt", "x", "--dtype", "f64"],
-            &["--dtype f64"],
+            &["--dtype", "unknown dtype \"f64\"; allowed: f32, bf16, f16"],
         ),
         Case::new(
             "gen_logprobs_mode",
@@ -771,7 +771,7 @@ fn files_and_values_a_new_user_gets_wrong() {
                 "--logprobs",
                 "foo",
             ],
-            &["--logprobs", "sampling, temperature or raw"],
+            &["--logprobs", "allowed: sampling, temperature, raw"],
         ),
         Case::new(
             "gen_missing_model",
@@ -795,7 +795,7 @@ fn files_and_values_a_new_user_gets_wrong() {
                 "--dtype",
                 "f64",
             ],
-            &["--dtype f64"],
+            &["--dtype", "unknown dtype \"f64\"; allowed: f32, bf16, f16"],
         ),
         Case::new(
             "eval_missing_dataset",

@@ -31,8 +31,8 @@ pub use metrics::Metrics;
 pub use optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
 pub use settings::{
     AdvantageKind, Aggregation, AlpSettings, AlpTarget, CorrectionKind, CorrectionSettings,
-    KlEstimator, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings, RatioLevel,
-    SettingsError,
+    KlEstimator, LearnerKind, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings,
+    RatioLevel, SettingsError,
 };
 pub use sft::{SftExample, SftLearner, SftSettings};
 pub use trainable::TrainablePolicy;

@@ -33,16 +33,6 @@ pub fn hf_dtype_name(kind: Kind) -> &'static str {
     }
 }
 
-/// Parses a user-facing dtype name (`f32`, `bf16`, `f16` or the HF spellings).
-pub fn parse_kind(name: &str) -> Result<Kind, PolicyError> {
-    match name {
-        "f32" | "float32" | "float" => Ok(Kind::Float),
-        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
-        "f16" | "float16" | "half" => Ok(Kind::Half),
-        other => Err(PolicyError::UnsupportedComputeDtype(other.to_string())),
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     move |source| PolicyError::Io {
         path: path.display().to_string(),

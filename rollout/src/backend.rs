@@ -1,7 +1,6 @@
 //! The seam between the actor loop and whatever generates tokens: the local libtorch engine today, a
 //! remote vLLM server later. Both take token-id prompts and return token ids with per-token log-probs,
 //! tagged with the policy version that produced them.
-use serde::{Deserialize, Serialize};
 
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
@@ -26,22 +25,13 @@ impl GenerationRequest {
     }
 }
 
-/// Why a completion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// A stop token was sampled (it is the last completion token).
-    Stop,
-    /// The row reached its `max_new_tokens`.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
+alp_macros::string_enum! {
+    /// Why a completion ended.
+    pub enum FinishReason {
+        /// A stop token was sampled (it is the last completion token).
+        Stop => "stop",
+        /// The row reached its `max_new_tokens`.
+        Length => "length",
     }
 }
 

@@ -2,9 +2,11 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use alp_envs::{cli, Registry, Split};
+use alp_envs::{cli, Registry};
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+
+use crate::config::SplitName;
 
 #[derive(Args, Debug)]
 pub struct EnvArgs {
@@ -26,8 +28,9 @@ pub enum EnvCommand {
         n: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = SplitArg::Train)]
-        split: SplitArg,
+        /// `train` or `heldout` (the environment's test split).
+        #[arg(long, default_value_t = SplitName::Train)]
+        split: SplitName,
     },
     /// Score `{"example": ..., "completion": "..."}` lines; prints `{"reward", "correct", "extracted"}` per line.
     Score {
@@ -37,12 +40,6 @@ pub enum EnvCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Heldout,
 }
 
 pub fn run(args: EnvArgs, registry: &Registry) -> Result<()> {
@@ -58,11 +55,7 @@ pub fn run(args: EnvArgs, registry: &Registry) -> Result<()> {
         } => {
             super::check_count("--n", n, crate::config::MAX_EVAL_PROBLEMS)?;
             let settings = cli::parse_overrides(&set)?;
-            let split = match split {
-                SplitArg::Train => Split::Train,
-                SplitArg::Heldout => Split::Test,
-            };
-            for episode in cli::sample_split(registry, &name, &settings, n, seed, split)? {
+            for episode in cli::sample_split(registry, &name, &settings, n, seed, split.split())? {
                 writeln!(out, "{episode}")?;
             }
         }

@@ -50,7 +50,7 @@ pub fn run(args: SftArgs, registry: &Registry) -> Result<()> {
     let config_toml = config.to_toml();
     train::write_run_files(&config, &loaded.path, &run, &config_toml)?;
     let model_src = train::initial_model(&config, &run)?;
-    let device = train::device_of(&config.model.device);
+    let device = config.model.device.to_tch();
     let summary = crate::sft::run(
         &config,
         &sft,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use alp_envs::{Environment, Example, Split};
+use alp_envs::{Environment, Example};
 use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::{evaluate, EpisodeSettings, LocalEngine, SamplingParams};
 use alp_tokenizer::Tokenizer;
@@ -41,11 +41,7 @@ pub struct EvaluatorSetup<'a> {
 impl Evaluator {
     pub fn new(s: EvaluatorSetup<'_>) -> Result<Self> {
         let e = s.section;
-        let split = if e.split == "train" {
-            Split::Train
-        } else {
-            Split::Test
-        };
+        let split = e.split.split();
         let available = s.env.num_examples(split)?.unwrap_or(usize::MAX);
         let examples = (0..e.problems.min(available) as u64)
             .map(|seed| s.env.example(split, seed))

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use alp_envs::Environment;
 use alp_learner::{Learner, TrainablePolicy};
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::EpisodeSettings;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
@@ -33,7 +33,7 @@ use crate::run_dir::RunDir;
 use actor::{Actor, ActorSettings};
 use checkpoint::RuntimeState;
 use learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
-pub(crate) use run_files::{device_of, initial_model, write_run_files};
+pub(crate) use run_files::{initial_model, write_run_files};
 
 /// What `train` was asked to do.
 #[derive(Clone)]
@@ -68,16 +68,13 @@ fn build_learner(
     if let Some(settings) = config.eggroll_settings() {
         return Ok(Box::new(Eggroll::new(
             config,
-            settings.clone(),
+            settings,
             config.learner.seed,
             policy,
         )?));
     }
     let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
-        Some(Box::new(load(
-            model_src,
-            parse_kind(&config.model.train_dtype)?,
-        )?))
+        Some(Box::new(load(model_src, config.model.train_dtype.kind())?))
     } else {
         None
     };
@@ -94,7 +91,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
     let _lock = preflight::lock_run_dir(&run.root, !req.resume)?;
     run_files::prepare_run_dir(&req, &run, &config_toml)?;
-    let device = device_of(&config.model.device);
+    let device = config.model.device.to_tch();
     let mut model_src = initial_model(config, &run)?;
     if let Some(sft) = &config.sft {
         // The warm start: its logs and checkpoints go to RUN/sft/, RL starts from its last model
@@ -112,8 +109,8 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         .model;
     }
 
-    let train_kind = parse_kind(&config.model.train_dtype)?;
-    let inference_kind = parse_kind(&config.model.inference_dtype)?;
+    let train_kind = config.model.train_dtype.kind();
+    let inference_kind = config.model.inference_dtype.kind();
     let latest = if req.resume {
         preflight::resume_checkpoint(&run)?
     } else {

@@ -6,11 +6,12 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use alp_envs::Environment;
+use alp_learner::eggroll::{evolved_matrices_of, EggrollSettings};
 use alp_policy::ModelConfig;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::config::{SftSection, TrainConfig};
+use crate::config::{Preset, SftSection, TrainConfig};
 use crate::run_dir::{checkpoint_name, RunDir};
 
 /// The starting model's config and tokenizer: `model.path`'s files, or the `model.new_model` preset's;
@@ -32,8 +33,8 @@ pub(crate) fn starting_model(config: &TrainConfig) -> Result<(ModelConfig, Token
             path.join("config.json").display().to_string(),
         ));
     }
-    let preset = config.model.new_model.as_deref().unwrap_or("tiny");
-    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, &config.model.arch)?;
+    let preset = config.model.new_model.unwrap_or(Preset::Tiny);
+    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, config.model.arch)?;
     Ok((cfg, tokenizer, format!("the `{preset}` preset")))
 }
 
@@ -63,6 +64,9 @@ pub(crate) fn check_model(
     config_path: &Path,
 ) -> Result<()> {
     let (model, tokenizer, source) = starting_model(config)?;
+    if let Some(es) = config.eggroll_settings() {
+        check_eggroll(config, &es, &model, &source, config_path)?;
+    }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
     if total >= context {
@@ -87,13 +91,31 @@ pub(crate) fn check_model(
             config.rollout.max_new_tokens
         );
     }
-    if let Some(es) = config.eggroll_settings() {
-        super::learners::es::members_per_step(config, es)
-            .with_context(|| format!("{}", config_path.display()))?;
-    }
     if let Some(sft) = &config.sft {
         check_sft(config, sft)?;
     }
+    Ok(())
+}
+
+/// Refuses `[learner.eggroll]` settings the starting model cannot take (a rank above the smaller side
+/// of an evolved matrix, a `params` pattern that matches no projection), from its config alone.
+fn check_eggroll(
+    config: &TrainConfig,
+    es: &EggrollSettings,
+    model: &ModelConfig,
+    source: &str,
+    config_path: &Path,
+) -> Result<()> {
+    if let Err(e) = es.check_against(&evolved_matrices_of(model)) {
+        let key = format!("learner.{}", e.field);
+        bail!(
+            "{}: `{key}`: {} (the model of {source})",
+            crate::config::key_location(config_path, &key),
+            e.reason
+        );
+    }
+    super::learners::es::members_per_step(config, es)
+        .with_context(|| format!("{}", config_path.display()))?;
     Ok(())
 }
 

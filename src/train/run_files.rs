@@ -5,19 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
-use tch::Device;
 
 use super::TrainRequest;
 use crate::config::TrainConfig;
 use crate::run_dir::{remove_stale_temps, temp_path, write_bytes_atomic, RunDir};
-
-pub(crate) fn device_of(name: &str) -> Device {
-    match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    }
-}
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -125,7 +116,6 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
     let preset = config
         .model
         .new_model
-        .as_deref()
         .expect("validated: path or new_model");
     let dir = run.initial_model();
     if !dir.join("config.json").exists() {
@@ -136,10 +126,10 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
         }
         crate::commands::new_model::write_model(
             preset,
-            &config.model.arch,
+            config.model.arch,
             &tmp,
             config.model.init_seed,
-            "f32",
+            alp_policy::Dtype::F32,
         )?;
         std::fs::rename(&tmp, &dir)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;

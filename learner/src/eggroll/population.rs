@@ -2,7 +2,8 @@
 //! with the base product `x W^T` shared by every row of the batch.
 use std::collections::HashMap;
 
-use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, RowHooks};
+use alp_policy::params::parameter_specs;
+use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks};
 use tch::{Device, Kind, Tensor};
 
 use super::factors::{factors, param_id, sign, FactorKey};
@@ -19,19 +20,39 @@ pub struct EvolvedMatrix {
 /// Every 2-D projection of `model` (attention, MLP, an untied LM head), in name order. Norms, biases
 /// and the embedding stay frozen; a tied LM head *is* the embedding and so stays frozen too.
 pub fn evolved_matrices(model: &CausalLM) -> Vec<EvolvedMatrix> {
-    model
-        .named_parameters()
-        .into_iter()
-        .filter(|(name, t)| {
-            t.dim() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
+    evolved(
+        model
+            .named_parameters()
+            .into_iter()
+            .map(|(name, t)| (name, t.size())),
+    )
+}
+
+/// The matrices [`evolved_matrices`] picks for a model of this config, without building the model:
+/// what `[learner.eggroll]` is checked against ([`super::EggrollSettings::check_against`]) before a
+/// run loads anything.
+pub fn evolved_matrices_of(config: &ModelConfig) -> Vec<EvolvedMatrix> {
+    evolved(
+        parameter_specs(config)
+            .into_iter()
+            .map(|spec| (spec.name, spec.shape)),
+    )
+}
+
+fn evolved(params: impl Iterator<Item = (String, Vec<i64>)>) -> Vec<EvolvedMatrix> {
+    let mut out: Vec<EvolvedMatrix> = params
+        .filter(|(name, shape)| {
+            shape.len() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
         })
-        .map(|(name, t)| EvolvedMatrix {
+        .map(|(name, shape)| EvolvedMatrix {
             id: param_id(&name),
-            m: t.size()[0],
-            n: t.size()[1],
+            m: shape[0],
+            n: shape[1],
             name,
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// One ES epoch's population: which noise, how large, on which matrices.
@@ -215,5 +236,35 @@ impl ForwardHooks for PopulationHooks<'_> {
             .to_kind(base.kind());
         let shape = base.size();
         base + delta.reshape(shape.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alp_policy::LoadOptions;
+
+    use super::*;
+
+    #[test]
+    fn the_config_picks_the_matrices_a_built_model_evolves() {
+        for tied in [true, false] {
+            let cfg = serde_json::json!({
+                "model_type": "qwen2", "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 4, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                "tie_word_embeddings": tied
+            });
+            let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+            let model = CausalLM::random(cfg.clone(), &LoadOptions::default(), 0).unwrap();
+            let built = evolved_matrices(&model);
+            assert_eq!(evolved_matrices_of(&cfg), built);
+            // 7 projections per layer, plus the LM head when it is not the embedding.
+            assert_eq!(built.len(), 2 * 7 + usize::from(!tied));
+            let k = built
+                .iter()
+                .find(|m| m.name == "model.layers.0.self_attn.k_proj.weight")
+                .unwrap();
+            assert_eq!((k.m, k.n), (8, 16));
+        }
     }
 }

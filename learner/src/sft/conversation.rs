@@ -29,7 +29,7 @@ impl SftPair {
 }
 
 /// The message roles an SFT row may use.
-pub const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+pub const ROLES: &[&str] = alp_envs::Role::ALL;
 
 /// The worked conversation of the environment's train example of seed `index`, and its name.
 pub fn env_pair(env: &dyn Environment, index: u64) -> Result<(String, SftPair), SftDataError> {
