@@ -314,7 +314,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             }
         }
         pause::point("metrics", step);
-        tracing::info!("{}", summary_line(step, config.run.steps, &values));
+        tracing::info!("{}", summary_line(step, config.run.steps, &values, learner.watched_metrics()));
         metrics_rows.push(MetricsRow {
             step,
             policy_version: step,
@@ -374,19 +374,26 @@ fn remove_rollouts_after(run: &RunDir, step: u64) -> Result<()> {
 }
 
 /// The one-line summary of a step on stderr: a progress bar and the numbers people watch.
-fn summary_line(step: u64, steps: u64, m: &BTreeMap<String, f64>) -> String {
+fn summary_line(
+    step: u64,
+    steps: u64,
+    m: &BTreeMap<String, f64>,
+    learner_metrics: &[(&str, &str)],
+) -> String {
     const WIDTH: u64 = 20;
     let done = (step * WIDTH / steps.max(1)) as usize;
     let bar = format!("{}{}", "#".repeat(done), "-".repeat(WIDTH as usize - done));
     let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let learner: String = learner_metrics
+        .iter()
+        .map(|(label, key)| format!(" | {label} {:.3e}", get(key)))
+        .collect();
     format!(
-        "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3} | loss {:.4} | \
-         k3 {:.2e} | staleness {} | {:.2}s",
+        "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3}{learner} | \
+         staleness {} | {:.2}s",
         get("throughput/samples_per_s"),
         get("reward/mean"),
         get("acc"),
-        get("loss/total"),
-        get("mismatch/k3"),
         get("staleness/max"),
         get("time/step_s"),
     )

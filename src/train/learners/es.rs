@@ -196,4 +196,8 @@ impl RunLearner for Eggroll {
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         Ok(self.es.load_state(dir)?)
     }
+
+    fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
+        &[("fitness std", "es/fitness_std"), ("update", "es/update_norm")]
+    }
 }

@@ -54,4 +54,7 @@ pub trait RunLearner {
 
     /// Restores what [`RunLearner::save_state`] wrote.
     fn load_state(&mut self, dir: &Path) -> Result<()>;
+
+    /// The learner's own numbers on each step's progress line: (label, metric name).
+    fn watched_metrics(&self) -> &'static [(&'static str, &'static str)];
 }

@@ -128,4 +128,8 @@ impl RunLearner for PolicyGradient {
     fn load_state(&mut self, dir: &Path) -> Result<()> {
         Ok(self.learner.load_state(dir)?)
     }
+
+    fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
+        &[("loss", "loss/total"), ("k3", "mismatch/k3")]
+    }
 }
