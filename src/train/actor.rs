@@ -1,11 +1,17 @@
 //! The rollout worker: a thread that owns the inference copy of the policy (its own `LocalEngine`; a
 //! libtorch model stays on the thread that made it), generates one batch of groups per learner step
-//! into a bounded queue, and installs the weights the learner publishes through a channel.
+//! into a bounded queue, and installs the weights the learner publishes through a channel. It also runs
+//! the held-out evaluation on that same engine when a published version asks for one, so the run needs
+//! no second inference copy.
 //!
 //! Pacing: batch `b` (trained at learner step `b + 1`, when the learner holds version `b`) is generated
 //! with exactly version `max(first, b - max_staleness)`. So the worker waits for that version instead
 //! of running further ahead, no sample ever lags more than `max_staleness` versions, and the batches a
 //! run sees do not depend on thread timing (runs are reproducible, `max_staleness = 0` is synchronous).
+//! Version `v` reaches the worker exactly when its next batch needs it, so evaluating `v` on receipt
+//! (before that batch) leaves every batch's weights as they were; after the last batch the worker
+//! keeps serving evaluations until the learner is done.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use alp_tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
 
+use super::eval::Evaluation;
 use super::learners::BatchPopulation;
 
 #[derive(Debug, Error)]
@@ -50,6 +57,10 @@ pub struct ActorSettings {
     pub end_batch: u64,
     /// The population each batch is generated with (evolution strategies); `None`: the plain policy.
     pub population: Option<Arc<dyn BatchPopulation>>,
+    /// The held-out evaluation, run on the worker's engine for versions published with `evaluate`.
+    pub evaluation: Option<Evaluation>,
+    /// Evaluate the starting weights (`first_batch`'s version) before generating anything.
+    pub evaluate_first: bool,
 }
 
 /// One learner step's worth of rollouts.
@@ -68,12 +79,18 @@ pub struct RolloutBatch {
 pub struct WeightsUpdate {
     pub version: u64,
     pub tensors: Vec<(String, Tensor)>,
+    /// Run the evaluation on these weights (its metrics come back through [`Actor::evaluation`]).
+    pub evaluate: bool,
 }
+
+/// The `eval/*` metrics of one evaluation, or the worker's error.
+type EvalResult = Result<BTreeMap<String, f64>, String>;
 
 /// The learner's handle on the worker thread.
 pub struct Actor {
     batches: Option<Receiver<Result<RolloutBatch, String>>>,
     weights: Option<Sender<WeightsUpdate>>,
+    evaluations: Option<Receiver<EvalResult>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -106,13 +123,14 @@ impl Actor {
         // batches ahead, which is the queue's bound.
         let (batch_tx, batches) = mpsc::sync_channel(settings.max_staleness as usize + 1);
         let (weights_tx, weights_rx) = mpsc::channel();
+        let (eval_tx, evaluations) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("rollout-0".into())
             .spawn(move || {
                 // A panic in the worker (outside an episode: drawing examples, libtorch) must reach
                 // the learner with its message, not as a silently closed channel.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    worker(settings, &batch_tx, weights_rx)
+                    worker(settings, &batch_tx, weights_rx, &eval_tx)
                 }));
                 let error = match result {
                     Ok(Ok(())) => None,
@@ -123,7 +141,9 @@ impl Actor {
                     )),
                 };
                 if let Some(e) = error {
-                    // The learner may already be gone; then nobody needs the error.
+                    // The learner may already be gone; then nobody needs the error. It may be
+                    // waiting for a batch or for an evaluation: tell both.
+                    let _ = eval_tx.send(Err(e.clone()));
                     let _ = batch_tx.send(Err(e));
                 }
             })
@@ -131,6 +151,7 @@ impl Actor {
         Actor {
             batches: Some(batches),
             weights: Some(weights_tx),
+            evaluations: Some(evaluations),
             handle: Some(handle),
         }
     }
@@ -145,8 +166,20 @@ impl Actor {
         }
     }
 
-    /// Sends a deep copy of `model`'s parameters as `version`.
-    pub fn publish(&self, model: &CausalLM, version: u64) {
+    /// The metrics of the oldest evaluation not yet taken (the starting weights' with
+    /// `evaluate_first`, then each version published with `evaluate`); blocks until it has run.
+    pub fn evaluation(&self) -> Result<BTreeMap<String, f64>, ActorError> {
+        let rx = self.evaluations.as_ref().ok_or(ActorError::Stopped)?;
+        match rx.recv() {
+            Ok(Ok(metrics)) => Ok(metrics),
+            Ok(Err(e)) => Err(ActorError::Worker(e)),
+            Err(_) => Err(ActorError::Stopped),
+        }
+    }
+
+    /// Sends a deep copy of `model`'s parameters as `version`; with `evaluate`, the worker evaluates
+    /// them as soon as it installs them.
+    pub fn publish(&self, model: &CausalLM, version: u64, evaluate: bool) {
         let tensors = tch::no_grad(|| {
             model
                 .named_parameters()
@@ -156,7 +189,11 @@ impl Actor {
         });
         if let Some(tx) = &self.weights {
             // A worker that has produced its last batch has exited; nothing more to send it.
-            let _ = tx.send(WeightsUpdate { version, tensors });
+            let _ = tx.send(WeightsUpdate {
+                version,
+                tensors,
+                evaluate,
+            });
         }
     }
 }
@@ -167,6 +204,7 @@ impl Drop for Actor {
         // generate call returns.
         self.weights.take();
         self.batches.take();
+        self.evaluations.take();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -177,6 +215,7 @@ fn worker(
     s: ActorSettings,
     out: &SyncSender<Result<RolloutBatch, String>>,
     weights: Receiver<WeightsUpdate>,
+    evaluations: &Sender<EvalResult>,
 ) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
     let load = |kind| {
@@ -195,6 +234,20 @@ fn worker(
     // dtype): the worker holds one copy of the model, the engine's.
     let mut engine =
         LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size).with_version(s.first_batch);
+    let evaluate = |engine: &mut LocalEngine, version: u64| -> Result<(), String> {
+        let evaluation = s.evaluation.as_ref().ok_or_else(|| {
+            format!("version {version} was published for evaluation, but the run has no [eval]")
+        })?;
+        let metrics = evaluation
+            .run(engine, &tokenizer, version)
+            .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
+        // The learner may already be gone; then nobody needs the metrics.
+        let _ = evaluations.send(Ok(metrics));
+        Ok(())
+    };
+    if s.evaluate_first {
+        evaluate(&mut engine, s.first_batch)?;
+    }
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
         let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
@@ -203,10 +256,15 @@ fn worker(
             let Ok(update) = weights.recv() else {
                 return Ok(()); // the learner is done
             };
-            if update.version >= needed {
+            // Versions arrive in order and each is received when a batch first needs it, so an
+            // evaluated version is also the one the next batch is generated with.
+            if update.version >= needed || update.evaluate {
                 engine
                     .install_weights(&update.tensors, update.version)
                     .map_err(|e| e.to_string())?;
+            }
+            if update.evaluate {
+                evaluate(&mut engine, update.version)?;
             }
             version = update.version;
         }
@@ -252,6 +310,15 @@ fn worker(
         };
         if out.send(Ok(batch)).is_err() {
             return Ok(()); // the learner stopped
+        }
+    }
+    // Every batch is out; the learner's last steps may still publish versions to evaluate.
+    for update in weights {
+        if update.evaluate {
+            engine
+                .install_weights(&update.tensors, update.version)
+                .map_err(|e| e.to_string())?;
+            evaluate(&mut engine, update.version)?;
         }
     }
     Ok(())

@@ -185,33 +185,20 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         max_total_tokens: config.rollout.max_total_tokens,
         chat_extra: chat_extra.clone(),
     };
-    let mut evaluator = match &config.eval {
-        Some(section) => Some(eval::Evaluator::new(eval::EvaluatorSetup {
+    let evaluation = match &config.eval {
+        Some(section) => Some(eval::Evaluation::new(
             config,
             section,
-            env: env.clone(),
-            model_dir: &weights_dir,
-            tokenizer_dir: &model_src,
-            kind: inference_kind,
-            device,
-            stop_token_ids: stop,
-            episode: episode.clone(),
-        })?),
+            env.clone(),
+            stop,
+            episode.clone(),
+        )?),
         None => None,
     };
-    if let (Some(ev), 0) = (evaluator.as_mut(), state.step) {
-        // Step 0: the starting point (after the SFT warm start, before any RL update).
-        metrics_rows.push(MetricsRow {
-            step: 0,
-            policy_version: 0,
-            values: ev.run(learner.policy(), 0)?,
-        });
-        parquet_log::write_parquet(
-            &run.metrics(),
-            &parquet_log::metrics_batch(&metrics_rows)?,
-            &config_toml,
-        )?;
-    }
+    let evaluates = evaluation.is_some();
+    let eval_every = config.eval.as_ref().map_or(0, |e| e.every);
+    // Step 0: the starting point (after the SFT warm start, before any RL update).
+    let evaluate_first = evaluates && state.step == 0;
     let actor = Actor::spawn(ActorSettings {
         model_dir: weights_dir.clone(),
         tokenizer_dir: model_src.clone(),
@@ -228,7 +215,21 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         first_batch: state.step,
         end_batch: config.run.steps,
         population: learner.batch_population(),
+        evaluation,
+        evaluate_first,
     });
+    if evaluate_first {
+        metrics_rows.push(MetricsRow {
+            step: 0,
+            policy_version: 0,
+            values: actor.evaluation()?,
+        });
+        parquet_log::write_parquet(
+            &run.metrics(),
+            &parquet_log::metrics_batch(&metrics_rows)?,
+            &config_toml,
+        )?;
+    }
 
     tracing::info!(
         run = %run.root.display(),
@@ -286,7 +287,9 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         }
         state.step = step;
         state.policy_version = step;
-        actor.publish(learner.policy(), step);
+        let evaluate = evaluates
+            && (step == config.run.steps || (eval_every > 0 && step.is_multiple_of(eval_every)));
+        actor.publish(learner.policy(), step, evaluate);
 
         values.insert("train/nonfinite_steps".into(), state.nonfinite_total as f64);
         values.insert("time/rollout_wait_s".into(), wait_s);
@@ -307,14 +310,14 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             "throughput/samples_per_s".into(),
             out.rows.len() as f64 / step_s.max(1e-9),
         );
-        if let Some(ev) = evaluator.as_mut() {
-            let every = config.eval.as_ref().map_or(0, |e| e.every);
-            if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
-                values.extend(ev.run(learner.policy(), step)?);
-            }
+        if evaluate {
+            values.extend(actor.evaluation()?);
         }
         pause::point("metrics", step);
-        tracing::info!("{}", summary_line(step, config.run.steps, &values, learner.watched_metrics()));
+        tracing::info!(
+            "{}",
+            summary_line(step, config.run.steps, &values, learner.watched_metrics())
+        );
         metrics_rows.push(MetricsRow {
             step,
             policy_version: step,

@@ -198,6 +198,9 @@ impl RunLearner for Eggroll {
     }
 
     fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
-        &[("fitness std", "es/fitness_std"), ("update", "es/update_norm")]
+        &[
+            ("fitness std", "es/fitness_std"),
+            ("update", "es/update_norm"),
+        ]
     }
 }
