@@ -108,7 +108,15 @@ fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
     without_timing(run_outputs::metrics(run))
 }
 
-fn assert_checkpoints_load(run: &Path) {
+/// The policy-gradient learner's files in a checkpoint (AdamW moments, ALP's sigmas and step).
+const PG_FILES: &[&str] = &[
+    "learner/optimizer.safetensors",
+    "learner/learner.safetensors",
+];
+/// EGGROLL's: the ES step and Adam's moments.
+const ES_FILES: &[&str] = &["learner/eggroll.safetensors"];
+
+fn assert_checkpoints_load(run: &Path, learner_files: &[&str]) {
     let dir = run.join("checkpoints");
     let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
     assert!(dir.join(latest.trim()).join("state.json").exists());
@@ -124,11 +132,7 @@ fn assert_checkpoints_load(run: &Path) {
         }
         let model = CausalLM::load(&e.path().join("model"), &LoadOptions::default());
         assert!(model.is_ok(), "{name}: {:?}", model.err());
-        for f in [
-            "state.json",
-            "learner/optimizer.safetensors",
-            "learner/learner.safetensors",
-        ] {
+        for f in std::iter::once(&"state.json").chain(learner_files) {
             assert!(e.path().join(f).exists(), "{name} lacks {f}");
         }
     }
@@ -140,6 +144,7 @@ fn assert_checkpoints_load(run: &Path) {
 fn kill_resume_compare(
     tmp: &Path,
     extra: &[&str],
+    learner_files: &[&str],
     points: &[&str],
     expected_steps: &[i64],
     exact_through: i64,
@@ -155,7 +160,7 @@ fn kill_resume_compare(
         let mut resume = extra.to_vec();
         resume.push("--resume");
         run_ok(&run, &resume);
-        assert_checkpoints_load(&run);
+        assert_checkpoints_load(&run, learner_files);
         let got = metrics(&run);
         assert_eq!(
             got.keys().copied().collect::<Vec<_>>(),
@@ -191,6 +196,7 @@ fn sigkill_at_any_point_then_resume_loses_and_duplicates_nothing() {
     kill_resume_compare(
         tmp.path(),
         &[],
+        PG_FILES,
         &[
             "rollout:3",
             "update:3",
@@ -215,6 +221,7 @@ fn sigkill_with_eval_staleness_and_warm_start_then_resume() {
     kill_resume_compare(
         tmp.path(),
         &FULL,
+        PG_FILES,
         &["update:1", "metrics:3", "checkpoint:4", "rollout:5"],
         &[0, 1, 2, 3, 4, 5, 6],
         2,
@@ -230,6 +237,7 @@ fn sigkill_an_eggroll_run_then_resume_gives_the_same_metrics() {
     kill_resume_compare(
         tmp.path(),
         &EGGROLL,
+        ES_FILES,
         &["rollout:3", "update:3", "checkpoint:4", "latest:4"],
         &[0, 1, 2, 3, 4, 5, 6],
         6,

@@ -36,6 +36,8 @@ pub struct EggrollSettings {
     pub population: usize,
     pub rank: i64,
     pub sigma: f64,
+    /// With SGD one weight moves about `lr / (sigma sqrt(N))` per step (`N` members): the step size
+    /// that matters, so the default (1e-5) suits sigma 1e-3 with a few hundred members.
     pub lr: f64,
     pub optimizer: EsOptimizer,
     pub fitness: FitnessKind,
@@ -60,7 +62,7 @@ impl Default for EggrollSettings {
             population: 0,
             rank: 1,
             sigma: 1e-3,
-            lr: 1e-3,
+            lr: 1e-5,
             optimizer: EsOptimizer::Sgd,
             fitness: FitnessKind::Group,
             noise_reuse: 1,
