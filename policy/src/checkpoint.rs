@@ -492,12 +492,6 @@ mod tests {
     /// huggingface_hub's own splitter on the same sizes (it only needs `get_storage_size`, so plain
     /// integers stand in for tensors), as lists of indices.
     fn hub_plan(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run scripts/setup.sh",
-            python.display()
-        );
         let script = r#"
 import json, sys
 from huggingface_hub.serialization._base import split_state_dict_into_shards_factory
@@ -507,7 +501,7 @@ split = split_state_dict_into_shards_factory(
     get_storage_size=lambda s: s, filename_pattern="m{suffix}.st", max_shard_size=limit)
 print(json.dumps([[int(k) for k in ks] for ks in split.filename_to_tensors.values()]))
 "#;
-        let out = std::process::Command::new(python)
+        let out = alp_oracle::python_command()
             .args([
                 "-c",
                 script,
