@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alp_envs::Environment;
+use alp_learner::metric_names as names;
 use alp_learner::sft::{check_file, SftLearner, SftSettings, SftSource};
 use alp_policy::{CausalLM, LoadOptions};
 use alp_tokenizer::Tokenizer;
@@ -144,11 +145,14 @@ pub fn run(
         n += 1;
         if step % sft.log_every == 0 || step == sft.steps {
             let mut values = BTreeMap::new();
-            values.insert("sft/loss".into(), loss_sum / n as f64);
-            values.insert("sft/tokens".into(), tokens_sum as f64);
-            values.insert("sft/lr".into(), out.lr);
-            values.insert("grad/norm".into(), out.grad_norm);
-            values.insert("time/elapsed_s".into(), started.elapsed().as_secs_f64());
+            values.insert(names::SFT_LOSS.into(), loss_sum / n as f64);
+            values.insert(names::SFT_TOKENS.into(), tokens_sum as f64);
+            values.insert(names::SFT_LR.into(), out.lr);
+            values.insert(names::GRAD_NORM.into(), out.grad_norm);
+            values.insert(
+                names::TIME_ELAPSED_S.into(),
+                started.elapsed().as_secs_f64(),
+            );
             tracing::info!(
                 "sft step {step}/{} | loss {:.4} | tokens {tokens_sum} | lr {:.2e} | {:.1}s",
                 sft.steps,

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alp_envs::{Environment, Example};
+use alp_learner::metric_names as names;
+use alp_rollout::eval::PASS_AT_PREFIX;
 use alp_rollout::{evaluate, EpisodeSettings, LocalEngine, SamplingParams};
 use alp_tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::config::{EvalSection, TrainConfig};
 
@@ -76,13 +78,17 @@ impl Evaluation {
             &self.episode,
         )?;
         let mut m = BTreeMap::new();
-        m.insert("eval/accuracy".into(), report.accuracy);
-        m.insert("eval/mean_reward".into(), report.mean_reward);
-        m.insert("eval/error_rate".into(), report.error_rate);
-        for (k, v) in &report.pass_at_k {
-            m.insert(format!("eval/{k}"), *v);
+        m.insert(names::EVAL_ACCURACY.into(), report.accuracy);
+        m.insert(names::EVAL_MEAN_REWARD.into(), report.mean_reward);
+        m.insert(names::EVAL_ERROR_RATE.into(), report.error_rate);
+        for (key, v) in &report.pass_at_k {
+            let k: usize = key
+                .strip_prefix(PASS_AT_PREFIX)
+                .and_then(|k| k.parse().ok())
+                .with_context(|| format!("evaluation report key `{key}` is not pass@K"))?;
+            m.insert(names::eval_pass_at(k), *v);
         }
-        m.insert("time/eval_s".into(), t.elapsed().as_secs_f64());
+        m.insert(names::TIME_EVAL_S.into(), t.elapsed().as_secs_f64());
         tracing::info!(
             version,
             accuracy = report.accuracy,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alp_envs::Environment;
+use alp_learner::metric_names as names;
 use alp_learner::{Learner, TrainablePolicy};
 use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::EpisodeSettings;
@@ -291,12 +292,15 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             && (step == config.run.steps || (eval_every > 0 && step.is_multiple_of(eval_every)));
         actor.publish(learner.policy(), step, evaluate);
 
-        values.insert("train/nonfinite_steps".into(), state.nonfinite_total as f64);
-        values.insert("time/rollout_wait_s".into(), wait_s);
-        values.insert("time/generate_s".into(), batch.generate_s);
-        values.insert("time/weights_wait_s".into(), batch.wait_weights_s);
         values.insert(
-            "throughput/rollout_tokens_per_s".into(),
+            names::TRAIN_NONFINITE_STEPS.into(),
+            state.nonfinite_total as f64,
+        );
+        values.insert(names::TIME_ROLLOUT_WAIT_S.into(), wait_s);
+        values.insert(names::TIME_GENERATE_S.into(), batch.generate_s);
+        values.insert(names::TIME_WEIGHTS_WAIT_S.into(), batch.wait_weights_s);
+        values.insert(
+            names::THROUGHPUT_ROLLOUT_TOKENS_PER_S.into(),
             out.sampled_tokens as f64 / batch.generate_s.max(1e-9),
         );
         parquet_log::write_parquet(
@@ -305,9 +309,9 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             &config_toml,
         )?;
         let step_s = started.elapsed().as_secs_f64();
-        values.insert("time/step_s".into(), step_s);
+        values.insert(names::TIME_STEP_S.into(), step_s);
         values.insert(
-            "throughput/samples_per_s".into(),
+            names::THROUGHPUT_SAMPLES_PER_S.into(),
             out.rows.len() as f64 / step_s.max(1e-9),
         );
         if evaluate {
@@ -344,7 +348,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     drop(actor);
     let evals: Vec<(u64, f64)> = metrics_rows
         .iter()
-        .filter_map(|r| r.values.get("eval/accuracy").map(|&a| (r.step, a)))
+        .filter_map(|r| r.values.get(names::EVAL_ACCURACY).map(|&a| (r.step, a)))
         .collect();
     Ok(TrainSummary {
         run_dir: run.root.clone(),
@@ -394,10 +398,10 @@ fn summary_line(
     format!(
         "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3}{learner} | \
          staleness {} | {:.2}s",
-        get("throughput/samples_per_s"),
-        get("reward/mean"),
-        get("acc"),
-        get("staleness/max"),
-        get("time/step_s"),
+        get(names::THROUGHPUT_SAMPLES_PER_S),
+        get(names::REWARD_MEAN),
+        get(names::ACC),
+        get(names::STALENESS_MAX),
+        get(names::TIME_STEP_S),
     )
 }

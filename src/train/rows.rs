@@ -2,6 +2,7 @@
 //! trajectory as a rollout row, and pick out the trajectories that can be trained on.
 use std::collections::BTreeMap;
 
+use alp_learner::metric_names as names;
 use alp_learner::Sample;
 use alp_rollout::Trajectory;
 use anyhow::{ensure, Context, Result};
@@ -164,14 +165,23 @@ impl<'a> BatchRows<'a> {
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         let total = self.rows.len();
         BTreeMap::from([
-            ("acc".to_string(), self.correct as f64 / total.max(1) as f64),
             (
-                "staleness/mean".to_string(),
+                names::ACC.to_string(),
+                self.correct as f64 / total.max(1) as f64,
+            ),
+            (
+                names::STALENESS_MEAN.to_string(),
                 self.staleness_sum / self.trained().max(1) as f64,
             ),
-            ("staleness/max".to_string(), self.staleness_max as f64),
-            ("rollout/failed_episodes".to_string(), self.failed as f64),
-            ("rollout/nonfinite_mu".to_string(), self.nonfinite_mu as f64),
+            (names::STALENESS_MAX.to_string(), self.staleness_max as f64),
+            (
+                names::ROLLOUT_FAILED_EPISODES.to_string(),
+                self.failed as f64,
+            ),
+            (
+                names::ROLLOUT_NONFINITE_MU.to_string(),
+                self.nonfinite_mu as f64,
+            ),
         ])
     }
 }

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
+use alp_learner::metric_names;
 use arrow_array::{
     Array, ArrowPrimitiveType, Float64Array, Int64Array, ListArray, PrimitiveArray, RecordBatch,
     StringArray,
@@ -76,7 +77,8 @@ pub fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
     out
 }
 
-/// `metrics` without the metrics that depend on time (`time/*`, `throughput/*`), for comparing runs.
+/// `metrics` without the metrics that depend on wall time (`time/*`, `throughput/*`:
+/// [`metric_names::TIMING_PREFIXES`]), for comparing runs.
 pub fn without_timing(
     metrics: BTreeMap<i64, BTreeMap<String, f64>>,
 ) -> BTreeMap<i64, BTreeMap<String, f64>> {
@@ -85,7 +87,7 @@ pub fn without_timing(
         .map(|(step, row)| {
             let row = row
                 .into_iter()
-                .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("throughput/"))
+                .filter(|(k, _)| !metric_names::is_timing(k))
                 .collect();
             (step, row)
         })

@@ -10,6 +10,7 @@ use alp_learner::eggroll::{
     noise_epoch, shape_fitness, EggrollSettings, EsLearner, EvolvedMatrix, Population,
     PopulationMembers,
 };
+use alp_learner::metric_names as names;
 use alp_learner::metrics::batch_metrics;
 use alp_policy::{CausalLM, MemberHooks};
 use anyhow::{ensure, Context, Result};
@@ -173,12 +174,12 @@ impl RunLearner for Eggroll {
         let lengths: Vec<usize> = rows.rows.iter().map(|r| r.completion_ids.len()).collect();
         batch_metrics(&rewards, &lengths, &mut metrics);
         metrics.insert(
-            "time/learner_step_s".into(),
+            names::TIME_LEARNER_STEP_S.into(),
             started.elapsed().as_secs_f64(),
         );
         metrics.extend(rows.metrics());
         let bad_update = metrics
-            .get("es/update_norm")
+            .get(names::ES_UPDATE_NORM)
             .is_some_and(|v| !v.is_finite());
         Ok(StepOutput {
             metrics,
@@ -199,8 +200,8 @@ impl RunLearner for Eggroll {
 
     fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
         &[
-            ("fitness std", "es/fitness_std"),
-            ("update", "es/update_norm"),
+            ("fitness std", names::ES_FITNESS_STD),
+            ("update", names::ES_UPDATE_NORM),
         ]
     }
 }

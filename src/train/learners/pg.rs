@@ -2,6 +2,7 @@
 //! with its mismatch correction, and the `lp_old` / `lp` columns of the rollout logs.
 use std::path::Path;
 
+use alp_learner::metric_names as names;
 use alp_learner::{group_advantages, AdvantageKind, Group, Learner, Sample};
 use alp_policy::CausalLM;
 use anyhow::{Context, Result};
@@ -105,12 +106,14 @@ impl RunLearner for PolicyGradient {
             }
         }
         metrics.extend(rows.metrics());
-        let bad_update = ["loss/total", "grad/norm"]
+        let bad_update = [names::LOSS_TOTAL, names::GRAD_NORM]
             .iter()
             .any(|k| metrics.get(*k).is_some_and(|v| !v.is_finite()))
-            || metrics.get("optim/skipped_steps").is_some_and(|&v| v > 0.0);
+            || metrics
+                .get(names::OPTIM_SKIPPED_STEPS)
+                .is_some_and(|&v| v > 0.0);
         let bad_samples = metrics
-            .get("rollout/nonfinite_mu")
+            .get(names::ROLLOUT_NONFINITE_MU)
             .is_some_and(|&v| v > 0.0);
         Ok(StepOutput {
             metrics,
@@ -130,6 +133,6 @@ impl RunLearner for PolicyGradient {
     }
 
     fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
-        &[("loss", "loss/total"), ("k3", "mismatch/k3")]
+        &[("loss", names::LOSS_TOTAL), ("k3", names::MISMATCH_K3)]
     }
 }
