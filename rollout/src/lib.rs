@@ -10,6 +10,7 @@
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
 //! ```
 pub mod backend;
+mod decode_rows;
 pub mod engine;
 pub mod episode;
 pub mod error;
