@@ -2,7 +2,8 @@
 //! small in-code tokenizer. All cases go to one Python process (`tests/oracle.py`) per test run.
 //!
 //! Needs `<workspace>/.venv/bin/python` with transformers (scripts/setup.sh) and
-//! `<workspace>/../shared/data/tokenizers/qwen3`. Missing either is a test failure, never a skip.
+//! `<workspace>/../shared/data/tokenizers/qwen3` (or `$ALP_SHARED_DATA/tokenizers/qwen3`). Missing
+//! either is a test failure, never a skip.
 
 use alp_oracle as oracle;
 use alp_tokenizer::{CharTokenizerSpec, ChatTemplate, FunctionCall, Message, Tokenizer, ToolCall};
@@ -11,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn qwen3_dir() -> PathBuf {
-    let dir = oracle::workspace_root().join("../shared/data/tokenizers/qwen3");
+    let dir = oracle::shared_data().join("tokenizers/qwen3");
     assert!(
         dir.join("tokenizer.json").is_file(),
         "shared test data missing: {} must hold tokenizer.json and tokenizer_config.json \
-         (see ../shared/data/README.md)",
+         (see ../shared/data/README.md; ALP_SHARED_DATA names another data folder)",
         dir.display()
     );
     dir
