@@ -229,11 +229,17 @@ impl ForwardHooks for PopulationHooks<'_> {
         };
         // The rank-r term in f32 whatever the activations' dtype (the factors are f32): it is
         // r (m + n) multiply-adds per row, and CPU bf16 batched matmuls of inner size r are slow.
-        let delta = x3
-            .to_kind(Kind::Float)
-            .matmul(&bf)
-            .matmul(&a.transpose(1, 2))
-            .to_kind(base.kind());
+        let xf = x3.to_kind(Kind::Float);
+        let delta = if bf.size()[2] == 1 {
+            // Rank 1: two broadcast multiplies and a sum, which vectorise, instead of batched matmuls
+            // of inner size 1.
+            (xf * bf.transpose(1, 2))
+                .sum_dim_intlist(-1, true, Kind::Float)
+                .g_mul(&a.transpose(1, 2))
+        } else {
+            xf.matmul(&bf).matmul(&a.transpose(1, 2))
+        }
+        .to_kind(base.kind());
         let shape = base.size();
         base + delta.reshape(shape.as_slice())
     }
