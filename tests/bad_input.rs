@@ -4,8 +4,12 @@
 //! validation: no training runs here).
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use alp_test_support::cli::AlpRl;
+
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 /// A refusal must come quickly: validation, not work.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -58,9 +62,9 @@ impl Case {
 fn run(args: &[String], scratch: &Path) -> (Option<i32>, String, Duration) {
     let err_path = scratch.join(format!("stderr-{}", std::process::id()));
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+    let mut child = ALP_RL
+        .command()
         .args(args)
-        .env("RUST_LOG", "warn")
         .env_remove("RUST_BACKTRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -146,21 +150,6 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A tiny model written by `alp-rl new-model`.
-fn new_model(dir: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(["new-model", "--preset", "tiny", "--out"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Rewrites a field of `dir/config.json`.
 fn edit_config(dir: &Path, key: &str, value: serde_json::Value) {
     let path = dir.join("config.json");
@@ -195,7 +184,7 @@ fn train_configs_with_impossible_sizes_and_paths_are_refused_before_work() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let model = d.join("model");
-    new_model(&model);
+    ALP_RL.new_model(&model, &[]);
     let out = d.join("run");
     let config = |name: &str, text: &str| write(&d.join(format!("{name}.toml")), text);
     let train = |name: &str, text: &str, extra: &[&str], expect: &[&str]| {
@@ -438,11 +427,7 @@ fn resume_and_lock_faults_name_the_file_and_the_fix() {
     let d = tmp.path();
     let cfg = write(&d.join("r.toml"), BASE);
     // The resolved config a run records, so `--resume` gets past the config comparison.
-    let resolved = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(["train", &cfg, "--check"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let resolved = ALP_RL.output(["train", &cfg, "--check"]);
     assert!(resolved.status.success());
     let resolved = String::from_utf8(resolved.stdout).unwrap();
     let run_dir = |name: &str, run_json: &str| {
@@ -519,7 +504,7 @@ fn cli_flags_are_validated_like_their_config_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let model = d.join("model");
-    new_model(&model);
+    ALP_RL.new_model(&model, &[]);
     let m = s(&model);
     let nan = d.join("nan");
     copy_model(&model, &nan);
@@ -679,7 +664,7 @@ fn cli_flags_are_validated_like_their_config_keys() {
         Case::new(
             "new_model_bad_preset",
             &["new-model", "--preset", "huge", "--out", &s(&d.join("m2"))],
-            &["--preset", "tiny or small"],
+            &["--preset", "allowed: tiny, small"],
         )
         .absent(&d.join("m2")),
     ];
@@ -696,7 +681,7 @@ fn files_and_values_a_new_user_gets_wrong() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let model = d.join("model");
-    new_model(&model);
+    ALP_RL.new_model(&model, &[]);
     let m = s(&model);
     let out = d.join("run");
     let train = |name: &str, text: &str, extra: &[&str], expect: &[&str]| {
@@ -773,7 +758,7 @@ fn files_and_values_a_new_user_gets_wrong() {
         Case::new(
             "gen_dtype",
             &["generate", "--model", &m, "--prompt", "x", "--dtype", "f64"],
-            &["--dtype f64"],
+            &["--dtype", "unknown dtype \"f64\"; allowed: f32, bf16, f16"],
         ),
         Case::new(
             "gen_logprobs_mode",
@@ -786,7 +771,7 @@ fn files_and_values_a_new_user_gets_wrong() {
                 "--logprobs",
                 "foo",
             ],
-            &["--logprobs", "sampling, temperature or raw"],
+            &["--logprobs", "allowed: sampling, temperature, raw"],
         ),
         Case::new(
             "gen_missing_model",
@@ -810,7 +795,7 @@ fn files_and_values_a_new_user_gets_wrong() {
                 "--dtype",
                 "f64",
             ],
-            &["--dtype f64"],
+            &["--dtype", "unknown dtype \"f64\"; allowed: f32, bf16, f16"],
         ),
         Case::new(
             "eval_missing_dataset",

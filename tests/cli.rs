@@ -1,26 +1,12 @@
 //! The `alp-rl` binary as a user runs it: `new-model`, `generate` and `env`.
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use alp_test_support::cli::{ok, AlpRl};
 use alp_tokenizer::Tokenizer;
 use serde_json::Value;
 
-fn alp_rl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alp-rl")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "alp-rl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 fn lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -28,16 +14,9 @@ fn lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A tiny random model (seed 3) in `dir`.
 fn new_model(dir: &Path) {
-    ok(alp_rl(&[
-        "new-model",
-        "--preset",
-        "tiny",
-        "--out",
-        dir.to_str().unwrap(),
-        "--seed",
-        "3",
-    ]));
+    ALP_RL.new_model(dir, &["--seed", "3"]);
 }
 
 #[test]
@@ -53,7 +32,7 @@ fn generate_prints_one_json_object_per_completion() {
     )
     .unwrap();
     let out = tmp.path().join("out.jsonl");
-    ok(alp_rl(&[
+    ok(ALP_RL.output([
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -97,7 +76,7 @@ fn generate_prints_one_json_object_per_completion() {
     );
 
     // The same seed reproduces the same completions on stdout.
-    let again = lines(&ok(alp_rl(&[
+    let again = lines(&ok(ALP_RL.output([
         "generate",
         "--model",
         model.to_str().unwrap(),
@@ -119,7 +98,7 @@ fn generate_prints_one_json_object_per_completion() {
 fn generate_greedy_with_prompt_ids_records_raw_logprobs() {
     let tmp = tempfile::tempdir().unwrap();
     new_model(tmp.path());
-    let out = lines(&ok(alp_rl(&[
+    let out = lines(&ok(ALP_RL.output([
         "generate",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -140,7 +119,7 @@ fn generate_greedy_with_prompt_ids_records_raw_logprobs() {
 fn generate_errors_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
-    let out = alp_rl(&[
+    let out = ALP_RL.output([
         "generate",
         "--model",
         missing.to_str().unwrap(),
@@ -152,7 +131,7 @@ fn generate_errors_name_the_problem() {
     assert!(err.contains("nope") && err.contains("config.json"), "{err}");
 
     new_model(tmp.path());
-    let out = alp_rl(&[
+    let out = ALP_RL.output([
         "generate",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -162,7 +141,7 @@ fn generate_errors_name_the_problem() {
         "f64",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("f64"));
-    let out = alp_rl(&[
+    let out = ALP_RL.output([
         "generate",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -178,11 +157,11 @@ fn generate_errors_name_the_problem() {
 
 #[test]
 fn env_commands_list_sample_and_score() {
-    let listed = ok(alp_rl(&["env", "list"]));
+    let listed = ok(ALP_RL.output(["env", "list"]));
     for name in ["math", "arithmetic", "countdown", "tool_math"] {
         assert!(listed.contains(name), "env list lacks {name}:\n{listed}");
     }
-    let episodes = lines(&ok(alp_rl(&[
+    let episodes = lines(&ok(ALP_RL.output([
         "env",
         "sample",
         "arithmetic",
@@ -213,7 +192,7 @@ fn env_commands_list_sample_and_score() {
         text += "\n";
     }
     std::fs::write(&input, text).unwrap();
-    let scores = lines(&ok(alp_rl(&[
+    let scores = lines(&ok(ALP_RL.output([
         "env",
         "score",
         "arithmetic",
@@ -227,7 +206,7 @@ fn env_commands_list_sample_and_score() {
         assert_eq!(pair[0]["correct"], true);
         assert_eq!(pair[1]["correct"], false);
     }
-    let out = alp_rl(&["env", "sample", "arithmetic", "--set", "digitz=2"]);
+    let out = ALP_RL.output(["env", "sample", "arithmetic", "--set", "digitz=2"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("digitz"));
 }
@@ -236,7 +215,7 @@ fn env_commands_list_sample_and_score() {
 fn eval_reports_accuracy_and_pass_at_k() {
     let tmp = tempfile::tempdir().unwrap();
     new_model(tmp.path());
-    let out = ok(alp_rl(&[
+    let out = ok(ALP_RL.output([
         "eval",
         "--model",
         tmp.path().to_str().unwrap(),
@@ -268,7 +247,7 @@ fn eval_reports_accuracy_and_pass_at_k() {
 
 /// `alp-rl new-model` logging at INFO with `NO_COLOR` set to `no_color` (unset when `None`).
 fn logging_new_model(out: &Path, no_color: Option<&str>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
+    let mut cmd = ALP_RL.command();
     cmd.args(["new-model", "--preset", "tiny", "--seed", "3", "--out"])
         .arg(out)
         .env("RUST_LOG", "info");

@@ -1,6 +1,8 @@
 //! Every config shipped in `configs/` parses and validates (`alp-rl train CONFIG --check`), so a
 //! renamed key or a changed range cannot silently break the examples users start from.
-use std::process::Command;
+use alp_test_support::cli::AlpRl;
+
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 #[test]
 fn every_shipped_config_validates() {
@@ -11,10 +13,10 @@ fn every_shipped_config_validates() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+        let out = ALP_RL
+            .command()
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["train", path.to_str().unwrap(), "--check"])
-            .env("RUST_LOG", "warn")
             .output()
             .unwrap();
         assert!(
@@ -58,11 +60,7 @@ fn bad_sft_and_eval_keys_are_refused_with_their_position() {
         ),
     ] {
         std::fs::write(&path, format!("{base}{section}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-            .args(["train", path.to_str().unwrap(), "--check"])
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = ALP_RL.output(["train", path.to_str().unwrap(), "--check"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{section} was accepted");
         assert!(err.contains(needle), "{section}: {err}");

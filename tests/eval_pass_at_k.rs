@@ -2,68 +2,19 @@
 //! correctly exactly `c` times out of `n = 4` per problem, with `c = 0, 1, 4`, so accuracy and pass@k
 //! must equal the unbiased estimator `1 - C(n - c, k) / C(n, k)` computed by hand.
 use alp_envs::Split;
-use alp_rollout::{
-    evaluate, Completion, EpisodeSettings, FinishReason, GenerationBackend, GenerationRequest,
-    RolloutError, SamplingParams,
-};
-use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
-
-/// Answers request `i` (problem `i / n`, sample `i % n`) correctly when the sample index is below that
-/// problem's number of correct samples.
-struct Scripted {
-    tokenizer: Tokenizer,
-    golds: Vec<String>,
-    correct: Vec<usize>,
-    n: usize,
-}
-
-impl GenerationBackend for Scripted {
-    fn generate(
-        &mut self,
-        requests: &[GenerationRequest],
-        _params: &SamplingParams,
-    ) -> Result<Vec<Completion>, RolloutError> {
-        Ok(requests
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let (problem, sample) = (i / self.n, i % self.n);
-                let text = if sample < self.correct[problem] {
-                    format!("#### {}", self.golds[problem])
-                } else {
-                    "#### 1000".to_string()
-                };
-                let mut ids: Vec<i64> = self
-                    .tokenizer
-                    .encode(&text, false)
-                    .unwrap()
-                    .into_iter()
-                    .map(i64::from)
-                    .collect();
-                ids.push(i64::from(self.tokenizer.eos_token_id().unwrap()));
-                Completion {
-                    prompt_ids: r.prompt_ids.clone(),
-                    logprobs: vec![0.0; ids.len()],
-                    completion_ids: ids,
-                    finish_reason: FinishReason::Stop,
-                    policy_version: 0,
-                }
-            })
-            .collect())
-    }
-
-    fn policy_version(&self) -> u64 {
-        0
-    }
-}
+use alp_rollout::{evaluate, EpisodeSettings, SamplingParams};
+use alp_test_support::backend::ScriptedBackend;
+use alp_tokenizer::CharTokenizerSpec;
 
 #[test]
 fn pass_at_k_matches_the_unbiased_estimator_by_hand() {
-    let env = alp_envs::cli::build("arithmetic", &serde_json::json!({"digits": 1})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("arithmetic", &serde_json::json!({"digits": 1}))
+        .unwrap();
     let examples: Vec<_> = (0..3)
         .map(|s| env.example(Split::Test, s).unwrap())
         .collect();
-    let golds = examples
+    let golds: Vec<String> = examples
         .iter()
         .map(|e| e.data["answer"].as_str().unwrap().to_string())
         .collect();
@@ -73,12 +24,17 @@ fn pass_at_k_matches_the_unbiased_estimator_by_hand() {
             .unwrap()
     };
     let tokenizer = char_tokenizer();
-    let mut backend = Scripted {
-        tokenizer: char_tokenizer(),
-        golds,
-        correct: vec![0, 1, 4],
-        n: 4,
-    };
+    // Request `i` is sample `i % n` of problem `i / n`: correct while the sample index is below that
+    // problem's number of correct samples.
+    let (correct, n) = ([0, 1, 4], 4);
+    let mut backend = ScriptedBackend::per_row(char_tokenizer(), move |i| {
+        let (problem, sample) = (i / n, i % n);
+        if sample < correct[problem] {
+            format!("#### {}", golds[problem])
+        } else {
+            "#### 1000".to_string()
+        }
+    });
     let report = evaluate(
         &mut backend,
         &tokenizer,

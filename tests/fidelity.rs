@@ -7,23 +7,21 @@
 //! is refused.
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-mod support;
-use support::{metrics, ok};
+use alp_test_support::cli::{ok, AlpRl};
+use alp_test_support::run_outputs::metrics;
+
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 
 fn train(out: &Path, sets: &[&str], extra: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alp-rl"));
-    cmd.args(["train", CONFIG, "--out", out.to_str().unwrap()]);
+    let mut cmd = ALP_RL.train_command(CONFIG, out);
     for s in sets {
         cmd.args(["--set", s]);
     }
-    cmd.args(extra)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alp-rl")
+    cmd.args(extra).output().expect("run alp-rl")
 }
 
 /// Sampling settings under test: identical f32 weights on both sides, temperature below 1, top-p.

@@ -1,12 +1,11 @@
 //! `alp-rl train` on the multi-turn `tool_math` environment after a short SFT warm start on its worked
 //! conversations: the policy calls the calculator in its rollouts, and in the rollout logs the tool's
 //! reply (and the template text around it) has loss mask 0 while the policy's own turns have mask 1.
-use std::process::Command;
-
+use alp_test_support::cli::{ok, AlpRl};
+use alp_test_support::run_outputs::{list_row, read, text};
 use arrow_array::types::{Int32Type, UInt8Type};
 
-mod support;
-use support::{list_row, ok, read, text};
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const CONFIG: &str = r#"[model]
 new_model = "tiny"
@@ -60,17 +59,7 @@ fn warm_started_rollouts_call_the_calculator_with_masked_tool_results() {
     let config = tmp.path().join("tool.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let run = tmp.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args([
-            "train",
-            config.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    ok(out);
+    ok(ALP_RL.train(&config, &run, &[]));
     let tok =
         alp_tokenizer::Tokenizer::from_dir(run.join("sft/checkpoints/step-000120/model")).unwrap();
     let decode = |ids: &[u32]| tok.decode(ids, false).unwrap();

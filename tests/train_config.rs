@@ -1,6 +1,10 @@
 //! `alp-rl train` refuses bad configs before any work, naming file, line, column, key and what is allowed.
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use alp_test_support::cli::AlpRl;
+
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const BASE: &str = r#"[model]
 new_model = "tiny"
@@ -17,11 +21,11 @@ digits = 1
 "#;
 
 fn train(config: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
+    ALP_RL
+        .command()
         .arg("train")
         .arg(config)
         .args(extra)
-        .env("RUST_LOG", "warn")
         .output()
         .expect("run alp-rl")
 }

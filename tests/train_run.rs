@@ -3,33 +3,20 @@
 //! exact resume.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
+use alp_test_support::cli::{ok, AlpRl};
+use alp_test_support::oracle;
+use alp_test_support::run_outputs::{int_column, list_row, metrics, read, without_timing};
+use arrow_array::{Array, Float64Array};
 use arrow_schema::DataType;
 
-mod support;
-use support::{list_row, metrics, ok, read};
+const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-tiny.toml");
 
 fn train(out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(["train", CONFIG, "--out", out.to_str().unwrap()])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run alp-rl")
-}
-
-fn int_column(b: &RecordBatch, name: &str) -> Vec<i64> {
-    b.column_by_name(name)
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .values()
-        .to_vec()
+    ALP_RL.train(CONFIG, out, extra)
 }
 
 fn run_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
@@ -204,12 +191,6 @@ fn run_directory_layout_and_schemas() {
 
 #[test]
 fn python_reads_the_metrics_and_a_rollout_file() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "the project venv is needed: {}",
-        python.display()
-    );
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(&tmp, "run");
     ok(train(&run, &["--set", "run.steps=2"]));
@@ -232,29 +213,11 @@ for name in ["metrics.parquet", "rollouts/step-000001.parquet"]:
     assert codecs == {"ZSTD"}, (name, codecs)
 print("ok", len(m.columns))
 "#;
-    let out = Command::new(python)
-        .args(["-c", script, run.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = oracle::run(
+        oracle::python_command().args(["-c", script, run.to_str().unwrap()]),
+        "pandas and pyarrow on the run files",
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "));
-}
-
-/// Metrics that depend on time are excluded from reproducibility comparisons.
-fn reproducible(m: BTreeMap<i64, BTreeMap<String, f64>>) -> BTreeMap<i64, BTreeMap<String, f64>> {
-    m.into_iter()
-        .map(|(s, row)| {
-            let row = row
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with("time/") && !k.starts_with("throughput/"))
-                .collect();
-            (s, row)
-        })
-        .collect()
+    assert!(out.starts_with("ok "));
 }
 
 #[test]
@@ -275,8 +238,8 @@ fn resume_reproduces_an_uninterrupted_run() {
     assert!(String::from_utf8_lossy(&changed.stderr).contains("config differs"));
     ok(train(&split, &["--resume"]));
     let (a, b) = (
-        reproducible(metrics(&straight)),
-        reproducible(metrics(&split)),
+        without_timing(metrics(&straight)),
+        without_timing(metrics(&split)),
     );
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (step, row) in &a {
@@ -395,17 +358,7 @@ fn a_failing_environment_fails_its_episodes_not_the_run() {
     let path = tmp.path().join("math.toml");
     std::fs::write(&path, config).unwrap();
     let run = run_dir(&tmp, "run");
-    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args([
-            "train",
-            path.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    ok(out);
+    ok(ALP_RL.train(&path, &run, &[]));
     let m = metrics(&run);
     assert_eq!(m.len(), 4);
     let failed: f64 = m.values().map(|r| r["rollout/failed_episodes"]).sum();
@@ -527,26 +480,28 @@ fn sft_warm_start_eval_and_rl_share_one_run_directory() {
 fn sft_command_writes_metrics_and_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(&tmp, "sft");
-    let out = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(["sft", CONFIG, "--out", run.to_str().unwrap()])
-        .args(["--set", "sft.steps=2", "--set", "sft.batch_size=2"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    ok(out);
+    ok(ALP_RL.output([
+        "sft",
+        CONFIG,
+        "--out",
+        run.to_str().unwrap(),
+        "--set",
+        "sft.steps=2",
+        "--set",
+        "sft.batch_size=2",
+    ]));
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     assert_eq!(latest.trim(), "step-000002");
     let model = run.join("checkpoints/step-000002/model");
-    let gen = Command::new(env!("CARGO_BIN_EXE_alp-rl"))
-        .args(["generate", "--model", model.to_str().unwrap()])
-        .args(["--prompt", "1 + 1 =", "--max-new-tokens", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
+    ok(ALP_RL.output([
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "1 + 1 =",
+        "--max-new-tokens",
+        "2",
+    ]));
     let rows: Vec<i64> = read(&run.join("metrics.parquet"))
         .iter()
         .flat_map(|b| int_column(b, "step"))

@@ -11,20 +11,20 @@ use serde_json::{json, Value};
 
 use crate::env::{Environment, ScoreResult, Split};
 use crate::error::EnvError;
-use crate::registry::{registry, EnvDoc};
+use crate::registry::{EnvDoc, Registry};
 use crate::rng::Rng;
 
 pub use crate::settings::parse_overrides;
 
 /// Every registered environment with its settings.
-pub fn list() -> Vec<EnvDoc> {
-    registry().docs()
+pub fn list(registry: &Registry) -> Vec<EnvDoc> {
+    registry.docs()
 }
 
 /// `env list` as text: one block per environment, one line per setting with type, default and doc.
-pub fn list_text() -> String {
+pub fn list_text(registry: &Registry) -> String {
     let mut out = String::new();
-    for doc in list() {
+    for doc in list(registry) {
         out.push_str(&format!("{}: {}\n", doc.name, doc.summary));
         for s in &doc.settings {
             out.push_str(&format!(
@@ -38,25 +38,36 @@ pub fn list_text() -> String {
 }
 
 /// Builds a registered environment from a settings table (`null` or `{}` for defaults).
-pub fn build(name: &str, settings: &Value) -> Result<Arc<dyn Environment>, EnvError> {
-    registry().build(name, settings)
+pub fn build(
+    registry: &Registry,
+    name: &str,
+    settings: &Value,
+) -> Result<Arc<dyn Environment>, EnvError> {
+    registry.build(name, settings)
 }
 
 /// `n` initial episodes of the train split; see [`sample_split`].
-pub fn sample(name: &str, settings: &Value, n: usize, seed: u64) -> Result<Vec<Value>, EnvError> {
-    sample_split(name, settings, n, seed, Split::Train)
+pub fn sample(
+    registry: &Registry,
+    name: &str,
+    settings: &Value,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<Value>, EnvError> {
+    sample_split(registry, name, settings, n, seed, Split::Train)
 }
 
 /// `n` initial episodes drawn from `seed`, each as `{env, id, split, seed, messages, tools?, max_turns, example}`.
 /// `example` is what [`score`] takes back, so a sample line can be scored later.
 pub fn sample_split(
+    registry: &Registry,
     name: &str,
     settings: &Value,
     n: usize,
     seed: u64,
     split: Split,
 ) -> Result<Vec<Value>, EnvError> {
-    let env = build(name, settings)?;
+    let env = build(registry, name, settings)?;
     let mut rng = Rng::derive(seed, "sample");
     (0..n)
         .map(|_| {
@@ -83,12 +94,13 @@ pub fn sample_split(
 
 /// Scores one completion. `example` is a sample line, its `example` field, or a raw dataset row.
 pub fn score(
+    registry: &Registry,
     name: &str,
     settings: &Value,
     example: &Value,
     completion: &str,
 ) -> Result<ScoreResult, EnvError> {
-    build(name, settings)?.score(unwrap_example(example), completion)
+    build(registry, name, settings)?.score(unwrap_example(example), completion)
 }
 
 /// Scores one input line `{"example": ..., "completion": "..."}` with an already built environment.
@@ -118,22 +130,26 @@ mod tests {
 
     #[test]
     fn sample_then_score_roundtrip() {
+        let r = Registry::builtin();
         let settings = parse_overrides(&["digits=3", "operators=+*"]).unwrap();
-        let lines = sample("arithmetic", &settings, 5, 42).unwrap();
+        let lines = sample(&r, "arithmetic", &settings, 5, 42).unwrap();
         assert_eq!(lines.len(), 5);
-        assert_eq!(lines, sample("arithmetic", &settings, 5, 42).unwrap());
+        assert_eq!(lines, sample(&r, "arithmetic", &settings, 5, 42).unwrap());
         for line in &lines {
             assert_eq!(line["messages"][0]["role"], "user");
             let solution = line["example"]["solution"].as_str().unwrap();
-            let env = build("arithmetic", &settings).unwrap();
+            let env = build(&r, "arithmetic", &settings).unwrap();
             let input = json!({"example": line, "completion": solution}).to_string();
-            let r = score_line(env.as_ref(), &input).unwrap();
-            assert!(r.correct && r.reward == 1.0);
-            assert_eq!(r.extracted.as_deref(), line["example"]["answer"].as_str());
-            let wrong = score("arithmetic", &settings, &line["example"], "#### 0.5").unwrap();
+            let verdict = score_line(env.as_ref(), &input).unwrap();
+            assert!(verdict.correct && verdict.reward == 1.0);
+            assert_eq!(
+                verdict.extracted.as_deref(),
+                line["example"]["answer"].as_str()
+            );
+            let wrong = score(&r, "arithmetic", &settings, &line["example"], "#### 0.5").unwrap();
             assert!(!wrong.correct && wrong.reward == 0.0);
         }
-        let tools = sample("tool_math", &Value::Null, 1, 0).unwrap();
+        let tools = sample(&r, "tool_math", &Value::Null, 1, 0).unwrap();
         assert_eq!(tools[0]["tools"][0]["function"]["name"], "calculator");
         assert_eq!(tools[0]["max_turns"], 4);
         assert!(tools[0]["seed"].as_u64().unwrap() < 1 << 53);
@@ -141,17 +157,18 @@ mod tests {
 
     #[test]
     fn list_and_errors() {
-        let text = list_text();
+        let r = Registry::builtin();
+        let text = list_text(&r);
         for name in ["math", "arithmetic", "countdown", "tool_math"] {
             assert!(text.contains(&format!("{name}: ")), "{text}");
         }
         assert!(text.contains("digits (u32, default 2)"), "{text}");
-        let e = build("nope", &Value::Null).err().unwrap().to_string();
+        let e = build(&r, "nope", &Value::Null).err().unwrap().to_string();
         assert!(
             e.contains("registered: math, arithmetic, countdown, tool_math"),
             "{e}"
         );
-        let env = build("arithmetic", &Value::Null).unwrap();
+        let env = build(&r, "arithmetic", &Value::Null).unwrap();
         assert!(matches!(
             score_line(env.as_ref(), "not json"),
             Err(EnvError::BadInput(_))

@@ -7,20 +7,11 @@ use serde_json::{Map, Value};
 use crate::error::EnvError;
 use crate::message::{Message, ToolSpec};
 
-/// Which part of an environment's problems to draw from. Held-out (`Test`) problems never appear in `Train`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Test,
-}
-
-impl Split {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Test => "test",
-        }
+alp_macros::string_enum! {
+    /// Which part of an environment's problems to draw from. Held-out (`Test`) problems never appear in `Train`.
+    pub enum Split: "split" {
+        Train => "train",
+        Test => "test",
     }
 }
 

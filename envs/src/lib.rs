@@ -24,7 +24,7 @@ pub use env::{
 };
 pub use error::EnvError;
 pub use message::{Message, Role, ToolCall, ToolSpec};
-pub use registry::{registry, EnvDef, EnvSpec, Registry};
+pub use registry::{EnvDef, EnvSpec, Registry};
 pub use settings::{parse_overrides, parse_settings, SettingDoc, Settings};
 
 #[doc(hidden)]

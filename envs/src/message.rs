@@ -4,14 +4,15 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    System,
-    User,
-    Assistant,
-    /// A tool's answer; the Qwen3 template wraps it in `<tool_response>` inside a user turn.
-    Tool,
+alp_macros::string_enum! {
+    /// Who speaks a message.
+    pub enum Role: "role" {
+        System => "system",
+        User => "user",
+        Assistant => "assistant",
+        /// A tool's answer; the Qwen3 template wraps it in `<tool_response>` inside a user turn.
+        Tool => "tool",
+    }
 }
 
 /// One call of a tool, as the template renders it: `{"type": "function", "function": {"name", "arguments"}}`.

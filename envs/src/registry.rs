@@ -1,4 +1,6 @@
 //! Names to constructors: how a run config's `[env]` table or `alp-rl env ...` becomes an environment.
+//! It knows no environment by name: the built-in ones register themselves in `crate::envs`
+//! ([`Registry::builtin`]), a user's crate adds its own with [`Registry::register`].
 
 use std::sync::Arc;
 
@@ -64,21 +66,7 @@ impl Registry {
         Registry::default()
     }
 
-    /// `math`, `arithmetic`, `countdown`, `tool_math`.
-    pub fn builtin() -> Self {
-        let mut r = Registry::empty();
-        for spec in [
-            EnvSpec::of::<crate::envs::math::Math>(),
-            EnvSpec::of::<crate::envs::arithmetic::Arithmetic>(),
-            EnvSpec::of::<crate::envs::countdown::Countdown>(),
-            EnvSpec::of::<crate::envs::tool_math::ToolMath>(),
-        ] {
-            // Built-in names are distinct, so this cannot fail.
-            let _ = r.register(spec);
-        }
-        r
-    }
-
+    /// Adds an environment; a name already registered is refused.
     pub fn register(&mut self, spec: EnvSpec) -> Result<(), EnvError> {
         if self.specs.iter().any(|s| s.name == spec.name) {
             return Err(EnvError::DuplicateEnv(spec.name.to_string()));
@@ -143,9 +131,4 @@ impl Registry {
             })
             .collect()
     }
-}
-
-/// The registry of built-in environments.
-pub fn registry() -> Registry {
-    Registry::builtin()
 }

@@ -2,7 +2,7 @@
 //! boxes, no answer), through both the bare grader and the `math` environment.
 
 use alp_envs::answer::{grade, FinalNumberRule};
-use alp_envs::registry;
+use alp_envs::Registry;
 use serde_json::json;
 
 use FinalNumberRule::{LastNumber, None as Strict};
@@ -92,10 +92,10 @@ fn tricky_answers_table() {
 
 #[test]
 fn the_math_environment_uses_the_same_rules() {
-    let strict = registry()
+    let strict = Registry::builtin()
         .build("math", &json!({"fallback": "none"}))
         .unwrap();
-    let lenient = registry().build("math", &json!({})).unwrap();
+    let lenient = Registry::builtin().build("math", &json!({})).unwrap();
     for (completion, gold, rule, want) in CASES {
         let row = json!({"question": "q", "answer": format!("work\n#### {gold}")});
         let env = if *rule == Strict { &strict } else { &lenient };
@@ -103,7 +103,7 @@ fn the_math_environment_uses_the_same_rules() {
         let r = env.score(&row, completion).unwrap();
         assert_eq!(r.correct, *want, "{completion:?} vs {gold:?}");
     }
-    let e = registry()
+    let e = Registry::builtin()
         .build("math", &json!({"fallback": "sometimes"}))
         .err()
         .unwrap()

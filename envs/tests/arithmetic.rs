@@ -3,18 +3,18 @@
 use std::collections::HashSet;
 
 use alp_envs::envs::arithmetic::{Arithmetic, ArithmeticSettings};
-use alp_envs::{registry, Environment, Split};
+use alp_envs::{Environment, Registry, Split};
 use serde_json::json;
 
 #[test]
 fn deterministic_per_seed() {
-    let a = registry()
+    let a = Registry::builtin()
         .build(
             "arithmetic",
             &json!({"digits": 3, "operators": "+-*/", "max_operands": 4}),
         )
         .unwrap();
-    let b = registry()
+    let b = Registry::builtin()
         .build(
             "arithmetic",
             &json!({"digits": 3, "operators": "+-*/", "max_operands": 4}),

@@ -3,7 +3,7 @@
 
 use alp_envs::dataset::{load_rows, shared_data_file};
 use alp_envs::envs::math::{Math, MathSettings};
-use alp_envs::{registry, Split};
+use alp_envs::{Registry, Split};
 use serde_json::{json, Value};
 
 fn rows(file: &str) -> Vec<Value> {
@@ -38,7 +38,7 @@ fn plus_one(gold: &str) -> String {
 
 #[test]
 fn every_gold_answer_scores_right_and_off_by_one_scores_wrong() {
-    let env = registry().build("math", &json!({})).unwrap();
+    let env = Registry::builtin().build("math", &json!({})).unwrap();
     let mut count = 0;
     for file in ["gsm8k/train.jsonl", "gsm8k/test.jsonl"] {
         for row in rows(file) {
@@ -73,7 +73,7 @@ fn every_gold_answer_scores_right_and_off_by_one_scores_wrong() {
 
 #[test]
 fn dataset_splits_load_through_the_environment() {
-    let env = registry().build("math", &json!({})).unwrap();
+    let env = Registry::builtin().build("math", &json!({})).unwrap();
     assert_eq!(env.num_examples(Split::Train).unwrap(), Some(7473));
     assert_eq!(env.num_examples(Split::Test).unwrap(), Some(1319));
     let ex = env.example(Split::Test, 0).unwrap();

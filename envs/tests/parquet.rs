@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use alp_envs::{registry, Role, Split};
+use alp_envs::{Registry, Role, Split};
 use arrow_array::builder::{ListBuilder, StringBuilder, StructBuilder};
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, StructArray};
 use arrow_schema::{DataType, Field, Fields};
@@ -76,7 +76,7 @@ fn verl_parquet_rows_score() {
         let path = dir.path().join(name);
         write_verl(&path, &rows, compression);
         let settings = json!({"train_path": path.to_str().unwrap(), "test_path": ""});
-        let env = registry().build("math", &settings).unwrap();
+        let env = Registry::builtin().build("math", &settings).unwrap();
         assert_eq!(env.num_examples(Split::Train).unwrap(), Some(3));
         let e = env.num_examples(Split::Test).unwrap_err().to_string();
         assert!(e.contains("no test split"), "{e}");

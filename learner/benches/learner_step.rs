@@ -7,21 +7,16 @@
 //! Environment: BENCH_THREADS (default 2), BENCH_STEPS (timed steps per variant, 3), BENCH_BATCH (8),
 //! BENCH_PROMPT (64), BENCH_COMPLETION (64). Not a test: it asserts nothing about speed.
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use alp_learner::{
     group_advantages, AdvantageKind, CorrectionKind, Group, Learner, LearnerSettings, Sample,
 };
-use alp_policy::{CausalLM, LoadOptions, ModelConfig};
+use alp_policy::{CausalLM, LoadOptions};
+use alp_test_support::bench::env_or;
+use alp_test_support::oracle;
+use alp_test_support::tiny_model::TinyModel;
 use serde_json::json;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const VOCAB: i64 = 8192;
 const GROUP: usize = 4;
@@ -63,29 +58,10 @@ fn main() {
     let completion: usize = env_or("BENCH_COMPLETION", 64);
     tch::set_num_threads(threads);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/setup.sh",
-        python.display()
-    );
-    let cfg = json!({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": VOCAB,
-        "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": false,
-        "hidden_act": "silu", "torch_dtype": "float32", "initializer_range": 0.02
-    });
     let dir = tempfile::tempdir().unwrap();
-    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
-    CausalLM::random(config, &LoadOptions::default(), 0)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    TinyModel::qwen2_bench(VOCAB, 256, 704, 4, 4, 2)
+        .with("initializer_range", 0.02)
+        .save(dir.path(), 0);
 
     // A fixed batch: groups of GROUP samples, rewards varying within each group, mu near a uniform
     // policy's log-prob so ratios are moderate.
@@ -134,21 +110,16 @@ fn main() {
         "learner step benchmark: qwen2 4x256 GQA 4/2, vocab {VOCAB}, f32, batch {batch}, prompt {prompt}, \
          completion {completion} ({tokens} tokens/step), {threads} threads, {steps} timed steps"
     );
-    let output = Command::new(&python)
-        .arg(root.join("learner/benches/learner_step_ref.py"))
-        .args([dir.path().to_str().unwrap(), batch_path.to_str().unwrap()])
-        .arg(threads.to_string())
-        .arg(steps.to_string())
-        .env("OMP_NUM_THREADS", threads.to_string())
-        .output()
-        .expect("run the PyTorch reference");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = oracle::run(
+        oracle::python_command()
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/learner_step_ref.py"))
+            .args([dir.path().to_str().unwrap(), batch_path.to_str().unwrap()])
+            .arg(threads.to_string())
+            .arg(steps.to_string())
+            .env("OMP_NUM_THREADS", threads.to_string()),
+        "the PyTorch reference",
     );
-    let reference: serde_json::Value =
-        serde_json::from_slice(output.stdout.trim_ascii()).expect("reference JSON");
+    let reference: serde_json::Value = serde_json::from_str(output.trim()).expect("reference JSON");
     let torch = reference["tokens_per_s"].as_f64().unwrap();
 
     let bypass = time_ours(

@@ -8,14 +8,8 @@
 use std::time::Instant;
 
 use alp_learner::noise::{standard_normal, standard_normal_tensor_ops, NoiseKey};
+use alp_test_support::bench::env_or;
 use tch::{Device, Kind, Tensor};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn time(reps: usize, mut f: impl FnMut(u64) -> Tensor) -> f64 {
     let _ = f(0);

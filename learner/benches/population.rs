@@ -13,17 +13,11 @@
 use std::time::Instant;
 
 use alp_learner::eggroll::{evolved_matrices, Population, PopulationFactors};
-use alp_policy::{parse_kind, CausalLM, LoadOptions, ModelConfig};
+use alp_policy::parse_kind;
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use serde_json::json;
+use alp_test_support::bench::env_or;
+use alp_test_support::tiny_model::TinyModel;
 use tch::Device;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
@@ -34,30 +28,14 @@ fn main() {
     let rank: i64 = env_or("BENCH_RANK", 1);
     let repeats: usize = env_or("BENCH_REPEATS", 3);
     tch::set_num_threads(threads);
-    let cfg = json!({
-        "model_type": "qwen2", "vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1408,
-        "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 1024,
-        "tie_word_embeddings": false,
-    });
-    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
+    let shape = TinyModel::qwen2_bench(32_000, 512, 1408, 8, 8, 2);
     println!(
         "population benchmark: qwen2 8x512 vocab 32000, prompt {prompt_len}, {new_tokens} new tokens \
          (greedy), rank {rank}, {threads} threads, best of {repeats}"
     );
     for dtype in dtypes.split(',') {
         let kind = parse_kind(dtype).unwrap();
-        let model = || {
-            CausalLM::random(
-                config.clone(),
-                &LoadOptions {
-                    kind,
-                    device: Device::Cpu,
-                },
-                0,
-            )
-            .unwrap()
-        };
+        let model = || shape.random_as(kind, 0);
         let probe = model();
         let matrices = evolved_matrices(&probe);
         let weight_bytes: usize = probe
@@ -73,6 +51,7 @@ fn main() {
                         .collect(),
                     max_new_tokens: Some(new_tokens),
                     stop_token_ids: Some(Vec::new()),
+                    member: None,
                 })
                 .collect();
             let params = SamplingParams {
@@ -98,7 +77,7 @@ fn main() {
                 plain = engine.generate(&requests, &params).unwrap();
                 plain_s = plain_s.min(start.elapsed().as_secs_f64());
                 let start = Instant::now();
-                let factors = PopulationFactors::new(&population, &members, kind, Device::Cpu);
+                let factors = PopulationFactors::new(&population, &members, Device::Cpu);
                 perturbed = engine
                     .generate_with_hooks(&requests, &params, &factors)
                     .unwrap();

@@ -17,6 +17,7 @@ use std::ops::Range;
 use alp_policy::ForwardHooks;
 use tch::{Device, Kind, Tensor};
 
+use crate::metric_names as names;
 use crate::noise::{standard_normal, NoiseKey};
 use crate::settings::{AlpSettings, AlpTarget, SettingsError};
 
@@ -109,23 +110,23 @@ impl AlpPerturbation {
     pub fn metrics(&self, out: &mut BTreeMap<String, f64>) {
         let sig = self.sigmas();
         let n = sig.len().max(1) as f64;
-        out.insert("alp/sigma_mean".into(), sig.iter().sum::<f64>() / n);
+        out.insert(names::ALP_SIGMA_MEAN.into(), sig.iter().sum::<f64>() / n);
         out.insert(
-            "alp/sigma_min".into(),
+            names::ALP_SIGMA_MIN.into(),
             sig.iter().copied().fold(f64::INFINITY, f64::min),
         );
         out.insert(
-            "alp/sigma_max".into(),
+            names::ALP_SIGMA_MAX.into(),
             sig.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         );
         match self.target {
             AlpTarget::Layers => {
                 for (l, s) in self.layers.clone().zip(&sig) {
-                    out.insert(format!("alp/sigma_l{l}"), *s);
+                    out.insert(names::alp_sigma_layer(l), *s);
                 }
             }
             AlpTarget::Logits => {
-                out.insert("alp/sigma_logits".into(), sig[0]);
+                out.insert(names::ALP_SIGMA_LOGITS.into(), sig[0]);
             }
         }
     }

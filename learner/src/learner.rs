@@ -30,13 +30,13 @@ use crate::loss::{
     masked_diff, policy_loss, sequence_log_ratio, AggregationScale, LossConfig, LossInputs,
     LOG_RATIO_CLAMP,
 };
+use crate::metric_names as names;
 use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioEval, RatioStats};
-use crate::optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
+pub use crate::optimizer::MODEL_GROUP;
+use crate::optimizer::{AdamW, ParamGroup};
 use crate::settings::{CorrectionKind, LearnerSettings, RatioLevel, SettingsError};
 use crate::trainable::TrainablePolicy;
 
-/// Name of the model's optimizer group.
-pub const MODEL_GROUP: &str = "model";
 /// Name of the ALP `log_sigma` optimizer group (no weight decay).
 pub const ALP_GROUP: &str = "alp";
 
@@ -85,13 +85,10 @@ impl<P: TrainablePolicy> Learner<P> {
             )?),
             _ => None,
         };
-        let opt = &settings.optimizer;
-        let mut groups = vec![ParamGroup {
-            name: MODEL_GROUP.into(),
-            params: policy.trainable_parameters(),
-            lr: opt.lr,
-            weight_decay: opt.weight_decay,
-        }];
+        let mut groups = vec![ParamGroup::model(
+            policy.trainable_parameters(),
+            &settings.optimizer,
+        )];
         if let Some(a) = &alp {
             groups.push(ParamGroup {
                 name: ALP_GROUP.into(),
@@ -100,15 +97,7 @@ impl<P: TrainablePolicy> Learner<P> {
                 weight_decay: 0.0,
             });
         }
-        let optimizer = AdamW::new(
-            groups,
-            AdamWConfig {
-                beta1: opt.beta1,
-                beta2: opt.beta2,
-                eps: opt.eps,
-            },
-            Schedule::from_settings(opt),
-        );
+        let optimizer = AdamW::from_settings(groups, &settings.optimizer);
         Ok(Self {
             loss_cfg: LossConfig::from_settings(&settings),
             settings,
@@ -353,24 +342,24 @@ impl<P: TrainablePolicy> Learner<P> {
         } else {
             mismatch.write(&mut m);
         }
-        m.insert("loss/pg".into(), pg_sum / steps);
-        m.insert("loss/total".into(), total_sum / steps);
+        m.insert(names::LOSS_PG.into(), pg_sum / steps);
+        m.insert(names::LOSS_TOTAL.into(), total_sum / steps);
         if self.reference.is_some() && s.loss.kl_coef > 0.0 {
-            m.insert("loss/kl".into(), kl_sum / steps);
+            m.insert(names::LOSS_KL.into(), kl_sum / steps);
         }
         m.insert(
-            "policy/entropy".into(),
+            names::POLICY_ENTROPY.into(),
             if ent_tokens > 0.0 {
                 ent_sum / ent_tokens
             } else {
                 f64::NAN
             },
         );
-        m.insert("grad/norm".into(), norm_sum / steps);
-        m.insert("optim/skipped_steps".into(), skipped as f64);
+        m.insert(names::GRAD_NORM.into(), norm_sum / steps);
+        m.insert(names::OPTIM_SKIPPED_STEPS.into(), skipped as f64);
         let last = self.optimizer.steps_taken().saturating_sub(1);
         m.insert(
-            "optim/lr".into(),
+            names::OPTIM_LR.into(),
             self.optimizer.lr_at(MODEL_GROUP, last).unwrap_or(f64::NAN),
         );
         if let Some(a) = &self.alp {
@@ -380,9 +369,9 @@ impl<P: TrainablePolicy> Learner<P> {
         let lengths: Vec<usize> = samples.iter().map(|x| x.completion_ids.len()).collect();
         batch_metrics(&rewards, &lengths, &mut m);
         let secs = started.elapsed().as_secs_f64();
-        m.insert("time/learner_step_s".into(), secs);
+        m.insert(names::TIME_LEARNER_STEP_S.into(), secs);
         m.insert(
-            "throughput/learner_tokens_per_s".into(),
+            names::THROUGHPUT_LEARNER_TOKENS_PER_S.into(),
             processed_tokens as f64 / secs.max(1e-9),
         );
         self.step += 1;

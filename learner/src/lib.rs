@@ -1,6 +1,7 @@
 //! The policy-gradient learner of alp-rl (design section 4): GRPO / Dr.GRPO / RLOO advantages, the
 //! clipped surrogate with token or GSPO-style sequence ratios, off-policy corrections (bypass, TIS, MIS,
-//! ALP), Adaptive Layerwise Perturbation, a resumable AdamW, and the per-step metrics.
+//! ALP), Adaptive Layerwise Perturbation, a resumable AdamW, and the per-step metrics; supervised
+//! fine-tuning ([`sft`]) on the same packing, forward and optimizer.
 //!
 //! The model is reached only through [`TrainablePolicy`], whose forward takes the
 //! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
@@ -12,11 +13,13 @@ pub mod eggroll;
 pub mod error;
 pub mod learner;
 pub mod loss;
+pub mod metric_names;
 pub mod metrics;
 /// The counter-based noise generator (it lives in `alp-policy`, where the rollout engine can reach it too).
 pub use alp_policy::noise;
 pub mod optimizer;
 pub mod settings;
+pub mod sft;
 pub mod trainable;
 
 pub use advantage::group_advantages;
@@ -29,7 +32,8 @@ pub use metrics::Metrics;
 pub use optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};
 pub use settings::{
     AdvantageKind, Aggregation, AlpSettings, AlpTarget, CorrectionKind, CorrectionSettings,
-    KlEstimator, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings, RatioLevel,
-    SettingsError,
+    KlEstimator, LearnerKind, LearnerSettings, LossSettings, LrSchedule, OptimizerSettings,
+    RatioLevel, SettingsError,
 };
+pub use sft::{SftExample, SftLearner, SftSettings};
 pub use trainable::TrainablePolicy;

@@ -1,6 +1,7 @@
 //! Per-step metric math, on plain f64 values pulled off the device once per micro-batch.
 //!
-//! Names are the interface of design section 4. Definitions where the design leaves a choice:
+//! The names are the interface of design section 4, spelt by [`crate::metric_names`]. Definitions
+//! where the design leaves a choice:
 //! - quantiles interpolate linearly between order statistics (numpy's default), `std` is the population
 //!   std (ddof 0), and a statistic of an empty set is NaN;
 //! - `ratio/*` is `exp(lp - mu)` (the training forward, perturbed under ALP, against the inference
@@ -21,21 +22,11 @@ use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::loss::LOG_RATIO_CLAMP;
+use crate::metric_names as names;
+pub use crate::metric_names::QUANTILES;
 
 /// Metric name to value; the runtime writes one row per step.
 pub type Metrics = BTreeMap<String, f64>;
-
-/// Quantile suffixes and levels of `ratio/*` and `ratio_seq/*`.
-pub const QUANTILES: [(&str, f64); 8] = [
-    ("q01", 0.01),
-    ("q05", 0.05),
-    ("q25", 0.25),
-    ("q50", 0.5),
-    ("q75", 0.75),
-    ("q95", 0.95),
-    ("q99", 0.99),
-    ("q999", 0.999),
-];
 
 /// Tensor (any shape, any float kind, any device) to a flat `Vec<f64>`.
 pub fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -58,8 +49,8 @@ pub fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// `{prefix}/{min,max,mean,std,q01..q999}` of `values`.
-pub fn describe(prefix: &str, values: &[f64], out: &mut Metrics) {
+/// `{family}/{min,max,mean,std,q01..q999}` of `values` ([`names::distribution`]).
+pub fn describe(family: &str, values: &[f64], out: &mut Metrics) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len() as f64;
@@ -73,18 +64,22 @@ pub fn describe(prefix: &str, values: &[f64], out: &mut Metrics) {
     } else {
         sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n
     };
+    let [min, max, mean_, std] = names::MOMENTS;
     out.insert(
-        format!("{prefix}/min"),
+        names::distribution(family, min),
         sorted.first().copied().unwrap_or(f64::NAN),
     );
     out.insert(
-        format!("{prefix}/max"),
+        names::distribution(family, max),
         sorted.last().copied().unwrap_or(f64::NAN),
     );
-    out.insert(format!("{prefix}/mean"), mean);
-    out.insert(format!("{prefix}/std"), var.sqrt());
-    for (name, q) in QUANTILES {
-        out.insert(format!("{prefix}/{name}"), quantile_sorted(&sorted, q));
+    out.insert(names::distribution(family, mean_), mean);
+    out.insert(names::distribution(family, std), var.sqrt());
+    for (stat, q) in QUANTILES {
+        out.insert(
+            names::distribution(family, stat),
+            quantile_sorted(&sorted, q),
+        );
     }
 }
 
@@ -173,27 +168,35 @@ impl RatioStats {
 
     /// `ratio/*`, `ratio_seq/*`, `ratio_loss/*`, `clip/*`, `mask/frac`, `ess`.
     pub fn write(&self, out: &mut Metrics) {
-        describe("ratio", &self.token_ratios, out);
-        describe("ratio_seq", &self.seq_ratios, out);
-        describe("ratio_loss", &self.loss_ratios, out);
+        describe(names::RATIO, &self.token_ratios, out);
+        describe(names::RATIO_SEQ, &self.seq_ratios, out);
+        describe(names::RATIO_LOSS, &self.loss_ratios, out);
         let n = self.token_ratios.len();
-        for (name, t) in [("2", 2.0), ("5", 5.0), ("10", 10.0)] {
+        for (name, t) in [
+            (names::RATIO_FRAC_ABOVE_2, 2.0),
+            (names::RATIO_FRAC_ABOVE_5, 5.0),
+            (names::RATIO_FRAC_ABOVE_10, 10.0),
+        ] {
             out.insert(
-                format!("ratio/frac_above_{name}"),
+                name.into(),
                 frac(self.token_ratios.iter().filter(|&&r| r > t).count(), n),
             );
         }
-        for (name, t) in [("0.5", 0.5), ("0.2", 0.2), ("0.1", 0.1)] {
+        for (name, t) in [
+            (names::RATIO_FRAC_BELOW_0_5, 0.5),
+            (names::RATIO_FRAC_BELOW_0_2, 0.2),
+            (names::RATIO_FRAC_BELOW_0_1, 0.1),
+        ] {
             out.insert(
-                format!("ratio/frac_below_{name}"),
+                name.into(),
                 frac(self.token_ratios.iter().filter(|&&r| r < t).count(), n),
             );
         }
-        out.insert("clip/high_frac".into(), frac(self.clip_high, n));
-        out.insert("clip/low_frac".into(), frac(self.clip_low, n));
-        out.insert("clip/dual_frac".into(), frac(self.clip_dual, n));
-        out.insert("mask/frac".into(), frac(self.masked, n));
-        out.insert("ess".into(), ess(&self.weights));
+        out.insert(names::CLIP_HIGH_FRAC.into(), frac(self.clip_high, n));
+        out.insert(names::CLIP_LOW_FRAC.into(), frac(self.clip_low, n));
+        out.insert(names::CLIP_DUAL_FRAC.into(), frac(self.clip_dual, n));
+        out.insert(names::MASK_FRAC.into(), frac(self.masked, n));
+        out.insert(names::ESS.into(), ess(&self.weights));
     }
 }
 
@@ -240,15 +243,8 @@ impl MismatchStats {
 
     /// The same names as NaN, for steps that skip the mismatch forward (`mismatch_every`).
     pub fn write_skipped(out: &mut Metrics) {
-        for k in [
-            "k1",
-            "k2",
-            "k3",
-            "logp_abs_diff_mean",
-            "logp_abs_diff_max",
-            "ppl_ratio",
-        ] {
-            out.insert(format!("mismatch/{k}"), f64::NAN);
+        for name in names::MISMATCH {
+            out.insert(name.into(), f64::NAN);
         }
     }
 
@@ -260,15 +256,15 @@ impl MismatchStats {
                 x / self.tokens as f64
             }
         };
-        out.insert("mismatch/k1".into(), per_token(self.k1));
-        out.insert("mismatch/k2".into(), per_token(self.k2));
-        out.insert("mismatch/k3".into(), per_token(self.k3));
+        out.insert(names::MISMATCH_K1.into(), per_token(self.k1));
+        out.insert(names::MISMATCH_K2.into(), per_token(self.k2));
+        out.insert(names::MISMATCH_K3.into(), per_token(self.k3));
         out.insert(
-            "mismatch/logp_abs_diff_mean".into(),
+            names::MISMATCH_LOGP_ABS_DIFF_MEAN.into(),
             per_token(self.abs_sum),
         );
         out.insert(
-            "mismatch/logp_abs_diff_max".into(),
+            names::MISMATCH_LOGP_ABS_DIFF_MAX.into(),
             if self.tokens == 0 {
                 f64::NAN
             } else {
@@ -280,7 +276,7 @@ impl MismatchStats {
         } else {
             self.ppl_ratio_sum / self.seqs as f64
         };
-        out.insert("mismatch/ppl_ratio".into(), ppl);
+        out.insert(names::MISMATCH_PPL_RATIO.into(), ppl);
     }
 }
 
@@ -289,12 +285,15 @@ pub fn batch_metrics(rewards: &[f64], lengths: &[usize], out: &mut Metrics) {
     let n = rewards.len().max(1) as f64;
     let mean = rewards.iter().sum::<f64>() / n;
     let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
-    out.insert("reward/mean".into(), mean);
-    out.insert("reward/std".into(), var.sqrt());
+    out.insert(names::REWARD_MEAN.into(), mean);
+    out.insert(names::REWARD_STD.into(), var.sqrt());
     let ln = lengths.len().max(1) as f64;
-    out.insert("len/mean".into(), lengths.iter().sum::<usize>() as f64 / ln);
     out.insert(
-        "len/max".into(),
+        names::LEN_MEAN.into(),
+        lengths.iter().sum::<usize>() as f64 / ln,
+    );
+    out.insert(
+        names::LEN_MAX.into(),
         lengths.iter().copied().max().unwrap_or(0) as f64,
     );
 }

@@ -16,6 +16,9 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{LearnerError, Result};
 use crate::settings::{LrSchedule, OptimizerSettings};
 
+/// Name of the model's optimizer group (the RL learner's and SFT's).
+pub const MODEL_GROUP: &str = "model";
+
 /// A set of parameters sharing a learning rate and a weight decay.
 #[derive(Debug)]
 pub struct ParamGroup {
@@ -23,6 +26,18 @@ pub struct ParamGroup {
     pub params: Vec<(String, Tensor)>,
     pub lr: f64,
     pub weight_decay: f64,
+}
+
+impl ParamGroup {
+    /// The model's parameters ([`MODEL_GROUP`]) at the settings' learning rate and weight decay.
+    pub fn model(params: Vec<(String, Tensor)>, s: &OptimizerSettings) -> Self {
+        ParamGroup {
+            name: MODEL_GROUP.into(),
+            params,
+            lr: s.lr,
+            weight_decay: s.weight_decay,
+        }
+    }
 }
 
 /// Warmup and decay of the learning rate, as a factor on each group's base rate.
@@ -79,6 +94,16 @@ pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+}
+
+impl AdamWConfig {
+    pub fn from_settings(s: &OptimizerSettings) -> Self {
+        AdamWConfig {
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+        }
+    }
 }
 
 impl Default for AdamWConfig {
@@ -157,6 +182,15 @@ impl AdamW {
             schedule,
             step: 0,
         }
+    }
+
+    /// AdamW over `groups` with the betas, eps and learning-rate schedule of `s`.
+    pub fn from_settings(groups: Vec<ParamGroup>, s: &OptimizerSettings) -> Self {
+        Self::new(
+            groups,
+            AdamWConfig::from_settings(s),
+            Schedule::from_settings(s),
+        )
     }
 
     /// Optimizer steps taken so far.

@@ -5,8 +5,13 @@
 //! by its path below `[learner]` (e.g. `alp.sigma0`), because a bad value usually comes from a hand-edited
 //! TOML file and the field name is what the user needs to fix it.
 
+// Enums spelled as strings in the config use the workspace's one string-enum macro: an unknown value
+// is refused with the allowed values and the closest one.
+use alp_macros::string_enum;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::eggroll::EggrollSettings;
 
 /// A refused setting: the field's path below `[learner]` and why.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -25,61 +30,9 @@ impl SettingsError {
     }
 }
 
-/// Enums spelled as strings in the config. Deserialization goes through `FromStr` so an unknown value
-/// is refused with the field name (serde's own enum error names only the variant).
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident, $field:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-
-        impl $name {
-            /// Every accepted spelling, in declaration order.
-            pub const ALL: &'static [&'static str] = &[$($text),+];
-            /// The config spelling of this value.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl ::std::str::FromStr for $name {
-            type Err = $crate::settings::SettingsError;
-            fn from_str(s: &str) -> ::std::result::Result<Self, $crate::settings::SettingsError> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err($crate::settings::SettingsError::new(
-                        $field,
-                        format!("unknown value \"{other}\", expected one of {}", Self::ALL.join(", ")),
-                    )),
-                }
-            }
-        }
-
-        impl ::std::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl ::serde::Serialize for $name {
-            fn serialize<S: ::serde::Serializer>(&self, s: S) -> ::std::result::Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> ::serde::Deserialize<'de> for $name {
-            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> ::std::result::Result<Self, D::Error> {
-                let s = <String as ::serde::Deserialize>::deserialize(d)?;
-                s.parse().map_err(<D::Error as ::serde::de::Error>::custom)
-            }
-        }
-    };
-}
-pub(crate) use string_enum;
-
-string_enum!(
+string_enum! {
     /// How rewards of a group become advantages.
-    AdvantageKind, "advantage", {
+    pub enum AdvantageKind {
         /// `(R - mean) / (std + 1e-6)` over the group (std with Bessel's correction, as torch.std).
         Grpo => "grpo",
         /// `R - mean` (Dr.GRPO: no std normalisation).
@@ -87,11 +40,11 @@ string_enum!(
         /// `R_i - mean_{j != i} R_j` (leave-one-out baseline).
         Rloo => "rloo",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// How per-token losses become one number.
-    Aggregation, "loss.aggregation", {
+    pub enum Aggregation {
         /// Sum over all valid tokens of the mini-batch divided by their count.
         TokenMean => "token-mean",
         /// Mean over sequences of each sequence's token mean.
@@ -99,11 +52,11 @@ string_enum!(
         /// Mean over sequences of each sequence's token sum.
         SeqMeanTokenSum => "seq-mean-token-sum",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// KL estimator for the penalty towards the frozen reference, with `d = lp - ref`.
-    KlEstimator, "loss.kl_estimator", {
+    pub enum KlEstimator {
         /// `d`.
         K1 => "k1",
         /// `0.5 d^2`.
@@ -111,11 +64,11 @@ string_enum!(
         /// `exp(-d) + d - 1` (verl `low_var_kl`), clamped to [-10, 10] as verl does.
         K3 => "k3",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// The off-policy correction (design section 4).
-    CorrectionKind, "correction.kind", {
+    pub enum CorrectionKind {
         /// One ratio `pi_theta / mu` against the inference log-probs, no noise.
         Bypass => "bypass",
         /// Truncated IS: weight `min(pi_old / mu, tis_cap)` times the PPO ratio `pi_theta / pi_old`.
@@ -127,36 +80,36 @@ string_enum!(
         /// Plain PPO/GSPO ratio `pi_theta / pi_old`; the inference policy is ignored (the paper's GSPO baseline).
         None => "none",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Token ratios or one GSPO-style ratio per sequence; also the level of the TIS weight / MIS mask.
-    RatioLevel, "correction.level", {
+    pub enum RatioLevel {
         Token => "token",
         Sequence => "sequence",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Where ALP puts its noise.
-    AlpTarget, "alp.target", {
+    pub enum AlpTarget {
         /// Every decoder layer's input hidden state in the layer range (the method of the paper).
         Layers => "layers",
         /// Only the final logits, with one learnable scale (the paper's logits-only ablation).
         Logits => "logits",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// Learning-rate decay after warmup.
-    LrSchedule, "optimizer.schedule", {
+    pub enum LrSchedule {
         Constant => "constant",
         /// Linear from the base rate to `min_lr_ratio * lr` at `total_steps`.
         Linear => "linear",
         /// Half cosine from the base rate to `min_lr_ratio * lr` at `total_steps`.
         Cosine => "cosine",
     }
-);
+}
 
 impl CorrectionKind {
     /// Whether the PPO ratio is taken against `lp_old` (a no-grad forward of the pre-update weights)
@@ -169,10 +122,27 @@ impl CorrectionKind {
     }
 }
 
-/// The `[learner]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+string_enum! {
+    /// Which learner trains the policy (`[learner] kind`).
+    #[derive(Default)]
+    pub enum LearnerKind {
+        /// Policy gradient ([`crate::Learner`]): advantages, the clipped surrogate, off-policy
+        /// corrections, ALP; every `[learner]` key except `eggroll`.
+        #[default]
+        Pg => "pg",
+        /// EGGROLL evolution strategies ([`crate::eggroll::EsLearner`]), backprop-free:
+        /// `[learner.eggroll]` and `seed` only.
+        Eggroll => "eggroll",
+    }
+}
+
+/// The `[learner]` section: `kind` picks the learner; the policy-gradient keys and `[learner.eggroll]`
+/// belong to one learner each. Serialisation writes `kind`, `seed` and the chosen learner's keys only,
+/// so a written config never carries settings its learner ignores.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerSettings {
+    pub kind: LearnerKind,
     pub advantage: AdvantageKind,
     /// Samples per forward/backward; gradients accumulate over the micro-batches of a mini-batch.
     pub micro_batch_size: usize,
@@ -193,6 +163,8 @@ pub struct LearnerSettings {
     pub correction: CorrectionSettings,
     pub alp: AlpSettings,
     pub optimizer: OptimizerSettings,
+    /// `[learner.eggroll]`, used when `kind = "eggroll"`.
+    pub eggroll: EggrollSettings,
     /// The temperature `T` the sampled tokens' log-probs `mu` were taken at: every forward that scores
     /// sampled tokens (training, `lp_old`, reference, the logged `lp`) divides its logits by `T`, so at
     /// identical weights every ratio is exactly 1 (verl's convention). Not a config key: the train
@@ -204,6 +176,7 @@ pub struct LearnerSettings {
 impl Default for LearnerSettings {
     fn default() -> Self {
         Self {
+            kind: LearnerKind::Pg,
             advantage: AdvantageKind::Grpo,
             micro_batch_size: 8,
             mini_batches: 1,
@@ -215,9 +188,72 @@ impl Default for LearnerSettings {
             correction: CorrectionSettings::default(),
             alp: AlpSettings::default(),
             optimizer: OptimizerSettings::default(),
+            eggroll: EggrollSettings::default(),
             score_temperature: 1.0,
         }
     }
+}
+
+impl Serialize for LearnerSettings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Destructured, so a new field cannot be forgotten here.
+        let LearnerSettings {
+            kind,
+            advantage,
+            micro_batch_size,
+            mini_batches,
+            epochs,
+            max_grad_norm,
+            seed,
+            mismatch_every,
+            loss,
+            correction,
+            alp,
+            optimizer,
+            eggroll,
+            score_temperature: _,
+        } = self;
+        let mut out = s.serialize_struct("LearnerSettings", 12)?;
+        out.serialize_field("kind", kind)?;
+        match kind {
+            LearnerKind::Pg => {
+                out.serialize_field("advantage", advantage)?;
+                out.serialize_field("micro_batch_size", micro_batch_size)?;
+                out.serialize_field("mini_batches", mini_batches)?;
+                out.serialize_field("epochs", epochs)?;
+                out.serialize_field("max_grad_norm", max_grad_norm)?;
+                out.serialize_field("seed", seed)?;
+                out.serialize_field("mismatch_every", mismatch_every)?;
+                out.serialize_field("loss", loss)?;
+                out.serialize_field("correction", correction)?;
+                out.serialize_field("alp", alp)?;
+                out.serialize_field("optimizer", optimizer)?;
+            }
+            LearnerKind::Eggroll => {
+                out.serialize_field("seed", seed)?;
+                out.serialize_field("eggroll", eggroll)?;
+            }
+        }
+        out.end()
+    }
+}
+
+impl LearnerSettings {
+    /// The keys of `[learner]` that belong to the policy-gradient learner (`kind = "pg"`); `kind` and
+    /// `seed` are shared, `eggroll` is the ES learner's.
+    pub const PG_KEYS: &'static [&'static str] = &[
+        "advantage",
+        "micro_batch_size",
+        "mini_batches",
+        "epochs",
+        "max_grad_norm",
+        "mismatch_every",
+        "loss",
+        "correction",
+        "alp",
+        "optimizer",
+    ];
 }
 
 /// `[learner.loss]`: the clipped surrogate and its extra terms.
@@ -360,9 +396,13 @@ pub(crate) fn finite_nonneg(x: f64, field: &str) -> Result<(), SettingsError> {
 }
 
 impl LearnerSettings {
-    /// Refuses values that cannot work, naming the field. Checks that need the model (the layer range
-    /// against the number of layers) happen in [`AlpSettings::layer_range`].
+    /// Refuses values of the chosen learner that cannot work, naming the field. Checks that need the
+    /// model happen in [`AlpSettings::layer_range`] (the layer range against the number of layers)
+    /// and [`EggrollSettings::check_against`] (rank and parameter patterns).
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.kind == LearnerKind::Eggroll {
+            return self.eggroll.validate();
+        }
         check(self.micro_batch_size >= 1, "micro_batch_size", || {
             "must be >= 1".into()
         })?;

@@ -7,28 +7,16 @@ use alp_learner::{
     AlpPerturbation, AlpSettings, CorrectionKind, Learner, LearnerSettings, RatioLevel,
     TrainablePolicy,
 };
-use alp_policy::{CausalLM, ForwardHooks, LoadOptions, ModelConfig, NoHooks};
+use alp_policy::{CausalLM, ForwardHooks, NoHooks};
+use alp_test_support::tiny_model::TinyModel;
 use common::{bit_equal, Rng};
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 fn tiny(arch: &str, kind: Kind, seed: u64) -> CausalLM {
-    let cfg = json!({
-        "model_type": arch, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "initializer_range": 0.1
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(
-        cfg,
-        &LoadOptions {
-            kind,
-            device: Device::Cpu,
-        },
-        seed,
-    )
-    .unwrap()
+    TinyModel::new(arch)
+        .with("num_hidden_layers", 3)
+        .with("initializer_range", 0.1)
+        .random_as(kind, seed)
 }
 
 /// The head-on-selected-rows path equals the full forward followed by the selection, with padding.

@@ -10,26 +10,21 @@ use alp_learner::eggroll::{
     Population, PopulationFactors,
 };
 use alp_policy::noise::{standard_normal, NoiseKey};
-use alp_policy::{CausalLM, LoadOptions, ModelConfig, NoHooks, RowHooks};
+use alp_policy::{CausalLM, LoadOptions, NoHooks, RowHooks};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use serde_json::json;
+use alp_test_support::tiny_model::{copy_of, TinyModel};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(arch: &str, seed: u64) -> CausalLM {
-    let cfg = json!({
-        "model_type": arch, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "initializer_range": 0.3
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), seed).unwrap()
+    TinyModel::new(arch)
+        .with("intermediate_size", 48)
+        .with("initializer_range", 0.3)
+        .random(seed)
 }
 
 /// A copy of `model` whose evolved matrices carry member `member`'s perturbation.
 fn materialised(model: &CausalLM, population: &Population, member: usize) -> CausalLM {
-    let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 99).unwrap();
-    copy.copy_weights_from(model);
+    let copy = copy_of(model);
     let params: std::collections::HashMap<String, Tensor> =
         copy.named_parameters().into_iter().collect();
     tch::no_grad(|| {
@@ -49,6 +44,7 @@ fn requests(n: usize) -> Vec<GenerationRequest> {
                 .collect(),
             max_new_tokens: Some(3 + (i * 7) % 10),
             stop_token_ids: None,
+            member: None,
         })
         .collect()
 }
@@ -73,7 +69,7 @@ fn population_forward_equals_materialised_members() {
                 matrices: matrices.clone(),
             };
             let members: Vec<usize> = (0..6).collect();
-            let pf = PopulationFactors::new(&population, &members, Kind::Float, Device::Cpu);
+            let pf = PopulationFactors::new(&population, &members, Device::Cpu);
             // Prefill: one batched forward, row i as member i.
             let ids = Tensor::from_slice(&[5i64, 9, 13, 2, 7, 3])
                 .view([1, 6])
@@ -105,10 +101,7 @@ fn population_forward_equals_materialised_members() {
                 max_new_tokens: 12,
                 ..SamplingParams::default()
             };
-            let copy =
-                CausalLM::random(model.config().clone(), &LoadOptions::default(), 1).unwrap();
-            copy.copy_weights_from(&model);
-            let out = LocalEngine::new(copy, 3)
+            let out = LocalEngine::new(copy_of(&model), 3)
                 .generate_with_hooks(&reqs, &greedy, &pf)
                 .unwrap();
             let lengths: std::collections::BTreeSet<usize> =
@@ -189,7 +182,7 @@ fn generation_and_update_use_the_same_noise() {
         matrices: evolved_matrices(&model),
     };
     let members = [0usize, 1, 4, 5];
-    let pf = PopulationFactors::new(&population, &members, Kind::Float, Device::Cpu);
+    let pf = PopulationFactors::new(&population, &members, Device::Cpu);
     let resumed = Population {
         matrices: evolved_matrices(&model),
         ..population.clone()
@@ -374,12 +367,6 @@ fn settings(population: usize) -> alp_learner::eggroll::EggrollSettings {
         params: vec!["mlp.up_proj".into()],
         ..Default::default()
     }
-}
-
-fn copy_of(model: &CausalLM) -> CausalLM {
-    let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 98).unwrap();
-    copy.copy_weights_from(model);
-    copy
 }
 
 fn weights(model: &CausalLM, name: &str) -> Tensor {
@@ -582,7 +569,7 @@ fn es_raises_the_log_prob_of_a_target_token() {
     let start = target_lp(&NoHooks, 1).double_value(&[0]);
     for _ in 0..40 {
         let members: Vec<usize> = (0..32).collect();
-        let pf = PopulationFactors::new(&learner.population(), &members, Kind::Float, Device::Cpu);
+        let pf = PopulationFactors::new(&learner.population(), &members, Device::Cpu);
         let fitness = Vec::<f64>::try_from(
             target_lp(pf.for_rows(&members).as_ref(), 32).to_kind(Kind::Double),
         )

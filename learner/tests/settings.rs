@@ -3,7 +3,9 @@
 #![allow(clippy::needless_range_loop, clippy::field_reassign_with_default)]
 mod common;
 
-use alp_learner::{AlpSettings, CorrectionKind, Learner, LearnerError, LearnerSettings};
+use alp_learner::{
+    AlpSettings, CorrectionKind, Learner, LearnerError, LearnerKind, LearnerSettings,
+};
 use serde_json::json;
 
 fn parse(v: serde_json::Value) -> Result<LearnerSettings, String> {
@@ -52,13 +54,33 @@ fn bad_values_name_their_field() {
         json!({"alp": {"layer_start": 5, "layer_end": 2}}),
         "alp.layer_end",
     );
-    refused(json!({"correction": {"kind": "icepop"}}), "correction.kind");
+    // An unknown enum value is refused with the allowed ones (the run config names the key from the
+    // value's position in the file).
+    refused(
+        json!({"correction": {"kind": "icepop"}}),
+        "unknown value \"icepop\"; allowed: bypass, tis, mis, alp, none",
+    );
     refused(
         json!({"correction": {"level": "chunk"}}),
-        "correction.level",
+        "allowed: token, sequence",
     );
-    refused(json!({"loss": {"aggregation": "mean"}}), "loss.aggregation");
-    refused(json!({"advantage": "ppo"}), "advantage");
+    refused(
+        json!({"loss": {"aggregation": "token_mean"}}),
+        "allowed: token-mean, seq-mean-token-mean, seq-mean-token-sum; did you mean `token-mean`?",
+    );
+    refused(json!({"advantage": "ppo"}), "allowed: grpo, dr_grpo, rloo");
+    refused(
+        json!({"kind": "egroll"}),
+        "allowed: pg, eggroll; did you mean `eggroll`?",
+    );
+    refused(
+        json!({"kind": "eggroll", "eggroll": {"population": 5}}),
+        "eggroll.population",
+    );
+    refused(
+        json!({"kind": "eggroll", "eggroll": {"sigma": 0.0}}),
+        "eggroll.sigma",
+    );
     refused(json!({"loss": {"dual_clip": 0.9}}), "loss.dual_clip");
     refused(
         json!({"correction": {"mis_low": 2.0, "mis_high": 1.0}}),
@@ -110,5 +132,49 @@ fn refusals_that_need_the_model() {
     match Learner::new(s, common::ToyLm::new(8, 4, 2, 0), None) {
         Err(LearnerError::Settings(e)) => assert_eq!(e.field, "loss.kl_coef"),
         other => panic!("expected a settings error, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_written_learner_section_holds_only_its_learners_keys() {
+    let keys = |s: &LearnerSettings| -> Vec<String> {
+        let v = serde_json::to_value(s).unwrap();
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let pg = LearnerSettings::default();
+    // Every key of the policy-gradient learner as docs/learner.md lists them.
+    let mut pg_keys = vec![
+        "advantage",
+        "micro_batch_size",
+        "mini_batches",
+        "epochs",
+        "max_grad_norm",
+        "mismatch_every",
+        "loss",
+        "correction",
+        "alp",
+        "optimizer",
+    ];
+    pg_keys.sort();
+    let mut pg_only = LearnerSettings::PG_KEYS.to_vec();
+    pg_only.sort();
+    assert_eq!(pg_only, pg_keys);
+    let mut want = pg_keys.clone();
+    want.extend(["kind", "seed"]);
+    want.sort();
+    assert_eq!(keys(&pg), want);
+    let es = parse(json!({"kind": "eggroll", "seed": 3, "eggroll": {"population": 8, "rank": 2}}))
+        .unwrap();
+    assert_eq!(keys(&es), ["eggroll", "kind", "seed"]);
+    assert_eq!(
+        (es.kind, es.eggroll.population, es.eggroll.rank),
+        (LearnerKind::Eggroll, 8, 2)
+    );
+    for s in [pg, es] {
+        let back: LearnerSettings =
+            serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 }

@@ -7,15 +7,13 @@
 #![allow(clippy::needless_range_loop, clippy::field_reassign_with_default)]
 mod common;
 
-#[path = "../../policy/tests/support/oracle.rs"]
-mod oracle;
-
 use alp_learner::{
     completion_log_probs, group_advantages, AdamW, AdamWConfig, AdvantageKind, CorrectionKind,
     Entropy, Group, Learner, LearnerSettings, PackedBatch, ParamGroup, RatioLevel, Sample,
     Schedule, TrainablePolicy,
 };
 use alp_policy::NoHooks;
+use alp_test_support::oracle;
 use common::{Rng, ToyLm};
 use tch::{Kind, Tensor};
 
@@ -374,14 +372,9 @@ fn grad_norm_clipping_equals_torch() {
             input = input.to_str().unwrap(),
             output = output.to_str().unwrap(),
         );
-        let out = std::process::Command::new(oracle::python())
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        oracle::run(
+            oracle::python_command().args(["-c", &script]),
+            "torch.nn.utils.clip_grad_norm_",
         );
         let torch: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&output)
             .unwrap()

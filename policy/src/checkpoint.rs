@@ -33,16 +33,6 @@ pub fn hf_dtype_name(kind: Kind) -> &'static str {
     }
 }
 
-/// Parses a user-facing dtype name (`f32`, `bf16`, `f16` or the HF spellings).
-pub fn parse_kind(name: &str) -> Result<Kind, PolicyError> {
-    match name {
-        "f32" | "float32" | "float" => Ok(Kind::Float),
-        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
-        "f16" | "float16" | "half" => Ok(Kind::Half),
-        other => Err(PolicyError::UnsupportedComputeDtype(other.to_string())),
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PolicyError + '_ {
     move |source| PolicyError::Io {
         path: path.display().to_string(),
@@ -513,12 +503,6 @@ mod tests {
     /// huggingface_hub's own splitter on the same sizes (it only needs `get_storage_size`, so plain
     /// integers stand in for tensors), as lists of indices.
     fn hub_plan(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run scripts/setup.sh",
-            python.display()
-        );
         let script = r#"
 import json, sys
 from huggingface_hub.serialization._base import split_state_dict_into_shards_factory
@@ -528,7 +512,7 @@ split = split_state_dict_into_shards_factory(
     get_storage_size=lambda s: s, filename_pattern="m{suffix}.st", max_shard_size=limit)
 print(json.dumps([[int(k) for k in ks] for ks in split.filename_to_tensors.values()]))
 "#;
-        let out = std::process::Command::new(python)
+        let out = alp_oracle::python_command()
             .args([
                 "-c",
                 script,

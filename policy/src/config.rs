@@ -9,35 +9,21 @@ use std::path::Path;
 
 use crate::error::PolicyError;
 
-/// The supported decoder families. They differ only in biases, q/k norms and rope scaling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    /// Qwen2 / Qwen2.5: bias on q, k and v projections.
-    Qwen2,
-    /// Qwen3: per-head RMSNorm on q and k before RoPE, explicit `head_dim`, optional attention bias.
-    Qwen3,
-    /// Llama 3 / SmolLM2: no biases unless `attention_bias` / `mlp_bias`, optional llama3 rope scaling.
-    Llama,
+alp_macros::string_enum! {
+    /// The supported decoder families (HF `model_type`). They differ only in biases, q/k norms and
+    /// rope scaling.
+    pub enum Architecture: "architecture" {
+        /// Qwen2 / Qwen2.5: bias on q, k and v projections.
+        Qwen2 => "qwen2",
+        /// Qwen3: per-head RMSNorm on q and k before RoPE, explicit `head_dim`, optional attention bias.
+        Qwen3 => "qwen3",
+        /// Llama 3 / SmolLM2: no biases unless `attention_bias` / `mlp_bias`, optional llama3 rope scaling.
+        Llama => "llama",
+    }
 }
 
 impl Architecture {
-    fn from_model_type(model_type: &str) -> Option<Self> {
-        match model_type {
-            "qwen2" => Some(Self::Qwen2),
-            "qwen3" => Some(Self::Qwen3),
-            "llama" => Some(Self::Llama),
-            _ => None,
-        }
-    }
-
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-            Self::Llama => "llama",
-        }
-    }
-
+    /// The transformers class (`config.json`'s `architectures`).
     pub fn hf_class(self) -> &'static str {
         match self {
             Self::Qwen2 => "Qwen2ForCausalLM",
@@ -174,7 +160,7 @@ impl ModelConfig {
             (None, Some(archs)) if !archs.is_empty() => archs[0].clone(),
             _ => required(None, "model_type", path)?,
         };
-        let architecture = Architecture::from_model_type(&model_type).ok_or_else(|| {
+        let architecture = model_type.parse::<Architecture>().map_err(|_| {
             PolicyError::UnsupportedArchitecture {
                 path: path.to_string(),
                 model_type: model_type.clone(),

@@ -125,6 +125,14 @@ pub trait RowHooks {
     fn for_rows<'a>(&'a self, requests: &[usize]) -> Box<dyn ForwardHooks + 'a>;
 }
 
+/// Weights per population member, for generation calls in which every request names the member
+/// that serves it (an evolution-strategies population: member `i` is the policy with its own
+/// low-rank perturbation). The engine asks for the row hooks of each call.
+pub trait MemberHooks: Send + Sync {
+    /// Row hooks for a call whose request `j` is served by member `members[j]`.
+    fn for_requests<'a>(&'a self, members: &[usize]) -> Box<dyn RowHooks + 'a>;
+}
+
 /// The plain model: every hook is the identity.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! config.rs      config.json in every spelling        -> ModelConfig
+//! dtype.rs       compute dtypes by name (f32, bf16, f16) -> Dtype
 //! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
@@ -13,16 +14,19 @@
 //! ```
 pub mod checkpoint;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod hooks;
 pub mod kv_cache;
 pub mod model;
 pub mod noise;
+pub mod params;
 pub mod rope;
 
-pub use checkpoint::{hf_dtype_name, parse_kind, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
+pub use checkpoint::{hf_dtype_name, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use dtype::{parse_kind, Dtype};
 pub use error::PolicyError;
-pub use hooks::{ForwardHooks, LinearKind, LinearSite, NoHooks, RowHooks};
+pub use hooks::{ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};

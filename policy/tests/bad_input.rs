@@ -3,27 +3,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig, PolicyError};
+use alp_test_support::tiny_model::TinyModel;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::json;
-
-fn tiny_config() -> serde_json::Value {
-    json!({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32,
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "float32"
-    })
-}
-
-/// A valid tiny checkpoint in `dir`.
-fn write_valid(dir: &Path) {
-    let cfg = ModelConfig::from_json_str(&tiny_config().to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), 0)
-        .unwrap()
-        .save(dir)
-        .unwrap();
-}
 
 /// Rewrites `dir/model.safetensors` through `edit`, which gets (name, dtype, shape, bytes) entries.
 fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
@@ -51,7 +34,7 @@ fn load_err(dir: &Path) -> String {
 #[test]
 fn missing_tensor_is_named_with_its_shape() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     rewrite_weights(dir.path(), |e| {
         e.retain(|(n, ..)| n != "model.layers.1.mlp.up_proj.weight")
     });
@@ -63,7 +46,7 @@ fn missing_tensor_is_named_with_its_shape() {
 #[test]
 fn misshaped_tensor_names_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     rewrite_weights(dir.path(), |e| {
         let t = e
             .iter_mut()
@@ -82,7 +65,7 @@ fn misshaped_tensor_names_both_shapes() {
 #[test]
 fn truncated_file_is_reported_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     let path = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -96,8 +79,8 @@ fn truncated_file_is_reported_as_corrupt() {
 #[test]
 fn unknown_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
-    let mut cfg = tiny_config();
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
+    let mut cfg = TinyModel::qwen2_checkpoint().json();
     cfg["model_type"] = json!("gpt_neox");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(dir.path());
@@ -110,7 +93,7 @@ fn unknown_architecture_is_named() {
 #[test]
 fn wrong_dtype_on_disk_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     rewrite_weights(dir.path(), |e| {
         let t = e
             .iter_mut()
@@ -128,7 +111,7 @@ fn wrong_dtype_on_disk_is_named() {
 #[test]
 fn unsupported_compute_dtype_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     let opts = LoadOptions {
         kind: tch::Kind::Int64,
         ..LoadOptions::default()
@@ -143,8 +126,8 @@ fn unsupported_compute_dtype_is_refused() {
 #[test]
 fn missing_config_field_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
-    let mut cfg = tiny_config();
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
+    let mut cfg = TinyModel::qwen2_checkpoint().json();
     cfg.as_object_mut().unwrap().remove("intermediate_size");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let msg = load_err(dir.path());
@@ -157,7 +140,7 @@ fn missing_config_field_is_named() {
 #[test]
 fn unexpected_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     rewrite_weights(dir.path(), |e| {
         e.push((
             "model.layers.0.self_attn.q_norm.weight".into(),
@@ -178,7 +161,11 @@ fn missing_weights_and_missing_config_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("config.json"), "{msg}");
-    std::fs::write(dir.path().join("config.json"), tiny_config().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        TinyModel::qwen2_checkpoint().json().to_string(),
+    )
+    .unwrap();
     let msg = load_err(dir.path());
     assert!(msg.contains("no weights found"), "{msg}");
 }
@@ -186,7 +173,7 @@ fn missing_weights_and_missing_config_are_reported() {
 #[test]
 fn sharded_checkpoints_load_like_single_files() {
     let dir = tempfile::tempdir().unwrap();
-    write_valid(dir.path());
+    TinyModel::qwen2_checkpoint().save(dir.path(), 0);
     let single = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
     // Split the file into two shards with an index, as transformers does for large models.
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
@@ -231,11 +218,11 @@ fn sharded_checkpoints_load_like_single_files() {
 
 #[test]
 fn config_spellings_of_transformers_4_and_5_agree() {
-    let mut v4 = tiny_config();
+    let mut v4 = TinyModel::qwen2_checkpoint().json();
     v4["rope_theta"] = json!(500000.0);
     v4["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
-    let mut v5 = tiny_config();
+    let mut v5 = TinyModel::qwen2_checkpoint().json();
     let obj = v5.as_object_mut().unwrap();
     obj.remove("rope_theta");
     obj.remove("torch_dtype");
@@ -268,7 +255,7 @@ fn impossible_config_values_are_refused_by_field() {
         ("max_position_embeddings", json!(0)),
         ("head_dim", json!(7)),
     ] {
-        let mut cfg = tiny_config();
+        let mut cfg = TinyModel::qwen2_checkpoint().json();
         cfg[field] = value.clone();
         let msg = ModelConfig::from_json_str(&cfg.to_string(), "m/config.json")
             .unwrap_err()
@@ -278,7 +265,7 @@ fn impossible_config_values_are_refused_by_field() {
             "{field} = {value}: {msg}"
         );
     }
-    let mut cfg = tiny_config();
+    let mut cfg = TinyModel::qwen2_checkpoint().json();
     cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": -2.0});
     let msg = ModelConfig::from_json_str(&cfg.to_string(), "m/config.json")
         .unwrap_err()
@@ -291,7 +278,7 @@ fn a_weight_map_outside_the_checkpoint_is_refused() {
     let outer = tempfile::tempdir().unwrap();
     let dir = outer.path().join("model");
     std::fs::create_dir(&dir).unwrap();
-    write_valid(&dir);
+    TinyModel::qwen2_checkpoint().save(&dir, 0);
     // A valid shard outside the checkpoint directory: it must not be read.
     std::fs::rename(
         dir.join("model.safetensors"),

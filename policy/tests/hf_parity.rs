@@ -2,10 +2,8 @@
 //! logits of a ragged, padded batch against each prompt run alone in transformers, and the save
 //! round trip (bit-exact reload; transformers reads what we write, single-file or sharded, and gives
 //! the same logits), and bf16/f16 load and save.
-#[path = "support/oracle.rs"]
-mod oracle;
-
 use alp_policy::{CausalLM, LoadOptions, NoHooks, SaveOptions};
+use alp_test_support::{hf_models, oracle};
 use tch::{Kind, Tensor};
 
 const TOL: f32 = 1e-4;
@@ -49,7 +47,7 @@ fn pad(prompts: &[Vec<i64>], left: bool) -> (Tensor, Tensor, Vec<i64>) {
 fn max_diff(
     model: &CausalLM,
     prompts: &[Vec<i64>],
-    reference: &[oracle::OracleResult],
+    reference: &[hf_models::OracleResult],
     left: bool,
 ) -> f32 {
     let (ids, mask, offsets) = pad(prompts, left);
@@ -70,11 +68,11 @@ fn max_diff(
 #[test]
 fn logits_match_transformers_for_ragged_batches_and_save_round_trips() {
     tch::set_num_threads(1);
-    let prompts = oracle::ragged_prompts();
-    for &(arch, tied, kv_heads) in oracle::CASES {
+    let prompts = hf_models::ragged_prompts();
+    for &(arch, tied, kv_heads) in hf_models::CASES {
         let dir = tempfile::tempdir().unwrap();
         let reference =
-            oracle::make_model_with_reference(arch, dir.path(), tied, kv_heads, &prompts, 0);
+            hf_models::make_model_with_reference(arch, dir.path(), tied, kv_heads, &prompts, 0);
         let model = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
         assert_eq!(model.config().tie_word_embeddings, tied);
         for left in [false, true] {
@@ -112,7 +110,7 @@ fn logits_match_transformers_for_ragged_batches_and_save_round_trips() {
             has_head, !tied,
             "{arch}: tied models must not save lm_head.weight"
         );
-        let from_ours = oracle::reference(saved.path(), &prompts, 0);
+        let from_ours = hf_models::reference(saved.path(), &prompts, 0);
         let d = max_diff(&model, &prompts, &from_ours, false);
         assert!(
             d < TOL,
@@ -133,7 +131,7 @@ fn low_precision_load_and_save(
 ) {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    oracle::make_model("qwen2", dir.path(), false, 2);
+    hf_models::make_model("qwen2", dir.path(), false, 2);
     let f32_model = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
     let low = LoadOptions {
         kind,
@@ -192,8 +190,8 @@ fn low_precision_load_and_save(
             "{name}: {hf_name} file read as f32"
         );
     }
-    let prompts = oracle::ragged_prompts();
-    let from_ours = oracle::reference(saved.path(), &prompts, 0);
+    let prompts = hf_models::ragged_prompts();
+    let from_ours = hf_models::reference(saved.path(), &prompts, 0);
     let d = max_diff(&widened, &prompts, &from_ours, false);
     assert!(
         d < TOL,
@@ -247,16 +245,11 @@ assert index["metadata"]["total_size"] == total, (index["metadata"], total)
 assert index["metadata"]["total_parameters"] == params, (index["metadata"], params)
 print(n)
 "#;
-    let out = std::process::Command::new(oracle::python())
-        .args(["-c", script, dir.to_str().unwrap(), &max.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = oracle::run(
+        oracle::python_command().args(["-c", script, dir.to_str().unwrap(), &max.to_string()]),
+        "the safetensors index check",
     );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    out.trim().parse().unwrap()
 }
 
 fn assert_same_parameters(a: &CausalLM, b: &CausalLM, what: &str) {
@@ -271,9 +264,10 @@ fn assert_same_parameters(a: &CausalLM, b: &CausalLM, what: &str) {
 #[test]
 fn sharded_save_round_trips_and_transformers_loads_it() {
     tch::set_num_threads(1);
-    let prompts = oracle::ragged_prompts();
+    let prompts = hf_models::ragged_prompts();
     let dir = tempfile::tempdir().unwrap();
-    let reference = oracle::make_model_with_reference("qwen2", dir.path(), false, 2, &prompts, 0);
+    let reference =
+        hf_models::make_model_with_reference("qwen2", dir.path(), false, 2, &prompts, 0);
     let model = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
 
     // 60 kB: the f32 embedding and head (65,536 bytes each) exceed it and get shards of their own,
@@ -290,7 +284,7 @@ fn sharded_save_round_trips_and_transformers_loads_it() {
     assert!(shards >= 4, "{shards} shards");
     let reloaded = CausalLM::load(saved.path(), &LoadOptions::default()).unwrap();
     assert_same_parameters(&model, &reloaded, "sharded round trip");
-    let from_ours = oracle::reference(saved.path(), &prompts, 0);
+    let from_ours = hf_models::reference(saved.path(), &prompts, 0);
     let d = max_diff(&model, &prompts, &from_ours, false);
     assert!(
         d < TOL,

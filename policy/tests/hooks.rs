@@ -4,21 +4,17 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use alp_policy::{
-    CausalLM, ForwardHooks, LinearKind, LinearSite, LoadOptions, ModelConfig, NoHooks,
-};
-use serde_json::json;
+use alp_policy::{CausalLM, ForwardHooks, LinearKind, LinearSite, NoHooks};
+use alp_test_support::tiny_model::TinyModel;
 use tch::{Kind, Tensor};
 
 fn tiny(arch: &str, tied: bool) -> CausalLM {
-    let cfg = json!({
-        "model_type": arch, "vocab_size": 48, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": tied, "initializer_range": 0.2
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), 3).unwrap()
+    TinyModel::new(arch)
+        .with("vocab_size", 48)
+        .with("num_hidden_layers", 3)
+        .with("tie_word_embeddings", tied)
+        .with("initializer_range", 0.2)
+        .random(3)
 }
 
 /// Counts hook calls per site and checks each weight against the model's own parameter of that name.

@@ -5,20 +5,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig, SaveOptions};
+use alp_test_support::tiny_model::TinyModel;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 use tch::Kind;
-
-fn tiny_model() -> CausalLM {
-    let cfg = json!({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32,
-        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "float32"
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), 0).unwrap()
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -35,7 +25,7 @@ fn file_names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn single_file_is_what_safetensors_serialize_writes() {
-    let model = tiny_model();
+    let model = TinyModel::qwen2_checkpoint().random(0);
     for kind in [Kind::Float, Kind::BFloat16, Kind::Half] {
         let dir = tempfile::tempdir().unwrap();
         model.save_as(dir.path(), kind).unwrap();
@@ -76,7 +66,7 @@ fn single_file_is_what_safetensors_serialize_writes() {
 
 #[test]
 fn saved_files_have_the_mode_of_any_new_file_and_no_temporaries() {
-    let model = tiny_model();
+    let model = TinyModel::qwen2_checkpoint().random(0);
     let dir = tempfile::tempdir().unwrap();
     // What the process's umask gives a newly created file (0644 under the usual 022).
     let reference = dir.path().join("reference");
@@ -162,7 +152,7 @@ fn tied_head_copy_writes_the_embedding_as_the_head() {
         written["lm_head.weight"],
         written["model.embed_tokens.weight"]
     );
-    let untied = tiny_model();
+    let untied = TinyModel::qwen2_checkpoint().random(0);
     let written = tensors(&untied);
     assert_eq!(written.len(), untied.named_parameters().len());
 }

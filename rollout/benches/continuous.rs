@@ -10,16 +10,10 @@
 //! benchmark. Not a test: it asserts nothing about speed.
 use std::time::Instant;
 
-use alp_policy::{parse_kind, CausalLM, LoadOptions, ModelConfig};
+use alp_policy::parse_kind;
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams, Scheduling};
-use serde_json::json;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use alp_test_support::bench::env_or;
+use alp_test_support::tiny_model::TinyModel;
 
 fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
@@ -31,25 +25,15 @@ fn main() {
     let vocab: u64 = env_or("BENCH_VOCAB", 32000);
     tch::set_num_threads(threads);
     let kind = parse_kind(&dtype).expect("BENCH_DTYPE: f32, bf16 or f16");
-    let cfg = json!({
-        "model_type": "qwen2", "vocab_size": vocab, "hidden_size": hidden,
-        "intermediate_size": hidden * 3, "num_hidden_layers": layers,
-        "num_attention_heads": hidden / 64, "num_key_value_heads": (hidden / 128).max(1),
-        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 1024,
-        "tie_word_embeddings": false,
-    });
-    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
-    let model = || {
-        CausalLM::random(
-            config.clone(),
-            &LoadOptions {
-                kind,
-                device: tch::Device::Cpu,
-            },
-            0,
-        )
-        .unwrap()
-    };
+    let shape = TinyModel::qwen2_bench(
+        vocab as i64,
+        hidden,
+        hidden * 3,
+        layers,
+        hidden / 64,
+        (hidden / 128).max(1),
+    );
+    let model = || shape.random_as(kind, 0);
     // A fixed pseudo-random spread of lengths in [8, 128] and prompts of 16 to 48 tokens.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {

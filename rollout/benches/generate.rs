@@ -7,20 +7,13 @@
 //! Environment: BENCH_THREADS (default 2), BENCH_NEW_TOKENS (128), BENCH_BATCH (16), BENCH_DTYPES
 //! (f32,bf16), BENCH_REPEATS (3: each side reports its fastest timed run, since a shared machine only
 //! ever adds time). Not a test: it asserts nothing about speed.
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use alp_policy::{CausalLM, LoadOptions, ModelConfig};
+use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use serde_json::json;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use alp_test_support::bench::env_or;
+use alp_test_support::oracle;
+use alp_test_support::tiny_model::TinyModel;
 
 fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
@@ -31,29 +24,8 @@ fn main() {
     let repeats: usize = env_or("BENCH_REPEATS", 3);
     tch::set_num_threads(threads);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let python = root.join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run scripts/setup.sh",
-        python.display()
-    );
-    let cfg = json!({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32000,
-        "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
-        "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "max_position_embeddings": 1024, "tie_word_embeddings": false,
-        "hidden_act": "silu", "torch_dtype": "float32"
-    });
     let dir = tempfile::tempdir().unwrap();
-    let config = ModelConfig::from_json_str(&cfg.to_string(), "bench").unwrap();
-    CausalLM::random(config, &LoadOptions::default(), 0)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
+    TinyModel::qwen2_bench(32_000, 512, 1408, 8, 8, 2).save(dir.path(), 0);
     let prompts: Vec<Vec<i64>> = (0..batch)
         .map(|r| {
             (0..prompt_len)
@@ -105,26 +77,21 @@ fn main() {
         }
         let ours = generated as f64 / secs;
 
-        let output = Command::new(&python)
-            .arg(root.join("scripts/oracles/bench_generate.py"))
-            .args([
-                dir.path().to_str().unwrap(),
-                prompts_path.to_str().unwrap(),
-                dtype,
-            ])
-            .arg(threads.to_string())
-            .arg(new_tokens.to_string())
-            .arg(repeats.to_string())
-            .env("OMP_NUM_THREADS", threads.to_string())
-            .output()
-            .expect("run the transformers benchmark");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let output = oracle::run(
+            oracle::python_command()
+                .arg(oracle::script("bench_generate.py"))
+                .args([
+                    dir.path().to_str().unwrap(),
+                    prompts_path.to_str().unwrap(),
+                    dtype,
+                ])
+                .arg(threads.to_string())
+                .arg(new_tokens.to_string())
+                .arg(repeats.to_string())
+                .env("OMP_NUM_THREADS", threads.to_string()),
+            "the transformers benchmark",
         );
-        let hf: serde_json::Value =
-            serde_json::from_slice(output.stdout.trim_ascii()).expect("benchmark JSON");
+        let hf: serde_json::Value = serde_json::from_str(output.trim()).expect("benchmark JSON");
         let theirs = hf["tokens_per_s"].as_f64().unwrap();
         println!(
             "{dtype:>5}: alp-rl {ours:8.1} tok/s ({generated} tokens in {secs:.2}s) | transformers \

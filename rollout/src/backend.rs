@@ -4,7 +4,6 @@
 //! learner's model ([`GenerationBackend::sync_weights`]) and report their health, so the train loop,
 //! evaluation and the episode runner need not know which one they drive.
 use alp_policy::CausalLM;
-use serde::{Deserialize, Serialize};
 
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
@@ -15,6 +14,9 @@ pub struct GenerationRequest {
     pub prompt_ids: Vec<i64>,
     pub max_new_tokens: Option<usize>,
     pub stop_token_ids: Option<Vec<i64>>,
+    /// The population member whose weights serve this request (evolution strategies; the backend
+    /// must have the population installed); `None`: the plain policy.
+    pub member: Option<usize>,
 }
 
 impl GenerationRequest {
@@ -26,22 +28,13 @@ impl GenerationRequest {
     }
 }
 
-/// Why a completion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    /// A stop token was sampled (it is the last completion token).
-    Stop,
-    /// The row reached its `max_new_tokens`.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
+alp_macros::string_enum! {
+    /// Why a completion ended.
+    pub enum FinishReason {
+        /// A stop token was sampled (it is the last completion token).
+        Stop => "stop",
+        /// The row reached its `max_new_tokens`.
+        Length => "length",
     }
 }
 

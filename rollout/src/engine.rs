@@ -4,7 +4,7 @@
 //! Up to `batch_size` requests decode together, one row ("slot") each. When a row finishes, a waiting
 //! request takes its slot at the next step: its prompt is prefilled (with the other newcomers of that
 //! step), its keys and values are copied into the freed cache row, and from then on every row writes
-//! its next token at its own cache column ([`KvCache::set_row_columns`]); a per-row key mask says
+//! its next token at its own cache column ([`alp_policy::KvCache::set_row_columns`]); a per-row key mask says
 //! which columns a row attends to. So a batch never decodes for rows that have ended, whatever the
 //! spread of completion lengths. Once no request waits, finished rows leave the batch (their cache
 //! rows are dropped) so the tail runs on fewer rows. Positions count real tokens only, so a request's
@@ -14,11 +14,15 @@
 //! [`Scheduling::Chunked`] keeps the earlier schedule (fixed chunks of `batch_size` requests, each run
 //! to its longest completion) for comparison (`cargo bench -p alp-rollout --bench continuous`).
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, KvCache, NoHooks, RowHooks};
+use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, MemberHooks, NoHooks, RowHooks};
 use tch::{Device, Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest, SyncReport};
+use crate::decode_rows::{
+    pop_front_n, pre_capacity, requests_of, retire, tokens_of, DecodeBatch, Prefilled, RowState,
+};
 use crate::error::RolloutError;
 use crate::sampling::{RowSampler, SamplingParams};
 
@@ -39,107 +43,8 @@ pub struct LocalEngine {
     batch_size: usize,
     pad_id: i64,
     scheduling: Scheduling,
-}
-
-/// One request's progress through the decode loop.
-struct RowState {
-    request: usize,
-    limit: usize,
-    stop: Vec<i64>,
-    ids: Vec<i64>,
-    logprobs: Vec<f32>,
-    finish: Option<FinishReason>,
-    /// RoPE position of the next token fed (real tokens so far).
-    next_pos: i64,
-    /// Cache column the next token fed is written to.
-    column: i64,
-}
-
-impl RowState {
-    fn new(request: usize, r: &GenerationRequest, params: &SamplingParams) -> Self {
-        RowState {
-            request,
-            limit: r.max_new_tokens.unwrap_or(params.max_new_tokens),
-            stop: r
-                .stop_token_ids
-                .clone()
-                .unwrap_or_else(|| params.stop_token_ids.clone()),
-            ids: Vec::new(),
-            logprobs: Vec::new(),
-            finish: None,
-            next_pos: r.prompt_ids.len() as i64,
-            column: 0,
-        }
-    }
-
-    /// Records a sampled token; returns whether the row goes on.
-    fn push(&mut self, token: i64, logprob: f32) -> bool {
-        self.ids.push(token);
-        self.logprobs.push(logprob);
-        if self.stop.contains(&token) {
-            self.finish = Some(FinishReason::Stop);
-        } else if self.ids.len() >= self.limit {
-            self.finish = Some(FinishReason::Length);
-        }
-        self.finish.is_none()
-    }
-}
-
-/// The rows decoding together and every per-row buffer, aligned: row `k` of the cache, of
-/// `key_valid`, of `last_hidden` and of the sampler is `rows[k]`.
-struct DecodeBatch {
-    rows: Vec<RowState>,
-    cache: KvCache,
-    /// `[rows, capacity]` bool: which cache columns of each row hold real tokens.
-    key_valid: Tensor,
-    /// `[rows, 1, hidden]`: the final hidden state whose logits pick each row's next token.
-    last_hidden: Tensor,
-    sampler: RowSampler,
-}
-
-impl DecodeBatch {
-    /// Takes the rows at batch indices `gone` out of every per-row buffer and returns them (in batch
-    /// order), so the remaining rows run faster.
-    fn remove_rows(&mut self, gone: &[usize]) -> Vec<RowState> {
-        if gone.is_empty() {
-            return Vec::new();
-        }
-        let keep: Vec<usize> = (0..self.rows.len()).filter(|k| !gone.contains(k)).collect();
-        self.sampler.retain_rows(&keep);
-        let (kept, removed): (Vec<_>, Vec<_>) = self
-            .rows
-            .drain(..)
-            .enumerate()
-            .partition(|(k, _)| !gone.contains(k));
-        self.rows = kept.into_iter().map(|(_, r)| r).collect();
-        if !keep.is_empty() {
-            let index: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
-            let index = Tensor::from_slice(&index).to_device(self.key_valid.device());
-            self.cache.select_rows(&index);
-            self.key_valid = self.key_valid.index_select(0, &index);
-            self.last_hidden = self.last_hidden.index_select(0, &index);
-        }
-        removed.into_iter().map(|(_, r)| r).collect()
-    }
-}
-
-/// Newly admitted requests, prefilled together: their cache, final hidden states and key masks.
-struct Prefilled {
-    cache: KvCache,
-    width: i64,
-    last_hidden: Tensor,
-    /// `[n, width]` bool.
-    valid: Tensor,
-}
-
-impl Prefilled {
-    /// The newcomers' key masks over a cache of `capacity` columns.
-    fn key_valid(&self, capacity: i64) -> Tensor {
-        let n = self.valid.size()[0];
-        let out = Tensor::zeros([n, capacity], (Kind::Bool, self.valid.device()));
-        out.narrow(1, 0, self.width).copy_(&self.valid);
-        out
-    }
+    /// The population requests with a `member` are served by (see [`LocalEngine::set_members`]).
+    members: Option<Arc<dyn MemberHooks>>,
 }
 
 impl LocalEngine {
@@ -151,7 +56,20 @@ impl LocalEngine {
             batch_size: batch_size.max(1),
             pad_id: 0,
             scheduling: Scheduling::default(),
+            members: None,
         }
+    }
+
+    /// Installs the population that serves requests naming a `member` (`None` removes it): the
+    /// evolution-strategies learner installs each step's population before its batch is generated.
+    pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) {
+        self.members = members;
+    }
+
+    /// The same engine, its weights labelled `version` (a resumed run's starting version).
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
     }
 
     /// The same engine with another schedule.
@@ -162,6 +80,43 @@ impl LocalEngine {
 
     pub fn model(&self) -> &CausalLM {
         &self.model
+    }
+
+    /// Installs published weights, `(HF name, tensor)` of every parameter in any dtype (converted to
+    /// the engine's as they are copied), and the version they carry. No second copy of the model is
+    /// needed to receive them.
+    pub fn install_weights(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        version: u64,
+    ) -> Result<(), RolloutError> {
+        let mut params: std::collections::HashMap<String, Tensor> =
+            self.model.named_parameters().into_iter().collect();
+        if tensors.len() != params.len() {
+            return Err(RolloutError::Backend(format!(
+                "published weights have {} tensors, the engine's model {}",
+                tensors.len(),
+                params.len()
+            )));
+        }
+        tch::no_grad(|| {
+            for (name, t) in tensors {
+                let p = params.get_mut(name).ok_or_else(|| {
+                    RolloutError::Backend(format!("published weight {name} is not in the model"))
+                })?;
+                if p.size() != t.size() {
+                    return Err(RolloutError::Backend(format!(
+                        "published weight {name} is {:?}, the model's {:?}",
+                        t.size(),
+                        p.size()
+                    )));
+                }
+                p.copy_(t);
+            }
+            Ok(())
+        })?;
+        self.version = version;
+        Ok(())
     }
 
     /// Installs new weights (copied from the learner's model) and the version they carry.
@@ -455,37 +410,6 @@ impl LocalEngine {
     }
 }
 
-/// The prefill cache of newcomers only needs their prompts.
-fn pre_capacity(admit: &[usize], requests: &[GenerationRequest]) -> i64 {
-    admit
-        .iter()
-        .map(|&i| requests[i].prompt_ids.len())
-        .max()
-        .unwrap_or(1) as i64
-}
-
-/// Up to `n` requests from the front of the queue.
-fn pop_front_n(waiting: &mut VecDeque<usize>, n: usize) -> Vec<usize> {
-    let n = n.min(waiting.len());
-    waiting.drain(..n).collect()
-}
-
-/// Files a finished row under its request.
-fn retire(done: &mut [Option<RowState>], first: usize, row: RowState) {
-    let i = row.request - first;
-    done[i] = Some(row);
-}
-
-fn requests_of(rows: &[RowState]) -> Vec<usize> {
-    rows.iter().map(|r| r.request).collect()
-}
-
-fn tokens_of(rows: &[RowState]) -> Vec<i64> {
-    rows.iter()
-        .map(|r| *r.ids.last().expect("a decoding row has sampled a token"))
-        .collect()
-}
-
 impl LocalEngine {
     /// [`GenerationBackend::generate`] with hooks that know which request each batch row serves (an
     /// evolution-strategies population: request `i`'s tokens come from its member's weights). Every
@@ -514,12 +438,37 @@ impl LocalEngine {
 }
 
 impl GenerationBackend for LocalEngine {
+    /// Requests that name a `member` are generated with that member's weights, from the installed
+    /// population; all requests of a call name one, or none does.
     fn generate(
         &mut self,
         requests: &[GenerationRequest],
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
-        self.generate_with_hooks(requests, params, &NoHooks)
+        let members: Vec<usize> = requests.iter().filter_map(|r| r.member).collect();
+        if members.is_empty() {
+            return self.generate_with_hooks(requests, params, &NoHooks);
+        }
+        if members.len() != requests.len() {
+            let index = requests
+                .iter()
+                .position(|r| r.member.is_none())
+                .unwrap_or(0);
+            return Err(RolloutError::InvalidRequest {
+                index,
+                problem: "names no population member while other requests of the call do".into(),
+            });
+        }
+        let Some(population) = self.members.clone() else {
+            return Err(RolloutError::InvalidRequest {
+                index: 0,
+                problem: "names a population member but no population is installed \
+                          (LocalEngine::set_members)"
+                    .into(),
+            });
+        };
+        let row_hooks = population.for_requests(&members);
+        self.generate_with_hooks(requests, params, row_hooks.as_ref())
     }
 
     fn policy_version(&self) -> u64 {

@@ -44,6 +44,9 @@ pub struct EvalReport {
     pub error_rate: f64,
 }
 
+/// The report's pass@k keys: `pass@{k}`.
+pub const PASS_AT_PREFIX: &str = "pass@";
+
 /// Correct counts per problem -> the report's pass@k table for k = 1, 2, 4, ..., n.
 pub fn pass_at_k_table(correct_counts: &[usize], n: usize) -> BTreeMap<String, f64> {
     let mut ks: Vec<usize> = std::iter::successors(Some(1usize), |k| Some(k * 2))
@@ -59,7 +62,7 @@ pub fn pass_at_k_table(correct_counts: &[usize], n: usize) -> BTreeMap<String, f
                 .map(|&c| pass_at_k(n, c, k))
                 .sum::<f64>()
                 / correct_counts.len().max(1) as f64;
-            (format!("pass@{k}"), mean)
+            (format!("{PASS_AT_PREFIX}{k}"), mean)
         })
         .collect()
 }

@@ -11,6 +11,7 @@
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
 //! ```
 pub mod backend;
+mod decode_rows;
 pub mod engine;
 pub mod episode;
 pub mod error;
@@ -23,8 +24,8 @@ pub use backend::{
 };
 pub use engine::{LocalEngine, Scheduling};
 pub use episode::{
-    encode_conversation, panic_message, run_episodes, EpisodeSettings, TokenizedConversation,
-    Trajectory,
+    encode_conversation, panic_message, run_episodes, run_member_episodes, EpisodeSettings,
+    TokenizedConversation, Trajectory,
 };
 pub use error::RolloutError;
 pub use eval::{evaluate, pass_at_k, EvalReport};

@@ -7,23 +7,25 @@ use tch::{Kind, Tensor};
 
 use crate::error::RolloutError;
 
-/// Which distribution the recorded log-prob of a sampled token is taken under.
-///
-/// The learner must compute its log-probs under the same definition (design section 3); see
-/// [`SamplingParams::scoring_temperature`] for the temperature a scorer must apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogprobMode {
-    /// The distribution actually sampled from: `softmax(top_p(top_k(logits / T)))`, renormalised over
-    /// the kept tokens. No learner reproduces the truncation, so with top-p/top-k active this is for
-    /// generation only (`alp-rl train` refuses it); without truncation it equals `Temperature`.
-    Sampling,
-    /// `log_softmax(logits / T)`: temperature applied, no truncation (verl's convention, the default):
-    /// a learner that divides its logits by the same temperature reproduces it exactly.
-    #[default]
-    Temperature,
-    /// `log_softmax(logits)`: the model's own distribution at temperature 1.
-    Raw,
+alp_macros::string_enum! {
+    /// Which distribution the recorded log-prob of a sampled token is taken under.
+    ///
+    /// The learner must compute its log-probs under the same definition (design section 3); see
+    /// [`SamplingParams::scoring_temperature`] for the temperature a scorer must apply.
+    #[derive(Default)]
+    pub enum LogprobMode {
+        /// The distribution actually sampled from: `softmax(top_p(top_k(logits / T)))`, renormalised
+        /// over the kept tokens. No learner reproduces the truncation, so with top-p/top-k active this
+        /// is for generation only (`alp-rl train` refuses it); without truncation it equals
+        /// `Temperature`.
+        Sampling => "sampling",
+        /// `log_softmax(logits / T)`: temperature applied, no truncation (verl's convention, the
+        /// default): a learner that divides its logits by the same temperature reproduces it exactly.
+        #[default]
+        Temperature => "temperature",
+        /// `log_softmax(logits)`: the model's own distribution at temperature 1.
+        Raw => "raw",
+    }
 }
 
 /// Decoding settings shared by every row of a call.

@@ -1,25 +1,19 @@
 //! The engine on its own: KV-cache decode equals full recompute with padding, the sampled
 //! distribution is the processed softmax, seeds reproduce, and stops and limits end rows.
-use alp_policy::{attention_bias, CausalLM, LoadOptions, ModelConfig, NoHooks};
+use alp_policy::{attention_bias, CausalLM, NoHooks};
 use alp_rollout::{
     processed_logprobs, FinishReason, GenerationBackend, GenerationRequest, LocalEngine,
     LogprobMode, SamplingParams,
 };
+use alp_test_support::hf_models;
+use alp_test_support::tiny_model::{copy_of, TinyModel};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-#[path = "../../policy/tests/support/oracle.rs"]
-mod oracle;
-
 fn tiny_model(arch: &str, seed: u64) -> CausalLM {
-    let cfg = json!({
-        "model_type": arch, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "head_dim": 8, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": false, "initializer_range": 0.3
-    });
-    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
-    CausalLM::random(cfg, &LoadOptions::default(), seed).unwrap()
+    TinyModel::new(arch)
+        .with("initializer_range", 0.3)
+        .random(seed)
 }
 
 #[test]
@@ -148,7 +142,7 @@ fn hf_warped_probs(logits: &Tensor, cases: &[(f64, f64, i64)]) -> Vec<Vec<Vec<f6
     });
     let (inp, out) = (dir.path().join("in.json"), dir.path().join("out.json"));
     std::fs::write(&inp, spec.to_string()).unwrap();
-    oracle::hf(&["warp", inp.to_str().unwrap(), out.to_str().unwrap()]);
+    hf_models::run(&["warp", inp.to_str().unwrap(), out.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     serde_json::from_value(v["probs"].clone()).unwrap()
 }
@@ -213,7 +207,7 @@ fn sampled_distribution_matches_transformers_warpers() {
             ..SamplingParams::default()
         };
         let expected = &reference[case][0];
-        let mut engine = LocalEngine::new(model_clone(&model), 5_000);
+        let mut engine = LocalEngine::new(copy_of(&model), 5_000);
         let requests = vec![GenerationRequest::new(prompt.clone()); n];
         let out = engine.generate(&requests, &params).unwrap();
         let mut counts = vec![0usize; expected.len()];
@@ -268,7 +262,7 @@ fn temperature_mode_records_untruncated_tempered_log_probs() {
     let tempered =
         Vec::<f64>::try_from((logits.to_kind(Kind::Double) / 0.7).log_softmax(-1, Kind::Double))
             .unwrap();
-    let mut engine = LocalEngine::new(model_clone(&model), 64);
+    let mut engine = LocalEngine::new(copy_of(&model), 64);
     let out = engine
         .generate(&vec![GenerationRequest::new(prompt.clone()); 64], &params)
         .unwrap();
@@ -286,12 +280,6 @@ fn temperature_mode_records_untruncated_tempered_log_probs() {
         ..params.clone()
     };
     assert!(sampling.scoring_temperature().is_err());
-}
-
-fn model_clone(model: &CausalLM) -> CausalLM {
-    let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 99).unwrap();
-    copy.copy_weights_from(model);
-    copy
 }
 
 #[test]
@@ -440,6 +428,7 @@ fn bad_requests_and_settings_are_refused() {
         prompt_ids: vec![1; context],
         max_new_tokens: Some(1),
         stop_token_ids: None,
+        member: None,
     };
     let err = engine
         .generate(
@@ -464,6 +453,7 @@ fn ragged_requests(n: usize) -> Vec<GenerationRequest> {
                 .collect(),
             max_new_tokens: Some(1 + (i * 11) % 24),
             stop_token_ids: (i % 3 == 0).then(|| vec![7, 19]),
+            member: None,
         })
         .collect()
 }
@@ -486,13 +476,13 @@ fn continuous_batching_equals_generating_each_request_alone() {
                 seed: 5,
                 ..SamplingParams::default()
             };
-            let alone = LocalEngine::new(model_clone(&model), 1)
+            let alone = LocalEngine::new(copy_of(&model), 1)
                 .generate(&requests, &params)
                 .unwrap();
-            let continuous = LocalEngine::new(model_clone(&model), 4)
+            let continuous = LocalEngine::new(copy_of(&model), 4)
                 .generate(&requests, &params)
                 .unwrap();
-            let chunked = LocalEngine::new(model_clone(&model), 4)
+            let chunked = LocalEngine::new(copy_of(&model), 4)
                 .with_scheduling(alp_rollout::Scheduling::Chunked)
                 .generate(&requests, &params)
                 .unwrap();
@@ -534,7 +524,7 @@ fn sync_weights_installs_the_weights_and_the_version() {
     let mut synced = LocalEngine::new(old, 2);
     let report = synced.sync_weights(&new, 9).unwrap();
     assert_eq!((report.version, report.probes.len()), (9, 0));
-    let mut built = LocalEngine::new(model_clone(&new), 2);
+    let mut built = LocalEngine::new(copy_of(&new), 2);
     let (a, b) = (
         synced.generate(&requests, &params).unwrap(),
         built.generate(&requests, &params).unwrap(),

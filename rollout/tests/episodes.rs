@@ -1,21 +1,19 @@
 //! Episodes: environment messages become masked tokens, sampled tokens are kept as sampled, and a
 //! failing environment fails only its own episode.
-use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
+use alp_envs::{EnvError, Environment, Episode, Example, Message, Split};
 use alp_rollout::{
-    encode_conversation, run_episodes, Completion, EpisodeSettings, FinishReason,
-    GenerationBackend, GenerationRequest, LocalEngine, RolloutError, SamplingParams,
+    encode_conversation, run_episodes, EpisodeSettings, LocalEngine, SamplingParams,
 };
+use alp_test_support::backend::ScriptedBackend;
+use alp_test_support::tiny_model::TinyModel;
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use serde_json::{json, Value};
 
 /// A tiny tied Qwen2 shape over `tok`'s vocabulary.
-fn tiny_config(tok: &Tokenizer) -> alp_policy::ModelConfig {
-    let cfg = json!({
-        "model_type": "qwen2", "vocab_size": tok.vocab_size(), "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "tie_word_embeddings": true
-    });
-    alp_policy::ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap()
+fn tiny_model(tok: &Tokenizer) -> TinyModel {
+    TinyModel::new("qwen2")
+        .with("vocab_size", tok.vocab_size())
+        .with("tie_word_embeddings", true)
 }
 
 fn tokenizer() -> Tokenizer {
@@ -24,60 +22,24 @@ fn tokenizer() -> Tokenizer {
         .unwrap()
 }
 
-/// A backend that answers turn `t` of every row with `replies[t]` followed by EOS.
-struct Scripted {
-    tokenizer: Tokenizer,
-    replies: Vec<String>,
-    turn: usize,
-    calls: Vec<Vec<GenerationRequest>>,
-    /// What `max_context` reports (the model's context, for the budget tests).
-    context: Option<usize>,
-}
-
 const SCRIPTED_LOGPROB: f32 = -0.25;
 
-impl GenerationBackend for Scripted {
-    fn generate(
-        &mut self,
-        requests: &[GenerationRequest],
-        _: &SamplingParams,
-    ) -> Result<Vec<Completion>, RolloutError> {
-        self.calls.push(requests.to_vec());
-        let reply = &self.replies[self.turn];
-        self.turn += 1;
-        let mut ids: Vec<i64> = self
-            .tokenizer
-            .encode(reply, false)
-            .unwrap()
-            .into_iter()
-            .map(i64::from)
-            .collect();
-        ids.push(self.tokenizer.eos_token_id().unwrap() as i64);
-        Ok(requests
-            .iter()
-            .map(|r| Completion {
-                prompt_ids: r.prompt_ids.clone(),
-                completion_ids: ids.clone(),
-                logprobs: vec![SCRIPTED_LOGPROB; ids.len()],
-                finish_reason: FinishReason::Stop,
-                policy_version: 7,
-            })
-            .collect())
-    }
-
-    fn policy_version(&self) -> u64 {
-        7
-    }
-
-    fn max_context(&self) -> Option<usize> {
-        self.context
-    }
+/// A backend that answers turn `t` of every row with `replies[t]` followed by EOS, with log-prob
+/// [`SCRIPTED_LOGPROB`] at policy version 7, in a model context of `context` tokens.
+fn scripted(replies: Vec<String>, context: Option<usize>) -> ScriptedBackend {
+    let mut backend = ScriptedBackend::per_turn(tokenizer(), replies);
+    backend.logprob = SCRIPTED_LOGPROB;
+    backend.policy_version = 7;
+    backend.context = context;
+    backend
 }
 
 #[test]
 fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
     let tok = tokenizer();
-    let env = cli::build("tool_math", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("tool_math", &json!({}))
+        .unwrap();
     let example = env.example(Split::Train, 3).unwrap();
     let expression = example.data["expression"].as_str().unwrap().to_string();
     let answer = example.data["answer"].as_str().unwrap().to_string();
@@ -85,13 +47,7 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
         "<tool_call>{{\"name\": \"calculator\", \"arguments\": {{\"expression\": \"{expression}\"}}}}</tool_call>"
     );
     let final_answer = format!("The answer is \\boxed{{{answer}}}.");
-    let mut backend = Scripted {
-        tokenizer: tokenizer(),
-        replies: vec![call.clone(), final_answer.clone()],
-        turn: 0,
-        calls: vec![],
-        context: None,
-    };
+    let mut backend = scripted(vec![call.clone(), final_answer.clone()], None);
     let params = SamplingParams::default();
     let out = run_episodes(
         &mut backend,
@@ -193,11 +149,12 @@ fn tool_results_are_masked_and_sampled_tokens_kept_exactly() {
 #[test]
 fn encoded_reference_conversations_are_the_trajectories_the_runner_records() {
     let tok = tokenizer();
-    let env = cli::build(
-        "tool_math",
-        &json!({"max_turns": 3, "source_settings": {"digits": 2, "operators": "+-*/"}}),
-    )
-    .unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build(
+            "tool_math",
+            &json!({"max_turns": 3, "source_settings": {"digits": 2, "operators": "+-*/"}}),
+        )
+        .unwrap();
     for seed in 0..20 {
         let example = env.example(Split::Train, seed).unwrap();
         let turns = env.reference_turns(&example.data).unwrap().unwrap();
@@ -207,13 +164,7 @@ fn encoded_reference_conversations_are_the_trajectories_the_runner_records() {
             .map(|m| m.content.clone())
             .collect();
         assert_eq!(replies.len(), 2, "a call, then the answer: {turns:?}");
-        let mut backend = Scripted {
-            tokenizer: tokenizer(),
-            replies,
-            turn: 0,
-            calls: vec![],
-            context: None,
-        };
+        let mut backend = scripted(replies, None);
         let t = run_episodes(
             &mut backend,
             &tok,
@@ -329,13 +280,7 @@ fn a_panicking_environment_fails_only_its_episode() {
     let examples: Vec<Example> = (0..4)
         .map(|s| Fragile.example(Split::Train, s).unwrap())
         .collect();
-    let mut backend = Scripted {
-        tokenizer: tokenizer(),
-        replies: vec!["hi".into()],
-        turn: 0,
-        calls: vec![],
-        context: None,
-    };
+    let mut backend = scripted(vec!["hi".into()], None);
     let out = run_episodes(
         &mut backend,
         &tok,
@@ -361,10 +306,11 @@ fn a_panicking_environment_fails_only_its_episode() {
 fn single_turn_episodes_on_the_local_engine_score_their_own_text() {
     tch::set_num_threads(1);
     let tok = tokenizer();
-    let cfg = tiny_config(&tok);
-    let model = alp_policy::CausalLM::random(cfg, &Default::default(), 1).unwrap();
+    let model = tiny_model(&tok).random(1);
     let mut engine = LocalEngine::new(model, 8);
-    let env = cli::build("arithmetic", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("arithmetic", &json!({}))
+        .unwrap();
     let examples: Vec<Example> = (0..6)
         .map(|s| env.example(Split::Train, s).unwrap())
         .collect();
@@ -411,16 +357,12 @@ fn huge_reply_episode(
     context: Option<usize>,
 ) -> (Vec<alp_rollout::Trajectory>, usize) {
     let tok = tokenizer();
-    let env = cli::build("tool_math", &json!({})).unwrap();
+    let env = alp_envs::Registry::builtin()
+        .build("tool_math", &json!({}))
+        .unwrap();
     let example = env.example(Split::Train, 3).unwrap();
     let call = "<tool_call>{\"name\": \"calculator\", \"arguments\": {\"expression\": \"10^308\"}}</tool_call>";
-    let mut backend = Scripted {
-        tokenizer: tokenizer(),
-        replies: vec![call.into(), "\\boxed{1}".into()],
-        turn: 0,
-        calls: vec![],
-        context,
-    };
+    let mut backend = scripted(vec![call.into(), "\\boxed{1}".into()], context);
     let settings = EpisodeSettings {
         max_total_tokens,
         ..Default::default()
@@ -532,7 +474,7 @@ impl Environment for Chatty {
 fn multi_turn_episodes_are_the_same_with_continuous_batching() {
     tch::set_num_threads(1);
     let tok = tokenizer();
-    let cfg = tiny_config(&tok);
+    let shape = tiny_model(&tok);
     let env = Chatty;
     let examples: Vec<Example> = (0..10)
         .map(|s| env.example(Split::Train, s).unwrap())
@@ -552,8 +494,7 @@ fn multi_turn_episodes_are_the_same_with_continuous_batching() {
         ..Default::default()
     };
     let run = |batch: usize| {
-        let model = alp_policy::CausalLM::random(cfg.clone(), &Default::default(), 2).unwrap();
-        let mut engine = LocalEngine::new(model, batch);
+        let mut engine = LocalEngine::new(shape.random(2), batch);
         run_episodes(&mut engine, &tok, &env, &examples, &params, &settings).unwrap()
     };
     let (alone, continuous) = (run(1), run(3));

@@ -1,22 +1,20 @@
 //! Greedy generation of the local engine against transformers `generate(do_sample=False)`: a ragged,
 //! left-padded batch must give each prompt's tokens exactly, with log-probs within 1e-4.
-#[path = "../../policy/tests/support/oracle.rs"]
-mod oracle;
-
 use alp_policy::{CausalLM, LoadOptions};
 use alp_rollout::{
     FinishReason, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams,
 };
+use alp_test_support::hf_models;
 
 const NEW_TOKENS: usize = 40;
 
 #[test]
 fn greedy_generation_matches_transformers() {
     tch::set_num_threads(1);
-    let prompts = oracle::ragged_prompts();
-    for &(arch, tied, kv_heads) in oracle::CASES {
+    let prompts = hf_models::ragged_prompts();
+    for &(arch, tied, kv_heads) in hf_models::CASES {
         let dir = tempfile::tempdir().unwrap();
-        let reference = oracle::make_model_with_reference(
+        let reference = hf_models::make_model_with_reference(
             arch,
             dir.path(),
             tied,

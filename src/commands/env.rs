@@ -2,9 +2,11 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use alp_envs::{cli, Split};
+use alp_envs::{cli, Registry};
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+
+use crate::config::SplitName;
 
 #[derive(Args, Debug)]
 pub struct EnvArgs {
@@ -26,8 +28,9 @@ pub enum EnvCommand {
         n: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value_t = SplitArg::Train)]
-        split: SplitArg,
+        /// `train` or `heldout` (the environment's test split).
+        #[arg(long, default_value_t = SplitName::Train)]
+        split: SplitName,
     },
     /// Score `{"example": ..., "completion": "..."}` lines; prints `{"reward", "correct", "extracted"}` per line.
     Score {
@@ -39,16 +42,10 @@ pub enum EnvCommand {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Heldout,
-}
-
-pub fn run(args: EnvArgs) -> Result<()> {
+pub fn run(args: EnvArgs, registry: &Registry) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match args.command {
-        EnvCommand::List => write!(out, "{}", cli::list_text())?,
+        EnvCommand::List => write!(out, "{}", cli::list_text(registry))?,
         EnvCommand::Sample {
             name,
             set,
@@ -58,16 +55,12 @@ pub fn run(args: EnvArgs) -> Result<()> {
         } => {
             super::check_count("--n", n, crate::config::MAX_EVAL_PROBLEMS)?;
             let settings = cli::parse_overrides(&set)?;
-            let split = match split {
-                SplitArg::Train => Split::Train,
-                SplitArg::Heldout => Split::Test,
-            };
-            for episode in cli::sample_split(&name, &settings, n, seed, split)? {
+            for episode in cli::sample_split(registry, &name, &settings, n, seed, split.split())? {
                 writeln!(out, "{episode}")?;
             }
         }
         EnvCommand::Score { name, input, set } => {
-            let env = cli::build(&name, &cli::parse_overrides(&set)?)?;
+            let env = cli::build(registry, &name, &cli::parse_overrides(&set)?)?;
             let file = std::fs::File::open(&input)
                 .with_context(|| format!("cannot open {}", input.display()))?;
             for (i, line) in std::io::BufReader::new(file).lines().enumerate() {

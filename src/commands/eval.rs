@@ -1,14 +1,14 @@
 //! `alp-rl eval`: accuracy (avg@k) and unbiased pass@k of a model on an environment, as JSON.
 use std::path::PathBuf;
 
-use alp_envs::{cli, Split};
-use alp_policy::parse_kind;
+use alp_envs::{cli, Registry};
+use alp_policy::Dtype;
 use alp_rollout::{default_stop_tokens, evaluate, EpisodeSettings, LocalEngine, SamplingParams};
 use alp_tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::env::SplitArg;
+use crate::config::SplitName;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -27,8 +27,9 @@ pub struct EvalArgs {
     /// Number of problems (seeds 0..problems of the split; a dataset caps it at its size).
     #[arg(long, default_value_t = 100)]
     pub problems: usize,
-    #[arg(long, value_enum, default_value_t = SplitArg::Heldout)]
-    pub split: SplitArg,
+    /// `heldout` (the environment's test split) or `train`.
+    #[arg(long, default_value_t = SplitName::Heldout)]
+    pub split: SplitName,
     /// Greedy decoding (then --n should be 1).
     #[arg(long)]
     pub greedy: bool,
@@ -43,13 +44,14 @@ pub struct EvalArgs {
     pub max_total_tokens: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     // The flags are checked like the `[eval]` and `[rollout]` keys they mirror, before any work.
     use crate::config::{MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_TOKENS};
     super::check_count("--n", args.n, MAX_EVAL_SAMPLES)?;
@@ -67,7 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.max_total_tokens,
         args.max_new_tokens
     );
-    let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    let kind = args.dtype.kind();
     super::check_sampling_flags(&SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -75,12 +77,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         ..SamplingParams::default()
     })?;
-    let env = cli::build(&args.env, &cli::parse_overrides(&args.set)?)
+    let env = cli::build(registry, &args.env, &cli::parse_overrides(&args.set)?)
         .with_context(|| format!("--env {}", args.env))?;
-    let split = match args.split {
-        SplitArg::Train => Split::Train,
-        SplitArg::Heldout => Split::Test,
-    };
+    let split = args.split.split();
     let available = env.num_examples(split)?.unwrap_or(usize::MAX);
     let examples = (0..args.problems.min(available) as u64)
         .map(|seed| env.example(split, seed))

@@ -2,7 +2,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use alp_policy::parse_kind;
+use alp_policy::Dtype;
 use alp_rollout::{
     default_stop_tokens, GenerationBackend, GenerationRequest, LocalEngine, LogprobMode,
     SamplingParams,
@@ -45,13 +45,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Compute dtype of the inference copy: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Which distribution the recorded log-probs are under: sampling, temperature or raw.
-    #[arg(long, default_value = "sampling")]
-    pub logprobs: String,
+    #[arg(long, default_value_t = LogprobMode::Sampling)]
+    pub logprobs: LogprobMode,
     /// Write results here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -105,13 +105,7 @@ fn load_tokenizer(model: &Path) -> Result<Tokenizer> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let mode = match args.logprobs.as_str() {
-        "sampling" => LogprobMode::Sampling,
-        "temperature" => LogprobMode::Temperature,
-        "raw" => LogprobMode::Raw,
-        other => bail!("--logprobs {other:?}: use sampling, temperature or raw"),
-    };
-    let kind = parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
+    let (mode, kind) = (args.logprobs, args.dtype.kind());
     // The flags are checked like the `[rollout]` keys they mirror, before the model is loaded.
     super::check_count("--batch-size", args.batch_size, crate::config::MAX_BATCH)?;
     super::check_sampling_flags(&SamplingParams {

@@ -2,28 +2,30 @@
 //! smoke tests and as the starting point of the built-in default.
 use std::path::PathBuf;
 
-use alp_policy::{parse_kind, CausalLM, LoadOptions, ModelConfig};
+use alp_policy::{Architecture, CausalLM, Dtype, LoadOptions, ModelConfig};
 use alp_tokenizer::CharTokenizerSpec;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Args;
 use serde_json::json;
+
+use crate::config::Preset;
 
 #[derive(Args, Debug)]
 pub struct NewModelArgs {
     /// Size preset: `tiny` (2 layers, hidden 64), `small` (4 layers, hidden 256) or `vllm-tiny` (2
     /// layers, hidden 128, head_dim 64: the smallest shape vLLM's CPU attention serves).
-    #[arg(long, default_value = "tiny")]
-    pub preset: String,
+    #[arg(long, default_value_t = Preset::Tiny)]
+    pub preset: Preset,
     /// Decoder family: qwen2, qwen3 or llama.
-    #[arg(long, default_value = "qwen2")]
-    pub arch: String,
+    #[arg(long, default_value_t = Architecture::Qwen2)]
+    pub arch: Architecture,
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// dtype written to disk: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[arg(long, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
 }
 
 pub fn run(args: NewModelArgs) -> Result<()> {
@@ -42,24 +44,22 @@ pub fn run(args: NewModelArgs) -> Result<()> {
             out.display()
         );
     }
-    parse_kind(&args.dtype).with_context(|| format!("--dtype {}", args.dtype))?;
-    write_model(&args.preset, &args.arch, out, args.seed, &args.dtype)
+    write_model(args.preset, args.arch, out, args.seed, args.dtype)
 }
 
 /// Writes a random `preset` model of family `arch` with the char tokenizer into `out`.
 pub fn write_model(
-    preset: &str,
-    arch: &str,
+    preset: Preset,
+    arch: Architecture,
     out: &std::path::Path,
     seed: u64,
-    dtype: &str,
+    dtype: Dtype,
 ) -> Result<()> {
     let (config, tokenizer) = preset_config(preset, arch)?;
-    let kind = parse_kind(dtype)?;
     let model = CausalLM::random(
         config,
         &LoadOptions {
-            kind,
+            kind: dtype.kind(),
             ..LoadOptions::default()
         },
         seed,
@@ -75,32 +75,28 @@ pub fn write_model(
         .iter()
         .map(|(_, t)| t.numel() as i64)
         .sum();
-    tracing::info!(dir = %out.display(), params, preset, "wrote a random model");
+    tracing::info!(dir = %out.display(), params, %preset, "wrote a random model");
     Ok(())
 }
 
 /// The model config of a preset (what `write_model` writes) and its character tokenizer.
-pub fn preset_config(preset: &str, arch: &str) -> Result<(ModelConfig, alp_tokenizer::Tokenizer)> {
+pub fn preset_config(
+    preset: Preset,
+    arch: Architecture,
+) -> Result<(ModelConfig, alp_tokenizer::Tokenizer)> {
     let spec = CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars());
     let tokenizer = spec.build()?;
     let (layers, hidden, heads, kv_heads, inter) = match preset {
-        "tiny" => (2, 64, 4, 2, 192),
-        "small" => (4, 256, 8, 2, 704),
+        Preset::Tiny => (2, 64, 4, 2, 192),
+        Preset::Small => (4, 256, 8, 2, 704),
         // vLLM's CPU attention needs head_dim >= 64 (tiny and small have 16 and 32).
-        "vllm-tiny" => (2, 128, 2, 1, 384),
-        other => bail!("--preset {other:?}: unknown preset; use tiny, small or vllm-tiny"),
-    };
-    let class = match arch {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        "llama" => "LlamaForCausalLM",
-        other => bail!("--arch {other:?}: unknown architecture; use qwen2, qwen3 or llama"),
+        Preset::VllmTiny => (2, 128, 2, 1, 384),
     };
     let eos = tokenizer
         .eos_token_id()
         .context("the char tokenizer has an EOS token")?;
     let config = json!({
-        "architectures": [class], "model_type": arch,
+        "architectures": [arch.hf_class()], "model_type": arch.as_str(),
         "vocab_size": tokenizer.vocab_size(), "hidden_size": hidden, "intermediate_size": inter,
         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": hidden / heads, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,

@@ -3,6 +3,7 @@
 //! with the same layout (`metrics.parquet`, `checkpoints/step-N/model`).
 use std::path::PathBuf;
 
+use alp_envs::Registry;
 use anyhow::{bail, Result};
 use clap::Args;
 
@@ -22,8 +23,8 @@ pub struct SftArgs {
     pub out: Option<PathBuf>,
 }
 
-pub fn run(args: SftArgs) -> Result<()> {
-    let loaded = config::load(&args.config, &args.overrides)?;
+pub fn run(args: SftArgs, registry: &Registry) -> Result<()> {
+    let loaded = config::load(&args.config, &args.overrides, registry)?;
     let mut config = loaded.config;
     config.apply_threads();
     // An absent `[sft]` takes its defaults, with `run.seed` as its seed like a present one.
@@ -49,8 +50,16 @@ pub fn run(args: SftArgs) -> Result<()> {
     let config_toml = config.to_toml();
     train::write_run_files(&config, &loaded.path, &run, &config_toml)?;
     let model_src = train::initial_model(&config, &run)?;
-    let device = train::device_of(&config.model.device);
-    let summary = crate::sft::run(&config, &sft, &run, &model_src, &config_toml, device)?;
+    let device = config.model.device.to_tch();
+    let summary = crate::sft::run(
+        &config,
+        &sft,
+        loaded.env.clone(),
+        &run,
+        &model_src,
+        &config_toml,
+        device,
+    )?;
     tracing::info!(
         model = %summary.model.display(),
         first_loss = summary.first_loss,

@@ -2,6 +2,7 @@
 //! config (`docs/config.md`) into a run directory (`docs/run-directory.md`).
 use std::path::PathBuf;
 
+use alp_envs::Registry;
 use anyhow::Result;
 use clap::Args;
 
@@ -26,9 +27,9 @@ pub struct TrainArgs {
     pub check: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
     // Every config problem is reported before any model is loaded or file written.
-    let loaded = config::load(&args.config, &args.overrides)?;
+    let loaded = config::load(&args.config, &args.overrides, registry)?;
     if args.check {
         print!("{}", loaded.config.to_toml());
         tracing::info!(config = %args.config.display(), "config is valid");
@@ -38,6 +39,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let run_dir = loaded.config.run_dir(&args.config, args.out.as_deref());
     let summary = train::run(TrainRequest {
         config: loaded.config,
+        env: loaded.env,
         config_path: loaded.path,
         run_dir,
         resume: args.resume,

@@ -1,11 +1,17 @@
 //! The rollout worker: a thread that owns the inference copy of the policy (its own `LocalEngine`; a
 //! libtorch model stays on the thread that made it), generates one batch of groups per learner step
-//! into a bounded queue, and installs the weights the learner publishes through a channel.
+//! into a bounded queue, and installs the weights the learner publishes through a channel. It also runs
+//! the held-out evaluation on that same engine when a published version asks for one, so the run needs
+//! no second inference copy.
 //!
 //! Pacing: batch `b` (trained at learner step `b + 1`, when the learner holds version `b`) is generated
 //! with exactly version `max(first, b - max_staleness)`. So the worker waits for that version instead
 //! of running further ahead, no sample ever lags more than `max_staleness` versions, and the batches a
 //! run sees do not depend on thread timing (runs are reproducible, `max_staleness = 0` is synchronous).
+//! Version `v` reaches the worker exactly when its next batch needs it, so evaluating `v` on receipt
+//! (before that batch) leaves every batch's weights as they were; after the last batch the worker
+//! keeps serving evaluations until the learner is done.
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -14,10 +20,13 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{run_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
+use alp_rollout::{run_member_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
 use alp_tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 use thiserror::Error;
+
+use super::eval::Evaluation;
+use super::learners::BatchPopulation;
 
 #[derive(Debug, Error)]
 pub enum ActorError {
@@ -46,6 +55,12 @@ pub struct ActorSettings {
     pub first_batch: u64,
     /// One past the last batch.
     pub end_batch: u64,
+    /// The population each batch is generated with (evolution strategies); `None`: the plain policy.
+    pub population: Option<Arc<dyn BatchPopulation>>,
+    /// The held-out evaluation, run on the worker's engine for versions published with `evaluate`.
+    pub evaluation: Option<Evaluation>,
+    /// Evaluate the starting weights (`first_batch`'s version) before generating anything.
+    pub evaluate_first: bool,
 }
 
 /// One learner step's worth of rollouts.
@@ -64,12 +79,18 @@ pub struct RolloutBatch {
 pub struct WeightsUpdate {
     pub version: u64,
     pub tensors: Vec<(String, Tensor)>,
+    /// Run the evaluation on these weights (its metrics come back through [`Actor::evaluation`]).
+    pub evaluate: bool,
 }
+
+/// The `eval/*` metrics of one evaluation, or the worker's error.
+type EvalResult = Result<BTreeMap<String, f64>, String>;
 
 /// The learner's handle on the worker thread.
 pub struct Actor {
     batches: Option<Receiver<Result<RolloutBatch, String>>>,
     weights: Option<Sender<WeightsUpdate>>,
+    evaluations: Option<Receiver<EvalResult>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -102,13 +123,14 @@ impl Actor {
         // batches ahead, which is the queue's bound.
         let (batch_tx, batches) = mpsc::sync_channel(settings.max_staleness as usize + 1);
         let (weights_tx, weights_rx) = mpsc::channel();
+        let (eval_tx, evaluations) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("rollout-0".into())
             .spawn(move || {
                 // A panic in the worker (outside an episode: drawing examples, libtorch) must reach
                 // the learner with its message, not as a silently closed channel.
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    worker(settings, &batch_tx, weights_rx)
+                    worker(settings, &batch_tx, weights_rx, &eval_tx)
                 }));
                 let error = match result {
                     Ok(Ok(())) => None,
@@ -119,7 +141,9 @@ impl Actor {
                     )),
                 };
                 if let Some(e) = error {
-                    // The learner may already be gone; then nobody needs the error.
+                    // The learner may already be gone; then nobody needs the error. It may be
+                    // waiting for a batch or for an evaluation: tell both.
+                    let _ = eval_tx.send(Err(e.clone()));
                     let _ = batch_tx.send(Err(e));
                 }
             })
@@ -127,6 +151,7 @@ impl Actor {
         Actor {
             batches: Some(batches),
             weights: Some(weights_tx),
+            evaluations: Some(evaluations),
             handle: Some(handle),
         }
     }
@@ -141,8 +166,20 @@ impl Actor {
         }
     }
 
-    /// Sends a deep copy of `model`'s parameters as `version`.
-    pub fn publish(&self, model: &CausalLM, version: u64) {
+    /// The metrics of the oldest evaluation not yet taken (the starting weights' with
+    /// `evaluate_first`, then each version published with `evaluate`); blocks until it has run.
+    pub fn evaluation(&self) -> Result<BTreeMap<String, f64>, ActorError> {
+        let rx = self.evaluations.as_ref().ok_or(ActorError::Stopped)?;
+        match rx.recv() {
+            Ok(Ok(metrics)) => Ok(metrics),
+            Ok(Err(e)) => Err(ActorError::Worker(e)),
+            Err(_) => Err(ActorError::Stopped),
+        }
+    }
+
+    /// Sends a deep copy of `model`'s parameters as `version`; with `evaluate`, the worker evaluates
+    /// them as soon as it installs them.
+    pub fn publish(&self, model: &CausalLM, version: u64, evaluate: bool) {
         let tensors = tch::no_grad(|| {
             model
                 .named_parameters()
@@ -152,7 +189,11 @@ impl Actor {
         });
         if let Some(tx) = &self.weights {
             // A worker that has produced its last batch has exited; nothing more to send it.
-            let _ = tx.send(WeightsUpdate { version, tensors });
+            let _ = tx.send(WeightsUpdate {
+                version,
+                tensors,
+                evaluate,
+            });
         }
     }
 }
@@ -163,6 +204,7 @@ impl Drop for Actor {
         // generate call returns.
         self.weights.take();
         self.batches.take();
+        self.evaluations.take();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -173,6 +215,7 @@ fn worker(
     s: ActorSettings,
     out: &SyncSender<Result<RolloutBatch, String>>,
     weights: Receiver<WeightsUpdate>,
+    evaluations: &Sender<EvalResult>,
 ) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
     let load = |kind| {
@@ -187,11 +230,24 @@ fn worker(
     };
     let tokenizer = Tokenizer::from_dir(&s.tokenizer_dir)
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
-    // Published weights land in `staging` (as sent, f32) and reach the engine through
-    // `update_weights`, which converts them to the inference dtype and sets the version.
-    let staging = load(Kind::Float)?;
-    let mut engine = LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size);
-    engine.update_weights(&staging, s.first_batch);
+    // Published weights are copied straight into the engine's model (converted to the inference
+    // dtype): the worker holds one copy of the model, the engine's.
+    let mut engine =
+        LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size).with_version(s.first_batch);
+    let evaluate = |engine: &mut LocalEngine, version: u64| -> Result<(), String> {
+        let evaluation = s.evaluation.as_ref().ok_or_else(|| {
+            format!("version {version} was published for evaluation, but the run has no [eval]")
+        })?;
+        let metrics = evaluation
+            .run(engine, &tokenizer, version)
+            .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
+        // The learner may already be gone; then nobody needs the metrics.
+        let _ = evaluations.send(Ok(metrics));
+        Ok(())
+    };
+    if s.evaluate_first {
+        evaluate(&mut engine, s.first_batch)?;
+    }
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
         let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
@@ -200,9 +256,15 @@ fn worker(
             let Ok(update) = weights.recv() else {
                 return Ok(()); // the learner is done
             };
-            if update.version >= needed {
-                install(&staging, &update.tensors)?;
-                engine.update_weights(&staging, update.version);
+            // Versions arrive in order and each is received when a batch first needs it, so an
+            // evaluated version is also the one the next batch is generated with.
+            if update.version >= needed || update.evaluate {
+                engine
+                    .install_weights(&update.tensors, update.version)
+                    .map_err(|e| e.to_string())?;
+            }
+            if update.evaluate {
+                evaluate(&mut engine, update.version)?;
             }
             version = update.version;
         }
@@ -218,11 +280,18 @@ fn worker(
             seed: mix(s.seed ^ 0xA5A5_5A5A, b),
             ..s.params.clone()
         };
-        let trajectories = run_episodes(
+        // Each row's member, every turn of its episode (the noise is rebuilt from its seeds).
+        let members = s.population.as_ref().map(|p| {
+            let (hooks, members) = p.for_batch(b);
+            engine.set_members(Some(hooks));
+            members
+        });
+        let trajectories = run_member_episodes(
             &mut engine,
             &tokenizer,
             s.env.as_ref(),
             &expanded,
+            members.as_deref(),
             &params,
             &s.episode,
         )
@@ -243,20 +312,14 @@ fn worker(
             return Ok(()); // the learner stopped
         }
     }
-    Ok(())
-}
-
-/// Copies published tensors into the staging model's parameters (same names and shapes).
-fn install(staging: &CausalLM, tensors: &[(String, Tensor)]) -> Result<(), String> {
-    let mut params: std::collections::HashMap<String, Tensor> =
-        staging.named_parameters().into_iter().collect();
-    tch::no_grad(|| {
-        for (name, t) in tensors {
-            let p = params
-                .get_mut(name)
-                .ok_or_else(|| format!("published weight {name} is not in the model"))?;
-            p.copy_(t);
+    // Every batch is out; the learner's last steps may still publish versions to evaluate.
+    for update in weights {
+        if update.evaluate {
+            engine
+                .install_weights(&update.tensors, update.version)
+                .map_err(|e| e.to_string())?;
+            evaluate(&mut engine, update.version)?;
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `alp-rl train` runtime: one rollout worker thread ([`actor`]) feeding the learner on the main
-//! thread, parquet logs, checkpoints ([`checkpoint`]) and exact resume.
+//! thread, parquet logs, checkpoints ([`checkpoint`]) and exact resume. The loop drives either
+//! learner through one seam ([`learners::RunLearner`]); what a step does is the learner's business.
 //!
 //! Versions: the initial weights are version 0; learner step `t` (1-based) trains on batch `t - 1` while
 //! holding version `t - 1`, then publishes version `t`. A sample's staleness is `t - 1 - v` for the
@@ -7,31 +8,40 @@
 pub mod actor;
 pub mod checkpoint;
 pub mod eval;
+pub mod learners;
 pub mod pause;
 pub mod preflight;
+pub mod rows;
+pub mod run_files;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Instant;
 
-use alp_learner::{group_advantages, Group, Learner, Sample, TrainablePolicy};
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
-use alp_rollout::{EpisodeSettings, Trajectory};
+use alp_envs::Environment;
+use alp_learner::metric_names as names;
+use alp_learner::{Learner, TrainablePolicy};
+use alp_policy::{CausalLM, LoadOptions};
+use alp_rollout::EpisodeSettings;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::json;
-use tch::{Device, Kind};
+use tch::Kind;
 
 use crate::config::TrainConfig;
-use crate::parquet_log::{self, MetricsRow, RolloutRow};
-use crate::run_dir::{remove_stale_temps, temp_path, write_bytes_atomic, RunDir};
-use actor::{Actor, ActorSettings, RolloutBatch};
+use crate::parquet_log::{self, MetricsRow};
+use crate::run_dir::RunDir;
+use actor::{Actor, ActorSettings};
 use checkpoint::RuntimeState;
+use learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
+pub(crate) use run_files::{initial_model, write_run_files};
 
 /// What `train` was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainRequest {
     pub config: TrainConfig,
+    /// The `[env]` environment (built from the application's registry when the config was loaded).
+    pub env: Arc<dyn Environment>,
     pub config_path: PathBuf,
     pub run_dir: PathBuf,
     pub resume: bool,
@@ -48,140 +58,29 @@ pub struct TrainSummary {
     pub last_eval: Option<(u64, f64)>,
 }
 
-pub(crate) fn device_of(name: &str) -> Device {
-    match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => Device::cuda_if_available(),
-    }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Creates (fresh run) or checks and reopens (resume) the run directory; writes `config.toml` and
-/// `run.json`.
-fn prepare_run_dir(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Result<()> {
-    if req.resume {
-        let saved_path = run.config_toml();
-        let saved = std::fs::read_to_string(&saved_path).with_context(|| {
-            format!(
-                "--resume: {} has no config.toml; is it a run directory?",
-                run.root.display()
-            )
-        })?;
-        let mut saved: TrainConfig =
-            toml::from_str(&saved).with_context(|| format!("parsing {}", saved_path.display()))?;
-        // Only the step count may change on resume (to extend a run).
-        saved.run.steps = req.config.run.steps;
-        saved.run.out = req.config.run.out.clone();
-        ensure!(
-            saved == req.config,
-            "--resume: the config differs from the run's {} in more than run.steps; \
-             resume with the same config",
-            saved_path.display()
-        );
-        for dir in [run.root.clone(), run.rollouts_dir(), run.checkpoints_dir()] {
-            remove_stale_temps(&dir)
-                .with_context(|| format!("cannot clean temporary files in {}", dir.display()))?;
-        }
-    } else {
-        let used = ["run.json", "metrics.parquet", "checkpoints", "rollouts"]
-            .iter()
-            .any(|n| run.root.join(n).exists());
-        if used {
-            bail!(
-                "run directory {} already holds a run: pass --resume to continue it, or --out DIR",
-                run.root.display()
-            );
-        }
-    }
-    for dir in [run.rollouts_dir(), run.checkpoints_dir()] {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    if req.resume && run.run_json().exists() {
-        write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())
-            .with_context(|| format!("cannot write {}", run.config_toml().display()))?;
-        let path = run.run_json();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("--resume: cannot read {}", path.display()))?;
-        let mut meta: serde_json::Value = serde_json::from_str(&text).with_context(|| {
-            format!("--resume: {} is not valid JSON; restore it from a backup, or start a new run with --out DIR", path.display())
-        })?;
-        meta["config"] = serde_json::to_value(&req.config)?;
-        if let Some(list) = meta["resumes"].as_array_mut() {
-            list.push(json!({ "time_unix": unix_now() }));
-        }
-        write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)?;
-        return Ok(());
-    }
-    write_run_files(&req.config, &req.config_path, run, config_toml)
-}
-
-/// Writes `config.toml` and a fresh `run.json` (config, seeds, versions, start time) into `run`.
-pub(crate) fn write_run_files(
+/// The learner of `[learner] kind`, on the weights in `weights_dir` (the reference policy of a KL
+/// term is the run's starting model, `model_src`).
+fn build_learner(
     config: &TrainConfig,
-    config_path: &Path,
-    run: &RunDir,
-    config_toml: &str,
-) -> Result<()> {
-    std::fs::create_dir_all(&run.root)
-        .with_context(|| format!("cannot create the run directory {}", run.root.display()))?;
-    write_bytes_atomic(&run.config_toml(), config_toml.as_bytes())
-        .with_context(|| format!("cannot write {}", run.config_toml().display()))?;
-    let meta = json!({
-        "config_path": config_path.display().to_string(),
-        "start_time_unix": unix_now(),
-        "seeds": {
-            "run": config.run.seed,
-            "learner": config.learner.seed,
-            "model_init": config.model.init_seed,
-        },
-        "versions": {
-            "alp_rl": env!("CARGO_PKG_VERSION"),
-            "git": option_env!("ALP_RL_GIT_DESCRIBE"),
-            "libtorch_cuda": tch::Cuda::is_available(),
-        },
-        "resumes": [],
-        "config": serde_json::to_value(config)?,
-    });
-    write_bytes_atomic(&run.run_json(), &serde_json::to_vec_pretty(&meta)?)
-        .with_context(|| format!("cannot write {}", run.run_json().display()))?;
-    Ok(())
-}
-
-/// The model the run starts from: `model.path`, or a preset created once inside the run directory.
-pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBuf> {
-    if let Some(p) = &config.model.path {
-        return Ok(p.clone());
+    policy: CausalLM,
+    model_src: &Path,
+    load: &dyn Fn(&Path, Kind) -> Result<CausalLM>,
+) -> Result<Box<dyn RunLearner>> {
+    if let Some(settings) = config.eggroll_settings() {
+        return Ok(Box::new(Eggroll::new(
+            config,
+            settings,
+            config.learner.seed,
+            policy,
+        )?));
     }
-    let preset = config
-        .model
-        .new_model
-        .as_deref()
-        .expect("validated: path or new_model");
-    let dir = run.initial_model();
-    if !dir.join("config.json").exists() {
-        let tmp = temp_path(&dir);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
-                .with_context(|| format!("cannot remove {}", tmp.display()))?;
-        }
-        crate::commands::new_model::write_model(
-            preset,
-            &config.model.arch,
-            &tmp,
-            config.model.init_seed,
-            "f32",
-        )?;
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
-    }
-    Ok(dir)
+    let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
+        Some(Box::new(load(model_src, config.model.train_dtype.kind())?))
+    } else {
+        None
+    };
+    let learner = Learner::new(config.learner_settings(), policy, reference)?;
+    Ok(Box::new(PolicyGradient::new(config, learner)))
 }
 
 pub fn run(req: TrainRequest) -> Result<TrainSummary> {
@@ -190,20 +89,29 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let config_toml = config.to_toml();
     // Refuse a missing model (or budgets it cannot hold) before anything is written, so a typo
     // leaves no run directory behind; then hold the run directory's lock for the whole run.
-    preflight::check_model(config, &req.config_path)?;
+    preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
     let _lock = preflight::lock_run_dir(&run.root, !req.resume)?;
-    prepare_run_dir(&req, &run, &config_toml)?;
-    let device = device_of(&config.model.device);
+    run_files::prepare_run_dir(&req, &run, &config_toml)?;
+    let device = config.model.device.to_tch();
     let mut model_src = initial_model(config, &run)?;
     if let Some(sft) = &config.sft {
         // The warm start: its logs and checkpoints go to RUN/sft/, RL starts from its last model
         // (which is also the reference policy of a KL term).
         let sft_run = RunDir::new(run.root.join("sft"));
-        model_src = crate::sft::run(config, sft, &sft_run, &model_src, &config_toml, device)?.model;
+        model_src = crate::sft::run(
+            config,
+            sft,
+            req.env.clone(),
+            &sft_run,
+            &model_src,
+            &config_toml,
+            device,
+        )?
+        .model;
     }
 
-    let train_kind = parse_kind(&config.model.train_dtype)?;
-    let inference_kind = parse_kind(&config.model.inference_dtype)?;
+    let train_kind = config.model.train_dtype.kind();
+    let inference_kind = config.model.inference_dtype.kind();
     let latest = if req.resume {
         preflight::resume_checkpoint(&run)?
     } else {
@@ -243,12 +151,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let policy = load(&weights_dir, train_kind)?;
     crate::commands::check_finite(&policy, &weights_dir)?;
     let stop = alp_rollout::default_stop_tokens(&policy, Some(&tokenizer));
-    let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
-        Some(Box::new(load(&model_src, train_kind)?))
-    } else {
-        None
-    };
-    let mut learner = Learner::new(config.learner_settings(), policy, reference)?;
+    let mut learner = build_learner(config, policy, &model_src, &load)?;
     if let Some((dir, _)) = &latest {
         learner
             .load_state(&dir.join("learner"))
@@ -263,25 +166,17 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         // survives (a kept one would be duplicated).
         metrics_rows.retain(|r| state.step > 0 && r.step <= state.step);
     }
-    // Every rollout file after the checkpoint, also those of a crashed attempt that got further
-    // than this run's `run.steps`.
-    if run.rollouts_dir().exists() {
-        for entry in std::fs::read_dir(run.rollouts_dir())? {
-            let path = entry?.path();
-            let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
-                n.strip_prefix("step-")?
-                    .strip_suffix(".parquet")?
-                    .parse::<u64>()
-                    .ok()
-            });
-            if step.is_some_and(|s| s > state.step) {
-                std::fs::remove_file(&path)?;
-            }
+    remove_rollouts_after(&run, state.step)?;
+
+    let env = req.env.clone();
+    let mut params = config.sampling_params();
+    if let Some(es) = config.eggroll_settings() {
+        // Members explore through their weights; their own sampling is greedy by default.
+        params.greedy = es.temperature == 0.0;
+        if es.temperature > 0.0 {
+            params.temperature = es.temperature;
         }
     }
-
-    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
-    let mut params = config.sampling_params();
     params.stop_token_ids = stop.clone();
     let chat_extra = serde_json::to_value(&config.rollout.chat_extra)?
         .as_object()
@@ -291,33 +186,20 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         max_total_tokens: config.rollout.max_total_tokens,
         chat_extra: chat_extra.clone(),
     };
-    let mut evaluator = match &config.eval {
-        Some(section) => Some(eval::Evaluator::new(eval::EvaluatorSetup {
+    let evaluation = match &config.eval {
+        Some(section) => Some(eval::Evaluation::new(
             config,
             section,
-            env: env.clone(),
-            model_dir: &weights_dir,
-            tokenizer_dir: &model_src,
-            kind: inference_kind,
-            device,
-            stop_token_ids: stop,
-            episode: episode.clone(),
-        })?),
+            env.clone(),
+            stop,
+            episode.clone(),
+        )?),
         None => None,
     };
-    if let (Some(ev), 0) = (evaluator.as_mut(), state.step) {
-        // Step 0: the starting point (after the SFT warm start, before any RL update).
-        metrics_rows.push(MetricsRow {
-            step: 0,
-            policy_version: 0,
-            values: ev.run(learner.policy(), 0)?,
-        });
-        parquet_log::write_parquet(
-            &run.metrics(),
-            &parquet_log::metrics_batch(&metrics_rows)?,
-            &config_toml,
-        )?;
-    }
+    let evaluates = evaluation.is_some();
+    let eval_every = config.eval.as_ref().map_or(0, |e| e.every);
+    // Step 0: the starting point (after the SFT warm start, before any RL update).
+    let evaluate_first = evaluates && state.step == 0;
     let actor = Actor::spawn(ActorSettings {
         model_dir: weights_dir.clone(),
         tokenizer_dir: model_src.clone(),
@@ -333,12 +215,28 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         max_staleness: config.rollout.max_staleness,
         first_batch: state.step,
         end_batch: config.run.steps,
+        population: learner.batch_population(),
+        evaluation,
+        evaluate_first,
     });
+    if evaluate_first {
+        metrics_rows.push(MetricsRow {
+            step: 0,
+            policy_version: 0,
+            values: actor.evaluation()?,
+        });
+        parquet_log::write_parquet(
+            &run.metrics(),
+            &parquet_log::metrics_batch(&metrics_rows)?,
+            &config_toml,
+        )?;
+    }
 
     tracing::info!(
         run = %run.root.display(),
         from_step = state.step,
         steps = config.run.steps,
+        learner = if config.eggroll_settings().is_some() { "eggroll" } else { "pg" },
         correction = %config.learner.correction.kind,
         max_staleness = config.rollout.max_staleness,
         "training"
@@ -361,21 +259,16 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             "rollout batch {} arrived for step {step}",
             batch.index
         );
-        let out = train_one(config, &mut learner, &batch, step)?;
+        let out = learner.train(&batch, step)?;
         // The update is applied in memory, nothing of it is on disk yet.
         pause::point("update", step);
         let mut values = out.metrics;
-        let bad_update = ["loss/total", "grad/norm"]
-            .iter()
-            .any(|k| values.get(*k).is_some_and(|v| !v.is_finite()))
-            || values.get("optim/skipped_steps").is_some_and(|&v| v > 0.0);
-        let bad_mu = values.get("rollout/nonfinite_mu").is_some_and(|&v| v > 0.0);
-        if bad_update || bad_mu {
+        if out.bad_update || out.bad_samples {
             state.nonfinite_run += 1;
             state.nonfinite_total += 1;
             // Say exactly what happened: a non-finite loss or gradient skips the optimizer update;
             // samples with non-finite sampling log-probs are dropped and the rest is trained on.
-            let what = match (bad_update, bad_mu) {
+            let what = match (out.bad_update, out.bad_samples) {
                 (true, true) => "non-finite loss or gradient (update skipped) and non-finite sampling log-probs (those samples dropped)",
                 (true, false) => "non-finite loss or gradient: the optimizer update was skipped",
                 _ => "non-finite sampling log-probs: those samples were dropped, the rest trained on",
@@ -395,14 +288,19 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         }
         state.step = step;
         state.policy_version = step;
-        actor.publish(learner.policy(), step);
+        let evaluate = evaluates
+            && (step == config.run.steps || (eval_every > 0 && step.is_multiple_of(eval_every)));
+        actor.publish(learner.policy(), step, evaluate);
 
-        values.insert("train/nonfinite_steps".into(), state.nonfinite_total as f64);
-        values.insert("time/rollout_wait_s".into(), wait_s);
-        values.insert("time/generate_s".into(), batch.generate_s);
-        values.insert("time/weights_wait_s".into(), batch.wait_weights_s);
         values.insert(
-            "throughput/rollout_tokens_per_s".into(),
+            names::TRAIN_NONFINITE_STEPS.into(),
+            state.nonfinite_total as f64,
+        );
+        values.insert(names::TIME_ROLLOUT_WAIT_S.into(), wait_s);
+        values.insert(names::TIME_GENERATE_S.into(), batch.generate_s);
+        values.insert(names::TIME_WEIGHTS_WAIT_S.into(), batch.wait_weights_s);
+        values.insert(
+            names::THROUGHPUT_ROLLOUT_TOKENS_PER_S.into(),
             out.sampled_tokens as f64 / batch.generate_s.max(1e-9),
         );
         parquet_log::write_parquet(
@@ -411,19 +309,19 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             &config_toml,
         )?;
         let step_s = started.elapsed().as_secs_f64();
-        values.insert("time/step_s".into(), step_s);
+        values.insert(names::TIME_STEP_S.into(), step_s);
         values.insert(
-            "throughput/samples_per_s".into(),
+            names::THROUGHPUT_SAMPLES_PER_S.into(),
             out.rows.len() as f64 / step_s.max(1e-9),
         );
-        if let Some(ev) = evaluator.as_mut() {
-            let every = config.eval.as_ref().map_or(0, |e| e.every);
-            if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
-                values.extend(ev.run(learner.policy(), step)?);
-            }
+        if evaluate {
+            values.extend(actor.evaluation()?);
         }
         pause::point("metrics", step);
-        tracing::info!("{}", summary_line(step, config.run.steps, &values));
+        tracing::info!(
+            "{}",
+            summary_line(step, config.run.steps, &values, learner.watched_metrics())
+        );
         metrics_rows.push(MetricsRow {
             step,
             policy_version: step,
@@ -437,14 +335,20 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         let every = config.run.checkpoint_every;
         if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
             let t = Instant::now();
-            checkpoint::save(&run, &learner, &tokenizer, &state, config.run.keep)?;
+            checkpoint::writer(&run, config.run.keep).save(&state, |staging| {
+                checkpoint::write_model(staging, learner.policy(), &tokenizer)?;
+                pause::point("checkpoint", state.step);
+                learner
+                    .save_state(&staging.join("learner"))
+                    .context("saving the learner state")
+            })?;
             tracing::debug!(secs = t.elapsed().as_secs_f64(), "checkpoint time");
         }
     }
     drop(actor);
     let evals: Vec<(u64, f64)> = metrics_rows
         .iter()
-        .filter_map(|r| r.values.get("eval/accuracy").map(|&a| (r.step, a)))
+        .filter_map(|r| r.values.get(names::EVAL_ACCURACY).map(|&a| (r.step, a)))
         .collect();
     Ok(TrainSummary {
         run_dir: run.root.clone(),
@@ -455,215 +359,49 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     })
 }
 
+/// Every rollout file after step `step` (redone on resume), also those of a crashed attempt that
+/// got further than this run's `run.steps`.
+fn remove_rollouts_after(run: &RunDir, step: u64) -> Result<()> {
+    if !run.rollouts_dir().exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(run.rollouts_dir())? {
+        let path = entry?.path();
+        let file_step = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix("step-")?
+                .strip_suffix(".parquet")?
+                .parse::<u64>()
+                .ok()
+        });
+        if file_step.is_some_and(|s| s > step) {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// The one-line summary of a step on stderr: a progress bar and the numbers people watch.
-fn summary_line(step: u64, steps: u64, m: &BTreeMap<String, f64>) -> String {
+fn summary_line(
+    step: u64,
+    steps: u64,
+    m: &BTreeMap<String, f64>,
+    learner_metrics: &[(&str, &str)],
+) -> String {
     const WIDTH: u64 = 20;
     let done = (step * WIDTH / steps.max(1)) as usize;
     let bar = format!("{}{}", "#".repeat(done), "-".repeat(WIDTH as usize - done));
     let get = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let learner: String = learner_metrics
+        .iter()
+        .map(|(label, key)| format!(" | {label} {:.3e}", get(key)))
+        .collect();
     format!(
-        "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3} | loss {:.4} | \
-         k3 {:.2e} | staleness {} | {:.2}s",
-        get("throughput/samples_per_s"),
-        get("reward/mean"),
-        get("acc"),
-        get("loss/total"),
-        get("mismatch/k3"),
-        get("staleness/max"),
-        get("time/step_s"),
+        "step {step}/{steps} [{bar}] {:.1} samples/s | reward {:.3} | acc {:.3}{learner} | \
+         staleness {} | {:.2}s",
+        get(names::THROUGHPUT_SAMPLES_PER_S),
+        get(names::REWARD_MEAN),
+        get(names::ACC),
+        get(names::STALENESS_MAX),
+        get(names::TIME_STEP_S),
     )
-}
-
-/// The learner's side of one step: samples, update, and the rows and metrics to log.
-struct StepOutput {
-    metrics: BTreeMap<String, f64>,
-    rows: Vec<RolloutRow>,
-    sampled_tokens: usize,
-}
-
-/// Whether a trajectory can be trained on: failed episodes (environment error, non-finite reward)
-/// and empty completions are logged but not trained on, nor are samples with a non-finite `mu`
-/// (see [`finite_mu`]).
-fn trainable(t: &Trajectory) -> bool {
-    t.error.is_none()
-        && t.reward.is_finite()
-        && !t.prompt_ids.is_empty()
-        && !t.completion_ids.is_empty()
-        && t.loss_mask.len() == t.completion_ids.len()
-        && t.mu.len() == t.completion_ids.len()
-        && finite_mu(t)
-}
-
-/// A non-finite sampling log-prob on a trained token means the inference copy's weights have gone
-/// non-finite (a diverged update): the step counts as non-finite.
-fn finite_mu(t: &Trajectory) -> bool {
-    t.mu.iter()
-        .zip(&t.loss_mask)
-        .all(|(m, &k)| k == 0 || m.is_finite())
-}
-
-fn to_sample(t: &Trajectory) -> Sample {
-    Sample {
-        prompt_ids: t.prompt_ids.clone(),
-        completion_ids: t.completion_ids.clone(),
-        loss_mask: t.loss_mask.iter().map(|&m| m != 0).collect(),
-        mu: t.mu.clone(),
-        reward: t.reward,
-        policy_version: t.policy_version,
-    }
-}
-
-/// Per-token log-probs of every sample's completion under the current weights, unperturbed and without
-/// grad, `chunk` samples per forward (the `lp_old` / `lp` columns of the rollout logs).
-fn plain_log_probs(
-    learner: &Learner<CausalLM>,
-    groups: &[Group],
-    chunk: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let samples: Vec<&Sample> = groups.iter().flat_map(|g| &g.samples).collect();
-    let mut out = Vec::with_capacity(samples.len());
-    for part in samples.chunks(chunk.max(1)) {
-        let lp = learner
-            .log_probs(part, &alp_policy::NoHooks)?
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu);
-        for (i, s) in part.iter().enumerate() {
-            let row = lp.get(i as i64).narrow(0, 0, s.completion_ids.len() as i64);
-            out.push(Vec::<f32>::try_from(&row.contiguous())?);
-        }
-    }
-    Ok(out)
-}
-
-fn train_one(
-    config: &TrainConfig,
-    learner: &mut Learner<CausalLM>,
-    batch: &RolloutBatch,
-    step: u64,
-) -> Result<StepOutput> {
-    let learner_version = step - 1;
-    let max_staleness = config.rollout.max_staleness;
-    let mut groups = Vec::new();
-    let mut rows = Vec::new();
-    let (mut staleness_sum, mut staleness_max, mut trained) = (0.0, 0u64, 0usize);
-    let (mut correct, mut total, mut failed, mut sampled_tokens) = (0usize, 0usize, 0usize, 0usize);
-    let mut nonfinite_mu = 0usize;
-    // Row index of each trained sample, in the order the groups hold them.
-    let mut trained_rows = Vec::new();
-    for (g, trajectories) in batch.groups.iter().enumerate() {
-        let keep: Vec<&Trajectory> = trajectories.iter().filter(|t| trainable(t)).collect();
-        let rewards: Vec<f64> = keep.iter().map(|t| t.reward).collect();
-        let advantages = group_advantages(&rewards, config.learner.advantage);
-        let mut adv = advantages.iter();
-        let mut samples = Vec::new();
-        for t in trajectories {
-            let staleness = learner_version
-                .checked_sub(t.policy_version)
-                .with_context(|| {
-                    format!(
-                        "a sample of version {} is newer than the learner ({learner_version})",
-                        t.policy_version
-                    )
-                })?;
-            // Never train on a sample older than the bound (the worker's pacing makes this an
-            // invariant; a violation is a bug, not something to train through).
-            ensure!(
-                staleness <= max_staleness,
-                "a sample of version {} is {staleness} versions stale at step {step} \
-                 (rollout.max_staleness = {max_staleness})",
-                t.policy_version
-            );
-            total += 1;
-            correct += t.correct as usize;
-            sampled_tokens += t.loss_mask.iter().filter(|&&m| m != 0).count();
-            let advantage = if trainable(t) {
-                samples.push(to_sample(t));
-                trained_rows.push(rows.len());
-                staleness_sum += staleness as f64;
-                staleness_max = staleness_max.max(staleness);
-                trained += 1;
-                *adv.next().expect("one advantage per kept sample")
-            } else {
-                if finite_mu(t) {
-                    failed += 1;
-                } else {
-                    nonfinite_mu += 1;
-                }
-                0.0
-            };
-            rows.push(RolloutRow {
-                step,
-                policy_version: t.policy_version,
-                worker: 0,
-                env: config.env.name.clone(),
-                example_id: t.example_id.clone(),
-                group_id: batch.index * config.rollout.prompts_per_step as u64 + g as u64,
-                prompt_text: t.prompt_text.clone(),
-                completion_text: t.completion_text.clone(),
-                prompt_ids: t.prompt_ids.clone(),
-                completion_ids: t.completion_ids.clone(),
-                loss_mask: t.loss_mask.clone(),
-                mu: t.mu.clone(),
-                lp_old: None,
-                lp: None,
-                reward: t.reward,
-                advantage,
-                correct: t.correct,
-                num_turns: t.num_turns,
-                finish_reason: t.finish_reason.clone(),
-                staleness,
-                error: t.error.clone(),
-            });
-        }
-        if !samples.is_empty() {
-            groups.push(Group { samples });
-        }
-    }
-    let log_lp = config.run.log_logprobs && !groups.is_empty();
-    let chunk = config.learner.micro_batch_size;
-    if log_lp {
-        for (row, lp) in trained_rows
-            .iter()
-            .zip(plain_log_probs(learner, &groups, chunk)?)
-        {
-            rows[*row].lp_old = Some(lp);
-        }
-    }
-    // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than that
-    // (failed episodes are dropped) the step is skipped rather than failing the run.
-    let trainable_samples: usize = groups.iter().map(|g| g.samples.len()).sum();
-    let mut metrics = if trainable_samples < config.learner.mini_batches {
-        tracing::warn!(
-            step,
-            trainable_samples,
-            mini_batches = config.learner.mini_batches,
-            "too few trainable samples in this step (failed episodes are dropped): no update"
-        );
-        BTreeMap::new()
-    } else {
-        learner
-            .train_step(&groups)
-            .with_context(|| format!("learner step {step}"))?
-    };
-    if log_lp {
-        for (row, lp) in trained_rows
-            .iter()
-            .zip(plain_log_probs(learner, &groups, chunk)?)
-        {
-            rows[*row].lp = Some(lp);
-        }
-    }
-    metrics.insert("acc".into(), correct as f64 / total.max(1) as f64);
-    metrics.insert(
-        "staleness/mean".into(),
-        staleness_sum / trained.max(1) as f64,
-    );
-    metrics.insert("staleness/max".into(), staleness_max as f64);
-    metrics.insert("rollout/failed_episodes".into(), failed as f64);
-    metrics.insert("rollout/nonfinite_mu".into(), nonfinite_mu as f64);
-    Ok(StepOutput {
-        metrics,
-        rows,
-        sampled_tokens,
-    })
 }

@@ -5,11 +5,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use alp_envs::Environment;
+use alp_learner::eggroll::{evolved_matrices_of, EggrollSettings};
 use alp_policy::ModelConfig;
 use alp_tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::config::{SftSection, TrainConfig};
+use crate::config::{Preset, SftSection, TrainConfig};
 use crate::run_dir::{checkpoint_name, RunDir};
 
 /// The starting model's config and tokenizer: `model.path`'s files, or the `model.new_model` preset's;
@@ -31,8 +33,8 @@ pub(crate) fn starting_model(config: &TrainConfig) -> Result<(ModelConfig, Token
             path.join("config.json").display().to_string(),
         ));
     }
-    let preset = config.model.new_model.as_deref().unwrap_or("tiny");
-    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, &config.model.arch)?;
+    let preset = config.model.new_model.unwrap_or(Preset::Tiny);
+    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, config.model.arch)?;
     Ok((cfg, tokenizer, format!("the `{preset}` preset")))
 }
 
@@ -56,8 +58,15 @@ pub(crate) fn check_sft(config: &TrainConfig, sft: &SftSection) -> Result<()> {
 
 /// Refuses token budgets the model cannot hold, before any work: every episode (prompt, turns and
 /// environment messages) must fit in the model's `max_position_embeddings`.
-pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()> {
+pub(crate) fn check_model(
+    config: &TrainConfig,
+    env: &dyn Environment,
+    config_path: &Path,
+) -> Result<()> {
     let (model, tokenizer, source) = starting_model(config)?;
+    if let Some(es) = config.eggroll_settings() {
+        check_eggroll(config, &es, &model, &source, config_path)?;
+    }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
     if total >= context {
@@ -70,7 +79,7 @@ pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()
     }
     // The first training prompt, rendered as the episode runner renders it: a prompt that leaves
     // no room for the episode would fail every episode of the run.
-    let prompt = first_prompt_len(config, &tokenizer)?;
+    let prompt = first_prompt_len(config, env, &tokenizer)?;
     if prompt + config.rollout.max_new_tokens.min(total) > context {
         bail!(
             "{}: the first training prompt of env `{}` is {prompt} tokens, so an episode of \
@@ -88,10 +97,35 @@ pub(crate) fn check_model(config: &TrainConfig, config_path: &Path) -> Result<()
     Ok(())
 }
 
+/// Refuses `[learner.eggroll]` settings the starting model cannot take (a rank above the smaller side
+/// of an evolved matrix, a `params` pattern that matches no projection), from its config alone.
+fn check_eggroll(
+    config: &TrainConfig,
+    es: &EggrollSettings,
+    model: &ModelConfig,
+    source: &str,
+    config_path: &Path,
+) -> Result<()> {
+    if let Err(e) = es.check_against(&evolved_matrices_of(model)) {
+        let key = format!("learner.{}", e.field);
+        bail!(
+            "{}: `{key}`: {} (the model of {source})",
+            crate::config::key_location(config_path, &key),
+            e.reason
+        );
+    }
+    super::learners::es::members_per_step(config, es)
+        .with_context(|| format!("{}", config_path.display()))?;
+    Ok(())
+}
+
 /// Tokens of the environment's first training prompt (train example of seed 0) with the generation
 /// prompt, rendered with the run's chat template variables.
-fn first_prompt_len(config: &TrainConfig, tokenizer: &Tokenizer) -> Result<usize> {
-    let env = alp_envs::cli::build(&config.env.name, &config.env.settings_json())?;
+fn first_prompt_len(
+    config: &TrainConfig,
+    env: &dyn Environment,
+    tokenizer: &Tokenizer,
+) -> Result<usize> {
     let example = env.example(alp_envs::Split::Train, 0)?;
     let episode = env.reset(&example.data)?;
     let extra = serde_json::to_value(&config.rollout.chat_extra)?

@@ -2,24 +2,21 @@
 //! small in-code tokenizer. All cases go to one Python process (`tests/oracle.py`) per test run.
 //!
 //! Needs `<workspace>/.venv/bin/python` with transformers (scripts/setup.sh) and
-//! `<workspace>/../shared/data/tokenizers/qwen3`. Missing either is a test failure, never a skip.
+//! `<workspace>/../shared/data/tokenizers/qwen3` (or `$ALP_SHARED_DATA/tokenizers/qwen3`). Missing
+//! either is a test failure, never a skip.
 
+use alp_oracle as oracle;
 use alp_tokenizer::{CharTokenizerSpec, ChatTemplate, FunctionCall, Message, Tokenizer, ToolCall};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn qwen3_dir() -> PathBuf {
-    let dir = workspace_root().join("../shared/data/tokenizers/qwen3");
+    let dir = oracle::shared_data().join("tokenizers/qwen3");
     assert!(
         dir.join("tokenizer.json").is_file(),
         "shared test data missing: {} must hold tokenizer.json and tokenizer_config.json \
-         (see ../shared/data/README.md)",
+         (see ../shared/data/README.md; ALP_SHARED_DATA names another data folder)",
         dir.display()
     );
     dir
@@ -27,34 +24,23 @@ fn qwen3_dir() -> PathBuf {
 
 /// Runs the transformers oracle on `request`; panics with a clear message if it cannot.
 fn run_oracle(request: &Value) -> Value {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.is_file(),
-        "oracle Python not found at {}: run scripts/setup.sh to create the venv with transformers",
-        python.display()
-    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle.py");
     let tmp = tempfile::tempdir().expect("temp dir");
     let req_path = tmp.path().join("request.json");
     let resp_path = tmp.path().join("response.json");
     std::fs::write(&req_path, serde_json::to_string(request).unwrap()).unwrap();
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(&req_path)
-        .arg(&resp_path)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_OFFLINE", "1")
-        .env("TOKENIZERS_PARALLELISM", "false")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        // strftime_now formats UTC here; make Python's local time UTC too.
-        .env("TZ", "UTC")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(
-        out.status.success(),
-        "oracle failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    oracle::run(
+        oracle::python_command()
+            .arg(&script)
+            .arg(&req_path)
+            .arg(&resp_path)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("TRANSFORMERS_OFFLINE", "1")
+            .env("TOKENIZERS_PARALLELISM", "false")
+            .env("TRANSFORMERS_VERBOSITY", "error")
+            // strftime_now formats UTC here; make Python's local time UTC too.
+            .env("TZ", "UTC"),
+        "the transformers oracle",
     );
     let text = std::fs::read_to_string(&resp_path).expect("oracle wrote no response");
     serde_json::from_str(&text).expect("oracle response is not JSON")

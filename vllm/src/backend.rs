@@ -390,6 +390,15 @@ impl GenerationBackend for VllmBackend {
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
         params.validate()?;
+        // Population members (EGGROLL) need per-row weight perturbations, which these servers do not
+        // apply: refuse rather than generate every member with the plain weights.
+        if let Some(index) = requests.iter().position(|r| r.member.is_some()) {
+            return Err(RolloutError::InvalidRequest {
+                index,
+                problem: "names a population member, but the vLLM backend serves the plain policy                           only; EGGROLL rollouts need the local engine"
+                    .into(),
+            });
+        }
         let _span = tracing::info_span!("vllm_generate", requests = requests.len()).entered();
         Ok(self.generate_rows(requests, params)?)
     }

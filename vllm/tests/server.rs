@@ -286,7 +286,7 @@ fn episodes_run_unchanged_on_the_server(backend: &mut VllmBackend, tok: &alp_tok
         max_total_tokens: 60,
         ..Default::default()
     };
-    let tool_math = cli::build("tool_math", &json!({})).unwrap();
+    let tool_math = cli::build(&alp_envs::Registry::builtin(), "tool_math", &json!({})).unwrap();
     let envs: [&dyn Environment; 2] = [tool_math.as_ref(), &Chatty];
     for env in envs {
         let examples: Vec<Example> = (0..6)

@@ -2,25 +2,23 @@
 //! else (if configured) the last number. Everything here is linear in the completion length, so a 1 MB completion
 //! full of unclosed braces costs milliseconds.
 
-use serde::{Deserialize, Serialize};
-
-/// What to do when a completion has neither `\boxed{}` nor `####`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinalNumberRule {
-    /// No answer: the completion scores wrong.
-    None,
-    /// The last number in the text (`1,234.5`, `-3`, `3/4`, `25%`).
-    LastNumber,
+alp_macros::string_enum! {
+    /// What to do when a completion has neither `\boxed{}` nor `####`.
+    pub enum FinalNumberRule {
+        /// No answer: the completion scores wrong.
+        None => "none",
+        /// The last number in the text (`1,234.5`, `-3`, `3/4`, `25%`).
+        LastNumber => "last_number",
+    }
 }
 
-/// Where the answer was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Boxed,
-    Hashes,
-    LastNumber,
+alp_macros::string_enum! {
+    /// Where the answer was found.
+    pub enum Method {
+        Boxed => "boxed",
+        Hashes => "hashes",
+        LastNumber => "last_number",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn settings_validated() {
-        let r = crate::registry();
+        let r = crate::Registry::builtin();
         for (k, v) in [
             ("digits", json!(0)),
             ("operators", json!("+%")),

@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        let e = crate::registry()
+        let e = crate::Registry::builtin()
             .build("math", &json!({"prompt_template": "no slot"}))
             .err()
             .unwrap()
@@ -330,7 +330,7 @@ mod tests {
             e.contains("prompt_template") && e.contains("{question}"),
             "{e}"
         );
-        let env = crate::registry()
+        let env = crate::Registry::builtin()
             .build("math", &json!({"train_path": "/nonexistent.jsonl"}))
             .unwrap();
         let e = env.example(Split::Train, 0).unwrap_err().to_string();

@@ -6,6 +6,24 @@ pub mod math;
 pub mod tool_math;
 
 use crate::message::Message;
+use crate::registry::{EnvSpec, Registry};
+
+impl Registry {
+    /// The built-in environments: `math`, `arithmetic`, `countdown`, `tool_math`.
+    pub fn builtin() -> Self {
+        let mut r = Registry::empty();
+        for spec in [
+            EnvSpec::of::<math::Math>(),
+            EnvSpec::of::<arithmetic::Arithmetic>(),
+            EnvSpec::of::<countdown::Countdown>(),
+            EnvSpec::of::<tool_math::ToolMath>(),
+        ] {
+            r.register(spec)
+                .expect("the built-in environments have distinct names");
+        }
+        r
+    }
+}
 
 /// Fills `{question}` in a prompt template.
 pub(crate) fn render(template: &str, question: &str) -> String {

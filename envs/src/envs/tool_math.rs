@@ -3,7 +3,6 @@
 //! `tool` messages; the episode ends on a message without a tool call (its final answer is graded) or after
 //! `max_turns`.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::arithmetic::{Arithmetic, ArithmeticSettings};
@@ -21,14 +20,14 @@ use crate::tool_call::{parse_tool_calls, ToolCallError};
 
 pub const TOOL_NAME: &str = "calculator";
 
-/// Where the problems come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// Synthetic problems of the `arithmetic` environment.
-    Arithmetic,
-    /// Dataset problems of the `math` environment.
-    Math,
+alp_macros::string_enum! {
+    /// Where the problems come from.
+    pub enum Source: "source" {
+        /// Synthetic problems of the `arithmetic` environment.
+        Arithmetic => "arithmetic",
+        /// Dataset problems of the `math` environment.
+        Math => "math",
+    }
 }
 
 crate::settings! {

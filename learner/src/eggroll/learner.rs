@@ -6,6 +6,7 @@ use alp_policy::CausalLM;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{LearnerError, Result};
+use crate::metric_names as names;
 use crate::settings::SettingsError;
 
 use super::factors::noise_epoch;
@@ -88,6 +89,15 @@ impl EsLearner {
         }
     }
 
+    /// The fitness shaping of the settings, for fitness groups of `group_size` members.
+    pub fn shaping(&self, group_size: usize) -> FitnessShaping {
+        match self.settings.fitness {
+            FitnessKind::Group => FitnessShaping::Group { size: group_size },
+            FitnessKind::ZScore => FitnessShaping::ZScore,
+            FitnessKind::Rank => FitnessShaping::Rank,
+        }
+    }
+
     /// One ES step: shapes `raw_fitness` (one value per member, members in order; `group_size`
     /// consecutive members answer one prompt), applies the update, returns `es/*` metrics.
     pub fn update(
@@ -110,12 +120,7 @@ impl EsLearner {
         if let Some(f) = raw_fitness.iter().find(|f| !f.is_finite()) {
             return Err(LearnerError::Batch(format!("fitness {f} is not finite")));
         }
-        let shaping = match self.settings.fitness {
-            FitnessKind::Group => FitnessShaping::Group { size: group_size },
-            FitnessKind::ZScore => FitnessShaping::ZScore,
-            FitnessKind::Rank => FitnessShaping::Rank,
-        };
-        let shaped = shape_fitness(raw_fitness, shaping);
+        let shaped = shape_fitness(raw_fitness, self.shaping(group_size));
         let population = self.population();
         let s = &self.settings;
         let t = (self.step + 1) as i32;
@@ -143,23 +148,23 @@ impl EsLearner {
         let mut out = BTreeMap::new();
         let mean = raw_fitness.iter().sum::<f64>() / n as f64;
         let var = raw_fitness.iter().map(|f| (f - mean).powi(2)).sum::<f64>() / n as f64;
-        out.insert("es/fitness_mean".into(), mean);
-        out.insert("es/fitness_std".into(), var.sqrt());
+        out.insert(names::ES_FITNESS_MEAN.into(), mean);
+        out.insert(names::ES_FITNESS_STD.into(), var.sqrt());
         out.insert(
-            "es/fitness_max".into(),
+            names::ES_FITNESS_MAX.into(),
             raw_fitness
                 .iter()
                 .copied()
                 .fold(f64::NEG_INFINITY, f64::max),
         );
         out.insert(
-            "es/fitness_min".into(),
+            names::ES_FITNESS_MIN.into(),
             raw_fitness.iter().copied().fold(f64::INFINITY, f64::min),
         );
-        out.insert("es/update_norm".into(), norm_sq.sqrt());
-        out.insert("es/sigma".into(), s.sigma);
-        out.insert("es/population".into(), n as f64);
-        out.insert("es/rank".into(), s.rank as f64);
+        out.insert(names::ES_UPDATE_NORM.into(), norm_sq.sqrt());
+        out.insert(names::ES_SIGMA.into(), s.sigma);
+        out.insert(names::ES_POPULATION.into(), n as f64);
+        out.insert(names::ES_RANK.into(), s.rank as f64);
         Ok(out)
     }
 

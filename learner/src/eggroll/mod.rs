@@ -26,7 +26,8 @@ pub use factors::{factors, noise_epoch, param_id, sign, FactorKey};
 pub use fitness::{shape_fitness, FitnessShaping};
 pub use learner::EsLearner;
 pub use population::{
-    evolved_matrices, EvolvedMatrix, Population, PopulationFactors, PopulationHooks,
+    evolved_matrices, evolved_matrices_of, EvolvedMatrix, Population, PopulationFactors,
+    PopulationHooks, PopulationMembers,
 };
 pub use settings::{EggrollSettings, EsOptimizer, FitnessKind};
 pub use update::es_gradient;

@@ -2,7 +2,8 @@
 //! with the base product `x W^T` shared by every row of the batch.
 use std::collections::HashMap;
 
-use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, RowHooks};
+use alp_policy::params::parameter_specs;
+use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks};
 use tch::{Device, Kind, Tensor};
 
 use super::factors::{factors, param_id, sign, FactorKey};
@@ -19,19 +20,39 @@ pub struct EvolvedMatrix {
 /// Every 2-D projection of `model` (attention, MLP, an untied LM head), in name order. Norms, biases
 /// and the embedding stay frozen; a tied LM head *is* the embedding and so stays frozen too.
 pub fn evolved_matrices(model: &CausalLM) -> Vec<EvolvedMatrix> {
-    model
-        .named_parameters()
-        .into_iter()
-        .filter(|(name, t)| {
-            t.dim() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
+    evolved(
+        model
+            .named_parameters()
+            .into_iter()
+            .map(|(name, t)| (name, t.size())),
+    )
+}
+
+/// The matrices [`evolved_matrices`] picks for a model of this config, without building the model:
+/// what `[learner.eggroll]` is checked against ([`super::EggrollSettings::check_against`]) before a
+/// run loads anything.
+pub fn evolved_matrices_of(config: &ModelConfig) -> Vec<EvolvedMatrix> {
+    evolved(
+        parameter_specs(config)
+            .into_iter()
+            .map(|spec| (spec.name, spec.shape)),
+    )
+}
+
+fn evolved(params: impl Iterator<Item = (String, Vec<i64>)>) -> Vec<EvolvedMatrix> {
+    let mut out: Vec<EvolvedMatrix> = params
+        .filter(|(name, shape)| {
+            shape.len() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
         })
-        .map(|(name, t)| EvolvedMatrix {
+        .map(|(name, shape)| EvolvedMatrix {
             id: param_id(&name),
-            m: t.size()[0],
-            n: t.size()[1],
+            m: shape[0],
+            n: shape[1],
             name,
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// One ES epoch's population: which noise, how large, on which matrices.
@@ -81,13 +102,10 @@ pub struct PopulationFactors {
 }
 
 impl PopulationFactors {
-    /// Factors for `request_members[j]`, the member that serves request `j`, in `kind` on `device`.
-    pub fn new(
-        population: &Population,
-        request_members: &[usize],
-        kind: Kind,
-        device: Device,
-    ) -> Self {
+    /// Factors for `request_members[j]`, the member that serves request `j`, on `device`. They stay
+    /// in f32 whatever the model's dtype: the update regenerates them in f32, so a bf16 copy would
+    /// make the noise a member generated with differ from the noise it is credited with.
+    pub fn new(population: &Population, request_members: &[usize], device: Device) -> Self {
         let mut members: Vec<usize> = request_members.to_vec();
         members.sort_unstable();
         members.dedup();
@@ -120,10 +138,7 @@ impl PopulationFactors {
                     .unzip();
                 (
                     mat.name.clone(),
-                    (
-                        Tensor::stack(&a, 0).to_kind(kind),
-                        Tensor::stack(&b, 0).to_kind(kind),
-                    ),
+                    (Tensor::stack(&a, 0), Tensor::stack(&b, 0)),
                 )
             })
             .collect();
@@ -150,6 +165,23 @@ impl PopulationFactors {
                     + b.numel() * b.kind().elt_size_in_bytes()
             })
             .sum()
+    }
+}
+
+/// A population as the generation side holds it: [`MemberHooks`] that build each call's factors
+/// (from the keys alone: nothing is sent but the population's description).
+pub struct PopulationMembers {
+    pub population: Population,
+    pub device: Device,
+}
+
+impl MemberHooks for PopulationMembers {
+    fn for_requests<'a>(&'a self, members: &[usize]) -> Box<dyn RowHooks + 'a> {
+        Box::new(PopulationFactors::new(
+            &self.population,
+            members,
+            self.device,
+        ))
     }
 }
 
@@ -195,15 +227,50 @@ impl ForwardHooks for PopulationHooks<'_> {
             Some(rows) => (a.index_select(0, rows), bf.index_select(0, rows)),
             None => (a.shallow_clone(), bf.shallow_clone()),
         };
-        // The rank-r term in f32 whatever the activations' dtype: it is r (m + n) multiply-adds per
-        // row, and CPU bf16 batched matmuls of inner size r are slow.
-        let (a, bf) = (a.to_kind(Kind::Float), bf.to_kind(Kind::Float));
-        let delta = x3
-            .to_kind(Kind::Float)
-            .matmul(&bf)
-            .matmul(&a.transpose(1, 2))
-            .to_kind(base.kind());
+        // The rank-r term in f32 whatever the activations' dtype (the factors are f32): it is
+        // r (m + n) multiply-adds per row, and CPU bf16 batched matmuls of inner size r are slow.
+        let xf = x3.to_kind(Kind::Float);
+        let delta = if bf.size()[2] == 1 {
+            // Rank 1: two broadcast multiplies and a sum, which vectorise, instead of batched matmuls
+            // of inner size 1.
+            (xf * bf.transpose(1, 2))
+                .sum_dim_intlist(-1, true, Kind::Float)
+                .g_mul(&a.transpose(1, 2))
+        } else {
+            xf.matmul(&bf).matmul(&a.transpose(1, 2))
+        }
+        .to_kind(base.kind());
         let shape = base.size();
         base + delta.reshape(shape.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alp_policy::LoadOptions;
+
+    use super::*;
+
+    #[test]
+    fn the_config_picks_the_matrices_a_built_model_evolves() {
+        for tied in [true, false] {
+            let cfg = serde_json::json!({
+                "model_type": "qwen2", "vocab_size": 40, "hidden_size": 16, "intermediate_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 4, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                "tie_word_embeddings": tied
+            });
+            let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+            let model = CausalLM::random(cfg.clone(), &LoadOptions::default(), 0).unwrap();
+            let built = evolved_matrices(&model);
+            assert_eq!(evolved_matrices_of(&cfg), built);
+            // 7 projections per layer, plus the LM head when it is not the embedding.
+            assert_eq!(built.len(), 2 * 7 + usize::from(!tied));
+            let k = built
+                .iter()
+                .find(|m| m.name == "model.layers.0.self_attn.k_proj.weight")
+                .unwrap();
+            assert_eq!((k.m, k.n), (8, 16));
+        }
     }
 }

@@ -1,31 +1,32 @@
 //! `[learner.eggroll]`: the evolution-strategies learner's settings, refused with the field's path
 //! when they make no sense (the model-dependent checks, rank and parameter patterns, are in
 //! [`EggrollSettings::check_against`]).
+use alp_macros::string_enum;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{check, string_enum, SettingsError};
+use crate::settings::{check, SettingsError};
 
 use super::population::EvolvedMatrix;
 
-string_enum!(
+string_enum! {
     /// What the ES gradient estimate feeds.
-    EsOptimizer, "eggroll.optimizer", {
+    pub enum EsOptimizer {
         /// `W += lr g`.
         Sgd => "sgd",
         /// Adam ascent on `g` (bias-corrected moments, no weight decay).
         Adam => "adam",
     }
-);
+}
 
-string_enum!(
+string_enum! {
     /// How raw member rewards become update weights (see [`super::FitnessShaping`]).
-    FitnessKind, "eggroll.fitness", {
+    pub enum FitnessKind {
         /// Per-prompt group mean subtracted, divided by the global std (the reference LLM runs).
         Group => "group",
         ZScore => "zscore",
         Rank => "rank",
     }
-);
+}
 
 /// The `[learner.eggroll]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub struct EggrollSettings {
     pub population: usize,
     pub rank: i64,
     pub sigma: f64,
+    /// With SGD one weight moves about `lr / (sigma sqrt(N))` per step (`N` members): the step size
+    /// that matters, so the default (1e-5) suits sigma 1e-3 with a few hundred members.
     pub lr: f64,
     pub optimizer: EsOptimizer,
     pub fitness: FitnessKind,
@@ -59,7 +62,7 @@ impl Default for EggrollSettings {
             population: 0,
             rank: 1,
             sigma: 1e-3,
-            lr: 1e-3,
+            lr: 1e-5,
             optimizer: EsOptimizer::Sgd,
             fitness: FitnessKind::Group,
             noise_reuse: 1,

@@ -112,6 +112,7 @@ pub fn requests(n: usize, vocab: i64, max_new: usize) -> Vec<GenerationRequest> 
                 prompt_ids: prompt,
                 max_new_tokens: (i % 3 == 1).then_some(max_new / 2 + i % 5),
                 stop_token_ids: None,
+                member: None,
             }
         })
         .collect()

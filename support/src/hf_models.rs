@@ -1,50 +1,27 @@
-//! Test support: HF transformers (in the venv that `scripts/setup.sh` makes) as the reference oracle.
-//! Shared by the policy and rollout test suites through `#[path]`.
-#![allow(dead_code)]
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! `scripts/oracles/hf_models.py`: tiny random checkpoints written by transformers' `save_pretrained`,
+//! transformers' logits and greedy generations on them, and its logits warpers.
+use std::path::Path;
 
 use serde::Deserialize;
 
-pub fn workspace_root() -> PathBuf {
-    // Every crate sits one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate has a parent folder")
-        .to_path_buf()
-}
+use crate::oracle;
 
-/// The venv's Python; a missing venv is an error with the fix, never a silent skip.
-pub fn python() -> PathBuf {
-    let python = workspace_root().join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh to create the venv with torch and transformers",
-        python.display()
-    );
-    python
-}
-
-/// Runs `scripts/oracles/hf_models.py ARGS`, panicking with its stderr on failure.
-pub fn hf(args: &[&str]) {
-    let script = workspace_root().join("scripts/oracles/hf_models.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("run the python oracle");
-    assert!(
-        out.status.success(),
-        "oracle {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+/// Runs `hf_models.py ARGS` offline on one thread, panicking with its stderr on failure.
+pub fn run(args: &[&str]) {
+    oracle::run(
+        oracle::python_command()
+            .arg(oracle::script("hf_models.py"))
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("OMP_NUM_THREADS", "1"),
+        &format!("oracle {args:?}"),
     );
 }
 
-/// A tiny random HF checkpoint written by `transformers.save_pretrained`.
+/// A tiny random HF checkpoint of `arch` (`qwen2`, `qwen3`, `llama`) with 4 attention heads and
+/// `kv_heads` KV heads, written by `transformers.save_pretrained` into `dir`.
 pub fn make_model(arch: &str, dir: &Path, tied: bool, kv_heads: i64) {
-    hf(&make_args(arch, dir, tied, &kv_heads.to_string()));
+    run(&make_args(arch, dir, tied, &kv_heads.to_string()));
 }
 
 fn make_args<'a>(arch: &'a str, dir: &'a Path, tied: bool, kv: &'a str) -> Vec<&'a str> {
@@ -68,7 +45,7 @@ pub fn make_model_with_reference(
     with_cases(prompts, new_tokens, |cases, out| {
         let mut args = make_args(arch, dir, tied, &kv);
         args.extend(["--run", cases, out]);
-        hf(&args);
+        run(&args);
     })
 }
 
@@ -92,6 +69,7 @@ fn with_cases(
     parsed.results
 }
 
+/// What transformers computes for one prompt.
 #[derive(Deserialize)]
 pub struct OracleResult {
     /// Logits of the unpadded prompt, `[len][vocab]`.
@@ -105,7 +83,7 @@ pub struct OracleResult {
 /// HF logits of each prompt run alone (no padding), and `new_tokens` greedy tokens with log-probs.
 pub fn reference(model_dir: &Path, prompts: &[Vec<i64>], new_tokens: usize) -> Vec<OracleResult> {
     with_cases(prompts, new_tokens, |cases, out| {
-        hf(&["run", model_dir.to_str().unwrap(), cases, out])
+        run(&["run", model_dir.to_str().unwrap(), cases, out])
     })
 }
 

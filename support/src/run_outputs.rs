@@ -1,26 +1,14 @@
-//! Readers for what `alp-rl` runs leave behind, shared by the integration tests (`mod support;`).
-//! Not every test file uses every helper.
-#![allow(dead_code)]
-
+//! Readers for the parquet files an `alp-rl` run leaves behind (docs/run-directory.md).
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
-use std::process::Output;
 
+use alp_learner::metric_names;
 use arrow_array::{
     Array, ArrowPrimitiveType, Float64Array, Int64Array, ListArray, PrimitiveArray, RecordBatch,
     StringArray,
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-/// Asserts that an `alp-rl` command succeeded, showing its stderr otherwise.
-pub fn ok(out: Output) {
-    assert!(
-        out.status.success(),
-        "alp-rl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Every record batch of a parquet file.
 pub fn read(path: &Path) -> Vec<RecordBatch> {
@@ -30,6 +18,17 @@ pub fn read(path: &Path) -> Vec<RecordBatch> {
         .unwrap()
         .map(|b| b.unwrap())
         .collect()
+}
+
+/// An `Int64` column (`step`, `policy_version`, ...).
+pub fn int_column(b: &RecordBatch, name: &str) -> Vec<i64> {
+    b.column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
 }
 
 /// Row `i` of a list column (`completion_ids`, `loss_mask`, `mu`, ...).
@@ -59,18 +58,11 @@ pub fn text(b: &RecordBatch, name: &str, i: usize) -> String {
         .to_string()
 }
 
-/// Metrics as `step -> name -> value` (nulls left out).
+/// `RUN/metrics.parquet` as `step -> name -> value` (nulls left out); a step written twice fails.
 pub fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for b in read(&run.join("metrics.parquet")) {
-        let steps = b
-            .column_by_name("step")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .clone();
-        for i in 0..b.num_rows() {
+        for (i, step) in int_column(&b, "step").into_iter().enumerate() {
             let mut row = BTreeMap::new();
             for (f, c) in b.schema().fields().iter().zip(b.columns()) {
                 if let Some(c) = c.as_any().downcast_ref::<Float64Array>() {
@@ -79,8 +71,25 @@ pub fn metrics(run: &Path) -> BTreeMap<i64, BTreeMap<String, f64>> {
                     }
                 }
             }
-            out.insert(steps.value(i), row);
+            assert!(out.insert(step, row).is_none(), "step {step} twice");
         }
     }
     out
+}
+
+/// `metrics` without the metrics that depend on wall time (`time/*`, `throughput/*`:
+/// [`metric_names::TIMING_PREFIXES`]), for comparing runs.
+pub fn without_timing(
+    metrics: BTreeMap<i64, BTreeMap<String, f64>>,
+) -> BTreeMap<i64, BTreeMap<String, f64>> {
+    metrics
+        .into_iter()
+        .map(|(step, row)| {
+            let row = row
+                .into_iter()
+                .filter(|(k, _)| !metric_names::is_timing(k))
+                .collect();
+            (step, row)
+        })
+        .collect()
 }

@@ -1,0 +1,138 @@
+//! The policy-gradient learner in the train loop: group advantages, the learner's clipped update
+//! with its mismatch correction, and the `lp_old` / `lp` columns of the rollout logs.
+use std::path::Path;
+
+use alp_learner::metric_names as names;
+use alp_learner::{group_advantages, AdvantageKind, Group, Learner, Sample};
+use alp_policy::CausalLM;
+use anyhow::{Context, Result};
+use tch::{Device, Kind};
+
+use super::{RunLearner, StepOutput};
+use crate::config::TrainConfig;
+use crate::train::actor::RolloutBatch;
+use crate::train::rows::{to_sample, BatchRows, RowContext};
+
+pub struct PolicyGradient {
+    learner: Learner<CausalLM>,
+    advantage: AdvantageKind,
+    row_context: RowContext,
+    mini_batches: usize,
+    /// Log each trained token's log-prob before and after the update (`run.log_logprobs`).
+    log_logprobs: bool,
+    micro_batch_size: usize,
+}
+
+impl PolicyGradient {
+    pub fn new(config: &TrainConfig, learner: Learner<CausalLM>) -> Self {
+        PolicyGradient {
+            learner,
+            advantage: config.learner.advantage,
+            row_context: RowContext::of(config),
+            mini_batches: config.learner.mini_batches,
+            log_logprobs: config.run.log_logprobs,
+            micro_batch_size: config.learner.micro_batch_size,
+        }
+    }
+
+    /// Per-token log-probs of every sample's completion under the current weights, unperturbed and
+    /// without grad, `micro_batch_size` samples per forward.
+    fn plain_log_probs(&self, groups: &[Group]) -> Result<Vec<Vec<f32>>> {
+        let samples: Vec<&Sample> = groups.iter().flat_map(|g| &g.samples).collect();
+        let mut out = Vec::with_capacity(samples.len());
+        for part in samples.chunks(self.micro_batch_size.max(1)) {
+            let lp = self
+                .learner
+                .log_probs(part, &alp_policy::NoHooks)?
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu);
+            for (i, s) in part.iter().enumerate() {
+                let row = lp.get(i as i64).narrow(0, 0, s.completion_ids.len() as i64);
+                out.push(Vec::<f32>::try_from(&row.contiguous())?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RunLearner for PolicyGradient {
+    fn policy(&self) -> &CausalLM {
+        self.learner.policy()
+    }
+
+    fn train(&mut self, batch: &RolloutBatch, step: u64) -> Result<StepOutput> {
+        let mut rows = BatchRows::new(batch, step, &self.row_context)?;
+        let mut groups = Vec::new();
+        // Row index of each trained sample, in the order the groups hold them.
+        let mut trained_rows = Vec::new();
+        for keep in &rows.trainable {
+            let rewards: Vec<f64> = keep.iter().map(|(_, t)| t.reward).collect();
+            let advantages = group_advantages(&rewards, self.advantage);
+            let mut samples = Vec::with_capacity(keep.len());
+            for (&(row, t), advantage) in keep.iter().zip(advantages) {
+                rows.rows[row].advantage = advantage;
+                trained_rows.push(row);
+                samples.push(to_sample(t));
+            }
+            if !samples.is_empty() {
+                groups.push(Group { samples });
+            }
+        }
+        let log_lp = self.log_logprobs && !groups.is_empty();
+        if log_lp {
+            for (row, lp) in trained_rows.iter().zip(self.plain_log_probs(&groups)?) {
+                rows.rows[*row].lp_old = Some(lp);
+            }
+        }
+        // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than
+        // that (failed episodes are dropped) the step is skipped rather than failing the run.
+        let trainable_samples: usize = groups.iter().map(|g| g.samples.len()).sum();
+        let mut metrics = if trainable_samples < self.mini_batches {
+            tracing::warn!(
+                step,
+                trainable_samples,
+                mini_batches = self.mini_batches,
+                "too few trainable samples in this step (failed episodes are dropped): no update"
+            );
+            Default::default()
+        } else {
+            self.learner
+                .train_step(&groups)
+                .with_context(|| format!("learner step {step}"))?
+        };
+        if log_lp {
+            for (row, lp) in trained_rows.iter().zip(self.plain_log_probs(&groups)?) {
+                rows.rows[*row].lp = Some(lp);
+            }
+        }
+        metrics.extend(rows.metrics());
+        let bad_update = [names::LOSS_TOTAL, names::GRAD_NORM]
+            .iter()
+            .any(|k| metrics.get(*k).is_some_and(|v| !v.is_finite()))
+            || metrics
+                .get(names::OPTIM_SKIPPED_STEPS)
+                .is_some_and(|&v| v > 0.0);
+        let bad_samples = metrics
+            .get(names::ROLLOUT_NONFINITE_MU)
+            .is_some_and(|&v| v > 0.0);
+        Ok(StepOutput {
+            metrics,
+            sampled_tokens: rows.sampled_tokens,
+            rows: rows.rows,
+            bad_update,
+            bad_samples,
+        })
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<()> {
+        Ok(self.learner.save_state(dir)?)
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<()> {
+        Ok(self.learner.load_state(dir)?)
+    }
+
+    fn watched_metrics(&self) -> &'static [(&'static str, &'static str)] {
+        &[("loss", names::LOSS_TOTAL), ("k3", names::MISMATCH_K3)]
+    }
+}

@@ -1,0 +1,63 @@
+//! The venv that `scripts/setup.sh` makes (torch, transformers, safetensors, pandas) as the
+//! independent reference: finding its Python and running scripts with it.
+//!
+//! A crate of its own, apart from `alp-test-support`, because it must never pull in libtorch: cargo
+//! unifies a dependency's features across the workspace, so a crate whose tests used
+//! `alp-test-support` for the oracle alone got `tch` linked into its test binaries without the rpath
+//! that `build/link_libtorch.rs` gives (the tokenizer's tests then failed to start).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (this crate sits at `support/oracle`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the oracle crate sits two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// The shared test data (`../shared/data` beside the workspace; README there): `$ALP_SHARED_DATA` when
+/// set, as the environments' dataset loader reads it, else the folder beside the workspace.
+pub fn shared_data() -> PathBuf {
+    match std::env::var_os("ALP_SHARED_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => workspace_root().join("../shared/data"),
+    }
+}
+
+/// The venv's Python; a missing venv is an error with the fix, never a silent skip.
+pub fn python() -> PathBuf {
+    let python = workspace_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh to create the venv with torch and transformers",
+        python.display()
+    );
+    python
+}
+
+/// A command that runs the venv's Python.
+pub fn python_command() -> Command {
+    Command::new(python())
+}
+
+/// `scripts/oracles/NAME`, the reference scripts the tests and benchmarks share.
+pub fn script(name: &str) -> PathBuf {
+    workspace_root().join("scripts/oracles").join(name)
+}
+
+/// Runs `command` to completion and returns its stdout, panicking with `what` and its stderr when it
+/// cannot start or fails.
+pub fn run(command: &mut Command, what: &str) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
