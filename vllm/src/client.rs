@@ -296,6 +296,7 @@ impl ServerClient {
             server: self.base.clone(),
             call,
             message,
+            refused: e.is_connect(),
         }
     }
 

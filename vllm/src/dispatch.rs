@@ -1,7 +1,8 @@
 //! Spreading rows over the servers: least outstanding first, one HTTP request per row, so a failed
 //! row can go to another server on its own. A failing server is paused for a doubling backoff and
-//! sent one request at a time; after `retries` failures it is taken out, its unanswered rows go to the
-//! others, and it is polled until it answers, then re-synced and probed before it gets work again.
+//! sent one request at a time; after `retries` failures, or at once when it refuses the connection
+//! (nothing listens: it is down, not slow), it is taken out, its unanswered rows go to the others,
+//! and it is polled until it answers, then re-synced and probed before it gets work again.
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
@@ -249,7 +250,7 @@ fn on_failure(replica: &mut Replica, e: &VllmError, settings: &VllmSettings) -> 
         return false;
     }
     replica.failures += 1;
-    if replica.failures > settings.retries {
+    if replica.failures > settings.retries || e.is_refused() {
         replica.take_out(
             format!("{} failures in a row, last: {e}", replica.failures),
             settings,
@@ -354,6 +355,7 @@ fn to_completion(
                 server: server.to_string(),
                 call: "completions",
                 message: format!("request {} ended with finish_reason {other:?}", row.index),
+                refused: false,
             });
         }
     };

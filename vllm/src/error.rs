@@ -15,6 +15,8 @@ pub enum VllmError {
         server: String,
         call: &'static str,
         message: String,
+        /// Nothing accepted the connection (no process listens): the server is down, not slow.
+        refused: bool,
     },
 
     /// The server answered with an error status.
@@ -95,6 +97,12 @@ impl VllmError {
             VllmError::Status { status, .. } => *status >= 500,
             _ => false,
         }
+    }
+
+    /// Whether the server refused the connection: nothing listens there, so retrying it after a
+    /// backoff only delays taking it out.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, VllmError::Unreachable { refused: true, .. })
     }
 }
 
