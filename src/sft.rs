@@ -172,8 +172,7 @@ pub fn run(
             )?;
             (loss_sum, tokens_sum, n) = (0.0, 0, 0);
         }
-        let every = sft.checkpoint_every;
-        if step == sft.steps || (every > 0 && step.is_multiple_of(every)) {
+        if crate::train::due(step, sft.checkpoint_every, sft.steps) {
             let state = SftState {
                 step,
                 seed: sft.seed,

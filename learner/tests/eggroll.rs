@@ -396,7 +396,7 @@ fn sgd_step_moves_the_chosen_matrices_by_lr_times_the_estimate() {
         .map(|m| weights(&model, &m.name))
         .collect();
     let frozen = weights(&model, "model.layers.0.mlp.down_proj.weight");
-    let metrics = learner.update(&raw, 2).unwrap();
+    let metrics = learner.update(&raw, 2).unwrap().metrics;
     let mean = raw.iter().sum::<f64>() / 6.0;
     let var = raw.iter().map(|f| (f - mean) * (f - mean)).sum::<f64>() / 6.0;
     for (mat, before) in population.matrices.iter().zip(&before) {

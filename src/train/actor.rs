@@ -245,6 +245,21 @@ fn worker(
         let _ = evaluations.send(Ok(metrics));
         Ok(())
     };
+    // Installs a published version when a batch needs it (`needed`) or it is to be evaluated, then
+    // evaluates it if asked. Versions arrive in order and each is received when a batch first needs
+    // it, so an evaluated version is also the one the next batch is generated with.
+    let receive =
+        |engine: &mut LocalEngine, update: WeightsUpdate, needed: u64| -> Result<(), String> {
+            if update.version >= needed || update.evaluate {
+                engine
+                    .install_weights(&update.tensors, update.version)
+                    .map_err(|e| e.to_string())?;
+            }
+            if update.evaluate {
+                evaluate(engine, update.version)?;
+            }
+            Ok(())
+        };
     if s.evaluate_first {
         evaluate(&mut engine, s.first_batch)?;
     }
@@ -256,17 +271,8 @@ fn worker(
             let Ok(update) = weights.recv() else {
                 return Ok(()); // the learner is done
             };
-            // Versions arrive in order and each is received when a batch first needs it, so an
-            // evaluated version is also the one the next batch is generated with.
-            if update.version >= needed || update.evaluate {
-                engine
-                    .install_weights(&update.tensors, update.version)
-                    .map_err(|e| e.to_string())?;
-            }
-            if update.evaluate {
-                evaluate(&mut engine, update.version)?;
-            }
             version = update.version;
+            receive(&mut engine, update, needed)?;
         }
         let wait_weights_s = waited.elapsed().as_secs_f64();
         super::pause::point("rollout", b + 1);
@@ -312,14 +318,10 @@ fn worker(
             return Ok(()); // the learner stopped
         }
     }
-    // Every batch is out; the learner's last steps may still publish versions to evaluate.
+    // Every batch is out (no batch needs a version any more); the learner's last steps may still
+    // publish versions to evaluate.
     for update in weights {
-        if update.evaluate {
-            engine
-                .install_weights(&update.tensors, update.version)
-                .map_err(|e| e.to_string())?;
-            evaluate(&mut engine, update.version)?;
-        }
+        receive(&mut engine, update, u64::MAX)?;
     }
     Ok(())
 }

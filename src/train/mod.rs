@@ -236,7 +236,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         run = %run.root.display(),
         from_step = state.step,
         steps = config.run.steps,
-        learner = if config.eggroll_settings().is_some() { "eggroll" } else { "pg" },
+        learner = %config.learner_kind(),
         correction = %config.learner.correction.kind,
         max_staleness = config.rollout.max_staleness,
         "training"
@@ -288,8 +288,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         }
         state.step = step;
         state.policy_version = step;
-        let evaluate = evaluates
-            && (step == config.run.steps || (eval_every > 0 && step.is_multiple_of(eval_every)));
+        let evaluate = evaluates && due(step, eval_every, config.run.steps);
         actor.publish(learner.policy(), step, evaluate);
 
         values.insert(
@@ -332,8 +331,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             &parquet_log::metrics_batch(&metrics_rows)?,
             &config_toml,
         )?;
-        let every = config.run.checkpoint_every;
-        if step == config.run.steps || (every > 0 && step.is_multiple_of(every)) {
+        if due(step, config.run.checkpoint_every, config.run.steps) {
             let t = Instant::now();
             checkpoint::writer(&run, config.run.keep).save(&state, |staging| {
                 checkpoint::write_model(staging, learner.policy(), &tokenizer)?;
@@ -378,6 +376,12 @@ fn remove_rollouts_after(run: &RunDir, step: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether something done every `every` steps (0: never) and always at the `last` step is due at
+/// `step` (evaluation, RL and SFT checkpoints).
+pub(crate) fn due(step: u64, every: u64, last: u64) -> bool {
+    step == last || (every > 0 && step.is_multiple_of(every))
 }
 
 /// The one-line summary of a step on stderr: a progress bar and the numbers people watch.

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn qwen3_dir() -> PathBuf {
-    let dir = oracle::shared_data().join("tokenizers/qwen3");
-    assert!(
-        dir.join("tokenizer.json").is_file(),
-        "shared test data missing: {} must hold tokenizer.json and tokenizer_config.json \
-         (see ../shared/data/README.md; ALP_SHARED_DATA names another data folder)",
-        dir.display()
-    );
-    dir
+    let file = alp_envs::dataset::shared_data_file("tokenizers/qwen3/tokenizer.json")
+        .unwrap_or_else(|e| {
+            panic!(
+                "shared test data missing: tokenizers/qwen3 must hold tokenizer.json and \
+                 tokenizer_config.json (see ../shared/data/README.md): {e}"
+            )
+        });
+    file.parent().expect("a file has a folder").to_path_buf()
 }
 
 /// Runs the transformers oracle on `request`; panics with a clear message if it cannot.

@@ -27,6 +27,14 @@ pub struct EsLearner {
     device: Device,
 }
 
+/// What one ES step reports.
+pub struct EsStep {
+    /// `es/*`.
+    pub metrics: BTreeMap<String, f64>,
+    /// One value per member: the weights of the update (the raw fitness after the settings' shaping).
+    pub shaped_fitness: Vec<f64>,
+}
+
 impl EsLearner {
     /// Validates the settings against `policy` (f32 weights: ES steps of `lr * g` would vanish in bf16).
     pub fn new(settings: EggrollSettings, seed: u64, policy: &CausalLM) -> Result<Self> {
@@ -90,7 +98,7 @@ impl EsLearner {
     }
 
     /// The fitness shaping of the settings, for fitness groups of `group_size` members.
-    pub fn shaping(&self, group_size: usize) -> FitnessShaping {
+    fn shaping(&self, group_size: usize) -> FitnessShaping {
         match self.settings.fitness {
             FitnessKind::Group => FitnessShaping::Group { size: group_size },
             FitnessKind::ZScore => FitnessShaping::ZScore,
@@ -99,12 +107,9 @@ impl EsLearner {
     }
 
     /// One ES step: shapes `raw_fitness` (one value per member, members in order; `group_size`
-    /// consecutive members answer one prompt), applies the update, returns `es/*` metrics.
-    pub fn update(
-        &mut self,
-        raw_fitness: &[f64],
-        group_size: usize,
-    ) -> Result<BTreeMap<String, f64>> {
+    /// consecutive members answer one prompt), applies the update, returns the `es/*` metrics and
+    /// the shaped fitness the update weighted the members by.
+    pub fn update(&mut self, raw_fitness: &[f64], group_size: usize) -> Result<EsStep> {
         let n = raw_fitness.len();
         let want = self.settings.population;
         if n < 2 || !n.is_multiple_of(2) || (want > 0 && n != want) {
@@ -165,7 +170,10 @@ impl EsLearner {
         out.insert(names::ES_SIGMA.into(), s.sigma);
         out.insert(names::ES_POPULATION.into(), n as f64);
         out.insert(names::ES_RANK.into(), s.rank as f64);
-        Ok(out)
+        Ok(EsStep {
+            metrics: out,
+            shaped_fitness: shaped,
+        })
     }
 
     /// Writes the step counter and Adam's moments to `dir/eggroll.safetensors` (the weights are the

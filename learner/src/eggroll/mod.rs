@@ -24,7 +24,7 @@ pub mod update;
 
 pub use factors::{factors, noise_epoch, param_id, sign, FactorKey};
 pub use fitness::{shape_fitness, FitnessShaping};
-pub use learner::EsLearner;
+pub use learner::{EsLearner, EsStep};
 pub use population::{
     evolved_matrices, evolved_matrices_of, EvolvedMatrix, Population, PopulationFactors,
     PopulationHooks, PopulationMembers,

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use alp_learner::eggroll::{
-    noise_epoch, shape_fitness, EggrollSettings, EsLearner, EvolvedMatrix, Population,
-    PopulationMembers,
+    noise_epoch, EggrollSettings, EsLearner, EsStep, EvolvedMatrix, Population, PopulationMembers,
 };
 use alp_learner::metric_names as names;
 use alp_learner::metrics::batch_metrics;
@@ -76,15 +75,15 @@ pub fn members_per_step(config: &TrainConfig, settings: &EggrollSettings) -> Res
     let rows = config.rollout.prompts_per_step * group_size;
     let members = rows / per_member;
     ensure!(
-            settings.population == 0 || settings.population == members,
-            "learner.eggroll.population = {} but a step has {members} members (rollout.prompts_per_step \
-             x rollout.group_size / learner.eggroll.samples_per_member); set it to {members} or 0",
-            settings.population
-        );
+        settings.population == 0 || settings.population == members,
+        "learner.eggroll.population = {} but a step has {members} members (rollout.prompts_per_step \
+         x rollout.group_size / learner.eggroll.samples_per_member); set it to {members} or 0",
+        settings.population
+    );
     ensure!(
         members.is_multiple_of(2),
         "a step has {members} members (rollout.prompts_per_step x rollout.group_size / \
-             learner.eggroll.samples_per_member), an odd number; antithetic pairs need an even one"
+         learner.eggroll.samples_per_member), an odd number; antithetic pairs need an even one"
     );
     ensure!(
         config.rollout.max_staleness == 0,
@@ -163,13 +162,15 @@ impl RunLearner for Eggroll {
             .collect();
         let started = Instant::now();
         let members_per_group = self.group_size / per;
-        let mut metrics = self
+        let EsStep {
+            mut metrics,
+            shaped_fitness,
+        } = self
             .es
             .update(&fitness, members_per_group)
             .with_context(|| format!("ES step {step}"))?;
-        let shaped = shape_fitness(&fitness, self.es.shaping(members_per_group));
         for (r, row) in rows.rows.iter_mut().enumerate() {
-            row.advantage = shaped[r / per];
+            row.advantage = shaped_fitness[r / per];
         }
         let lengths: Vec<usize> = rows.rows.iter().map(|r| r.completion_ids.len()).collect();
         batch_metrics(&rewards, &lengths, &mut metrics);

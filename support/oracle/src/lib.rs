@@ -17,15 +17,6 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The shared test data (`../shared/data` beside the workspace; README there): `$ALP_SHARED_DATA` when
-/// set, as the environments' dataset loader reads it, else the folder beside the workspace.
-pub fn shared_data() -> PathBuf {
-    match std::env::var_os("ALP_SHARED_DATA") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("../shared/data"),
-    }
-}
-
 /// The venv's Python; a missing venv is an error with the fix, never a silent skip.
 pub fn python() -> PathBuf {
     let python = workspace_root().join(".venv/bin/python");
