@@ -90,31 +90,9 @@ impl LocalEngine {
         tensors: &[(String, Tensor)],
         version: u64,
     ) -> Result<(), RolloutError> {
-        let mut params: std::collections::HashMap<String, Tensor> =
-            self.model.named_parameters().into_iter().collect();
-        if tensors.len() != params.len() {
-            return Err(RolloutError::Backend(format!(
-                "published weights have {} tensors, the engine's model {}",
-                tensors.len(),
-                params.len()
-            )));
-        }
-        tch::no_grad(|| {
-            for (name, t) in tensors {
-                let p = params.get_mut(name).ok_or_else(|| {
-                    RolloutError::Backend(format!("published weight {name} is not in the model"))
-                })?;
-                if p.size() != t.size() {
-                    return Err(RolloutError::Backend(format!(
-                        "published weight {name} is {:?}, the model's {:?}",
-                        t.size(),
-                        p.size()
-                    )));
-                }
-                p.copy_(t);
-            }
-            Ok(())
-        })?;
+        self.model
+            .copy_named_weights(tensors)
+            .map_err(|e| RolloutError::Backend(e.to_string()))?;
         self.version = version;
         Ok(())
     }
