@@ -82,7 +82,13 @@ impl Background {
 
     fn wait_for_line(&self, needle: &str, timeout: Duration) {
         let start = Instant::now();
-        while !self.lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+        while !self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+        {
             assert!(
                 start.elapsed() < timeout,
                 "no log line with {needle:?} in {timeout:?}:\n{}",
@@ -153,7 +159,10 @@ fn syncs_are_verified_and_runs_survive_servers_that_die() {
         "{stderr}"
     );
     assert!(!bad.join("metrics.parquet").exists(), "nothing was logged");
-    assert!(!bad.join("rollouts").exists() || std::fs::read_dir(bad.join("rollouts")).unwrap().count() == 0);
+    assert!(
+        !bad.join("rollouts").exists()
+            || std::fs::read_dir(bad.join("rollouts")).unwrap().count() == 0
+    );
 
     // 2. max_staleness = 1 on two servers: step t trains on version max(0, t - 2), exactly.
     let stale = dir.path().join("stale");
@@ -199,7 +208,10 @@ fn syncs_are_verified_and_runs_survive_servers_that_die() {
     assert!(named("vLLM server back: re-synced"), "{log}");
     let metrics = run_outputs::metrics(&two);
     let last = &metrics[&STEPS];
-    assert!(last["vllm/taken_out"] >= 1.0 && last["vllm/recovered"] >= 1.0, "{last:?}");
+    assert!(
+        last["vllm/taken_out"] >= 1.0 && last["vllm/recovered"] >= 1.0,
+        "{last:?}"
+    );
     assert_eq!(last["vllm/servers_serving"], 2.0);
 
     // 4. The only server SIGKILLed after step 3: a clear error within unavailable_timeout_s (20 s)
@@ -214,8 +226,14 @@ fn syncs_are_verified_and_runs_survive_servers_that_die() {
     let (success, log) = trainer.finish();
     let stopped_after = killed.elapsed();
     assert!(!success, "{log}");
-    assert!(log.contains("no vLLM server answered") && log.contains(&urls[0]), "{log}");
-    assert!(stopped_after < Duration::from_secs(90), "stopped after {stopped_after:?}");
+    assert!(
+        log.contains("no vLLM server answered") && log.contains(&urls[0]),
+        "{log}"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(90),
+        "stopped after {stopped_after:?}"
+    );
     let done = run_outputs::metrics(&solo);
     let last_done = *done.keys().max().unwrap();
     assert!((3..SOLO_STEPS).contains(&last_done), "{:?}", done.keys());

@@ -199,14 +199,12 @@ impl TrainConfig {
                 let settings = self
                     .vllm_settings(std::path::Path::new("RUN"))
                     .expect("backend = vllm");
-                settings
-                    .validate()
-                    .map_err(|e| match e {
-                        alp_vllm::VllmError::Setting { field, problem } => {
-                            (format!("rollout.vllm.{field}"), problem)
-                        }
-                        other => ("rollout.vllm".to_string(), other.to_string()),
-                    })
+                settings.validate().map_err(|e| match e {
+                    alp_vllm::VllmError::Setting { field, problem } => {
+                        (format!("rollout.vllm.{field}"), problem)
+                    }
+                    other => ("rollout.vllm".to_string(), other.to_string()),
+                })
             }
         }
     }

@@ -24,7 +24,7 @@ pub enum BackendSettings {
     },
     Vllm {
         /// `[rollout.vllm]` with the run directory's defaults filled in.
-        settings: VllmSettings,
+        settings: Box<VllmSettings>,
         /// What the servers' log-probs must mean (`rollout.logprob_mode`).
         logprob_mode: LogprobMode,
         /// dtype of the worker's copy of the learner's weights, which each sync is probed against
@@ -63,7 +63,8 @@ impl Generator {
                 device,
                 batch_size,
             } => {
-                let engine = LocalEngine::new(load(*kind, *device)?, *batch_size).with_version(version);
+                let engine =
+                    LocalEngine::new(load(*kind, *device)?, *batch_size).with_version(version);
                 Ok((Generator::Local(engine), None))
             }
             BackendSettings::Vllm {
@@ -73,8 +74,9 @@ impl Generator {
             } => {
                 // The probe's reference forward runs on the CPU: the GPU, if any, is the servers'.
                 let reference = load(*reference_kind, Device::Cpu)?;
-                let backend = VllmBackend::new(settings.clone(), Some(model_dir), *logprob_mode)
-                    .map_err(|e| format!("starting the vLLM backend: {e}"))?;
+                let backend =
+                    VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
+                        .map_err(|e| format!("starting the vLLM backend: {e}"))?;
                 let mut generator = Generator::Vllm {
                     backend: Box::new(backend),
                     reference,

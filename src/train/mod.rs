@@ -33,8 +33,8 @@ use crate::config::TrainConfig;
 use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::RunDir;
 use actor::{Actor, ActorSettings};
-use generator::BackendSettings;
 use checkpoint::RuntimeState;
+use generator::BackendSettings;
 use learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
 pub(crate) use run_files::{initial_model, write_run_files};
 
@@ -212,7 +212,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
                 batch_size: config.rollout.batch_size,
             },
             Some(settings) => BackendSettings::Vllm {
-                settings,
+                settings: Box::new(settings),
                 logprob_mode: config.rollout.logprob_mode,
                 reference_kind: train_kind,
             },
@@ -374,9 +374,8 @@ fn backend_metrics(batch: &actor::RolloutBatch) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if let Some(sync) = &batch.sync {
         let probes = &sync.probes;
-        let most = |f: fn(&alp_rollout::ProbeReport) -> f64| {
-            probes.iter().map(f).fold(f64::NAN, f64::max)
-        };
+        let most =
+            |f: fn(&alp_rollout::ProbeReport) -> f64| probes.iter().map(f).fold(f64::NAN, f64::max);
         m.insert(names::SYNC_S.into(), sync.seconds);
         m.insert(names::SYNC_SERVERS_PROBED.into(), probes.len() as f64);
         m.insert(

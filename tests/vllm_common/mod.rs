@@ -39,7 +39,7 @@ pub fn free_port() -> u16 {
 /// step, a small evaluation, and the test's vLLM Python.
 pub fn short_run(steps: u64) -> Vec<String> {
     [
-        "sft.steps=100".to_string(),
+        "sft.steps=200".to_string(),
         "rollout.prompts_per_step=8".into(),
         "eval.problems=20".into(),
         "eval.every=10".into(),
@@ -100,6 +100,10 @@ pub fn wait_ready(servers: &mut [ServerProcess]) {
     let http = HttpClients::new().unwrap();
     // Two servers starting together on a busy two-core machine have taken over 200 s.
     runtime
-        .block_on(alp_vllm::wait_ready(servers, &http, Duration::from_secs(900)))
+        .block_on(alp_vllm::wait_ready(
+            servers,
+            &http,
+            Duration::from_secs(900),
+        ))
         .unwrap();
 }

@@ -395,7 +395,7 @@ impl GenerationBackend for VllmBackend {
         if let Some(index) = requests.iter().position(|r| r.member.is_some()) {
             return Err(RolloutError::InvalidRequest {
                 index,
-                problem: "names a population member, but the vLLM backend serves the plain policy                           only; EGGROLL rollouts need the local engine"
+                problem: "names a population member, but the vLLM backend serves the plain policy only; EGGROLL rollouts need the local engine"
                     .into(),
             });
         }
