@@ -139,7 +139,8 @@ impl VllmBackend {
         });
         let outcome = self
             .runtime
-            .block_on(sync_all(&mut self.replicas, &job, true));
+            .block_on(sync_all(&mut self.replicas, &job, true))
+            .map_err(|e| self.with_exits(e));
         match outcome {
             Ok(reports) => {
                 self.current = Some(job.current);
@@ -167,6 +168,35 @@ impl VllmBackend {
         self.runtime
             .block_on(sync_all(&mut self.replicas, &job, false))?;
         Ok(self.replicas.iter().map(|r| r.recovered).sum::<usize>() - before)
+    }
+
+    /// A no-server error, with the exit status and log end of every launched server that has
+    /// exited: such a server will not answer again by itself (a crashed engine, a killed process).
+    fn with_exits(&mut self, e: VllmError) -> VllmError {
+        if !matches!(e, VllmError::NoServer { .. }) {
+            return e;
+        }
+        let exits: Vec<String> = self
+            .launched
+            .iter_mut()
+            .filter_map(|p| {
+                let status = p.exited()?;
+                Some(format!(
+                    "launched server {} exited ({status}); the end of its log {}:\n{}",
+                    p.url(),
+                    p.spec().log.display(),
+                    p.log_tail(12)
+                ))
+            })
+            .collect();
+        if exits.is_empty() {
+            e
+        } else {
+            VllmError::LaunchedExited {
+                error: Box::new(e),
+                exits: exits.join("\n"),
+            }
+        }
     }
 
     fn job(&self, current: Current) -> SyncJob {
@@ -258,7 +288,8 @@ impl VllmBackend {
         let job = self.job(current);
         let done = self
             .runtime
-            .block_on(dispatch::run(&mut self.replicas, &work, &job, params))?;
+            .block_on(dispatch::run(&mut self.replicas, &work, &job, params))
+            .map_err(|e| self.with_exits(e))?;
         let mut out: Vec<Option<Completion>> = vec![None; requests.len()];
         for row in empty {
             out[row.index] = Some(Completion {

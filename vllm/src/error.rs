@@ -62,6 +62,14 @@ pub enum VllmError {
         servers: String,
     },
 
+    /// No server answered, and some that this backend launched have exited (they will not come
+    /// back by themselves): their exit and the end of their log.
+    #[error("{error}\n{exits}")]
+    LaunchedExited {
+        error: Box<VllmError>,
+        exits: String,
+    },
+
     /// A launched server process exited or never became ready.
     #[error("vLLM server launch {server}: {problem}")]
     Launch { server: String, problem: String },
