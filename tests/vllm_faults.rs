@@ -30,7 +30,7 @@ fn args(servers: &[String], steps: u64, extra: &[&str]) -> Vec<String> {
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut args = short_run(steps);
+    let mut args = short_run(100, steps);
     for s in [
         "rollout.vllm.launch=false".to_string(),
         format!("rollout.vllm.servers=[{list}]"),

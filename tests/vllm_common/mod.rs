@@ -35,11 +35,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `--set` overrides that shrink configs/math-vllm.toml to a test: a short warm start, 8 prompts a
-/// step, a small evaluation, and the test's vLLM Python.
-pub fn short_run(steps: u64) -> Vec<String> {
+/// `--set` overrides that shrink configs/math-vllm.toml to a test: a warm start of `sft_steps`, 8
+/// prompts a step, a small evaluation, and the test's vLLM Python.
+pub fn short_run(sft_steps: u64, steps: u64) -> Vec<String> {
     [
-        "sft.steps=200".to_string(),
+        format!("sft.steps={sft_steps}"),
         "rollout.prompts_per_step=8".into(),
         "eval.problems=20".into(),
         "eval.every=10".into(),
