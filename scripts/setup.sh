@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+
+# vLLM for CPU, for the vLLM backend's tests (its own venv under ~/.cache/alp-rl, minutes on a fresh
+# machine): installed in the background while the rest is set up. ALP_SKIP_VLLM=1 skips it (those
+# tests then fail, saying how to install it).
+vllm_log=$(mktemp "${TMPDIR:-/tmp}/alp-setup-vllm.XXXXXX")
+vllm_pid=
+if [ "${ALP_SKIP_VLLM:-0}" != 1 ]; then
+  scripts/setup-vllm.sh >"$vllm_log" 2>&1 &
+  vllm_pid=$!
+fi
 VENV=.venv
 TORCH_VERSION=2.11.0
 ORACLES=(transformers==4.57.6 safetensors pyarrow pandas numpy)
@@ -38,3 +48,12 @@ fi
 torch_dir=$("$VENV/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" .libtorch
 "$VENV/bin/python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+if [ -n "$vllm_pid" ]; then
+  if ! wait "$vllm_pid"; then
+    cat "$vllm_log" >&2
+    echo "setup: installing vLLM failed (log above); rerun scripts/setup-vllm.sh" >&2
+    exit 1
+  fi
+  echo "vllm python: $(tail -n 1 "$vllm_log")"
+fi
+rm -f "$vllm_log"

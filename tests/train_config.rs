@@ -133,3 +133,56 @@ fn unknown_correction_kind_lists_the_allowed_values() {
     assert!(err.contains(&format!("{file}:15:")), "{err}");
     assert!(err.contains("bypass, tis, mis, alp"), "{err}");
 }
+
+#[test]
+fn rollout_backend_and_its_vllm_section_must_agree() {
+    let vllm = "\n[rollout.vllm]\nlaunch = true\n";
+    for (text, extra, key, says) in [
+        (
+            BASE.replace("group_size = 4", "group_size = 4\nbackend = \"vllm\""),
+            vec![],
+            "rollout.vllm",
+            "is missing but rollout.backend = \"vllm\"",
+        ),
+        (
+            format!("{BASE}{vllm}"),
+            vec![],
+            "rollout.vllm",
+            "rollout.backend is \"local\"",
+        ),
+        (
+            format!("{BASE}{vllm}"),
+            vec!["rollout.backend=vllm", "rollout.vllm.servers=[\"http://127.0.0.1:1\"]"],
+            "rollout.vllm.servers",
+            "is set together with launch = true",
+        ),
+        (
+            format!("{BASE}{vllm}"),
+            vec!["rollout.backend=vllm", "rollout.vllm.args=[\"--port\", \"1\"]"],
+            "rollout.vllm.args",
+            "which alp-rl sets itself",
+        ),
+        (
+            "[model]\nnew_model = \"tiny\"\n[learner]\nkind = \"eggroll\"\n[rollout]\nbackend = \"vllm\"\n\
+             [rollout.vllm]\nlaunch = true\n[env]\nname = \"arithmetic\"\n"
+                .to_string(),
+            vec![],
+            "rollout.backend",
+            "vLLM servers do not apply",
+        ),
+        (
+            BASE.replace("group_size = 4", "group_size = 4\nbackend = \"sglang\""),
+            vec![],
+            "rollout.backend",
+            "allowed: local, vllm",
+        ),
+    ] {
+        let mut args = Vec::new();
+        for s in &extra {
+            args.extend(["--set", s]);
+        }
+        let (err, _) = refused(&text, &args);
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        assert!(err.contains(says), "{key}: {err}");
+    }
+}

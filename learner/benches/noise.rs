@@ -25,19 +25,7 @@ fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
     let reps: usize = env_or("BENCH_REPS", 20);
     tch::set_num_threads(threads);
-    let flags = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| {
-            ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-                .iter()
-                .filter(|f| l.split_whitespace().any(|w| w == **f))
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
+    let flags = alp_test_support::bench::cpu_flags();
     println!("threads {threads}, reps {reps}, cpu flags: {flags}");
     for shape in [[8i64, 128, 512], [4, 256, 896]] {
         let numel = shape.iter().product::<i64>() as f64;

@@ -140,6 +140,23 @@ fixed_names! {
     /// Samples of the step per second of step wall time.
     THROUGHPUT_SAMPLES_PER_S = "throughput/samples_per_s";
 
+    // --- vLLM rollout backend (`rollout.backend = "vllm"`), on steps whose batch came after a sync.
+    /// Wall time of the weight sync that gave the step's batch its weights: write, reload on every
+    /// server, verify (seconds).
+    SYNC_S = "sync/seconds";
+    /// Servers that passed that sync's probe (count).
+    SYNC_SERVERS_PROBED = "sync/servers_probed";
+    /// Largest |server log-prob - ours| over every probe token of that sync (nats).
+    SYNC_PROBE_MAX_ABS_DIFF = "sync/probe_max_abs_diff";
+    /// Largest, over the servers, mean |server log-prob - ours| of a probe (nats).
+    SYNC_PROBE_MEAN_ABS_DIFF = "sync/probe_mean_abs_diff";
+    /// Servers holding the current weights after the batch (count).
+    VLLM_SERVERS_SERVING = "vllm/servers_serving";
+    /// Times any server was taken out of dispatch so far (count, cumulative).
+    VLLM_TAKEN_OUT = "vllm/taken_out";
+    /// Times a server taken out came back, re-synced and probed, so far (count, cumulative).
+    VLLM_RECOVERED = "vllm/recovered";
+
     // --- Evaluation (`[eval]`), on evaluated steps.
     /// Mean correctness over every sample of every problem (avg@k).
     EVAL_ACCURACY = "eval/accuracy";

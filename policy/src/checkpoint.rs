@@ -220,7 +220,7 @@ impl CausalLM {
             _ => Dtype::F32,
         };
         let params = self.var_store().variables();
-        let ordered: Vec<(&str, &Tensor)> = parameter_specs(self.config())
+        let mut ordered: Vec<(&str, &Tensor)> = parameter_specs(self.config())
             .iter()
             .filter_map(|spec| params.get_key_value(spec.name.as_str()))
             .map(|(name, t)| (name.as_str(), t))
@@ -230,6 +230,12 @@ impl CausalLM {
             params.len(),
             "every parameter has a spec (the var store is built from them)"
         );
+        if opts.tied_head_copy && self.config().tie_word_embeddings {
+            let embed = params
+                .get("model.embed_tokens.weight")
+                .expect("every decoder has an embedding");
+            ordered.push(("lm_head.weight", embed));
+        }
         let sizes: Vec<u64> = ordered
             .iter()
             .map(|(_, t)| (t.numel() * kind.elt_size_in_bytes()) as u64)
@@ -284,6 +290,10 @@ pub struct SaveOptions {
     /// The most tensor bytes in one weight file (headers not counted, as in transformers); a single
     /// tensor larger than this gets a shard of its own.
     pub max_shard_size: u64,
+    /// For a model with tied embeddings, also write `lm_head.weight` (a copy of the embedding). HF
+    /// checkpoints leave it out, and [`CausalLM::load`] ignores it; vLLM's in-place weight reload needs
+    /// it (without it the served LM head keeps the old weights).
+    pub tied_head_copy: bool,
 }
 
 impl Default for SaveOptions {
@@ -291,6 +301,7 @@ impl Default for SaveOptions {
         SaveOptions {
             kind: None,
             max_shard_size: DEFAULT_MAX_SHARD_SIZE,
+            tied_head_copy: false,
         }
     }
 }

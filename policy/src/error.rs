@@ -31,6 +31,9 @@ pub enum PolicyError {
     )]
     NoWeights { dir: String },
 
+    #[error("cannot install published weights: {problem}")]
+    WeightsMismatch { problem: String },
+
     #[error("{path} is truncated or corrupt: {message}")]
     CorruptWeights { path: String, message: String },
 

@@ -10,6 +10,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
+use crate::error::PolicyError;
 use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
 use crate::kv_cache::KvCache;
 pub use crate::params::{parameter_specs, ParamInit, ParamSpec};
@@ -418,6 +419,40 @@ impl CausalLM {
                 mine.copy_(src);
             }
         });
+    }
+
+    /// Copies published weights, `(HF name, tensor)` of every parameter in any dtype (converted as
+    /// they are copied): how a copy on another thread receives the learner's weights. Refused, with
+    /// nothing half-copied unchecked, when a name is unknown, a shape differs or a tensor is missing.
+    pub fn copy_named_weights(&self, tensors: &[(String, Tensor)]) -> Result<(), PolicyError> {
+        let mut params: std::collections::HashMap<String, Tensor> =
+            self.vs.variables().into_iter().collect();
+        let bad = |problem: String| PolicyError::WeightsMismatch { problem };
+        if tensors.len() != params.len() {
+            return Err(bad(format!(
+                "published weights have {} tensors, the model {}",
+                tensors.len(),
+                params.len()
+            )));
+        }
+        for (name, t) in tensors {
+            let p = params
+                .get(name)
+                .ok_or_else(|| bad(format!("published weight {name} is not in the model")))?;
+            if p.size() != t.size() {
+                return Err(bad(format!(
+                    "published weight {name} is {:?}, the model's {:?}",
+                    t.size(),
+                    p.size()
+                )));
+            }
+        }
+        tch::no_grad(|| {
+            for (name, t) in tensors {
+                params.get_mut(name).expect("checked above").copy_(t);
+            }
+        });
+        Ok(())
     }
 
     /// Final-normed hidden states `[b, s, hidden]` for a whole sequence (training and scoring).

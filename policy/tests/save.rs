@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use alp_policy::SaveOptions;
+use alp_policy::{CausalLM, LoadOptions, ModelConfig, SaveOptions};
 use alp_test_support::tiny_model::TinyModel;
 use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
 use tch::Kind;
 
 fn mode(path: &Path) -> u32 {
@@ -110,4 +111,48 @@ fn saved_files_have_the_mode_of_any_new_file_and_no_temporaries() {
         "{names:?}"
     );
     check(&sharded);
+}
+
+/// `tied_head_copy` (for vLLM's live reload) adds `lm_head.weight`, byte for byte the embedding, to a
+/// tied model's files and nothing to an untied one's; our loader still reads the checkpoint.
+#[test]
+fn tied_head_copy_writes_the_embedding_as_the_head() {
+    let cfg = json!({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32,
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0, "tie_word_embeddings": true, "torch_dtype": "float32"
+    });
+    let cfg = ModelConfig::from_json_str(&cfg.to_string(), "test").unwrap();
+    let tied = CausalLM::random(cfg, &LoadOptions::default(), 3).unwrap();
+    let opts = SaveOptions {
+        tied_head_copy: true,
+        ..SaveOptions::default()
+    };
+    let tensors = |model: &CausalLM| {
+        let dir = tempfile::tempdir().unwrap();
+        model.save_with(dir.path(), &opts).unwrap();
+        let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let out: HashMap<String, Vec<u8>> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect();
+        let reloaded = CausalLM::load(dir.path(), &LoadOptions::default()).unwrap();
+        assert_eq!(
+            reloaded.named_parameters().len(),
+            model.named_parameters().len()
+        );
+        out
+    };
+    let written = tensors(&tied);
+    assert_eq!(written.len(), tied.named_parameters().len() + 1);
+    assert_eq!(
+        written["lm_head.weight"],
+        written["model.embed_tokens.weight"]
+    );
+    let untied = TinyModel::qwen2_checkpoint().random(0);
+    let written = tensors(&untied);
+    assert_eq!(written.len(), untied.named_parameters().len());
 }

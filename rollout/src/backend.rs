@@ -1,6 +1,9 @@
-//! The seam between the actor loop and whatever generates tokens: the local libtorch engine today, a
-//! remote vLLM server later. Both take token-id prompts and return token ids with per-token log-probs,
-//! tagged with the policy version that produced them.
+//! The seam between the actor loop and whatever generates tokens: the local libtorch engine, or vLLM
+//! servers (crate `alp-vllm`). Both take token-id prompts and return token ids with per-token
+//! log-probs, tagged with the policy version that produced them; both take new weights from the
+//! learner's model ([`GenerationBackend::sync_weights`]) and report their health, so the train loop,
+//! evaluation and the episode runner need not know which one they drive.
+use alp_policy::CausalLM;
 
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
@@ -46,6 +49,48 @@ pub struct Completion {
     pub policy_version: u64,
 }
 
+/// What a weight sync did, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SyncReport {
+    /// The version the backend now generates with.
+    pub version: u64,
+    /// One verification per replica that received the weights over a channel that can go wrong (a
+    /// remote server's probe); empty for an in-process copy.
+    pub probes: Vec<ProbeReport>,
+    /// Wall time of the whole sync, writing the weights included.
+    pub seconds: f64,
+}
+
+/// A replica's answer to the sync probe, compared with our forward on the same weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    pub replica: String,
+    /// Completion tokens whose log-probs were compared.
+    pub tokens_compared: usize,
+    pub max_abs_logprob_diff: f64,
+    pub mean_abs_logprob_diff: f64,
+}
+
+/// Whether a replica takes work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplicaState {
+    /// Up and holding the current weights.
+    Serving,
+    /// Up, but not (yet) verified to hold the current weights; it gets no work until a sync passes.
+    Unsynced,
+    /// Not answering; taken out of dispatch until it answers and is re-synced.
+    Down { reason: String },
+}
+
+/// One replica of a backend: the in-process engine, or one server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaHealth {
+    pub name: String,
+    pub state: ReplicaState,
+    /// The weight version the replica holds, where known.
+    pub version: Option<u64>,
+}
+
 /// Anything that completes token-id prompts.
 pub trait GenerationBackend {
     /// Completes every request; the result has one completion per request, in order.
@@ -62,5 +107,27 @@ pub trait GenerationBackend {
     /// `None`: no known bound (episodes are then bounded by `max_total_tokens` alone).
     fn max_context(&self) -> Option<usize> {
         None
+    }
+
+    /// Makes `weights` (the learner's model) the weights of every later `generate`, tagged `version`.
+    /// An error means no completion may be attributed to `version`: the caller must not train on.
+    fn sync_weights(
+        &mut self,
+        weights: &CausalLM,
+        version: u64,
+    ) -> Result<SyncReport, RolloutError> {
+        let _ = weights;
+        Err(RolloutError::Backend(format!(
+            "this backend cannot take new weights (asked to sync version {version})"
+        )))
+    }
+
+    /// The state of each replica. Backends without replicas of their own report one, in process.
+    fn health(&mut self) -> Vec<ReplicaHealth> {
+        vec![ReplicaHealth {
+            name: "in-process".into(),
+            state: ReplicaState::Serving,
+            version: Some(self.policy_version()),
+        }]
     }
 }

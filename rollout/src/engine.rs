@@ -19,7 +19,7 @@ use std::sync::Arc;
 use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, MemberHooks, NoHooks, RowHooks};
 use tch::{Device, Kind, Tensor};
 
-use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
+use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest, SyncReport};
 use crate::decode_rows::{
     pop_front_n, pre_capacity, requests_of, retire, tokens_of, DecodeBatch, Prefilled, RowState,
 };
@@ -90,31 +90,9 @@ impl LocalEngine {
         tensors: &[(String, Tensor)],
         version: u64,
     ) -> Result<(), RolloutError> {
-        let mut params: std::collections::HashMap<String, Tensor> =
-            self.model.named_parameters().into_iter().collect();
-        if tensors.len() != params.len() {
-            return Err(RolloutError::Backend(format!(
-                "published weights have {} tensors, the engine's model {}",
-                tensors.len(),
-                params.len()
-            )));
-        }
-        tch::no_grad(|| {
-            for (name, t) in tensors {
-                let p = params.get_mut(name).ok_or_else(|| {
-                    RolloutError::Backend(format!("published weight {name} is not in the model"))
-                })?;
-                if p.size() != t.size() {
-                    return Err(RolloutError::Backend(format!(
-                        "published weight {name} is {:?}, the model's {:?}",
-                        t.size(),
-                        p.size()
-                    )));
-                }
-                p.copy_(t);
-            }
-            Ok(())
-        })?;
+        self.model
+            .copy_named_weights(tensors)
+            .map_err(|e| RolloutError::Backend(e.to_string()))?;
         self.version = version;
         Ok(())
     }
@@ -477,5 +455,20 @@ impl GenerationBackend for LocalEngine {
 
     fn max_context(&self) -> Option<usize> {
         Some(self.model.config().max_position_embeddings.max(0) as usize)
+    }
+
+    /// [`LocalEngine::update_weights`]: an in-process copy, nothing to verify.
+    fn sync_weights(
+        &mut self,
+        weights: &CausalLM,
+        version: u64,
+    ) -> Result<SyncReport, RolloutError> {
+        let start = std::time::Instant::now();
+        self.update_weights(weights, version);
+        Ok(SyncReport {
+            version,
+            probes: Vec::new(),
+            seconds: start.elapsed().as_secs_f64(),
+        })
     }
 }

@@ -15,6 +15,10 @@ pub enum RolloutError {
     #[error("generation backend: {0}")]
     Backend(String),
 
+    /// A backend of another crate (vLLM servers) failed; downcast the source for its own error type.
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
+
     #[error("cannot tokenise the conversation: {0}")]
     Conversation(String),
 }

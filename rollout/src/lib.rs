@@ -1,8 +1,9 @@
 //! Rollout: generation backends behind one trait ([`GenerationBackend`]), token sampling with
-//! per-token log-probs, and (later) the actor loop and weight publication.
+//! per-token log-probs, episodes and evaluation on any backend.
 //!
 //! ```text
-//! backend.rs   GenerationBackend, GenerationRequest, Completion   the seam (local engine, vLLM)
+//! backend.rs   GenerationBackend, GenerationRequest, Completion,  the seam (local engine, vLLM in
+//!              SyncReport, ReplicaHealth                          crate alp-vllm): generate, sync, health
 //! engine.rs    LocalEngine: continuous batching of prefill + KV-cache decode on a libtorch CausalLM
 //! episode.rs   run_episodes: environments + chat template + backend -> token trajectories;
 //!              encode_conversation: the same layout for a worked conversation (SFT)
@@ -17,7 +18,10 @@ pub mod error;
 pub mod eval;
 pub mod sampling;
 
-pub use backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
+pub use backend::{
+    Completion, FinishReason, GenerationBackend, GenerationRequest, ProbeReport, ReplicaHealth,
+    ReplicaState, SyncReport,
+};
 pub use engine::{LocalEngine, Scheduling};
 pub use episode::{
     encode_conversation, panic_message, run_episodes, run_member_episodes, EpisodeSettings,

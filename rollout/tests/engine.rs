@@ -507,3 +507,35 @@ fn continuous_batching_equals_generating_each_request_alone() {
         }
     }
 }
+
+/// `sync_weights` is `update_weights` through the backend seam: afterwards the engine generates what
+/// an engine built on the new weights generates, tagged with the new version, and reports itself
+/// serving that version.
+#[test]
+fn sync_weights_installs_the_weights_and_the_version() {
+    tch::set_num_threads(1);
+    let (old, new) = (tiny_model("qwen2", 1), tiny_model("qwen2", 2));
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        seed: 5,
+        ..Default::default()
+    };
+    let requests = ragged_requests(4);
+    let mut synced = LocalEngine::new(old, 2);
+    let report = synced.sync_weights(&new, 9).unwrap();
+    assert_eq!((report.version, report.probes.len()), (9, 0));
+    let mut built = LocalEngine::new(copy_of(&new), 2);
+    let (a, b) = (
+        synced.generate(&requests, &params).unwrap(),
+        built.generate(&requests, &params).unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.completion_ids, y.completion_ids);
+        assert_eq!(x.logprobs, y.logprobs);
+        assert_eq!(x.policy_version, 9);
+    }
+    let health = synced.health();
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].state, alp_rollout::ReplicaState::Serving);
+    assert_eq!(health[0].version, Some(9));
+}

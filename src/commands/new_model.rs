@@ -12,7 +12,8 @@ use crate::config::Preset;
 
 #[derive(Args, Debug)]
 pub struct NewModelArgs {
-    /// Size preset: `tiny` (2 layers, hidden 64) or `small` (4 layers, hidden 256).
+    /// Size preset: `tiny` (2 layers, hidden 64), `small` (4 layers, hidden 256) or `vllm-tiny` (2
+    /// layers, hidden 128, head_dim 64: the smallest shape vLLM's CPU attention serves).
     #[arg(long, default_value_t = Preset::Tiny)]
     pub preset: Preset,
     /// Decoder family: qwen2, qwen3 or llama.
@@ -88,6 +89,8 @@ pub fn preset_config(
     let (layers, hidden, heads, kv_heads, inter) = match preset {
         Preset::Tiny => (2, 64, 4, 2, 192),
         Preset::Small => (4, 256, 8, 2, 704),
+        // vLLM's CPU attention needs head_dim >= 64 (tiny and small have 16 and 32).
+        Preset::VllmTiny => (2, 128, 2, 1, 384),
     };
     let eos = tokenizer
         .eos_token_id()

@@ -7,6 +7,7 @@ use alp_learner::{LearnerKind, LearnerSettings};
 use alp_macros::string_enum;
 use alp_policy::{Architecture, Dtype};
 use alp_rollout::{LogprobMode, SamplingParams};
+use alp_vllm::VllmSettings;
 use serde::{Deserialize, Serialize};
 
 string_enum! {
@@ -38,6 +39,18 @@ string_enum! {
         Tiny => "tiny",
         /// 4 layers, hidden size 256.
         Small => "small",
+        /// 2 layers, hidden size 128, head_dim 64: the smallest shape vLLM's CPU attention serves.
+        VllmTiny => "vllm-tiny",
+    }
+}
+
+string_enum! {
+    /// What generates the rollouts (`rollout.backend`).
+    pub enum BackendKind: "rollout backend" {
+        /// The embedded libtorch engine on the rollout thread (`model.inference_dtype`, `model.device`).
+        Local => "local",
+        /// vLLM servers (`[rollout.vllm]`), synced to the learner's weights after every update.
+        Vllm => "vllm",
     }
 }
 
@@ -217,6 +230,13 @@ pub struct RolloutSection {
     pub batch_size: usize,
     /// Extra variables for the chat template (e.g. `enable_thinking = false`).
     pub chat_extra: toml::Table,
+    /// What generates the rollouts (and runs the evaluation): `local` or `vllm`.
+    pub backend: BackendKind,
+    /// The vLLM servers of `backend = "vllm"`: where they are or how to launch them, timeouts,
+    /// retries and how syncs are verified (docs/vllm.md). Logs and synced weights go in the run
+    /// directory unless `log_dir` / `sync_dir` say otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vllm: Option<VllmSettings>,
 }
 
 impl Default for RolloutSection {
@@ -233,6 +253,8 @@ impl Default for RolloutSection {
             max_staleness: 0,
             batch_size: 64,
             chat_extra: toml::Table::new(),
+            backend: BackendKind::Local,
+            vllm: None,
         }
     }
 }
@@ -314,6 +336,24 @@ impl TrainConfig {
     /// Which learner trains the policy (`learner.kind`): [`LearnerKind::Pg`] runs
     /// [`alp_learner::Learner`] with [`TrainConfig::learner_settings`], [`LearnerKind::Eggroll`] runs
     /// [`alp_learner::eggroll::EsLearner`] with [`TrainConfig::eggroll_settings`].
+    /// `[rollout.vllm]` of `backend = "vllm"` with the run directory's defaults filled in: server
+    /// logs in `RUN/vllm/logs/`, synced weights in `RUN/vllm/weights/`, and a leading `~` of
+    /// `python` expanded.
+    pub fn vllm_settings(&self, run_root: &Path) -> Option<VllmSettings> {
+        if self.rollout.backend != BackendKind::Vllm {
+            return None;
+        }
+        let mut s = self.rollout.vllm.clone()?;
+        // `~/` in `python` is the home folder (where scripts/setup-vllm.sh installs the CPU build).
+        if let (Ok(rest), Some(home)) = (s.python.strip_prefix("~"), std::env::var_os("HOME")) {
+            s.python = Path::new(&home).join(rest);
+        }
+        let vllm_dir = run_root.join("vllm");
+        s.log_dir.get_or_insert_with(|| vllm_dir.join("logs"));
+        s.sync_dir.get_or_insert_with(|| vllm_dir.join("weights"));
+        Some(s)
+    }
+
     pub fn learner_kind(&self) -> LearnerKind {
         self.learner.kind
     }

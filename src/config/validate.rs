@@ -8,7 +8,7 @@ use alp_learner::{LearnerKind, LearnerSettings};
 use alp_policy::Dtype;
 
 use super::load::{between, closest};
-use super::schema::{EvalSection, SftSection, TrainConfig};
+use super::schema::{BackendKind, EvalSection, SftSection, TrainConfig};
 
 /// Most `model.threads`.
 pub const MAX_THREADS: usize = 1024;
@@ -156,6 +156,7 @@ impl TrainConfig {
                 ),
             );
         }
+        self.validate_backend()?;
         let env = self.validate_env(registry)?;
         if let Some(sft) = &self.sft {
             self.validate_sft(sft, env.as_ref())?;
@@ -164,6 +165,48 @@ impl TrainConfig {
             validate_eval(e)?;
         }
         Ok(env)
+    }
+
+    /// `rollout.backend` against `[rollout.vllm]` and the learner.
+    fn validate_backend(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        match (self.rollout.backend, &self.rollout.vllm) {
+            (BackendKind::Local, Some(_)) => bad(
+                "rollout.vllm",
+                "is set but rollout.backend is \"local\" (the default), which does not read it; \
+                 set rollout.backend = \"vllm\" to generate on vLLM servers, or remove \
+                 [rollout.vllm]"
+                    .into(),
+            ),
+            (BackendKind::Local, None) => Ok(()),
+            (BackendKind::Vllm, None) => bad(
+                "rollout.vllm",
+                "is missing but rollout.backend = \"vllm\"; add [rollout.vllm] with \
+                 `servers = [\"http://127.0.0.1:8000\"]` (running servers) or `launch = true` \
+                 (docs/vllm.md)"
+                    .into(),
+            ),
+            (BackendKind::Vllm, Some(_)) => {
+                if self.learner.kind == LearnerKind::Eggroll {
+                    return bad(
+                        "rollout.backend",
+                        "is \"vllm\" but learner.kind = \"eggroll\" generates every population \
+                         member with its own low-rank perturbation, which vLLM servers do not \
+                         apply; use rollout.backend = \"local\" for EGGROLL"
+                            .into(),
+                    );
+                }
+                let settings = self
+                    .vllm_settings(std::path::Path::new("RUN"))
+                    .expect("backend = vllm");
+                settings.validate().map_err(|e| match e {
+                    alp_vllm::VllmError::Setting { field, problem } => {
+                        (format!("rollout.vllm.{field}"), problem)
+                    }
+                    other => ("rollout.vllm".to_string(), other.to_string()),
+                })
+            }
+        }
     }
 
     /// What `[learner.eggroll]` needs of the rest of the config (its own ranges are checked by

@@ -1,8 +1,9 @@
-//! The rollout worker: a thread that owns the inference copy of the policy (its own `LocalEngine`; a
-//! libtorch model stays on the thread that made it), generates one batch of groups per learner step
-//! into a bounded queue, and installs the weights the learner publishes through a channel. It also runs
-//! the held-out evaluation on that same engine when a published version asks for one, so the run needs
-//! no second inference copy.
+//! The rollout worker: a thread that owns the rollout backend ([`Generator`]: its own `LocalEngine`,
+//! since a libtorch model stays on the thread that made it, or the vLLM servers and the copy of the
+//! learner's weights their syncs are verified against), generates one batch of groups per learner
+//! step into a bounded queue, and installs the weights the learner publishes through a channel. It
+//! also runs the held-out evaluation on that same backend when a published version asks for one, so
+//! the run needs no second inference copy.
 //!
 //! Pacing: batch `b` (trained at learner step `b + 1`, when the learner holds version `b`) is generated
 //! with exactly version `max(first, b - max_staleness)`. So the worker waits for that version instead
@@ -19,13 +20,15 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
-use alp_policy::{CausalLM, LoadOptions};
-use alp_rollout::{run_member_episodes, EpisodeSettings, LocalEngine, SamplingParams, Trajectory};
+use alp_policy::CausalLM;
+use alp_rollout::{run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory};
 use alp_tokenizer::Tokenizer;
-use tch::{Device, Kind, Tensor};
+use alp_vllm::ReplicaStats;
+use tch::Tensor;
 use thiserror::Error;
 
 use super::eval::Evaluation;
+use super::generator::{BackendSettings, Generator};
 use super::learners::BatchPopulation;
 
 #[derive(Debug, Error)]
@@ -41,9 +44,8 @@ pub struct ActorSettings {
     /// Weights the worker starts from (the initial model or the resumed checkpoint).
     pub model_dir: PathBuf,
     pub tokenizer_dir: PathBuf,
-    pub inference_kind: Kind,
-    pub device: Device,
-    pub engine_batch_size: usize,
+    /// The local engine or the vLLM servers.
+    pub backend: BackendSettings,
     pub env: Arc<dyn Environment>,
     pub params: SamplingParams,
     pub episode: EpisodeSettings,
@@ -71,8 +73,12 @@ pub struct RolloutBatch {
     /// `prompts_per_step` groups of `group_size` trajectories, in example order.
     pub groups: Vec<Vec<Trajectory>>,
     pub generate_s: f64,
-    /// Seconds the worker waited for the weights it needed.
+    /// Seconds the worker waited for the weights it needed (a vLLM sync included).
     pub wait_weights_s: f64,
+    /// The vLLM sync that installed `policy_version`, when it happened since the previous batch.
+    pub sync: Option<SyncReport>,
+    /// The vLLM servers' counters after the batch (empty for the local engine).
+    pub servers: Vec<ReplicaStats>,
 }
 
 /// Weights published by the learner: deep copies of its parameters.
@@ -218,28 +224,18 @@ fn worker(
     evaluations: &Sender<EvalResult>,
 ) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
-    let load = |kind| {
-        CausalLM::load(
-            &s.model_dir,
-            &LoadOptions {
-                kind,
-                device: s.device,
-            },
-        )
-        .map_err(|e| format!("loading {}: {e}", s.model_dir.display()))
-    };
     let tokenizer = Tokenizer::from_dir(&s.tokenizer_dir)
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
-    // Published weights are copied straight into the engine's model (converted to the inference
-    // dtype): the worker holds one copy of the model, the engine's.
-    let mut engine =
-        LocalEngine::new(load(s.inference_kind)?, s.engine_batch_size).with_version(s.first_batch);
-    let evaluate = |engine: &mut LocalEngine, version: u64| -> Result<(), String> {
+    // Published weights are copied straight into the backend's model (converted to its dtype): the
+    // worker holds one copy of the model. A vLLM backend is synced to the starting weights here.
+    let (mut generator, mut sync) = Generator::start(&s.backend, &s.model_dir, s.first_batch)?;
+    let evaluate = |generator: &mut Generator, version: u64| -> Result<(), String> {
         let evaluation = s.evaluation.as_ref().ok_or_else(|| {
             format!("version {version} was published for evaluation, but the run has no [eval]")
         })?;
+        generator.set_members(None)?;
         let metrics = evaluation
-            .run(engine, &tokenizer, version)
+            .run(generator.backend(), &tokenizer, version)
             .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
         // The learner may already be gone; then nobody needs the metrics.
         let _ = evaluations.send(Ok(metrics));
@@ -247,21 +243,23 @@ fn worker(
     };
     // Installs a published version when a batch needs it (`needed`) or it is to be evaluated, then
     // evaluates it if asked. Versions arrive in order and each is received when a batch first needs
-    // it, so an evaluated version is also the one the next batch is generated with.
-    let receive =
-        |engine: &mut LocalEngine, update: WeightsUpdate, needed: u64| -> Result<(), String> {
-            if update.version >= needed || update.evaluate {
-                engine
-                    .install_weights(&update.tensors, update.version)
-                    .map_err(|e| e.to_string())?;
-            }
-            if update.evaluate {
-                evaluate(engine, update.version)?;
-            }
-            Ok(())
-        };
+    // it, so an evaluated version is also the one the next batch is generated with. Returns the
+    // vLLM sync's report, if one was made.
+    let receive = |generator: &mut Generator,
+                   update: WeightsUpdate,
+                   needed: u64|
+     -> Result<Option<SyncReport>, String> {
+        let mut sync = None;
+        if update.version >= needed || update.evaluate {
+            sync = generator.install(&update.tensors, update.version)?;
+        }
+        if update.evaluate {
+            evaluate(generator, update.version)?;
+        }
+        Ok(sync)
+    };
     if s.evaluate_first {
-        evaluate(&mut engine, s.first_batch)?;
+        evaluate(&mut generator, s.first_batch)?;
     }
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
@@ -272,7 +270,9 @@ fn worker(
                 return Ok(()); // the learner is done
             };
             version = update.version;
-            receive(&mut engine, update, needed)?;
+            if let Some(report) = receive(&mut generator, update, needed)? {
+                sync = Some(report);
+            }
         }
         let wait_weights_s = waited.elapsed().as_secs_f64();
         super::pause::point("rollout", b + 1);
@@ -287,13 +287,16 @@ fn worker(
             ..s.params.clone()
         };
         // Each row's member, every turn of its episode (the noise is rebuilt from its seeds).
-        let members = s.population.as_ref().map(|p| {
-            let (hooks, members) = p.for_batch(b);
-            engine.set_members(Some(hooks));
-            members
-        });
+        let members = match &s.population {
+            Some(p) => {
+                let (hooks, members) = p.for_batch(b);
+                generator.set_members(Some(hooks))?;
+                Some(members)
+            }
+            None => None,
+        };
         let trajectories = run_member_episodes(
-            &mut engine,
+            generator.backend(),
             &tokenizer,
             s.env.as_ref(),
             &expanded,
@@ -313,6 +316,8 @@ fn worker(
             groups,
             generate_s: started.elapsed().as_secs_f64(),
             wait_weights_s,
+            sync: sync.take(),
+            servers: generator.server_stats(),
         };
         if out.send(Ok(batch)).is_err() {
             return Ok(()); // the learner stopped
@@ -321,7 +326,7 @@ fn worker(
     // Every batch is out (no batch needs a version any more); the learner's last steps may still
     // publish versions to evaluate.
     for update in weights {
-        receive(&mut engine, update, u64::MAX)?;
+        receive(&mut generator, update, u64::MAX)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The trainer's evaluation (`[eval]`): accuracy (avg@k) and unbiased pass@k of the current weights on a
 //! fixed set of problems. It owns no model: the rollout worker runs it on its own engine (the inference
-//! copy, in `model.inference_dtype`) right after installing the version to evaluate, so a run holds one
+//! copy in `model.inference_dtype`, or the vLLM servers) right after installing the version to evaluate, so a run holds one
 //! inference copy, not two. Logged as `eval/accuracy`, `eval/pass@K`, `eval/mean_reward`.
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use alp_envs::{Environment, Example};
 use alp_learner::metric_names as names;
 use alp_rollout::eval::PASS_AT_PREFIX;
-use alp_rollout::{evaluate, EpisodeSettings, LocalEngine, SamplingParams};
+use alp_rollout::{evaluate, EpisodeSettings, GenerationBackend, SamplingParams};
 use alp_tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 
@@ -58,18 +58,17 @@ impl Evaluation {
         })
     }
 
-    /// Evaluates the weights `engine` holds (labelled `version`) with the plain policy (no population
-    /// members), and returns the `eval/*` metrics.
+    /// Evaluates the weights `backend` holds (labelled `version`; the caller has cleared any
+    /// population members), and returns the `eval/*` metrics.
     pub fn run(
         &self,
-        engine: &mut LocalEngine,
+        backend: &mut dyn GenerationBackend,
         tokenizer: &Tokenizer,
         version: u64,
     ) -> Result<BTreeMap<String, f64>> {
         let t = Instant::now();
-        engine.set_members(None);
         let report = evaluate(
-            engine,
+            backend,
             tokenizer,
             self.env.as_ref(),
             &self.examples,

@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod checkpoint;
 pub mod eval;
+pub mod generator;
 pub mod learners;
 pub mod pause;
 pub mod preflight;
@@ -33,6 +34,7 @@ use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::RunDir;
 use actor::{Actor, ActorSettings};
 use checkpoint::RuntimeState;
+use generator::BackendSettings;
 use learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
 pub(crate) use run_files::{initial_model, write_run_files};
 
@@ -203,9 +205,18 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let actor = Actor::spawn(ActorSettings {
         model_dir: weights_dir.clone(),
         tokenizer_dir: model_src.clone(),
-        inference_kind,
-        device,
-        engine_batch_size: config.rollout.batch_size,
+        backend: match config.vllm_settings(&run.root) {
+            None => BackendSettings::Local {
+                kind: inference_kind,
+                device,
+                batch_size: config.rollout.batch_size,
+            },
+            Some(settings) => BackendSettings::Vllm {
+                settings: Box::new(settings),
+                logprob_mode: config.rollout.logprob_mode,
+                reference_kind: train_kind,
+            },
+        },
         env: env.clone(),
         params,
         episode,
@@ -298,6 +309,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         values.insert(names::TIME_ROLLOUT_WAIT_S.into(), wait_s);
         values.insert(names::TIME_GENERATE_S.into(), batch.generate_s);
         values.insert(names::TIME_WEIGHTS_WAIT_S.into(), batch.wait_weights_s);
+        values.extend(backend_metrics(&batch));
         values.insert(
             names::THROUGHPUT_ROLLOUT_TOKENS_PER_S.into(),
             out.sampled_tokens as f64 / batch.generate_s.max(1e-9),
@@ -355,6 +367,38 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
         first_eval: evals.first().copied(),
         last_eval: evals.last().copied(),
     })
+}
+
+/// The vLLM sync and server metrics of a batch (none for the local engine).
+fn backend_metrics(batch: &actor::RolloutBatch) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    if let Some(sync) = &batch.sync {
+        let probes = &sync.probes;
+        let most =
+            |f: fn(&alp_rollout::ProbeReport) -> f64| probes.iter().map(f).fold(f64::NAN, f64::max);
+        m.insert(names::SYNC_S.into(), sync.seconds);
+        m.insert(names::SYNC_SERVERS_PROBED.into(), probes.len() as f64);
+        m.insert(
+            names::SYNC_PROBE_MAX_ABS_DIFF.into(),
+            most(|p| p.max_abs_logprob_diff),
+        );
+        m.insert(
+            names::SYNC_PROBE_MEAN_ABS_DIFF.into(),
+            most(|p| p.mean_abs_logprob_diff),
+        );
+    }
+    if !batch.servers.is_empty() {
+        let count = |f: fn(&alp_vllm::ReplicaStats) -> usize| {
+            batch.servers.iter().map(f).sum::<usize>() as f64
+        };
+        m.insert(
+            names::VLLM_SERVERS_SERVING.into(),
+            count(|s| usize::from(s.serving)),
+        );
+        m.insert(names::VLLM_TAKEN_OUT.into(), count(|s| s.taken_out));
+        m.insert(names::VLLM_RECOVERED.into(), count(|s| s.recovered));
+    }
+    m
 }
 
 /// Every rollout file after step `step` (redone on resume), also those of a crashed attempt that

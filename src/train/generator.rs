@@ -1,0 +1,162 @@
+//! What the rollout worker generates with (`rollout.backend`) and how each backend takes the weights
+//! the learner publishes. Both are driven through [`GenerationBackend`], so the episode runner and
+//! the evaluation do not know which one they have; only installing weights differs:
+//! - `local`: the embedded engine, whose model the published tensors are copied into.
+//! - `vllm`: servers. The worker keeps the learner's weights in a copy of its own (in the learner's
+//!   dtype), writes them for the servers and verifies each sync with a probe against that copy.
+use std::path::Path;
+use std::sync::Arc;
+
+use alp_policy::{CausalLM, LoadOptions, MemberHooks};
+use alp_rollout::{GenerationBackend, LocalEngine, LogprobMode, SyncReport};
+use alp_vllm::{ReplicaStats, VllmBackend, VllmSettings};
+use tch::{Device, Kind, Tensor};
+
+/// How to build the worker's backend; moved into its thread.
+#[derive(Clone)]
+pub enum BackendSettings {
+    Local {
+        /// Compute dtype of the inference copy (`model.inference_dtype`).
+        kind: Kind,
+        device: Device,
+        /// Rows per forward (`rollout.batch_size`).
+        batch_size: usize,
+    },
+    Vllm {
+        /// `[rollout.vllm]` with the run directory's defaults filled in.
+        settings: Box<VllmSettings>,
+        /// What the servers' log-probs must mean (`rollout.logprob_mode`).
+        logprob_mode: LogprobMode,
+        /// dtype of the worker's copy of the learner's weights, which each sync is probed against
+        /// (`model.train_dtype`).
+        reference_kind: Kind,
+    },
+}
+
+/// The worker's backend.
+pub enum Generator {
+    Local(LocalEngine),
+    Vllm {
+        backend: Box<VllmBackend>,
+        /// The learner's weights of the version the servers hold: written for them at each sync
+        /// and the reference of its probe.
+        reference: CausalLM,
+    },
+}
+
+impl Generator {
+    /// Builds the backend on the weights in `model_dir`, labelled `version`. For vLLM this launches
+    /// (or connects to) the servers and syncs them to those weights before anything is generated;
+    /// the report of that first sync is returned.
+    pub fn start(
+        settings: &BackendSettings,
+        model_dir: &Path,
+        version: u64,
+    ) -> Result<(Self, Option<SyncReport>), String> {
+        let load = |kind, device| {
+            CausalLM::load(model_dir, &LoadOptions { kind, device })
+                .map_err(|e| format!("loading {}: {e}", model_dir.display()))
+        };
+        match settings {
+            BackendSettings::Local {
+                kind,
+                device,
+                batch_size,
+            } => {
+                let engine =
+                    LocalEngine::new(load(*kind, *device)?, *batch_size).with_version(version);
+                Ok((Generator::Local(engine), None))
+            }
+            BackendSettings::Vllm {
+                settings,
+                logprob_mode,
+                reference_kind,
+            } => {
+                // The probe's reference forward runs on the CPU: the GPU, if any, is the servers'.
+                let reference = load(*reference_kind, Device::Cpu)?;
+                let backend =
+                    VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
+                        .map_err(|e| format!("starting the vLLM backend: {e}"))?;
+                let mut generator = Generator::Vllm {
+                    backend: Box::new(backend),
+                    reference,
+                };
+                let report = generator.sync(version)?;
+                Ok((generator, Some(report)))
+            }
+        }
+    }
+
+    pub fn backend(&mut self) -> &mut dyn GenerationBackend {
+        match self {
+            Generator::Local(engine) => engine,
+            Generator::Vllm { backend, .. } => backend.as_mut(),
+        }
+    }
+
+    /// Makes the published `tensors` the weights of every later generation, tagged `version`. For
+    /// vLLM the sync is verified on every serving server (an error means no sample may be
+    /// attributed to `version`); its report is returned.
+    pub fn install(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        version: u64,
+    ) -> Result<Option<SyncReport>, String> {
+        match self {
+            Generator::Local(engine) => {
+                engine
+                    .install_weights(tensors, version)
+                    .map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            Generator::Vllm { reference, .. } => {
+                reference
+                    .copy_named_weights(tensors)
+                    .map_err(|e| e.to_string())?;
+                self.sync(version).map(Some)
+            }
+        }
+    }
+
+    fn sync(&mut self, version: u64) -> Result<SyncReport, String> {
+        let Generator::Vllm { backend, reference } = self else {
+            unreachable!("only the vLLM backend syncs")
+        };
+        let report = backend
+            .sync_weights(reference, version)
+            .map_err(|e| format!("syncing the vLLM servers to version {version}: {e}"))?;
+        tracing::info!(
+            version,
+            servers = report.probes.len(),
+            secs = report.seconds,
+            "vLLM servers synced"
+        );
+        Ok(report)
+    }
+
+    /// The population whose members generate the next batch (evolution strategies), or `None` for
+    /// the plain policy. Only the local engine applies members (the config refuses EGGROLL on vLLM).
+    pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) -> Result<(), String> {
+        match (self, members) {
+            (Generator::Local(engine), members) => {
+                engine.set_members(members);
+                Ok(())
+            }
+            (Generator::Vllm { .. }, None) => Ok(()),
+            (Generator::Vllm { .. }, Some(_)) => Err(
+                "population members need the local engine; vLLM servers serve the plain policy \
+                 (set rollout.backend = \"local\" for EGGROLL)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The servers' counters (serving, served, taken out, back), from what generation and syncs saw;
+    /// empty for the local engine.
+    pub fn server_stats(&self) -> Vec<ReplicaStats> {
+        match self {
+            Generator::Local(_) => Vec::new(),
+            Generator::Vllm { backend, .. } => backend.stats(),
+        }
+    }
+}
