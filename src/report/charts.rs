@@ -54,7 +54,7 @@ pub fn specs() -> Vec<ChartSpec> {
             log_y: true,
             pick: names(&[names::MISMATCH_K3]),
             caption: "k3 KL estimate between the training policy (before the update) and the \
-                      sampling policy (log scale); a spike is k3 above 10x the median of the \
+                      sampling policy; a spike is k3 above 10x the median of the \
                       previous steps.",
         },
         ChartSpec {
@@ -189,10 +189,7 @@ pub fn build(spec: &ChartSpec, runs: &[Run]) -> Option<LineChart> {
     let mut series = Vec::new();
     for (run_index, run) in runs.iter().enumerate() {
         for (metric_index, metric) in metrics.iter().enumerate() {
-            let mut points = run.metrics.points(metric);
-            if spec.log_y {
-                points.retain(|&(_, v)| v > 0.0);
-            }
+            let points = run.metrics.points(metric);
             if points.is_empty() {
                 continue;
             }
@@ -268,7 +265,6 @@ pub fn position_chart(runs: &[(&Run, &Mismatch)]) -> Option<LineChart> {
             points: m
                 .by_position
                 .iter()
-                .filter(|p| p.mean_abs_gap > 0.0)
                 .map(|p| (p.position as f64, p.mean_abs_gap))
                 .collect(),
         })

@@ -7,8 +7,8 @@ use plotters::style::colors::colormaps::ViridisRGB;
 
 pub const WIDTH: u32 = 700;
 pub const HEIGHT: u32 = 360;
-/// A log axis only over at least this ratio of largest to smallest value: plotters labels powers of
-/// ten, so a narrower range would get no tick label at all.
+/// A log axis only over positive values spanning at least this ratio of largest to smallest: plotters
+/// labels powers of ten, so a narrower range would get no tick label at all; zeros need a linear one.
 const LOG_MIN_RATIO: f64 = 100.0;
 
 /// Tableau 10: distinguishable colours, one per run (several runs) or per metric (one run).
@@ -41,6 +41,7 @@ pub struct LineChart {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
+    /// A log axis where the values allow it (see [`LOG_MIN_RATIO`]).
     pub log_y: bool,
     pub series: Vec<Series>,
     /// Several runs: colour by run, dash pattern by metric; one run: colour by metric.
@@ -109,7 +110,7 @@ pub fn line_chart_svg(chart: &LineChart) -> Result<String, String> {
         root.fill(&WHITE).map_err(err)?;
         let mut builder = ChartBuilder::on(&root);
         builder
-            .caption(&chart.title, ("sans-serif", 17))
+            .caption(&chart.title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(42)
             .y_label_area_size(78);
@@ -160,6 +161,8 @@ where
         .y_labels(8)
         .x_label_formatter(&tick)
         .y_label_formatter(&tick)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 15))
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.08))
         .draw()
@@ -196,7 +199,7 @@ where
         .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 12))
+        .label_font(("sans-serif", 15))
         .draw()
         .map_err(err)?;
     Ok(())
@@ -226,7 +229,7 @@ pub fn heat_map_svg(map: &HeatMap) -> Result<String, String> {
         root.fill(&WHITE).map_err(err)?;
         let (plot, bar) = root.split_horizontally(WIDTH - 110);
         let mut ctx = ChartBuilder::on(&plot)
-            .caption(&map.title, ("sans-serif", 17))
+            .caption(&map.title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(42)
             .y_label_area_size(60)
@@ -241,6 +244,8 @@ pub fn heat_map_svg(map: &HeatMap) -> Result<String, String> {
             // Layer l's cell is centred on l: whole-number ticks label layers.
             .y_labels(layers.clamp(2, 10))
             .y_label_formatter(&tick)
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(err)?;
         // Cell edges: halfway to the neighbouring steps, so uneven step spacing tiles too.
@@ -282,7 +287,7 @@ pub fn heat_map_svg(map: &HeatMap) -> Result<String, String> {
             ))
             .map_err(err)?;
         }
-        let font = ("sans-serif", 12).into_font();
+        let font = ("sans-serif", 15).into_font();
         bar.draw(&Text::new(format!("{hi:.3e}"), (0, -16), font.clone()))
             .map_err(err)?;
         bar.draw(&Text::new(format!("{lo:.3e}"), (0, h as i32 + 4), font))
