@@ -193,13 +193,9 @@ pub fn build(spec: &ChartSpec, runs: &[Run]) -> Option<LineChart> {
             if points.is_empty() {
                 continue;
             }
-            let label = if runs.len() == 1 {
-                metric.clone()
-            } else {
-                format!("{} · {metric}", run.label())
-            };
             series.push(Series {
-                label,
+                run: run.label(),
+                metric: metric.clone(),
                 run_index,
                 metric_index,
                 points,
@@ -259,7 +255,8 @@ pub fn position_chart(runs: &[(&Run, &Mismatch)]) -> Option<LineChart> {
         .enumerate()
         .filter(|(_, (_, m))| !m.by_position.is_empty())
         .map(|(run_index, (run, m))| Series {
-            label: run.label(),
+            run: run.label(),
+            metric: "mean |lp_old - mu|".into(),
             run_index,
             metric_index: 0,
             points: m

@@ -26,7 +26,7 @@ const STYLE: &str = "body{font-family:sans-serif;margin:24px;max-width:1600px;co
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;\
 text-align:right;font-size:13px}th{background:#f3f3f3}td.text{text-align:left;font-family:monospace;\
 white-space:pre-wrap}.plots{display:flex;flex-wrap:wrap;gap:12px}figure.plot{margin:0;\
-border:1px solid #ddd;padding:4px}figcaption{font-size:12px;max-width:760px;color:#555}\
+border:1px solid #ddd;padding:4px}figcaption{font-size:12px;max-width:700px;color:#555}\
 .problems li{color:#a00}mark{background:#fd6}";
 
 fn figure(out: &mut String, kind: &str, id: &str, svg: Result<String, String>, caption: &str) {

@@ -28,7 +28,9 @@ const PALETTE: [RGBColor; 10] = [
 /// One curve: a metric of a run.
 #[derive(Debug, Clone)]
 pub struct Series {
-    pub label: String,
+    /// The run's label and the metric's name, as the legend shows them.
+    pub run: String,
+    pub metric: String,
     pub run_index: usize,
     pub metric_index: usize,
     /// `(x, y)`, finite, x ascending.
@@ -56,6 +58,90 @@ pub struct HeatMap {
     pub steps: Vec<i64>,
     /// `values[layer][step index]`, NaN where the step lacks it.
     pub values: Vec<Vec<f64>>,
+}
+
+/// Dash and gap lengths (px) of the patterns that tell a run's metrics apart; `(0, 0)` is solid.
+const DASHES: [(i32, i32); 5] = [(0, 0), (8, 5), (2, 4), (14, 5), (5, 2)];
+
+/// A series' colour and dash pattern.
+fn look(chart: &LineChart, s: &Series) -> (RGBColor, (i32, i32)) {
+    if chart.colour_by_run {
+        (
+            PALETTE[s.run_index % PALETTE.len()],
+            DASHES[s.metric_index % DASHES.len()],
+        )
+    } else {
+        (PALETTE[s.metric_index % PALETTE.len()], DASHES[0])
+    }
+}
+
+/// The legend's entries: one per series for one run; for several runs one per run (its colour)
+/// and, when the chart draws several metrics, one per metric (its dash pattern, in grey).
+fn legend_entries(chart: &LineChart) -> Vec<(String, RGBColor, (i32, i32))> {
+    let mut entries: Vec<(String, RGBColor, (i32, i32))> = Vec::new();
+    let mut push = |entry: (String, RGBColor, (i32, i32))| {
+        if !entries.iter().any(|e| e.0 == entry.0) {
+            entries.push(entry);
+        }
+    };
+    if !chart.colour_by_run {
+        for s in &chart.series {
+            push((s.metric.clone(), look(chart, s).0, DASHES[0]));
+        }
+        return entries;
+    }
+    for s in &chart.series {
+        push((s.run.clone(), look(chart, s).0, DASHES[0]));
+    }
+    let mut metrics: Vec<&Series> = chart.series.iter().collect();
+    metrics.sort_by_key(|s| s.metric_index);
+    metrics.dedup_by_key(|s| s.metric_index);
+    if metrics.len() > 1 {
+        for s in metrics {
+            push((s.metric.clone(), RGBColor(90, 90, 90), look(chart, s).1));
+        }
+    }
+    entries
+}
+
+/// Legend entries per row below the chart.
+const LEGEND_COLUMNS: usize = 2;
+const LEGEND_ROW: u32 = 22;
+
+fn legend_height(entries: usize) -> u32 {
+    entries.div_ceil(LEGEND_COLUMNS) as u32 * LEGEND_ROW + 10
+}
+
+/// Draws the legend in its own area under the chart, so it never hides a curve.
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    entries: &[(String, RGBColor, (i32, i32))],
+) -> Result<(), String> {
+    let column_width = (WIDTH as i32 - 90) / LEGEND_COLUMNS as i32;
+    for (i, (label, colour, (dash, gap))) in entries.iter().enumerate() {
+        let x = 80 + (i % LEGEND_COLUMNS) as i32 * column_width;
+        let y = 10 + (i / LEGEND_COLUMNS) as i32 * LEGEND_ROW as i32;
+        let style = colour.stroke_width(3);
+        if *dash == 0 {
+            area.draw(&PathElement::new(vec![(x, y), (x + 30, y)], style))
+                .map_err(err)?;
+        } else {
+            let mut at = x;
+            while at < x + 30 {
+                let end = (at + dash).min(x + 30);
+                area.draw(&PathElement::new(vec![(at, y), (end, y)], style))
+                    .map_err(err)?;
+                at = end + gap;
+            }
+        }
+        area.draw(&Text::new(
+            label.clone(),
+            (x + 38, y - 8),
+            ("sans-serif", 15).into_font(),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -104,11 +190,15 @@ pub fn line_chart_svg(chart: &LineChart) -> Result<String, String> {
     };
     // Whole steps only: at most 8 labels, and none between two steps of a short run.
     let x_labels = ((x1 - x0).round() as usize + 1).clamp(2, 8);
+    let entries = legend_entries(chart);
+    let height = HEIGHT + legend_height(entries.len());
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut builder = ChartBuilder::on(&root);
+        let (plot_area, legend_area) = root.split_vertically(HEIGHT);
+        draw_legend(&legend_area, &entries)?;
+        let mut builder = ChartBuilder::on(&plot_area);
         builder
             .caption(&chart.title, ("sans-serif", 22))
             .margin(12)
@@ -168,15 +258,9 @@ where
         .draw()
         .map_err(err)?;
     for s in &chart.series {
-        let (colour, pattern) = if chart.colour_by_run {
-            (PALETTE[s.run_index % PALETTE.len()], s.metric_index)
-        } else {
-            (PALETTE[s.metric_index % PALETTE.len()], 0)
-        };
+        let (colour, dash) = look(chart, s);
         let style = colour.stroke_width(2);
-        // Solid, dashed, dotted, long-dashed, ... so the metrics of one run stay apart.
-        let dash = [(0, 0), (8, 5), (2, 4), (14, 5), (5, 2)][pattern % 5];
-        let anno = if dash.0 == 0 {
+        if dash.0 == 0 {
             ctx.draw_series(LineSeries::new(s.points.iter().copied(), style))
                 .map_err(err)?
         } else {
@@ -188,20 +272,10 @@ where
             ))
             .map_err(err)?
         };
-        anno.label(&s.label).legend(move |(x, y)| {
-            PathElement::new(vec![(x, y), (x + 22, y)], colour.stroke_width(3))
-        });
         // Markers, so a one-step run and isolated evaluated steps are visible.
         ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, colour.filled())))
             .map_err(err)?;
     }
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
     Ok(())
 }
 
