@@ -41,11 +41,7 @@ fn figure(out: &mut String, kind: &str, id: &str, svg: Result<String, String>, c
             let _ = write!(out, "<p class=\"problems\">{}</p>", escape(&e));
         }
     }
-    let _ = write!(
-        out,
-        "<figcaption>{}</figcaption></figure>\n",
-        escape(caption)
-    );
+    let _ = writeln!(out, "<figcaption>{}</figcaption></figure>", escape(caption));
 }
 
 fn line_figure(out: &mut String, chart: &LineChart, caption: &str) {

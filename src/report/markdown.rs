@@ -10,7 +10,7 @@ const TOP_ROWS: usize = 10;
 pub fn number(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(v) if v == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(v) if !v.is_finite() => v.to_string(),
         Some(v) if v.abs() >= 1e5 || v.abs() < 1e-3 => format!("{v:.3e}"),
         Some(v) => {
