@@ -60,6 +60,9 @@ pub struct HeatMap {
     pub values: Vec<Vec<f64>>,
 }
 
+/// Series of at most this many points get a marker at each point.
+const MARKERS_UP_TO: usize = 40;
+
 /// Dash and gap lengths (px) of the patterns that tell a run's metrics apart; `(0, 0)` is solid.
 const DASHES: [(i32, i32); 5] = [(0, 0), (8, 5), (2, 4), (14, 5), (5, 2)];
 
@@ -272,9 +275,12 @@ where
             ))
             .map_err(err)?
         };
-        // Markers, so a one-step run and isolated evaluated steps are visible.
-        ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, colour.filled())))
-            .map_err(err)?;
+        // Markers on short series, so a one-step run and the few evaluated steps are visible;
+        // on long ones they would only blur the line.
+        if s.points.len() <= MARKERS_UP_TO {
+            ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 2, colour.filled())))
+                .map_err(err)?;
+        }
     }
     Ok(())
 }

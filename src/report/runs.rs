@@ -135,7 +135,10 @@ pub fn read_run(root: &Path, problems: &mut Vec<Problem>) -> Option<Run> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| root.display().to_string()),
         root: root.to_path_buf(),
-        learner: text(&["learner", "kind"]),
+        // A config without `learner.kind` predates EGGROLL: policy gradient, the key's default.
+        learner: config
+            .as_ref()
+            .map(|_| text(&["learner", "kind"]).unwrap_or_else(|| "pg".into())),
         correction: text(&["learner", "correction", "kind"]),
         backend: text(&["rollout", "backend"]),
         planned_steps: get(&["run", "steps"]).and_then(|v| v.as_integer()),
