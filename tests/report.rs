@@ -606,5 +606,17 @@ fn analysis_recipes_run_against_a_real_run_and_agree_with_the_report() {
         assert!((x - y).abs() <= 1e-9 * y.abs().max(1e-12), "{a} vs {b}");
     }
     // Accuracy per example: the recipe's counts add up to the rollout rows the report read.
-    assert_eq!(out["samples"], report["runs"][0]["mismatch"]["samples"]);
+    let mismatch = &report["runs"][0]["mismatch"];
+    assert_eq!(out["samples"], mismatch["samples"]);
+    // The report's largest gap is the largest |lp_old - mu| pandas finds (both in f64 from f32).
+    let top = mismatch["top"][0]["gap"].as_f64().unwrap().abs();
+    assert_eq!(top, out["max_abs_gap"].as_f64().unwrap());
+    let gaps: Vec<f64> = mismatch["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["gap"].as_f64().unwrap().abs())
+        .collect();
+    assert_eq!(gaps.len(), 20);
+    assert!(gaps.windows(2).all(|w| w[0] >= w[1]), "{gaps:?}");
 }

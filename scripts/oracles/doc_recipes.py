@@ -2,7 +2,8 @@
 polars and duckdb versions of each recipe give the same table. A recipe is a ```python block whose
 first line is `# recipe: NAME (LIBRARY)` and that reads `run = "runs/math-tiny"`; it leaves its table in
 the variable of the same name (dashes as underscores). Prints JSON: how many recipes ran, pandas'
-by-position table and the sample count of the by-example table.
+by-position table, the sample count of the by-example table and the largest |lp_old - mu| of the
+by-finish table.
 
 usage: doc_recipes.py docs/analysis.md RUN
 """
@@ -65,4 +66,5 @@ print(json.dumps({
     "recipes": sum(len(v) for v in tables.values()),
     "by_position": tables["by-position"]["pandas"],
     "samples": sum(r["samples"] for r in tables["by-example"]["pandas"]),
+    "max_abs_gap": max(r["max_abs_gap"] for r in tables["by-finish"]["pandas"]),
 }))

@@ -2,7 +2,7 @@
 use std::fmt::Write;
 
 use super::charts;
-use super::markdown::{number, summary_cells, SUMMARY_HEADER};
+use super::markdown::{number, summary_cells, visible, SUMMARY_HEADER};
 use super::plot::{self, LineChart};
 use super::{position_buckets, Report, RunReport};
 
@@ -98,12 +98,13 @@ fn mismatch_section(out: &mut String, r: &RunReport) {
                 escape(&t.example_id),
                 escape(&t.finish_reason),
                 t.position.to_string(),
-                escape(&t.token),
+                // Quoted with escapes, so a space or a newline token is visible.
+                escape(&format!("{:?}", t.token)),
                 format!(
                     "{}<mark>{}</mark>{}",
-                    escape(&t.before),
-                    escape(&t.token),
-                    escape(&t.after)
+                    escape(&visible(&t.before)),
+                    escape(&visible(&t.token)),
+                    escape(&visible(&t.after))
                 ),
                 number(Some(t.lp_old as f64)),
                 number(Some(t.mu as f64)),

@@ -6,12 +6,14 @@ use super::{position_buckets, Report, RunReport, Summary};
 /// Rows of the top-gap table in Markdown (the HTML report shows all of them).
 const TOP_ROWS: usize = 10;
 
-/// A number with 4 significant digits (scientific notation outside 1e-3..1e5); `-` for none.
+/// A number with 4 significant digits (scientific notation outside 1e-3..1e5, whole numbers as
+/// such); `-` for none.
 pub fn number(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(0.0) => "0".into(),
         Some(v) if !v.is_finite() => v.to_string(),
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e5 => format!("{}", v as i64),
         Some(v) if v.abs() >= 1e5 || v.abs() < 1e-3 => format!("{v:.3e}"),
         Some(v) => {
             let decimals = (3 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
@@ -66,6 +68,11 @@ pub fn summary_cells(s: &Summary) -> Vec<String> {
     ]
 }
 
+/// Context text on one line: newlines and tabs shown as symbols.
+pub fn visible(text: &str) -> String {
+    text.replace('\n', "⏎").replace('\t', "⇥")
+}
+
 fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let cell = |c: &str| c.replace('|', "\\|").replace('\n', "\\n");
     let header: Vec<String> = header.iter().map(|h| cell(h)).collect();
@@ -102,8 +109,8 @@ fn mismatch_section(out: &mut String, r: &RunReport) {
             vec![
                 t.step.to_string(),
                 t.position.to_string(),
-                format!("`{}`", t.token.replace('`', "'")),
-                format!("{}[{}]{}", t.before, t.token, t.after),
+                format!("{:?}", t.token),
+                visible(&format!("{}[{}]{}", t.before, t.token, t.after)),
                 number(Some(t.lp_old as f64)),
                 number(Some(t.mu as f64)),
                 number(Some(t.gap)),
