@@ -166,7 +166,7 @@ pub fn specs() -> Vec<ChartSpec> {
 }
 
 /// The metric names a chart draws for these runs (a prefix: every matching column of any run).
-fn resolve(pick: &Pick, runs: &[Run]) -> Vec<String> {
+fn resolve(pick: &Pick, runs: &[&Run]) -> Vec<String> {
     match pick {
         Pick::Names(list) => list.clone(),
         Pick::Prefix(prefix) => {
@@ -184,7 +184,7 @@ fn resolve(pick: &Pick, runs: &[Run]) -> Vec<String> {
 }
 
 /// The chart of `spec` over `runs`, or `None` when no run has a finite value of its metrics.
-pub fn build(spec: &ChartSpec, runs: &[Run]) -> Option<LineChart> {
+pub fn build(spec: &ChartSpec, runs: &[&Run]) -> Option<LineChart> {
     let metrics = resolve(&spec.pick, runs);
     let mut series = Vec::new();
     for (run_index, run) in runs.iter().enumerate() {

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use super::charts;
 use super::markdown::{number, summary_cells, visible, SUMMARY_HEADER};
 use super::plot::{self, LineChart};
-use super::{position_buckets, Report, RunReport};
+use super::{position_buckets, Report, Run, RunReport};
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -146,7 +146,7 @@ fn mismatch_section(out: &mut String, r: &RunReport) {
 }
 
 pub fn render(report: &Report) -> String {
-    let runs = report.plain_runs();
+    let runs: Vec<&Run> = report.runs.iter().map(|r| &r.run).collect();
     let mut out = String::new();
     let _ = write!(
         out,

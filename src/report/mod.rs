@@ -56,10 +56,6 @@ impl Report {
             .collect();
         Report { runs, problems }
     }
-
-    pub fn plain_runs(&self) -> Vec<Run> {
-        self.runs.iter().map(|r| r.run.clone()).collect()
-    }
 }
 
 /// Position buckets of the mismatch-by-position tables: 0, 1, 2-3, 4-7, ... (the plot has every
