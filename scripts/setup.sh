@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: a Python venv in .venv with the libtorch that tch 0.24 links against (torch 2.11.0 from
-# PyPI) and the Python test oracles (transformers, pyarrow, pandas). Downloads are cached under ~/.cache/pip,
+# PyPI) and the Python test oracles (transformers, pyarrow, pandas, polars, duckdb), and headless Chromium for
+# the report's rendering test (Debian package `chromium`). Downloads are cached under ~/.cache/pip,
 # never in the repository. Cargo finds libtorch through .cargo/config.toml, so nothing needs exporting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ if [ "${ALP_SKIP_VLLM:-0}" != 1 ]; then
 fi
 VENV=.venv
 TORCH_VERSION=2.11.0
-ORACLES=(transformers==4.57.6 safetensors pyarrow pandas numpy)
+ORACLES=(transformers==4.57.6 safetensors pyarrow pandas numpy polars duckdb)
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
@@ -43,6 +44,14 @@ if ! have "torch==$TORCH_VERSION"; then
 fi
 if ! have "${ORACLES[@]}"; then
   pip install -q "${ORACLES[@]}"
+fi
+# tests/report.rs loads `alp-rl report`'s HTML in headless Chromium; installed once (needs root or sudo).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium
+  fi
 fi
 # A stable path to the wheel's libtorch for .cargo/config.toml, whatever the Python minor version.
 torch_dir=$("$VENV/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")

@@ -1,5 +1,5 @@
 //! The `alp-rl` application as a library: the whole command line (`train`, `sft`, `eval`, `env`,
-//! `generate`, `new-model`) run against an environment [`Registry`] the caller chooses.
+//! `generate`, `new-model`, `report`) run against an environment [`Registry`] the caller chooses.
 //!
 //! The `alp-rl` binary is [`run_cli`] with [`Registry::builtin`]. A crate with environments of its own
 //! depends on this one, registers them and runs the same CLI (see `examples/unit-convert` and
@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod parquet_log;
+pub mod report;
 pub mod run_dir;
 pub mod sft;
 pub mod train;
@@ -49,6 +50,8 @@ enum Command {
     Sft(commands::sft::SftArgs),
     /// RL post-training from a TOML run config (docs/config.md) into a run directory.
     Train(commands::train::TrainArgs),
+    /// Plots and summary tables of run directories: HTML, Markdown or JSON (docs/analysis.md).
+    Report(commands::report::ReportArgs),
 }
 
 /// Whether log lines get ANSI colours: only when stderr is a terminal, and never when `NO_COLOR` is
@@ -108,6 +111,7 @@ pub fn run_args(
         Command::NewModel(args) => commands::new_model::run(args),
         Command::Sft(args) => commands::sft::run(args, &registry),
         Command::Train(args) => commands::train::run(args, &registry),
+        Command::Report(args) => commands::report::run(args),
     }
 }
 

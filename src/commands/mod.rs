@@ -3,6 +3,7 @@ pub mod env;
 pub mod eval;
 pub mod generate;
 pub mod new_model;
+pub mod report;
 pub mod sft;
 pub mod train;
 
