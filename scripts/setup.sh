@@ -48,9 +48,9 @@ fi
 # tests/report.rs loads `alp-rl report`'s HTML in headless Chromium; installed once (needs root or sudo).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then
-    apt-get update -qq && apt-get install -y -qq chromium
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
   else
-    sudo apt-get update -qq && sudo apt-get install -y -qq chromium
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
   fi
 fi
 # A stable path to the wheel's libtorch for .cargo/config.toml, whatever the Python minor version.

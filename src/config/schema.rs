@@ -509,8 +509,9 @@ mod tests {
         let text = format!("[model]\nnew_model = \"tiyn\"\n{ENV}");
         let e = load_text(&text, &[]).0.unwrap_err();
         assert!(
-            e.message
-                .starts_with("unknown preset \"tiyn\"; allowed: tiny, small; did you mean `tiny`?"),
+            e.message.starts_with(
+                "unknown preset \"tiyn\"; allowed: tiny, small, vllm-tiny; did you mean `tiny`?"
+            ),
             "{}",
             e.message
         );

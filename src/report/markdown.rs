@@ -43,9 +43,11 @@ pub fn summary_cells(s: &Summary) -> Vec<String> {
         (Some("eggroll"), _) => "eggroll".to_string(),
         (l, c) => format!("{} / {}", l.unwrap_or("?"), c.unwrap_or("?")),
     };
-    let kind = match &s.backend {
-        Some(b) => format!("{kind} ({b})"),
-        None => kind,
+    // The backend is named where it is not the embedded engine (every config since vLLM came
+    // writes `backend = "local"`; older ones have no key).
+    let kind = match s.backend.as_deref() {
+        Some(b) if b != "local" => format!("{kind} ({b})"),
+        _ => kind,
     };
     let status = match (s.steps, s.planned_steps) {
         (None, _) => "no step yet".to_string(),
