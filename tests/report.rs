@@ -291,6 +291,31 @@ fn three_corrections_overlay_with_a_legend() {
             );
         }
     }
+    // `--figures`: every plot of the page as a file of its own, named by its id.
+    let figures = tmp.path().join("figures");
+    ok(report(
+        &refs,
+        &["--format", "json", "--figures", figures.to_str().unwrap()],
+    ));
+    let mut files: Vec<String> = std::fs::read_dir(&figures)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut want: Vec<String> = ids(&plots).iter().map(|i| format!("{i}.svg")).collect();
+    want.sort();
+    assert_eq!(files, want);
+    for f in &files {
+        let svg = std::fs::read_to_string(figures.join(f)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{f}"
+        );
+        assert!(
+            svg.contains("<path") || svg.contains("<polyline") || svg.contains("<rect"),
+            "{f}"
+        );
+    }
     let json = report_json(&refs);
     let corrections: Vec<&str> = json["runs"]
         .as_array()

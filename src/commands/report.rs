@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::report::{html, json, markdown, Report};
+use crate::report::{figures, html, json, markdown, Report};
 use crate::run_dir::write_bytes_atomic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -28,6 +28,9 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Html)]
     pub format: Format,
+    /// Also write every chart as a standalone SVG file into this folder (`<chart>.svg`).
+    #[arg(long)]
+    pub figures: Option<PathBuf>,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
@@ -44,6 +47,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    if let Some(dir) = &args.figures {
+        let written = figures::write(&report, dir).map_err(anyhow::Error::msg)?;
+        tracing::info!("wrote {} figures to {}", written.len(), dir.display());
     }
     let text = match args.format {
         Format::Html => html::render(&report),

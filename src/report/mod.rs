@@ -1,9 +1,11 @@
 //! `alp-rl report`: offline analysis of run directories (docs/analysis.md). Reading runs
 //! ([`runs`], [`rollouts`], [`context`]), the summary quantities ([`summary`]), the charts
-//! ([`charts`], drawn by [`plot`]) and the three renderings ([`html`], [`markdown`], [`json`]).
+//! ([`charts`], drawn by [`plot`]), the three renderings ([`html`], [`markdown`], [`json`]) and the
+//! charts as SVG files ([`figures`]).
 //! A file that cannot be read is a [`Problem`] in the report, not the end of it.
 pub mod charts;
 pub mod context;
+pub mod figures;
 pub mod html;
 pub mod json;
 pub mod markdown;
