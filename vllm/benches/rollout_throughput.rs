@@ -10,7 +10,8 @@
 //! machine only ever adds time). The servers run on the same cores as this process, as in a
 //! `launch = true` run on one machine.
 //!
-//! Environment: BENCH_THREADS (2: the local engine's libtorch threads), BENCH_REQUESTS (256),
+//! Environment: BENCH_THREADS (2: the local engine's libtorch threads), BENCH_LOCAL_BATCHES (64,256:
+//! the local engine's rows per forward, one line each), BENCH_REQUESTS (256),
 //! BENCH_NEW_TOKENS (40), BENCH_REPEATS (3), BENCH_SERVERS (1,2), ALP_VLLM_PYTHON (else
 //! ~/.cache/alp-rl/vllm-venv/bin/python, where scripts/setup-vllm.sh installs vLLM). Not a test: it
 //! asserts nothing about speed.
@@ -100,6 +101,7 @@ fn main() {
     let new_tokens: usize = env_or("BENCH_NEW_TOKENS", 40);
     let repeats: usize = env_or("BENCH_REPEATS", 3);
     let counts: String = env_or("BENCH_SERVERS", "1,2".to_string());
+    let local_batches: String = env_or("BENCH_LOCAL_BATCHES", "64,256".to_string());
     tch::set_num_threads(threads);
     let _guard = tch::no_grad_guard();
 
@@ -141,22 +143,27 @@ fn main() {
 
     println!(
         "rollout throughput: vllm-tiny shape (2x128, head_dim 64, vocab {}), {n} requests, <= \
-         {new_tokens} new tokens, temperature 1, f32; local engine threads {threads}, batch 64; \
+         {new_tokens} new tokens, temperature 1, f32; local engine threads {threads}; \
          {} cores; cpu flags: {}",
         tok.vocab_size(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_flags()
     );
     let mut rows = Vec::new();
-    let mut local = LocalEngine::new(
-        CausalLM::load(&model_dir, &LoadOptions::default()).unwrap(),
-        64,
-    );
-    rows.push((
-        "local engine".to_string(),
-        time_rounds(&mut local, &requests, &params, repeats),
-    ));
-    drop(local);
+    // 64 rows is `rollout.batch_size`'s default; vLLM's `--max-num-seqs` here is 128.
+    for batch in local_batches
+        .split(',')
+        .filter_map(|b| b.trim().parse::<usize>().ok())
+    {
+        let mut local = LocalEngine::new(
+            CausalLM::load(&model_dir, &LoadOptions::default()).unwrap(),
+            batch,
+        );
+        rows.push((
+            format!("local, batch {batch}"),
+            time_rounds(&mut local, &requests, &params, repeats),
+        ));
+    }
     for count in counts
         .split(',')
         .filter_map(|c| c.trim().parse::<usize>().ok())
@@ -178,12 +185,12 @@ fn main() {
     }
     let (base_s, _) = rows[0].1;
     println!(
-        "{:<14} {:>10} {:>12} {:>12}",
-        "backend", "samples/s", "tokens/s", "vs local"
+        "{:<16} {:>10} {:>12} {:>12}",
+        "backend", "samples/s", "tokens/s", "vs first"
     );
     for (name, (secs, tokens)) in &rows {
         println!(
-            "{name:<14} {:>10.1} {:>12.0} {:>11.2}x",
+            "{name:<16} {:>10.1} {:>12.0} {:>11.2}x",
             n as f64 / secs,
             *tokens as f64 / secs,
             base_s / secs
