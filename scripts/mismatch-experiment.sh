@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The ALP-vs-corrections experiment: regenerates docs/results.md and its figures (docs/results/) from
+# runs it makes itself. One warm start (`alp-rl sft configs/math.toml`), then the five variants of
+# configs/experiments/mismatch/ (bypass, tis, mis, token-alp, seq-alp) with seeds 0, 1 and 2 each,
+# all from that warm start; then `alp-rl report` over the runs and scripts/results_md.py for the page.
+#
+#   scripts/mismatch-experiment.sh           # about 45 minutes on a 2-core CPU
+#
+# Runs land in runs/experiments/mismatch/ (ignored by git). A finished run (its `done` marker) is kept,
+# so an interrupted grid continues where it stopped; FRESH=1 redoes everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=runs/experiments/mismatch
+SEEDS=${SEEDS:-"0 1 2"}
+VARIANTS=(bypass tis mis token-alp seq-alp)
+PY=.venv/bin/python
+
+scripts/setup.sh >/dev/null
+cargo build --release -q
+BIN=target/release/alp-rl
+if [ "${FRESH:-0}" = 1 ]; then
+  rm -rf "$OUT"
+fi
+mkdir -p "$OUT"
+start=$(date +%s)
+
+warm="$OUT/warm-start"
+if [ ! -f "$warm/done" ]; then
+  rm -rf "$warm"
+  echo "warm start: alp-rl sft configs/math.toml" >&2
+  RUST_LOG=warn "$BIN" sft configs/math.toml --out "$warm"
+  touch "$warm/done"
+fi
+
+runs=()
+for variant in "${VARIANTS[@]}"; do
+  for seed in $SEEDS; do
+    run="$OUT/$variant-seed$seed"
+    runs+=("$run")
+    if [ -f "$run/done" ]; then
+      continue
+    fi
+    rm -rf "$run"
+    echo "$variant, seed $seed" >&2
+    RUST_LOG=warn "$BIN" train "configs/experiments/mismatch/$variant.toml" \
+      --set "run.seed=$seed" --out "$run"
+    touch "$run/done"
+  done
+done
+
+# Figures of seed 0 (one curve per variant keeps them readable); the table covers every seed.
+seed0=()
+for variant in "${VARIANTS[@]}"; do
+  seed0+=("$OUT/$variant-seed${SEEDS%% *}")
+done
+rm -rf docs/results
+RUST_LOG=warn "$BIN" report "${seed0[@]}" --figures docs/results --out "$OUT/report-seed0.html"
+RUST_LOG=warn "$BIN" report "${runs[@]}" --format json --out "$OUT/report.json"
+RUST_LOG=warn "$BIN" report "${runs[@]}" --out "$OUT/report.html"
+elapsed=$(( $(date +%s) - start ))
+"$PY" scripts/results_md.py "$OUT/report.json" docs/results "$elapsed" > docs/results.md
+echo "wrote docs/results.md and docs/results/ in ${elapsed}s (the full report: $OUT/report.html)" >&2
