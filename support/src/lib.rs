@@ -6,12 +6,14 @@
 //!   `alp-oracle` crate, which the tokenizer's tests use without this crate's libtorch features).
 //! - [`hf_models`]: `scripts/oracles/hf_models.py`, transformers' tiny checkpoints and their outputs.
 //! - [`bench`]: benchmark settings from the environment.
+//! - [`vllm`]: the vLLM Python and CPU server settings of the tests that start real servers.
 //! - `tiny_model` (feature `model`): tiny random decoders of the shapes the tests use.
 //! - `backend` (feature `backend`): a `GenerationBackend` that replies with scripted text.
 //! - `cli` and `run_outputs` (feature `cli`): running `alp-rl` and reading what its runs write.
 
 pub mod bench;
 pub mod hf_models;
+pub mod vllm;
 /// Re-exported from `alp-oracle`, which crates without libtorch depend on directly.
 pub use alp_oracle as oracle;
 

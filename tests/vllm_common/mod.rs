@@ -2,29 +2,15 @@
 //! machine inside its means, servers started (and killed) by the test itself, and log reading.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use alp_rollout::LogprobMode;
+pub use alp_test_support::vllm::vllm_python;
+use alp_test_support::vllm::{cpu_server_env, math_vllm_server_args};
 use alp_vllm::{HttpClients, LaunchSpec, ServerLogprobsMode, ServerProcess};
 
 pub const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-vllm.toml");
-
-/// The Python with vLLM: `ALP_VLLM_PYTHON`, else where `scripts/setup-vllm.sh` installs it.
-pub fn vllm_python() -> PathBuf {
-    let path = std::env::var_os("ALP_VLLM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/alp-rl/vllm-venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no vLLM Python at {}: run scripts/setup-vllm.sh (make test does) or set ALP_VLLM_PYTHON",
-        path.display()
-    );
-    path
-}
 
 /// A free loopback port (bound and released; nothing else here races for it).
 pub fn free_port() -> u16 {
@@ -55,29 +41,13 @@ pub fn short_run(sft_steps: u64, steps: u64) -> Vec<String> {
 /// One server on `model` as configs/math-vllm.toml launches it, started by the test (so that the
 /// test can SIGKILL and restart it), logging to `log`.
 pub fn server_spec(model: &Path, port: u16, log: &Path) -> LaunchSpec {
-    let args = [
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "256",
-        "--max-num-seqs",
-        "128",
-        "--max-num-batched-tokens",
-        "32768",
-        "--gpu-memory-utilization",
-        "0.1",
-        "--enforce-eager",
-    ];
     LaunchSpec {
         python: vllm_python(),
         model: model.canonicalize().unwrap(),
         port,
         logprobs_mode: ServerLogprobsMode::for_rollout(LogprobMode::Temperature),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: vec![
-            ("VLLM_CPU_OMP_THREADS_BIND".into(), "nobind".into()),
-            ("VLLM_CPU_KVCACHE_SPACE".into(), "1".into()),
-        ],
+        args: math_vllm_server_args(),
+        env: cpu_server_env(),
         log: log.to_path_buf(),
     }
 }

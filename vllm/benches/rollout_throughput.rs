@@ -15,12 +15,13 @@
 //! BENCH_NEW_TOKENS (40), BENCH_REPEATS (3), BENCH_SERVERS (1,2), ALP_VLLM_PYTHON (else
 //! ~/.cache/alp-rl/vllm-venv/bin/python, where scripts/setup-vllm.sh installs vLLM). Not a test: it
 //! asserts nothing about speed.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, LogprobMode, SamplingParams};
 use alp_test_support::bench::{cpu_flags, env_or};
+use alp_test_support::vllm::{cpu_server_env, math_vllm_server_args, vllm_python};
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use alp_vllm::{VllmBackend, VllmSettings};
 
@@ -47,30 +48,8 @@ fn time_rounds(
         .unwrap()
 }
 
-fn vllm_python() -> PathBuf {
-    std::env::var_os("ALP_VLLM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/alp-rl/vllm-venv/bin/python")
-        })
-}
-
 /// configs/math-vllm.toml's server settings, `count` servers launched on `model_dir`.
 fn server_settings(count: usize, dir: &Path) -> VllmSettings {
-    let args = [
-        "--dtype",
-        "float32",
-        "--max-model-len",
-        "256",
-        "--max-num-seqs",
-        "128",
-        "--max-num-batched-tokens",
-        "32768",
-        "--gpu-memory-utilization",
-        "0.1",
-        "--enforce-eager",
-    ];
     VllmSettings {
         launch: true,
         count,
@@ -80,14 +59,8 @@ fn server_settings(count: usize, dir: &Path) -> VllmSettings {
             .unwrap()
             .port(),
         python: vllm_python(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: [
-            ("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
-            ("VLLM_CPU_KVCACHE_SPACE", "1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
+        args: math_vllm_server_args(),
+        env: cpu_server_env().into_iter().collect(),
         ready_timeout_s: 900.0,
         log_dir: Some(dir.join(format!("logs-{count}"))),
         sync_dir: Some(dir.join(format!("weights-{count}"))),

@@ -2,29 +2,15 @@
 //! two-core CPU servers, and the local engine as the reference.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
 use alp_rollout::{Completion, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
+use alp_test_support::vllm::cpu_server_env;
+pub use alp_test_support::vllm::vllm_python;
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use alp_vllm::VllmSettings;
 use serde_json::json;
-
-/// The Python with vLLM: `ALP_VLLM_PYTHON`, else where `scripts/setup-vllm.sh` installs it.
-pub fn vllm_python() -> PathBuf {
-    let path = std::env::var_os("ALP_VLLM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/alp-rl/vllm-venv/bin/python")
-        });
-    assert!(
-        path.exists(),
-        "no vLLM Python at {}: run scripts/setup-vllm.sh (make test does) or set ALP_VLLM_PYTHON",
-        path.display()
-    );
-    path
-}
 
 pub fn tokenizer() -> Tokenizer {
     CharTokenizerSpec::chatml(CharTokenizerSpec::ascii_chars())
@@ -74,13 +60,7 @@ pub fn settings(sync_dir: &Path, log_dir: &Path) -> VllmSettings {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-        env: [
-            ("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
-            ("VLLM_CPU_KVCACHE_SPACE", "1"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
+        env: cpu_server_env().into_iter().collect(),
         // Two servers starting together on a busy two-core machine took 200-230 s.
         ready_timeout_s: 900.0,
         log_dir: Some(log_dir.to_path_buf()),
