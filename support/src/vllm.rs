@@ -50,3 +50,12 @@ pub fn math_vllm_server_args() -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+/// A free loopback port for a server (bound and released; nothing else here races for it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

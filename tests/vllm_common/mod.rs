@@ -6,20 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use alp_rollout::LogprobMode;
-pub use alp_test_support::vllm::vllm_python;
 use alp_test_support::vllm::{cpu_server_env, math_vllm_server_args};
+pub use alp_test_support::vllm::{free_port, vllm_python};
 use alp_vllm::{HttpClients, LaunchSpec, ServerLogprobsMode, ServerProcess};
 
 pub const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-vllm.toml");
-
-/// A free loopback port (bound and released; nothing else here races for it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `--set` overrides that shrink configs/math-vllm.toml to a test: a warm start of `sft_steps`, 8
 /// prompts a step, a small evaluation, and the test's vLLM Python.

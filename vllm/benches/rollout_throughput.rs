@@ -21,7 +21,7 @@ use std::time::Instant;
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, LogprobMode, SamplingParams};
 use alp_test_support::bench::{cpu_flags, env_or};
-use alp_test_support::vllm::{cpu_server_env, math_vllm_server_args, vllm_python};
+use alp_test_support::vllm::{cpu_server_env, free_port, math_vllm_server_args, vllm_python};
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use alp_vllm::{VllmBackend, VllmSettings};
 
@@ -53,11 +53,7 @@ fn server_settings(count: usize, dir: &Path) -> VllmSettings {
     VllmSettings {
         launch: true,
         count,
-        port: std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
+        port: free_port(),
         python: vllm_python(),
         args: math_vllm_server_args(),
         env: cpu_server_env().into_iter().collect(),

@@ -7,7 +7,7 @@ use std::path::Path;
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
 use alp_rollout::{Completion, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
 use alp_test_support::vllm::cpu_server_env;
-pub use alp_test_support::vllm::vllm_python;
+pub use alp_test_support::vllm::{free_port, vllm_python};
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
 use alp_vllm::VllmSettings;
 use serde_json::json;
@@ -69,15 +69,6 @@ pub fn settings(sync_dir: &Path, log_dir: &Path) -> VllmSettings {
         request_timeout_s: 120.0,
         ..Default::default()
     }
-}
-
-/// A free loopback port (bound and released; nothing else here races for it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Prompts of different lengths over the vocabulary, with per-row limits on some.
