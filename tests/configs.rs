@@ -1,4 +1,4 @@
-//! Every config shipped in `configs/` parses and validates (`alp-rl train CONFIG --check`), so a
+//! Every config shipped in `configs/` (and its subfolders, e.g. `configs/experiments/`) parses and validates (`alp-rl train CONFIG --check`), so a
 //! renamed key or a changed range cannot silently break the examples users start from.
 use alp_test_support::cli::AlpRl;
 
@@ -6,13 +6,20 @@ const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
 
 #[test]
 fn every_shipped_config_validates() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-    let mut checked = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
-            continue;
+    let mut pending = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")];
+    let mut configs = Vec::new();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                configs.push(path);
+            }
         }
+    }
+    let mut checked = Vec::new();
+    for path in configs {
         let out = ALP_RL
             .command()
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +38,14 @@ fn every_shipped_config_validates() {
         checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     checked.sort();
-    for required in ["gsm8k-qwen.toml", "math.toml", "tool-math.toml"] {
+    for required in [
+        "gsm8k-qwen.toml",
+        "math.toml",
+        "math-vllm.toml",
+        "tool-math.toml",
+        "token-alp.toml",
+        "seq-alp.toml",
+    ] {
         assert!(
             checked.iter().any(|c| c == required),
             "configs/{required} is missing: {checked:?}"
