@@ -74,14 +74,14 @@ impl Generator {
             } => {
                 // The probe's reference forward runs on the CPU: the GPU, if any, is the servers'.
                 let reference = load(*reference_kind, Device::Cpu)?;
-                let backend =
+                let mut backend =
                     VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
                         .map_err(|e| format!("starting the vLLM backend: {e}"))?;
-                let mut generator = Generator::Vllm {
+                let report = sync(&mut backend, &reference, version)?;
+                let generator = Generator::Vllm {
                     backend: Box::new(backend),
                     reference,
                 };
-                let report = generator.sync(version)?;
                 Ok((generator, Some(report)))
             }
         }
@@ -109,29 +109,13 @@ impl Generator {
                     .map_err(|e| e.to_string())?;
                 Ok(None)
             }
-            Generator::Vllm { reference, .. } => {
+            Generator::Vllm { backend, reference } => {
                 reference
                     .copy_named_weights(tensors)
                     .map_err(|e| e.to_string())?;
-                self.sync(version).map(Some)
+                sync(backend, reference, version).map(Some)
             }
         }
-    }
-
-    fn sync(&mut self, version: u64) -> Result<SyncReport, String> {
-        let Generator::Vllm { backend, reference } = self else {
-            unreachable!("only the vLLM backend syncs")
-        };
-        let report = backend
-            .sync_weights(reference, version)
-            .map_err(|e| format!("syncing the vLLM servers to version {version}: {e}"))?;
-        tracing::info!(
-            version,
-            servers = report.probes.len(),
-            secs = report.seconds,
-            "vLLM servers synced"
-        );
-        Ok(report)
     }
 
     /// The population whose members generate the next batch (evolution strategies), or `None` for
@@ -159,4 +143,22 @@ impl Generator {
             Generator::Vllm { backend, .. } => backend.stats(),
         }
     }
+}
+
+/// Syncs the servers to `reference`'s weights as `version` (written, reloaded, probed).
+fn sync(
+    backend: &mut VllmBackend,
+    reference: &CausalLM,
+    version: u64,
+) -> Result<SyncReport, String> {
+    let report = backend
+        .sync_weights(reference, version)
+        .map_err(|e| format!("syncing the vLLM servers to version {version}: {e}"))?;
+    tracing::info!(
+        version,
+        servers = report.probes.len(),
+        secs = report.seconds,
+        "vLLM servers synced"
+    );
+    Ok(report)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use alp_rollout::LogprobMode;
 use alp_test_support::vllm::{cpu_server_env, math_vllm_server_args};
 pub use alp_test_support::vllm::{free_port, vllm_python};
-use alp_vllm::{HttpClients, LaunchSpec, ServerLogprobsMode, ServerProcess};
+use alp_vllm::{wait_ready_blocking, LaunchSpec, ServerLogprobsMode, ServerProcess};
 
 pub const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/math-vllm.toml");
 
@@ -54,17 +54,6 @@ pub fn start_servers(specs: &[LaunchSpec]) -> Vec<ServerProcess> {
 }
 
 pub fn wait_ready(servers: &mut [ServerProcess]) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = HttpClients::new().unwrap();
     // Two servers starting together on a busy two-core machine have taken over 200 s.
-    runtime
-        .block_on(alp_vllm::wait_ready(
-            servers,
-            &http,
-            Duration::from_secs(900),
-        ))
-        .unwrap();
+    wait_ready_blocking(servers, Duration::from_secs(900)).unwrap();
 }

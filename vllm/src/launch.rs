@@ -197,6 +197,20 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// [`wait_ready`] for synchronous callers (tests, benchmarks): on a runtime and HTTP clients of its
+/// own.
+pub fn wait_ready_blocking(
+    servers: &mut [ServerProcess],
+    timeout: Duration,
+) -> Result<(), VllmError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| VllmError::Runtime(e.to_string()))?;
+    let http = HttpClients::new()?;
+    runtime.block_on(wait_ready(servers, &http, timeout))
+}
+
 /// Waits until every server answers `/health`, failing early when one exits.
 pub async fn wait_ready(
     servers: &mut [ServerProcess],

@@ -31,7 +31,7 @@ pub mod weights;
 pub use backend::{launch_specs, VllmBackend};
 pub use client::{HttpClients, ServerClient};
 pub use error::VllmError;
-pub use launch::{wait_ready, LaunchSpec, ServerProcess, SERVER_ENV};
+pub use launch::{wait_ready, wait_ready_blocking, LaunchSpec, ServerProcess, SERVER_ENV};
 pub use logprobs::ServerLogprobsMode;
 pub use probe::{probe_prompts, ProbeReference};
 pub use replica::ReplicaStats;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use alp_rollout::{GenerationBackend, LogprobMode, ReplicaState, RolloutError, SamplingParams};
 use alp_vllm::{
-    launch_specs, wait_ready, HttpClients, ServerProcess, VllmBackend, VllmError, VllmSettings,
+    launch_specs, wait_ready_blocking, ServerProcess, VllmBackend, VllmError, VllmSettings,
 };
 use common::*;
 
@@ -34,14 +34,7 @@ fn two_servers_one_killed_and_restarted() {
         .iter()
         .map(|s| ServerProcess::start(s).unwrap())
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = HttpClients::new().unwrap();
-    runtime
-        .block_on(wait_ready(&mut servers, &http, Duration::from_secs(900)))
-        .unwrap();
+    wait_ready_blocking(&mut servers, Duration::from_secs(900)).unwrap();
 
     let external = VllmSettings {
         servers: servers.iter().map(ServerProcess::url).collect(),
@@ -113,13 +106,7 @@ fn two_servers_one_killed_and_restarted() {
     //    version 2 (and probed) before it serves: the rows it answers are version 2's.
     servers[1].kill();
     servers[1] = ServerProcess::start(&specs[1]).unwrap();
-    runtime
-        .block_on(wait_ready(
-            &mut servers[1..],
-            &http,
-            Duration::from_secs(900),
-        ))
-        .unwrap();
+    wait_ready_blocking(&mut servers[1..], Duration::from_secs(900)).unwrap();
     //    The first call finds it answering and re-syncs it (before returning); the second spreads
     //    rows over both.
     let reqs = short_and_long(64, vocab);
