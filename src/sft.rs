@@ -110,7 +110,12 @@ pub fn run(
     let tokenizer = Tokenizer::from_dir(model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
     let kind = config.model.train_dtype.kind();
-    let policy = CausalLM::load(model_src, &LoadOptions { kind, device })
+    let opts = LoadOptions {
+        kind,
+        device,
+        ..LoadOptions::default()
+    };
+    let policy = CausalLM::load(model_src, &opts)
         .with_context(|| format!("loading the model in {}", model_src.display()))?;
     let extra = serde_json::to_value(&config.rollout.chat_extra)?
         .as_object()

@@ -530,6 +530,7 @@ fn bad_settings_are_refused_with_their_field() {
         &LoadOptions {
             kind: Kind::BFloat16,
             device: Device::Cpu,
+            ..LoadOptions::default()
         },
         1,
     )

@@ -114,6 +114,7 @@ impl CausalLM {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<CausalLM, PolicyError> {
         let _span = tracing::info_span!("load_model", dir = %dir.display()).entered();
         check_compute_kind(opts.kind)?;
+        let precision = opts.precision();
         let config = ModelConfig::from_dir(dir)?;
         let specs = parameter_specs(&config);
         let expected: HashMap<&str, &Vec<i64>> =
@@ -141,7 +142,7 @@ impl CausalLM {
                     });
                 };
                 let tensor = tensor_from_view(&view, &name, shape, &path)?;
-                tensors.insert(name, tensor.to_device(opts.device).to_kind(opts.kind));
+                tensors.insert(name, precision.apply(&tensor.to_device(opts.device)));
             }
         }
         if let Some(missing) = specs.iter().find(|s| !tensors.contains_key(&s.name)) {
@@ -151,7 +152,12 @@ impl CausalLM {
                 expected: missing.shape.clone(),
             });
         }
-        Ok(CausalLM::from_tensors(config, tensors, opts.device))
+        Ok(CausalLM::from_tensors(
+            config,
+            tensors,
+            opts.device,
+            precision,
+        ))
     }
 
     /// A randomly initialised model (HF conventions: N(0, initializer_range) for matrices, ones for
@@ -162,6 +168,7 @@ impl CausalLM {
         seed: u64,
     ) -> Result<CausalLM, PolicyError> {
         check_compute_kind(opts.kind)?;
+        let precision = opts.precision();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
         for spec in parameter_specs(&config) {
@@ -175,11 +182,15 @@ impl CausalLM {
             };
             let t = Tensor::from_slice(&values)
                 .view(spec.shape.as_slice())
-                .to_device(opts.device)
-                .to_kind(opts.kind);
-            tensors.insert(spec.name, t);
+                .to_device(opts.device);
+            tensors.insert(spec.name, precision.apply(&t));
         }
-        Ok(CausalLM::from_tensors(config, tensors, opts.device))
+        Ok(CausalLM::from_tensors(
+            config,
+            tensors,
+            opts.device,
+            precision,
+        ))
     }
 
     /// Writes `DIR/config.json` and the weights with the parameters in their current dtype (no

@@ -4,6 +4,7 @@
 //! ```text
 //! config.rs      config.json in every spelling        -> ModelConfig
 //! dtype.rs       compute dtypes by name (f32, bf16, f16) -> Dtype
+//! precision.rs   a dtype request -> storage + rounding  -> Precision, Bf16Compute (bf16-rounded f32)
 //! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
@@ -21,6 +22,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod noise;
 pub mod params;
+pub mod precision;
 pub mod rope;
 
 pub use checkpoint::{hf_dtype_name, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
@@ -30,3 +32,4 @@ pub use error::PolicyError;
 pub use hooks::{ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};
+pub use precision::{cpu_has_bf16_arithmetic, Bf16Compute, Precision};

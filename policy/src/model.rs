@@ -14,6 +14,7 @@ use crate::error::PolicyError;
 use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
 use crate::kv_cache::KvCache;
 pub use crate::params::{parameter_specs, ParamInit, ParamSpec};
+use crate::precision::{Bf16Compute, Precision};
 use crate::rope::Rotary;
 
 /// RMSNorm as HF computes it: normalise in f32, cast back to the input's dtype, then scale. An f32
@@ -48,6 +49,8 @@ struct Activations {
     bias: Tensor,
     /// `bias` in f32, made once on first use (only a widened forward of a bf16 model needs it).
     bias32: std::cell::OnceCell<Tensor>,
+    /// A bf16-rounded f32 model rounds its residual stream where a bf16 model's would be bf16.
+    precision: Precision,
 }
 
 impl Activations {
@@ -81,11 +84,18 @@ struct Linear {
     site: LinearSite,
     weight: Tensor,
     bias: Option<Tensor>,
+    /// A bf16-rounded f32 model rounds each projection's output, as a bf16 matmul's is.
+    precision: Precision,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
-        hooks.linear(self.site, x, &self.weight, self.bias.as_ref())
+        self.precision.round_activations(hooks.linear(
+            self.site,
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+        ))
     }
 }
 
@@ -216,14 +226,14 @@ impl DecoderLayer {
         hooks: &dyn ForwardHooks,
     ) -> Tensor {
         // The layer-input hook sees the residual stream before the input norm (ALP's injection point).
-        let h = hooks.layer_input(self.index, h);
+        let h = hooks.layer_input(self.index, act.precision.round_activations(h));
         let attn = self.self_attn.forward(
             &self.input_layernorm.forward(&h),
             act,
             cache.map(|c| (c, self.index)),
             hooks,
         );
-        let h = h + attn;
+        let h = act.precision.round_activations(h + attn);
         let mlp = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&h), hooks);
@@ -237,6 +247,15 @@ pub struct LoadOptions {
     /// Compute (and storage) dtype of the parameters; the file's dtype is converted at load.
     pub kind: Kind,
     pub device: Device,
+    /// How a `kind = BFloat16` model computes ([`Bf16Compute`]); `Native` unless asked otherwise.
+    pub bf16: Bf16Compute,
+}
+
+impl LoadOptions {
+    /// The precision these options give a model.
+    pub fn precision(&self) -> Precision {
+        Precision::new(self.kind, self.bf16, self.device)
+    }
 }
 
 impl Default for LoadOptions {
@@ -244,6 +263,7 @@ impl Default for LoadOptions {
         LoadOptions {
             kind: Kind::Float,
             device: Device::Cpu,
+            bf16: Bf16Compute::Native,
         }
     }
 }
@@ -257,6 +277,7 @@ pub struct CausalLM {
     norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
+    precision: Precision,
 }
 
 impl std::fmt::Debug for CausalLM {
@@ -270,11 +291,13 @@ impl std::fmt::Debug for CausalLM {
 }
 
 impl CausalLM {
-    /// Builds the model around already-checked tensors keyed by HF name (one per [`parameter_specs`]).
+    /// Builds the model around already-checked tensors keyed by HF name (one per [`parameter_specs`]),
+    /// already in `precision`.
     pub(crate) fn from_tensors(
         config: ModelConfig,
         mut tensors: HashMap<String, Tensor>,
         device: Device,
+        precision: Precision,
     ) -> CausalLM {
         let vs = VarStore::new(device);
         let root = vs.root();
@@ -310,6 +333,7 @@ impl CausalLM {
                 site,
                 weight: take(&format!("{prefix}.weight")),
                 bias: take_opt(&format!("{prefix}.bias")),
+                precision,
             }
         };
         let layers = (0..config.num_hidden_layers)
@@ -361,6 +385,7 @@ impl CausalLM {
             },
             weight: lm_head_weight,
             bias: None,
+            precision,
         };
         let norm = RmsNorm {
             weight: take("model.norm.weight"),
@@ -375,6 +400,7 @@ impl CausalLM {
             norm,
             lm_head,
             rotary,
+            precision,
         }
     }
 
@@ -389,6 +415,11 @@ impl CausalLM {
     /// The parameters' dtype.
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
+    }
+
+    /// The parameters' dtype and the rounding applied to them and to the residual stream.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn device(&self) -> Device {
@@ -416,7 +447,7 @@ impl CausalLM {
                 let src = theirs
                     .get(&name)
                     .unwrap_or_else(|| panic!("copy_weights_from: {name} missing in the source"));
-                mine.copy_(src);
+                self.copy_into(&mut mine, src);
             }
         });
     }
@@ -449,10 +480,18 @@ impl CausalLM {
         }
         tch::no_grad(|| {
             for (name, t) in tensors {
-                params.get_mut(name).expect("checked above").copy_(t);
+                self.copy_into(params.get_mut(name).expect("checked above"), t);
             }
         });
         Ok(())
+    }
+
+    /// Copies `src` into parameter `param`, rounded first if this model rounds its weights.
+    fn copy_into(&self, param: &mut Tensor, src: &Tensor) {
+        match self.precision.rounding {
+            Some(rounded) => param.copy_(&src.to_kind(rounded)),
+            None => param.copy_(src),
+        }
     }
 
     /// Final-normed hidden states `[b, s, hidden]` for a whole sequence (training and scoring).
@@ -525,6 +564,7 @@ impl CausalLM {
             rope32,
             bias: bias.shallow_clone(),
             bias32: std::cell::OnceCell::new(),
+            precision: self.precision,
         };
         let mut h = hooks.embedding(input_ids, &self.embed_tokens);
         for layer in &self.layers {
@@ -533,7 +573,8 @@ impl CausalLM {
         if let Some(cache) = cache {
             cache.advance(input_ids.size()[1]);
         }
-        self.norm.forward(&h)
+        let h = self.precision.round_activations(h);
+        self.precision.round_activations(self.norm.forward(&h))
     }
 
     /// An empty KV cache for `batch` rows of up to `capacity` positions, in the model's dtype.

@@ -1,19 +1,51 @@
 //! Engine throughput against transformers `generate` on the same random Qwen2-architecture model
-//! (8 layers, hidden 512, GQA 8/2 heads, vocab 32k), batch 16, prompt length 64, 128 new tokens,
-//! the same thread count, f32 and bf16. Prints tokens/s for both and the ratio, in one run:
+//! (8 layers, hidden 512, GQA 8/2 heads), batch 16, prompt length 64, 128 new tokens, the same thread
+//! count, f32 and bf16, with a 32k vocabulary and with Qwen's real one (151,936). Prints, in one run,
+//! tokens/s for both and the ratio, how our bf16 model computes (native bf16 kernels, or bf16-rounded
+//! f32 on a CPU without bf16 arithmetic: `alp_policy::Bf16Compute`), and the fraction of the
+//! memory-bandwidth limit each of our decode steps reaches: the bytes of weights a step reads (every
+//! parameter but the embedding table, of which a step reads 16 rows) divided by this machine's read
+//! bandwidth, which the benchmark measures first (a libtorch sum over 1 GiB, best of 5), over the
+//! measured time per step.
 //!
 //!     cargo bench -p alp-rollout --bench generate
 //!
 //! Environment: BENCH_THREADS (default 2), BENCH_NEW_TOKENS (128), BENCH_BATCH (16), BENCH_DTYPES
-//! (f32,bf16), BENCH_REPEATS (3: each side reports its fastest timed run, since a shared machine only
-//! ever adds time). Not a test: it asserts nothing about speed.
+//! (f32,bf16), BENCH_VOCABS (32000,151936), BENCH_BF16 (auto: `model.bf16_compute`'s choice; native or
+//! rounded-f32 to force one), BENCH_REPEATS (3: each side reports its fastest timed run, since a shared
+//! machine only ever adds time). Not a test: it asserts nothing about speed.
 use std::time::Instant;
 
-use alp_policy::{CausalLM, LoadOptions};
+use alp_policy::{Bf16Compute, CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use alp_test_support::bench::env_or;
+use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
 use alp_test_support::tiny_model::TinyModel;
+use tch::{Device, Kind, Tensor};
+
+/// Read bandwidth in bytes/s: the fastest of 5 sums over a 1 GiB f32 tensor (far beyond any cache).
+fn read_bandwidth() -> f64 {
+    let t = Tensor::ones([1 << 28], (Kind::Float, Device::Cpu));
+    let _ = t.sum(Kind::Float);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let s = f64::try_from(t.sum(Kind::Float)).unwrap();
+        best = best.min(start.elapsed().as_secs_f64());
+        assert!(s > 0.0);
+    }
+    (t.numel() * 4) as f64 / best
+}
+
+/// Bytes of weights one decode step reads: every parameter but the embedding table.
+fn weight_bytes_per_step(model: &CausalLM) -> f64 {
+    model
+        .named_parameters()
+        .iter()
+        .filter(|(name, _)| name != "model.embed_tokens.weight")
+        .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as f64)
+        .sum()
+}
 
 fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
@@ -21,82 +53,124 @@ fn main() {
     let batch: usize = env_or("BENCH_BATCH", 16);
     let prompt_len = 64usize;
     let dtypes: String = env_or("BENCH_DTYPES", "f32,bf16".to_string());
+    let vocabs: String = env_or("BENCH_VOCABS", "32000,151936".to_string());
+    let bf16: Bf16Compute = env_or("BENCH_BF16", Bf16Compute::Auto);
     let repeats: usize = env_or("BENCH_REPEATS", 3);
     tch::set_num_threads(threads);
-
-    let dir = tempfile::tempdir().unwrap();
-    TinyModel::qwen2_bench(32_000, 512, 1408, 8, 8, 2).save(dir.path(), 0);
-    let prompts: Vec<Vec<i64>> = (0..batch)
-        .map(|r| {
-            (0..prompt_len)
-                .map(|t| ((r * 7919 + t * 104_729) % 32_000) as i64)
-                .collect()
-        })
-        .collect();
-    let prompts_path = dir.path().join("prompts.json");
-    std::fs::write(&prompts_path, serde_json::to_string(&prompts).unwrap()).unwrap();
-
+    let bandwidth = read_bandwidth();
     println!(
-        "generate benchmark: qwen2 8x512 GQA 8/2, vocab 32000, batch {batch}, prompt {prompt_len}, \
-         {new_tokens} new tokens, {threads} threads, best of {repeats}"
+        "generate benchmark: qwen2 8x512 GQA 8/2, batch {batch}, prompt {prompt_len}, {new_tokens} \
+         new tokens, {threads} threads, best of {repeats}; cpu flags: {}{}; read bandwidth {:.1} GB/s",
+        cpu_flags(),
+        libtorch_isa_caps(),
+        bandwidth / 1e9
     );
-    for dtype in dtypes.split(',') {
-        let kind = alp_policy::parse_kind(dtype).unwrap();
-        let model = CausalLM::load(
-            dir.path(),
-            &LoadOptions {
-                kind,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let mut engine = LocalEngine::new(model, batch);
-        let requests: Vec<_> = prompts
-            .iter()
-            .cloned()
-            .map(GenerationRequest::new)
+    for vocab in vocabs.split(',') {
+        let vocab: i64 = vocab
+            .trim()
+            .parse()
+            .expect("BENCH_VOCABS: comma-separated integers");
+        let dir = tempfile::tempdir().unwrap();
+        TinyModel::qwen2_bench(vocab, 512, 1408, 8, 8, 2).save(dir.path(), 0);
+        let prompts: Vec<Vec<i64>> = (0..batch)
+            .map(|r| {
+                (0..prompt_len)
+                    .map(|t| ((r * 7919 + t * 104_729) as i64) % vocab)
+                    .collect()
+            })
             .collect();
-        let params = SamplingParams {
-            max_new_tokens: new_tokens,
-            seed: 0,
-            ..Default::default()
-        };
-        // Warm-up, as on the Python side.
-        let warm = SamplingParams {
-            max_new_tokens: 4,
-            ..params.clone()
-        };
-        engine.generate(&requests, &warm).unwrap();
-        let mut secs = f64::INFINITY;
-        let mut generated = 0;
-        for _ in 0..repeats {
-            let start = Instant::now();
-            let out = engine.generate(&requests, &params).unwrap();
-            secs = secs.min(start.elapsed().as_secs_f64());
-            generated = out.iter().map(|c| c.completion_ids.len()).sum();
+        let prompts_path = dir.path().join("prompts.json");
+        std::fs::write(&prompts_path, serde_json::to_string(&prompts).unwrap()).unwrap();
+        for dtype in dtypes.split(',') {
+            run_case(
+                dir.path(),
+                &prompts,
+                &prompts_path,
+                vocab,
+                dtype,
+                bf16,
+                threads,
+                new_tokens,
+                repeats,
+                bandwidth,
+            );
         }
-        let ours = generated as f64 / secs;
-
-        let output = oracle::run(
-            oracle::python_command()
-                .arg(oracle::script("bench_generate.py"))
-                .args([
-                    dir.path().to_str().unwrap(),
-                    prompts_path.to_str().unwrap(),
-                    dtype,
-                ])
-                .arg(threads.to_string())
-                .arg(new_tokens.to_string())
-                .arg(repeats.to_string())
-                .env("OMP_NUM_THREADS", threads.to_string()),
-            "the transformers benchmark",
-        );
-        let hf: serde_json::Value = serde_json::from_str(output.trim()).expect("benchmark JSON");
-        let theirs = hf["tokens_per_s"].as_f64().unwrap();
-        println!(
-            "{dtype:>5}: alp-rl {ours:8.1} tok/s ({generated} tokens in {secs:.2}s) | transformers \
-             {theirs:8.1} tok/s | ratio {:.2}x",
-            ours / theirs
-        );
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    dir: &std::path::Path,
+    prompts: &[Vec<i64>],
+    prompts_path: &std::path::Path,
+    vocab: i64,
+    dtype: &str,
+    bf16: Bf16Compute,
+    threads: i32,
+    new_tokens: usize,
+    repeats: usize,
+    bandwidth: f64,
+) {
+    let kind = alp_policy::parse_kind(dtype).unwrap();
+    let model = CausalLM::load(
+        dir,
+        &LoadOptions {
+            kind,
+            bf16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let compute = model.precision().describe();
+    let step_bytes = weight_bytes_per_step(&model);
+    let mut engine = LocalEngine::new(model, prompts.len());
+    let requests: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(GenerationRequest::new)
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: new_tokens,
+        seed: 0,
+        ..Default::default()
+    };
+    // Warm-up, as on the Python side.
+    let warm = SamplingParams {
+        max_new_tokens: 4,
+        ..params.clone()
+    };
+    engine.generate(&requests, &warm).unwrap();
+    let mut secs = f64::INFINITY;
+    let mut generated = 0;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let out = engine.generate(&requests, &params).unwrap();
+        secs = secs.min(start.elapsed().as_secs_f64());
+        generated = out.iter().map(|c| c.completion_ids.len()).sum();
+    }
+    let ours = generated as f64 / secs;
+    // The prefill is counted in the step time: the fraction is a lower bound.
+    let step_s = secs / new_tokens as f64;
+    let fraction = step_bytes / bandwidth / step_s;
+
+    let output = oracle::run(
+        oracle::python_command()
+            .arg(oracle::script("bench_generate.py"))
+            .args([dir.to_str().unwrap(), prompts_path.to_str().unwrap(), dtype])
+            .arg(threads.to_string())
+            .arg(new_tokens.to_string())
+            .arg(repeats.to_string())
+            .env("OMP_NUM_THREADS", threads.to_string()),
+        "the transformers benchmark",
+    );
+    let hf: serde_json::Value = serde_json::from_str(output.trim()).expect("benchmark JSON");
+    let theirs = hf["tokens_per_s"].as_f64().unwrap();
+    println!(
+        "vocab {vocab:>6} {dtype:>5}: alp-rl {ours:8.1} tok/s ({generated} tokens in {secs:.2}s, \
+         {:.1} ms/step, {:.0} MB of weights/step = {fraction:.2} of the bandwidth limit) | \
+         transformers {theirs:8.1} tok/s | ratio {:.2}x | ours computes in {compute}",
+        step_s * 1e3,
+        step_bytes / 1e6,
+        ours / theirs
+    );
 }

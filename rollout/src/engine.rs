@@ -1,12 +1,13 @@
 //! The local libtorch inference engine: batched prefill, then token-by-token decode with a
 //! preallocated KV cache, scheduled by continuous batching.
 //!
-//! Up to `batch_size` requests decode together, one row ("slot") each. When a row finishes, a waiting
-//! request takes its slot at the next step: its prompt is prefilled (with the other newcomers of that
-//! step), its keys and values are copied into the freed cache row, and from then on every row writes
-//! its next token at its own cache column ([`alp_policy::KvCache::set_row_columns`]); a per-row key mask says
-//! which columns a row attends to. So a batch never decodes for rows that have ended, whatever the
-//! spread of completion lengths. Once no request waits, finished rows leave the batch (their cache
+//! Up to `batch_size` requests decode together, one row ("slot") each. When rows finish, waiting
+//! requests take their slots once an eighth of the batch is free (or every waiting request fits): their
+//! prompts are prefilled together, their keys and values are copied into the freed cache rows, and
+//! from then on every row writes its next token at its own cache column
+//! ([`alp_policy::KvCache::set_row_columns`]); a per-row key mask says which columns a row attends to.
+//! So a batch decodes for an ended row only until enough slots are free to share one prefill, whatever
+//! the spread of completion lengths. Once no request waits, finished rows leave the batch (their cache
 //! rows are dropped) so the tail runs on fewer rows. Positions count real tokens only, so a request's
 //! computation does not depend on its slot or its neighbours, and each request samples from its own
 //! seeded RNG: completions are the same as generating the request alone (up to float reassociation).
@@ -242,6 +243,12 @@ impl LocalEngine {
             sampler: RowSampler::new(params, &request_ids),
         };
 
+        // Slots whose row has finished and that wait for newcomers. A refill costs a prefill forward
+        // and a copy into every layer's cache whatever the number of newcomers, so it waits until an
+        // eighth of the batch is free (or every waiting request fits): the finished rows decode a few
+        // steps more, harmlessly, while the prefill is shared.
+        let mut free: Vec<usize> = Vec::new();
+        let refill_at = (self.batch_size / 8).max(1);
         while !batch.rows.is_empty() {
             let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
             let logits = self
@@ -250,29 +257,29 @@ impl LocalEngine {
                 .squeeze_dim(1);
             drop(hooks);
             let (tokens, logprobs) = batch.sampler.sample(&logits, params);
-            let mut finished = Vec::new();
             for (k, row) in batch.rows.iter_mut().enumerate() {
-                if !row.push(tokens[k], logprobs[k]) {
-                    finished.push(k);
+                if row.finish.is_none() && !row.push(tokens[k], logprobs[k]) {
+                    free.push(k);
                 }
             }
-            // With nobody waiting, finished rows leave before the step; otherwise they decode once
-            // more (harmlessly) and their slots are refilled right after.
-            if waiting.is_empty() && !finished.is_empty() {
-                for row in batch.remove_rows(&finished) {
+            // With nobody waiting, finished rows leave before the step.
+            if waiting.is_empty() && !free.is_empty() {
+                free.sort_unstable();
+                for row in batch.remove_rows(&free) {
                     retire(&mut done, first, row);
                 }
-                finished.clear();
+                free.clear();
                 if batch.rows.is_empty() {
                     break;
                 }
             }
             let fed = tokens_of(&batch.rows);
             self.decode_step(&mut batch, &fed, device, row_hooks);
-            if !finished.is_empty() {
+            if !free.is_empty() && (free.len() >= refill_at || free.len() >= waiting.len()) {
+                free.sort_unstable();
                 self.refill(
                     &mut batch,
-                    &finished,
+                    &free,
                     &mut waiting,
                     &mut done,
                     requests,
@@ -281,6 +288,7 @@ impl LocalEngine {
                     capacity,
                     row_hooks,
                 );
+                free.clear();
             }
         }
         self.finish(requests, done)
@@ -313,7 +321,9 @@ impl LocalEngine {
             &mut batch.cache,
             hooks.as_ref(),
         );
-        for row in batch.rows.iter_mut() {
+        // A finished row waiting for a newcomer rewrites its last column instead of running past
+        // the cache's capacity.
+        for row in batch.rows.iter_mut().filter(|r| r.finish.is_none()) {
             row.column += 1;
             row.next_pos += 1;
         }

@@ -200,40 +200,62 @@ impl RowSampler {
     }
 
     /// Samples one token per row from `logits` (`[rows, vocab]`, any float dtype).
+    ///
+    /// Without top-k or top-p (every training config) this is three passes over the logits: the
+    /// softmax, its running sum, and (for `raw` at T != 1 only) a `log_softmax`; each row's token is a
+    /// binary search of its uniform draw in the running sum, its recorded log-prob the log of the
+    /// drawn probability, and tokens and log-probs cross to the host in one copy. With truncation the
+    /// processed distribution ([`processed_logprobs`]) is built first.
     pub fn sample(&mut self, logits: &Tensor, params: &SamplingParams) -> (Vec<i64>, Vec<f32>) {
         let logits = logits.to_kind(Kind::Float);
-        let raw = || logits.log_softmax(-1, Kind::Float);
         if params.greedy {
-            let tokens = logits.argmax(-1, false);
-            let lps = raw()
-                .gather(-1, &tokens.unsqueeze(-1), false)
-                .squeeze_dim(-1);
-            return (
-                Vec::<i64>::try_from(&tokens).expect("int64 tokens"),
-                Vec::<f32>::try_from(&lps).expect("f32 log-probs"),
-            );
+            let tokens = logits.argmax(-1, false).unsqueeze(-1);
+            let lps = logits
+                .log_softmax(-1, Kind::Float)
+                .gather(-1, &tokens, false);
+            return to_host(&tokens, &lps);
         }
-        let sampling = processed_logprobs(&logits, params);
-        let tokens = self.draw(&sampling);
+        if params.top_k > 0 || params.top_p < 1.0 {
+            return self.sample_truncated(&logits, params);
+        }
+        // Untruncated: every log-prob mode is `log_softmax(logits / T)` except `raw` at T != 1.
+        let probs = if params.temperature == 1.0 {
+            logits.softmax(-1, Kind::Float)
+        } else {
+            (&logits / params.temperature).softmax(-1, Kind::Float)
+        };
+        let tokens = self.draw_from_probs(&probs).unsqueeze(-1);
+        let recorded = match params.logprob_mode {
+            LogprobMode::Raw if params.temperature != 1.0 => logits
+                .log_softmax(-1, Kind::Float)
+                .gather(-1, &tokens, false),
+            _ => probs.gather(-1, &tokens, false).log(),
+        };
+        to_host(&tokens, &recorded)
+    }
+
+    /// Top-k / top-p: draws from the processed distribution.
+    fn sample_truncated(
+        &mut self,
+        logits: &Tensor,
+        params: &SamplingParams,
+    ) -> (Vec<i64>, Vec<f32>) {
+        let sampling = processed_logprobs(logits, params);
+        let tokens = self.draw_from_probs(&sampling.exp()).unsqueeze(-1);
         let recorded = match params.logprob_mode {
             LogprobMode::Sampling => sampling,
-            LogprobMode::Temperature => (&logits / params.temperature).log_softmax(-1, Kind::Float),
-            LogprobMode::Raw => raw(),
-        };
-        let lps = recorded
-            .gather(-1, &tokens.unsqueeze(-1), false)
-            .squeeze_dim(-1);
-        (
-            Vec::<i64>::try_from(&tokens).expect("int64 tokens"),
-            Vec::<f32>::try_from(&lps).expect("f32 log-probs"),
-        )
+            LogprobMode::Temperature => (logits / params.temperature).log_softmax(-1, Kind::Float),
+            LogprobMode::Raw => logits.log_softmax(-1, Kind::Float),
+        }
+        .gather(-1, &tokens, false);
+        to_host(&tokens, &recorded)
     }
 
     /// Inverse-CDF sampling on the device: one uniform per row from the row's RNG, and the token is
-    /// the first whose cumulative probability exceeds it. Zero-mass tokens add nothing to the CDF, so
-    /// they can never be chosen; only `rows` numbers cross to the device, not `rows x vocab`.
-    fn draw(&mut self, logprobs: &Tensor) -> Tensor {
-        let probs = logprobs.exp();
+    /// the first whose cumulative probability exceeds it, found by binary search in the running sum.
+    /// Zero-mass tokens add nothing to the running sum, so they can never be chosen; only `rows`
+    /// numbers cross to the device, not `rows x vocab`.
+    fn draw_from_probs(&mut self, probs: &Tensor) -> Tensor {
         let cdf = probs.cumsum(-1, Kind::Float);
         let vocab = cdf.size()[1];
         let total = cdf.narrow(1, vocab - 1, 1);
@@ -241,16 +263,29 @@ impl RowSampler {
         let target = Tensor::from_slice(&uniforms)
             .to_device(cdf.device())
             .unsqueeze(-1)
-            * total;
-        let tokens = cdf
-            .le_tensor(&target)
-            .sum_dim_intlist(-1, false, Kind::Int64)
-            .clamp_max(vocab - 1);
-        // Rounding can put the target at the very top of the CDF; fall back to the likeliest token
-        // rather than a zero-mass one.
-        let picked = probs
-            .gather(-1, &tokens.unsqueeze(-1), false)
-            .squeeze_dim(-1);
-        tokens.where_self(&picked.gt(0.0), &probs.argmax(-1, false))
+            * &total;
+        let search = |values: &Tensor, side: &str| {
+            values
+                .searchsorted(&cdf, false, side == "right", side, None::<&Tensor>)
+                .squeeze_dim(-1)
+        };
+        // The number of running sums <= target is the first token whose sum exceeds it. Rounding can
+        // put the target at the very top, past every token; the last token with mass (the first
+        // whose sum reaches the total) is the one to take then.
+        search(&target, "right").minimum(&search(&total, "left"))
     }
+}
+
+/// Tokens (`[rows, 1]` int64) and their log-probs (`[rows, 1]` f32) to the host in one copy (int64
+/// token ids are exact in f64).
+fn to_host(tokens: &Tensor, logprobs: &Tensor) -> (Vec<i64>, Vec<f32>) {
+    let both = Tensor::cat(
+        &[tokens.to_kind(Kind::Double), logprobs.to_kind(Kind::Double)],
+        1,
+    )
+    .to_device(tch::Device::Cpu);
+    let flat = Vec::<f64>::try_from(&both.view([-1])).expect("f64 tokens and log-probs");
+    flat.chunks(2)
+        .map(|pair| (pair[0] as i64, pair[1] as f32))
+        .unzip()
 }

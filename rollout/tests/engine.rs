@@ -466,7 +466,9 @@ fn continuous_batching_equals_generating_each_request_alone() {
     tch::set_num_threads(1);
     for arch in ["qwen2", "qwen3", "llama"] {
         let model = tiny_model(arch, 12);
-        let requests = ragged_requests(23);
+        // 70 requests at batch 16: refills wait until two slots are free (an eighth of the batch),
+        // so finished rows keep decoding in place for a step or more.
+        let requests = ragged_requests(70);
         for greedy in [true, false] {
             let params = SamplingParams {
                 greedy,
@@ -482,6 +484,9 @@ fn continuous_batching_equals_generating_each_request_alone() {
             let continuous = LocalEngine::new(copy_of(&model), 4)
                 .generate(&requests, &params)
                 .unwrap();
+            let continuous16 = LocalEngine::new(copy_of(&model), 16)
+                .generate(&requests, &params)
+                .unwrap();
             let chunked = LocalEngine::new(copy_of(&model), 4)
                 .with_scheduling(alp_rollout::Scheduling::Chunked)
                 .generate(&requests, &params)
@@ -490,7 +495,11 @@ fn continuous_batching_equals_generating_each_request_alone() {
                 alone.iter().map(|c| c.completion_ids.len()).collect();
             assert!(lengths.len() > 5, "completions end at many different steps");
             for (i, a) in alone.iter().enumerate() {
-                for (what, b) in [("continuous", &continuous[i]), ("chunked", &chunked[i])] {
+                for (what, b) in [
+                    ("continuous", &continuous[i]),
+                    ("continuous at batch 16", &continuous16[i]),
+                    ("chunked", &chunked[i]),
+                ] {
                     assert_eq!(
                         a.completion_ids, b.completion_ids,
                         "{arch} greedy={greedy} {what} request {i}: tokens"

@@ -11,11 +11,13 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// Loads the model in `dir` as an inference copy of dtype `kind`, on the GPU when there is one.
+/// Loads the model in `dir` as an inference copy of dtype `kind`, on the GPU when there is one (a
+/// bf16 copy on a CPU without bf16 arithmetic is bf16-rounded f32, `Bf16Compute::Auto`).
 pub fn load_inference_model(dir: &Path, kind: tch::Kind) -> Result<alp_policy::CausalLM> {
     let opts = alp_policy::LoadOptions {
         kind,
         device: tch::Device::cuda_if_available(),
+        bf16: alp_policy::Bf16Compute::Auto,
     };
     let model = alp_policy::CausalLM::load(dir, &opts)
         .with_context(|| format!("cannot load the model in {}", dir.display()))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use alp_learner::eggroll::EggrollSettings;
 use alp_learner::{LearnerKind, LearnerSettings};
 use alp_macros::string_enum;
-use alp_policy::{Architecture, Dtype};
+use alp_policy::{Architecture, Bf16Compute, Dtype};
 use alp_rollout::{LogprobMode, SamplingParams};
 use alp_vllm::VllmSettings;
 use serde::{Deserialize, Serialize};
@@ -184,6 +184,9 @@ pub struct ModelSection {
     pub init_seed: u64,
     /// Compute dtype of the rollout (inference) copy: bf16 makes the training-inference mismatch real.
     pub inference_dtype: Dtype,
+    /// How a bf16 inference copy computes: auto (native bf16 on CUDA and on CPUs with bf16
+    /// arithmetic, bf16-rounded f32 on the others), native or rounded-f32.
+    pub bf16_compute: Bf16Compute,
     /// Dtype of the trained (master) weights.
     pub train_dtype: Dtype,
     /// auto (CUDA when available), cpu or cuda.
@@ -200,6 +203,7 @@ impl Default for ModelSection {
             arch: Architecture::Qwen2,
             init_seed: 0,
             inference_dtype: Dtype::Bf16,
+            bf16_compute: Bf16Compute::Auto,
             train_dtype: Dtype::F32,
             device: Device::Auto,
             threads: 0,

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use alp_policy::{CausalLM, LoadOptions, MemberHooks};
+use alp_policy::{Bf16Compute, CausalLM, LoadOptions, MemberHooks};
 use alp_rollout::{GenerationBackend, LocalEngine, LogprobMode, SyncReport};
 use alp_vllm::{ReplicaStats, VllmBackend, VllmSettings};
 use tch::{Device, Kind, Tensor};
@@ -18,6 +18,8 @@ pub enum BackendSettings {
     Local {
         /// Compute dtype of the inference copy (`model.inference_dtype`).
         kind: Kind,
+        /// How a bf16 copy computes (`model.bf16_compute`).
+        bf16: Bf16Compute,
         device: Device,
         /// Rows per forward (`rollout.batch_size`).
         batch_size: usize,
@@ -53,18 +55,20 @@ impl Generator {
         model_dir: &Path,
         version: u64,
     ) -> Result<(Self, Option<SyncReport>), String> {
-        let load = |kind, device| {
-            CausalLM::load(model_dir, &LoadOptions { kind, device })
+        let load = |kind, device, bf16| {
+            CausalLM::load(model_dir, &LoadOptions { kind, device, bf16 })
                 .map_err(|e| format!("loading {}: {e}", model_dir.display()))
         };
         match settings {
             BackendSettings::Local {
                 kind,
                 device,
+                bf16,
                 batch_size,
             } => {
-                let engine =
-                    LocalEngine::new(load(*kind, *device)?, *batch_size).with_version(version);
+                let model = load(*kind, *device, *bf16)?;
+                tracing::info!(compute = %model.precision().describe(), "rollout engine");
+                let engine = LocalEngine::new(model, *batch_size).with_version(version);
                 Ok((Generator::Local(engine), None))
             }
             BackendSettings::Vllm {
@@ -73,7 +77,7 @@ impl Generator {
                 reference_kind,
             } => {
                 // The probe's reference forward runs on the CPU: the GPU, if any, is the servers'.
-                let reference = load(*reference_kind, Device::Cpu)?;
+                let reference = load(*reference_kind, Device::Cpu, Bf16Compute::Native)?;
                 let mut backend =
                     VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
                         .map_err(|e| format!("starting the vLLM backend: {e}"))?;

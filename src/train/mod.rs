@@ -147,8 +147,15 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let tokenizer = Tokenizer::from_dir(&model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
     let load = |dir: &Path, kind: Kind| {
-        CausalLM::load(dir, &LoadOptions { kind, device })
-            .with_context(|| format!("loading the model in {}", dir.display()))
+        CausalLM::load(
+            dir,
+            &LoadOptions {
+                kind,
+                device,
+                ..LoadOptions::default()
+            },
+        )
+        .with_context(|| format!("loading the model in {}", dir.display()))
     };
     let policy = load(&weights_dir, train_kind)?;
     crate::commands::check_finite(&policy, &weights_dir)?;
@@ -209,6 +216,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
             None => BackendSettings::Local {
                 kind: inference_kind,
                 device,
+                bf16: config.model.bf16_compute,
                 batch_size: config.rollout.batch_size,
             },
             Some(settings) => BackendSettings::Vllm {

@@ -26,3 +26,22 @@ pub fn cpu_flags() -> String {
         })
         .unwrap_or_default()
 }
+
+/// The environment variables that cap libtorch below the CPU's instruction set (`ATEN_CPU_CAPABILITY`,
+/// `ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`: how an AVX-512 machine runs as an AVX2 one), as
+/// `"; capped: NAME=VALUE ..."`, or nothing when none is set.
+pub fn libtorch_isa_caps() -> String {
+    let caps: Vec<String> = [
+        "ATEN_CPU_CAPABILITY",
+        "ONEDNN_MAX_CPU_ISA",
+        "MKL_ENABLE_INSTRUCTIONS",
+    ]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok().map(|v| format!("{name}={v}")))
+    .collect();
+    if caps.is_empty() {
+        String::new()
+    } else {
+        format!("; capped: {}", caps.join(" "))
+    }
+}

@@ -89,6 +89,7 @@ impl TinyModel {
         let opts = LoadOptions {
             kind,
             device: Device::Cpu,
+            ..LoadOptions::default()
         };
         CausalLM::random(self.config(), &opts, seed).unwrap()
     }
