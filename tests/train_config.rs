@@ -176,6 +176,24 @@ fn rollout_backend_and_its_vllm_section_must_agree() {
             "rollout.backend",
             "allowed: local, vllm",
         ),
+        (
+            format!("{BASE}{vllm}"),
+            vec!["rollout.backend=vllm", "model.bf16_compute=native"],
+            "model.bf16_compute",
+            "the servers compute in the dtype",
+        ),
+        (
+            BASE.to_string(),
+            vec!["model.inference_dtype=f32", "model.bf16_compute=rounded-f32"],
+            "model.bf16_compute",
+            "only says how a bf16 copy computes",
+        ),
+        (
+            BASE.to_string(),
+            vec!["model.bf16_compute=fast"],
+            "model.bf16_compute",
+            "allowed: auto, native, rounded-f32",
+        ),
     ] {
         let mut args = Vec::new();
         for s in &extra {

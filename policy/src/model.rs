@@ -184,13 +184,25 @@ impl Attention {
         let b = q.size()[0];
         let group = self.num_heads / self.num_kv_heads;
         let keys = k.size()[2];
+        let kind = v.kind();
+        // libtorch's batched bf16/f16 matmuls of these small shapes are several times slower on the
+        // CPU than f32 ones: multiply in f32 and round each product to the model's dtype, as a
+        // 16-bit matmul (f32 accumulation) rounds its output.
+        let wide = kind != Kind::Float && q.device() == tch::Device::Cpu;
+        let matmul = |a: &Tensor, b: &Tensor| {
+            if wide {
+                a.to_kind(Kind::Float)
+                    .matmul(&b.to_kind(Kind::Float))
+                    .to_kind(kind)
+            } else {
+                a.matmul(b)
+            }
+        };
         // q: [b, heads, 1, d] -> [b, kv_heads, group, d]; query head h uses KV head h / group.
         let q = q.reshape([b, self.num_kv_heads, group, self.head_dim]);
-        let scores = q.matmul(&k.transpose(2, 3)) * scale + bias.reshape([b, 1, 1, keys]);
-        let probs = scores.softmax(-1, Kind::Float).to_kind(v.kind());
-        probs
-            .matmul(v)
-            .reshape([b, 1, self.num_heads * self.head_dim])
+        let scores = matmul(&q, &k.transpose(2, 3)) * scale + bias.reshape([b, 1, 1, keys]);
+        let probs = scores.softmax(-1, Kind::Float).to_kind(kind);
+        matmul(&probs, v).reshape([b, 1, self.num_heads * self.head_dim])
     }
 }
 

@@ -122,10 +122,14 @@ fn main() {
         engine.generate(&requests, &gen(72)).unwrap();
     });
     let step = (long - short) / 64.0;
+    let prefill = time_ms(1, || {
+        engine.generate(&requests, &gen(1)).unwrap();
+    });
     println!(
         "per decode step (ms): decoder layers {layers:.2} | LM head {head:.2} | sampling {sample:.2} | \
          sum {:.2} | whole engine step {step:.2} (other: {:.2}) | one [{batch}x{hidden}]x[{hidden}x{intermediate}] matmul \
-         {gemm:.3} ms = {gflops:.1} GFLOP/s",
+         {gemm:.3} ms = {gflops:.1} GFLOP/s | a call generating 1 token ({batch} x {prompt}-token prefill) \
+         {prefill:.1} ms",
         layers + head + sample,
         step - layers - head - sample
     );

@@ -13,7 +13,10 @@
 //! Environment: BENCH_THREADS (default 2), BENCH_NEW_TOKENS (128), BENCH_BATCH (16), BENCH_DTYPES
 //! (f32,bf16), BENCH_VOCABS (32000,151936), BENCH_BF16 (auto: `model.bf16_compute`'s choice; native or
 //! rounded-f32 to force one), BENCH_REPEATS (3: each side reports its fastest timed run, since a shared
-//! machine only ever adds time). Not a test: it asserts nothing about speed.
+//! machine only ever adds time), BENCH_DEVICE (cpu, or cuda: both sides and the bandwidth measurement
+//! on the first GPU), BENCH_SHAPE (8x512, or qwen2.5-0.5b: 24 layers, hidden 896, GQA 14/2, MLP 4864,
+//! tied embeddings, Qwen's vocabulary whatever BENCH_VOCABS says), BENCH_REFERENCE (1; 0 skips
+//! transformers where it is not installed, and says so). Not a test: it asserts nothing about speed.
 use std::time::Instant;
 
 use alp_policy::{Bf16Compute, CausalLM, LoadOptions};
@@ -23,9 +26,10 @@ use alp_test_support::oracle;
 use alp_test_support::tiny_model::TinyModel;
 use tch::{Device, Kind, Tensor};
 
-/// Read bandwidth in bytes/s: the fastest of 5 sums over a 1 GiB f32 tensor (far beyond any cache).
-fn read_bandwidth() -> f64 {
-    let t = Tensor::ones([1 << 28], (Kind::Float, Device::Cpu));
+/// Read bandwidth of `device` in bytes/s: the fastest of 5 sums over a 1 GiB f32 tensor (far beyond
+/// any cache; the sum's value crossing to the host waits for the device).
+fn read_bandwidth(device: Device) -> f64 {
+    let t = Tensor::ones([1 << 28], (Kind::Float, device));
     let _ = t.sum(Kind::Float);
     let mut best = f64::INFINITY;
     for _ in 0..5 {
@@ -37,14 +41,31 @@ fn read_bandwidth() -> f64 {
     (t.numel() * 4) as f64 / best
 }
 
-/// Bytes of weights one decode step reads: every parameter but the embedding table.
+/// Bytes of weights one decode step reads: every parameter but the embedding table (which a tied
+/// model reads whole, as its LM head).
 fn weight_bytes_per_step(model: &CausalLM) -> f64 {
+    let tied = model.config().tie_word_embeddings;
     model
         .named_parameters()
         .iter()
-        .filter(|(name, _)| name != "model.embed_tokens.weight")
+        .filter(|(name, _)| tied || name != "model.embed_tokens.weight")
         .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as f64)
         .sum()
+}
+
+/// The benchmark's model shape for a vocabulary: `BENCH_SHAPE` 8x512 (the default) or qwen2.5-0.5b.
+fn shape(name: &str, vocab: i64) -> (String, TinyModel) {
+    match name {
+        "8x512" => (
+            "qwen2 8x512 GQA 8/2".into(),
+            TinyModel::qwen2_bench(vocab, 512, 1408, 8, 8, 2),
+        ),
+        "qwen2.5-0.5b" => (
+            "qwen2 24x896 GQA 14/2 (Qwen2.5-0.5B's shape), tied".into(),
+            TinyModel::qwen2_bench(151_936, 896, 4864, 24, 14, 2).with("tie_word_embeddings", true),
+        ),
+        other => panic!("BENCH_SHAPE: 8x512 or qwen2.5-0.5b, not {other:?}"),
+    }
 }
 
 fn main() {
@@ -56,11 +77,20 @@ fn main() {
     let vocabs: String = env_or("BENCH_VOCABS", "32000,151936".to_string());
     let bf16: Bf16Compute = env_or("BENCH_BF16", Bf16Compute::Auto);
     let repeats: usize = env_or("BENCH_REPEATS", 3);
+    let device = match env_or("BENCH_DEVICE", "cpu".to_string()).as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => panic!("BENCH_DEVICE: cpu or cuda, not {other:?}"),
+    };
+    let shape_name: String = env_or("BENCH_SHAPE", "8x512".to_string());
+    let reference = env_or("BENCH_REFERENCE", 1) != 0;
     tch::set_num_threads(threads);
-    let bandwidth = read_bandwidth();
+    let bandwidth = read_bandwidth(device);
     println!(
-        "generate benchmark: qwen2 8x512 GQA 8/2, batch {batch}, prompt {prompt_len}, {new_tokens} \
-         new tokens, {threads} threads, best of {repeats}; cpu flags: {}{}; read bandwidth {:.1} GB/s",
+        "generate benchmark: {}, batch {batch}, prompt {prompt_len}, {new_tokens} new tokens, \
+         {threads} threads, best of {repeats}, on {device:?}; cpu flags: {}{}; read bandwidth \
+         {:.1} GB/s",
+        shape(&shape_name, 32_000).0,
         cpu_flags(),
         libtorch_isa_caps(),
         bandwidth / 1e9
@@ -71,7 +101,9 @@ fn main() {
             .parse()
             .expect("BENCH_VOCABS: comma-separated integers");
         let dir = tempfile::tempdir().unwrap();
-        TinyModel::qwen2_bench(vocab, 512, 1408, 8, 8, 2).save(dir.path(), 0);
+        let model = shape(&shape_name, vocab).1;
+        let vocab = model.config().vocab_size;
+        model.save(dir.path(), 0);
         let prompts: Vec<Vec<i64>> = (0..batch)
             .map(|r| {
                 (0..prompt_len)
@@ -86,9 +118,13 @@ fn main() {
                 dir.path(),
                 &prompts,
                 &prompts_path,
-                vocab,
-                dtype,
-                bf16,
+                Case {
+                    vocab,
+                    dtype,
+                    bf16,
+                    device,
+                    reference,
+                },
                 threads,
                 new_tokens,
                 repeats,
@@ -98,29 +134,36 @@ fn main() {
     }
 }
 
+/// What one line of the benchmark runs.
+struct Case<'a> {
+    vocab: i64,
+    dtype: &'a str,
+    bf16: Bf16Compute,
+    device: Device,
+    /// Whether transformers runs too.
+    reference: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_case(
     dir: &std::path::Path,
     prompts: &[Vec<i64>],
     prompts_path: &std::path::Path,
-    vocab: i64,
-    dtype: &str,
-    bf16: Bf16Compute,
+    case: Case,
     threads: i32,
     new_tokens: usize,
     repeats: usize,
     bandwidth: f64,
 ) {
+    let Case {
+        vocab,
+        dtype,
+        bf16,
+        device,
+        reference,
+    } = case;
     let kind = alp_policy::parse_kind(dtype).unwrap();
-    let model = CausalLM::load(
-        dir,
-        &LoadOptions {
-            kind,
-            bf16,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let model = CausalLM::load(dir, &LoadOptions { kind, bf16, device }).unwrap();
     let compute = model.precision().describe();
     let step_bytes = weight_bytes_per_step(&model);
     let mut engine = LocalEngine::new(model, prompts.len());
@@ -153,24 +196,32 @@ fn run_case(
     let step_s = secs / new_tokens as f64;
     let fraction = step_bytes / bandwidth / step_s;
 
-    let output = oracle::run(
-        oracle::python_command()
-            .arg(oracle::script("bench_generate.py"))
-            .args([dir.to_str().unwrap(), prompts_path.to_str().unwrap(), dtype])
-            .arg(threads.to_string())
-            .arg(new_tokens.to_string())
-            .arg(repeats.to_string())
-            .env("OMP_NUM_THREADS", threads.to_string()),
-        "the transformers benchmark",
-    );
-    let hf: serde_json::Value = serde_json::from_str(output.trim()).expect("benchmark JSON");
-    let theirs = hf["tokens_per_s"].as_f64().unwrap();
+    let versus = if reference {
+        let output = oracle::run(
+            oracle::python_command()
+                .arg(oracle::script("bench_generate.py"))
+                .args([dir.to_str().unwrap(), prompts_path.to_str().unwrap(), dtype])
+                .arg(threads.to_string())
+                .arg(new_tokens.to_string())
+                .arg(repeats.to_string())
+                .arg(if device == Device::Cpu { "cpu" } else { "cuda" })
+                .env("OMP_NUM_THREADS", threads.to_string()),
+            "the transformers benchmark",
+        );
+        let hf: serde_json::Value = serde_json::from_str(output.trim()).expect("benchmark JSON");
+        let theirs = hf["tokens_per_s"].as_f64().unwrap();
+        format!(
+            "transformers {theirs:8.1} tok/s | ratio {:.2}x",
+            ours / theirs
+        )
+    } else {
+        "transformers not run (BENCH_REFERENCE=0)".to_string()
+    };
     println!(
         "vocab {vocab:>6} {dtype:>5}: alp-rl {ours:8.1} tok/s ({generated} tokens in {secs:.2}s, \
-         {:.1} ms/step, {:.0} MB of weights/step = {fraction:.2} of the bandwidth limit) | \
-         transformers {theirs:8.1} tok/s | ratio {:.2}x | ours computes in {compute}",
+         {:.1} ms/step, {:.0} MB of weights/step = {fraction:.2} of the bandwidth limit) | {versus} | \
+         ours computes in {compute}",
         step_s * 1e3,
         step_bytes / 1e6,
-        ours / theirs
     );
 }

@@ -170,6 +170,28 @@ impl TrainConfig {
     /// `rollout.backend` against `[rollout.vllm]` and the learner.
     fn validate_backend(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.model.bf16_compute != alp_policy::Bf16Compute::Auto {
+            if self.model.inference_dtype != alp_policy::Dtype::Bf16 {
+                return bad(
+                    "model.bf16_compute",
+                    format!(
+                        "is \"{}\" but model.inference_dtype is \"{}\": it only says how a bf16 \
+                         copy computes; remove it or set inference_dtype = \"bf16\"",
+                        self.model.bf16_compute, self.model.inference_dtype
+                    ),
+                );
+            }
+            if self.rollout.backend == BackendKind::Vllm {
+                return bad(
+                    "model.bf16_compute",
+                    format!(
+                        "is \"{}\" but rollout.backend = \"vllm\": the servers compute in the dtype \
+                         of their own `--dtype` argument; remove it",
+                        self.model.bf16_compute
+                    ),
+                );
+            }
+        }
         match (self.rollout.backend, &self.rollout.vllm) {
             (BackendKind::Local, Some(_)) => bad(
                 "rollout.vllm",

@@ -8,8 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The workspace root (this crate sits at `support/oracle`).
+/// The workspace root (this crate sits at `support/oracle`), or `ALP_WORKSPACE_ROOT` where binaries
+/// built here run from another checkout (`scripts/gpu-check.sh` on a GPU machine).
 pub fn workspace_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("ALP_WORKSPACE_ROOT") {
+        return PathBuf::from(root);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)
@@ -17,8 +21,12 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The venv's Python; a missing venv is an error with the fix, never a silent skip.
+/// The venv's Python, or `ALP_ORACLE_PYTHON` (a machine's own Python with torch and transformers,
+/// as on a GPU machine); a missing venv is an error with the fix, never a silent skip.
 pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("ALP_ORACLE_PYTHON") {
+        return PathBuf::from(python);
+    }
     let python = workspace_root().join(".venv/bin/python");
     assert!(
         python.exists(),

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The prepared GPU check (docs/benchmarks.md): binaries built on this machine, run on a GPU machine
+# with the torch 2.11.0 libraries of that machine's own Python, within 8 minutes on one GPU.
+#
+#   scripts/gpu-check.sh prepare   here: builds the four binaries into gpu-check/bin (ignored by git,
+#                                  about 40 MB, small enough to carry to the device)
+#   scripts/gpu-check.sh           on the GPU machine, from the repository root: runs
+#                                  1. the CUDA parity tests (rollout/tests/cuda.rs)
+#                                  2. the generation benchmark against transformers `generate` on a
+#                                     Qwen2.5-0.5B-shaped model in bf16
+#                                  3. the learner step benchmark (against PyTorch eager, ALP vs bypass)
+#                                  4. 20 steps of `alp-rl train configs/math.toml` on CUDA
+#                                  and prints one summary line per check at the end.
+#
+# transformers is the reference of checks 2 and 3; where the machine's Python lacks it, those checks
+# run our side alone and their summary line says so. PYTHON picks the Python (default python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=gpu-check/bin
+
+if [ "${1:-}" = prepare ]; then
+  set -e
+  mkdir -p "$BIN"
+  executable() { # cargo's JSON messages -> the path of the one executable they built
+    python3 -c 'import json, sys
+paths = [m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")]
+assert len(paths) == 1, paths
+print(paths[0])'
+  }
+  cargo build --release --bin alp-rl
+  cp target/release/alp-rl "$BIN/alp-rl"
+  cp "$(cargo test --release -p alp-rollout --test cuda --no-run --message-format=json | executable)" "$BIN/cuda-tests"
+  cp "$(cargo bench -p alp-rollout --bench generate --no-run --message-format=json | executable)" "$BIN/generate"
+  cp "$(cargo bench -p alp-learner --bench learner_step --no-run --message-format=json | executable)" "$BIN/learner_step"
+  strip "$BIN"/*
+  du -sh "$BIN"
+  echo "carry gpu-check to the GPU machine and run scripts/gpu-check.sh there"
+  exit 0
+fi
+
+for b in alp-rl cuda-tests generate learner_step; do
+  [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: run scripts/gpu-check.sh prepare on the build machine first"; exit 2; }
+done
+PYTHON=${PYTHON:-python3}
+torch_lib=$("$PYTHON" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))') || {
+  echo "$PYTHON has no torch: set PYTHON to the Python with torch 2.11.0"; exit 2; }
+torch_version=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The benchmarks find their Python reference scripts and interpreter here, not where they were built.
+export ALP_WORKSPACE_ROOT=$PWD ALP_ORACLE_PYTHON=$(command -v "$PYTHON")
+reference=1
+"$PYTHON" -c 'import transformers' 2>/dev/null || reference=0
+logs=$(mktemp -d)
+summary=()
+echo "gpu-check: torch $torch_version ($torch_lib), transformers $([ $reference = 1 ] && echo present || echo absent)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+
+run_check() { # name, timeout seconds, command...: runs it, keeps its log, prints it as it goes
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "[$name: rc $rc in $((SECONDS - start)) s]"
+  return "$rc"
+}
+
+# 1. CUDA parity tests.
+if run_check cuda-parity 120 "$BIN/cuda-tests" --ignored --test-threads 1 --nocapture; then
+  summary+=("cuda parity: $(grep -E '^test result' "$logs/cuda-parity.log" | tail -1)")
+else
+  summary+=("cuda parity: FAILED ($(grep -cE '\.\.\. FAILED' "$logs/cuda-parity.log") failed; see above)")
+fi
+
+# 2. Generation on a 0.5B-shaped model in bf16, 16 prompts x 128 new tokens.
+if run_check generate 180 env BENCH_DEVICE=cuda BENCH_SHAPE=qwen2.5-0.5b BENCH_DTYPES=bf16 \
+  BENCH_VOCABS=151936 BENCH_REFERENCE=$reference BENCH_REPEATS=3 "$BIN/generate"; then
+  summary+=("generate 0.5B bf16: $(grep -E '^vocab' "$logs/generate.log" | tail -1 | sed 's/  */ /g')")
+else
+  summary+=("generate 0.5B bf16: FAILED (rc above)")
+fi
+
+# 3. Learner step (needs the PyTorch reference, which needs transformers).
+if [ $reference = 1 ]; then
+  if run_check learner 120 env BENCH_DEVICE=cuda BENCH_STEPS=10 "$BIN/learner_step"; then
+    summary+=("learner step: $(grep -E 'vs pytorch|vs bypass' "$logs/learner.log" | sed 's/  */ /g' | paste -sd ';' -)")
+  else
+    summary+=("learner step: FAILED (rc above)")
+  fi
+else
+  summary+=("learner step: not run (no transformers in $PYTHON for the PyTorch reference)")
+fi
+
+# 4. 20 RL steps of the default on CUDA (a shorter warm start so it fits the budget).
+out=$(mktemp -d)/run
+if run_check train 240 "$BIN/alp-rl" train configs/math.toml --set model.device=cuda \
+  --set run.steps=20 --set sft.steps=300 --set eval.every=10 --out "$out"; then
+  summary+=("train 20 steps on CUDA: $(grep -E 'held-out accuracy' "$logs/train.log" | tail -1 | sed 's/.*INFO //')")
+else
+  summary+=("train 20 steps on CUDA: FAILED (rc above)")
+fi
+
+echo
+echo "== gpu-check summary =="
+printf '%s\n' "${summary[@]}"
