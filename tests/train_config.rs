@@ -204,3 +204,24 @@ fn rollout_backend_and_its_vllm_section_must_agree() {
         assert!(err.contains(says), "{key}: {err}");
     }
 }
+
+/// `model.device = "cuda"` on a machine where libtorch sees no GPU is refused before any work (on a
+/// GPU machine the same config is valid, so there the test checks that it passes `--check`).
+#[test]
+fn cuda_without_a_gpu_is_refused() {
+    if tch::Cuda::is_available() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ok.toml");
+        std::fs::write(&path, BASE).unwrap();
+        let out = train(&path, &["--check", "--set", "model.device=cuda"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let (err, file) = refused(BASE, &["--set", "model.device=cuda"]);
+    assert!(err.contains(&file), "{err}");
+    assert!(err.contains("libtorch sees no CUDA device"), "{err}");
+}

@@ -63,6 +63,13 @@ pub(crate) fn check_model(
     env: &dyn Environment,
     config_path: &Path,
 ) -> Result<()> {
+    if config.model.device == crate::config::Device::Cuda && !tch::Cuda::is_available() {
+        bail!(
+            "{}: model.device = \"cuda\" but libtorch sees no CUDA device (no GPU or driver, or a \
+             CPU-only libtorch); use device = \"auto\" (CUDA when there is one) or \"cpu\"",
+            config_path.display()
+        );
+    }
     let (model, tokenizer, source) = starting_model(config)?;
     if let Some(es) = config.eggroll_settings() {
         check_eggroll(config, &es, &model, &source, config_path)?;
