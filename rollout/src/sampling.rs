@@ -271,8 +271,12 @@ impl RowSampler {
         };
         // The number of running sums <= target is the first token whose sum exceeds it. Rounding can
         // put the target at the very top, past every token; the last token with mass (the first
-        // whose sum reaches the total) is the one to take then.
-        search(&target, "right").minimum(&search(&total, "left"))
+        // whose sum reaches the total) is the one to take then. Non-finite logits (a diverged
+        // model) give NaN sums that every search passes: the clamp keeps the token a valid id, and
+        // its NaN log-prob is what the learner refuses.
+        search(&target, "right")
+            .minimum(&search(&total, "left"))
+            .clamp_max(vocab - 1)
     }
 }
 
