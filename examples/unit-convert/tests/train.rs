@@ -191,6 +191,10 @@ fn expected_reply(completion: &str) -> Option<String> {
     let start = completion.find("<tool_call>")? + "<tool_call>".len();
     let end = completion.find("</tool_call>")?;
     let call: serde_json::Value = serde_json::from_str(completion.get(start..end)?.trim()).ok()?;
+    // A call of another name (a sampled typo) gets the environment's unknown-tool error instead.
+    if call["name"] != "convert" {
+        return None;
+    }
     let args = &call["arguments"];
     let (value, from, to) = (
         args["value"].as_u64()?,
