@@ -224,4 +224,23 @@ fn cuda_without_a_gpu_is_refused() {
     let (err, file) = refused(BASE, &["--set", "model.device=cuda"]);
     assert!(err.contains(&file), "{err}");
     assert!(err.contains("libtorch sees no CUDA device"), "{err}");
+    // `alp-rl sft` runs the same check.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cuda.toml");
+    std::fs::write(&path, BASE).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = ALP_RL
+        .command()
+        .args([
+            "sft",
+            path.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .args(["--set", "model.device=cuda"])
+        .output()
+        .expect("run alp-rl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !out_dir.exists(), "{err}");
+    assert!(err.contains("libtorch sees no CUDA device"), "{err}");
 }

@@ -14,7 +14,7 @@ use alp_learner::{
     group_advantages, AdvantageKind, CorrectionKind, Group, Learner, LearnerSettings, Sample,
 };
 use alp_policy::{CausalLM, LoadOptions};
-use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
+use alp_test_support::bench::{self, cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
 use alp_test_support::tiny_model::TinyModel;
 use serde_json::json;
@@ -37,7 +37,7 @@ fn warm_learner(dir: &Path, s: LearnerSettings, groups: &[Group]) -> Learner<Cau
     let model = CausalLM::load(
         dir,
         &LoadOptions {
-            device: bench_device(),
+            device: bench::device(),
             ..LoadOptions::default()
         },
     )
@@ -55,15 +55,6 @@ fn time_steps(learner: &mut Learner<CausalLM>, groups: &[Group], steps: usize) -
         assert!(m["loss/total"].is_finite());
     }
     start.elapsed().as_secs_f64()
-}
-
-/// `BENCH_DEVICE`: cpu (the default) or cuda.
-fn bench_device() -> tch::Device {
-    match env_or("BENCH_DEVICE", "cpu".to_string()).as_str() {
-        "cuda" => tch::Device::Cuda(0),
-        "cpu" => tch::Device::Cpu,
-        other => panic!("BENCH_DEVICE: cpu or cuda, not {other:?}"),
-    }
 }
 
 fn main() {
@@ -127,7 +118,7 @@ fn main() {
         "learner step benchmark: qwen2 4x256 GQA 4/2, vocab {VOCAB}, f32, batch {batch}, prompt {prompt}, \
          completion {completion} ({tokens} tokens/step), {threads} threads, {steps} timed steps, on \
          {:?}, best of {rounds} rounds; cpu flags: {}{}",
-        bench_device(),
+        bench::device(),
         cpu_flags(),
         libtorch_isa_caps()
     );
@@ -137,10 +128,7 @@ fn main() {
             .args([dir.path().to_str().unwrap(), batch_path.to_str().unwrap()])
             .arg(threads.to_string())
             .arg(steps.to_string())
-            .arg(match bench_device() {
-                tch::Device::Cpu => "cpu",
-                _ => "cuda",
-            })
+            .arg(bench::device_name(bench::device()))
             .arg(rounds.to_string())
             .env("OMP_NUM_THREADS", threads.to_string()),
         "the PyTorch reference",

@@ -22,7 +22,7 @@ alp_macros::string_enum! {
         Auto => "auto",
         /// libtorch's bf16 kernels whatever the device.
         Native => "native",
-        /// bf16-rounded weights and layer inputs, f32 arithmetic.
+        /// bf16-rounded weights, projection outputs and residual stream; f32 arithmetic.
         RoundedF32 => "rounded-f32" | "rounded_f32",
     }
 }
@@ -109,10 +109,15 @@ impl Precision {
         }
     }
 
-    /// How the model computes, for logs and benchmarks: `f32`, `bf16`, `bf16-rounded f32`.
+    /// How the model computes, for logs and benchmarks: `Float (native)`, `BFloat16 (native)` or
+    /// `bf16-rounded f32 (...)`.
     pub fn describe(&self) -> String {
         match self.rounding {
-            Some(_) => "bf16-rounded f32 (bf16 weights and layer inputs, f32 arithmetic)".into(),
+            Some(_) => {
+                "bf16-rounded f32 (bf16 weights, projection outputs and residual stream; f32 \
+                 arithmetic)"
+                    .into()
+            }
             None => format!("{:?} (native)", self.storage),
         }
     }

@@ -34,14 +34,13 @@ fn main() {
         libtorch_isa_caps()
     );
     for name in models.split(',') {
-        // (vocab, hidden, intermediate, layers, heads, kv heads)
-        let (vocab, hidden, intermediate, layers, heads, kv_heads) = match name {
-            // configs/math.toml's `new_model = "tiny"` with the char tokenizer.
-            "tiny" => (101, 64, 192, 2, 4, 2),
-            "8x512" => (32000, 512, 1536, 8, 8, 4),
+        let shape = match name {
+            "tiny" => TinyModel::math_default(),
+            "8x512" => TinyModel::qwen2_bench(32000, 512, 1536, 8, 8, 4),
             other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, 8x512)"),
         };
-        let shape = TinyModel::qwen2_bench(vocab, hidden, intermediate, layers, heads, kv_heads);
+        let cfg = shape.config();
+        let (vocab, hidden, layers) = (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers);
         let requests = variable_length_requests(n, vocab as u64);
         let tokens: usize = requests.iter().map(|r| r.max_new_tokens.unwrap()).sum();
         let params = SamplingParams {

@@ -39,12 +39,19 @@ fn main() {
     tch::set_num_threads(threads);
     let model_name: String = env_or("BENCH_MODEL", "8x512".to_string());
     let dir = tempfile::tempdir().unwrap();
-    let (vocab, hidden, intermediate, layers, heads, kv_heads) = match model_name.as_str() {
-        "tiny" => (101, 64, 192, 2, 4, 2),
-        _ => (vocab, 512, 1408, 8, 8, 2),
+    let shape = match model_name.as_str() {
+        "tiny" => TinyModel::math_default(),
+        "8x512" => TinyModel::qwen2_bench(vocab, 512, 1408, 8, 8, 2),
+        other => panic!("BENCH_MODEL: unknown model {other:?} (8x512, tiny)"),
     };
-    TinyModel::qwen2_bench(vocab, hidden, intermediate, layers, heads, kv_heads)
-        .save(dir.path(), 0);
+    let cfg = shape.config();
+    let (vocab, hidden, intermediate, layers) = (
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+    );
+    shape.save(dir.path(), 0);
     let kind = alp_policy::parse_kind(&dtype).unwrap();
     let model = CausalLM::load(
         dir.path(),

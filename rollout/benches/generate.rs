@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use alp_policy::{Bf16Compute, CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
-use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
+use alp_test_support::bench::{self, cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
 use alp_test_support::tiny_model::TinyModel;
 use tch::{Device, Kind, Tensor};
@@ -77,11 +77,7 @@ fn main() {
     let vocabs: String = env_or("BENCH_VOCABS", "32000,151936".to_string());
     let bf16: Bf16Compute = env_or("BENCH_BF16", Bf16Compute::Auto);
     let repeats: usize = env_or("BENCH_REPEATS", 3);
-    let device = match env_or("BENCH_DEVICE", "cpu".to_string()).as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => panic!("BENCH_DEVICE: cpu or cuda, not {other:?}"),
-    };
+    let device = bench::device();
     let shape_name: String = env_or("BENCH_SHAPE", "8x512".to_string());
     let reference = env_or("BENCH_REFERENCE", 1) != 0;
     tch::set_num_threads(threads);
@@ -204,7 +200,7 @@ fn run_case(
                 .arg(threads.to_string())
                 .arg(new_tokens.to_string())
                 .arg(repeats.to_string())
-                .arg(if device == Device::Cpu { "cpu" } else { "cuda" })
+                .arg(bench::device_name(device))
                 .env("OMP_NUM_THREADS", threads.to_string()),
             "the transformers benchmark",
         );

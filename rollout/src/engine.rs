@@ -264,7 +264,6 @@ impl LocalEngine {
             }
             // With nobody waiting, finished rows leave before the step.
             if waiting.is_empty() && !free.is_empty() {
-                free.sort_unstable();
                 for row in batch.remove_rows(&free) {
                     retire(&mut done, first, row);
                 }
@@ -276,7 +275,6 @@ impl LocalEngine {
             let fed = tokens_of(&batch.rows);
             self.decode_step(&mut batch, &fed, device, row_hooks);
             if !free.is_empty() && (free.len() >= refill_at || free.len() >= waiting.len()) {
-                free.sort_unstable();
                 self.refill(
                     &mut batch,
                     &free,

@@ -38,6 +38,7 @@ pub fn run(args: SftArgs, registry: &Registry) -> Result<()> {
         .clone();
     // The model and the data are read before anything is written, so a bad file leaves no run
     // directory that would refuse the corrected rerun; the lock is held for the whole phase.
+    train::preflight::check_device(&config, &loaded.path)?;
     train::preflight::check_sft(&config, &sft)?;
     let run = RunDir::new(config.run_dir(&args.config, args.out.as_deref()));
     let _lock = train::preflight::lock_run_dir(&run.root, true)?;

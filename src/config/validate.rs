@@ -157,6 +157,7 @@ impl TrainConfig {
             );
         }
         self.validate_backend()?;
+        self.validate_bf16_compute()?;
         let env = self.validate_env(registry)?;
         if let Some(sft) = &self.sft {
             self.validate_sft(sft, env.as_ref())?;
@@ -167,8 +168,8 @@ impl TrainConfig {
         Ok(env)
     }
 
-    /// `rollout.backend` against `[rollout.vllm]` and the learner.
-    fn validate_backend(&self) -> Result<(), (String, String)> {
+    /// `model.bf16_compute` against the inference dtype and the backend.
+    fn validate_bf16_compute(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         if self.model.bf16_compute != alp_policy::Bf16Compute::Auto {
             if self.model.inference_dtype != alp_policy::Dtype::Bf16 {
@@ -192,6 +193,12 @@ impl TrainConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `rollout.backend` against `[rollout.vllm]` and the learner.
+    fn validate_backend(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         match (self.rollout.backend, &self.rollout.vllm) {
             (BackendKind::Local, Some(_)) => bad(
                 "rollout.vllm",

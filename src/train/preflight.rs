@@ -38,6 +38,19 @@ pub(crate) fn starting_model(config: &TrainConfig) -> Result<(ModelConfig, Token
     Ok((cfg, tokenizer, format!("the `{preset}` preset")))
 }
 
+/// `model.device = "cuda"` needs a GPU libtorch can see; refused before any work instead of a panic
+/// inside libtorch at the first tensor moved there.
+pub(crate) fn check_device(config: &TrainConfig, config_path: &Path) -> Result<()> {
+    if config.model.device == crate::config::Device::Cuda && !tch::Cuda::is_available() {
+        bail!(
+            "{}: model.device = \"cuda\" but libtorch sees no CUDA device (no GPU or driver, or a \
+             CPU-only libtorch); use device = \"auto\" (CUDA when there is one) or \"cpu\"",
+            config_path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The `[sft]` data, read and tokenised before anything is written (see [`crate::sft::check_data`]).
 pub(crate) fn check_sft(config: &TrainConfig, sft: &SftSection) -> Result<()> {
     let (model, tokenizer, _) = starting_model(config)?;
@@ -63,13 +76,7 @@ pub(crate) fn check_model(
     env: &dyn Environment,
     config_path: &Path,
 ) -> Result<()> {
-    if config.model.device == crate::config::Device::Cuda && !tch::Cuda::is_available() {
-        bail!(
-            "{}: model.device = \"cuda\" but libtorch sees no CUDA device (no GPU or driver, or a \
-             CPU-only libtorch); use device = \"auto\" (CUDA when there is one) or \"cpu\"",
-            config_path.display()
-        );
-    }
+    check_device(config, config_path)?;
     let (model, tokenizer, source) = starting_model(config)?;
     if let Some(es) = config.eggroll_settings() {
         check_eggroll(config, &es, &model, &source, config_path)?;

@@ -45,3 +45,22 @@ pub fn libtorch_isa_caps() -> String {
         format!("; capped: {}", caps.join(" "))
     }
 }
+
+/// `BENCH_DEVICE`: `cpu` (the default) or `cuda` (the first GPU).
+#[cfg(feature = "model")]
+pub fn device() -> tch::Device {
+    match env_or("BENCH_DEVICE", "cpu".to_string()).as_str() {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => tch::Device::Cuda(0),
+        other => panic!("BENCH_DEVICE: cpu or cuda, not {other:?}"),
+    }
+}
+
+/// How the Python references name `device` (`cpu` or `cuda`).
+#[cfg(feature = "model")]
+pub fn device_name(device: tch::Device) -> &'static str {
+    match device {
+        tch::Device::Cpu => "cpu",
+        _ => "cuda",
+    }
+}

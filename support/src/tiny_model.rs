@@ -63,6 +63,13 @@ impl TinyModel {
         }
     }
 
+    /// The built-in default's model (`configs/math.toml`: `new_model = "tiny"`, the `tiny` preset of
+    /// `alp-rl new-model`) with the char tokenizer's 101 tokens, for benchmarks: 2 layers of hidden
+    /// size 64 (4 heads, 2 KV heads), MLP 192.
+    pub fn math_default() -> Self {
+        Self::qwen2_bench(101, 64, 192, 2, 4, 2)
+    }
+
     /// Sets field `key` of the config to `value`.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.config[key] = value.into();
