@@ -6,7 +6,11 @@
 //! here). [`ForwardHooks::embedding`] does the token lookup and [`ForwardHooks::logits`] sees the final
 //! logits (the logits-only ALP ablation). The default methods give the plain model, which must match
 //! HF transformers.
+use std::ops::Deref;
+
 use tch::Tensor;
+
+use crate::onednn_head::OnednnLmHead;
 
 /// Which projection a [`ForwardHooks::linear`] call computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,8 +73,9 @@ pub trait ForwardHooks {
         h
     }
 
-    /// `x W^T + b` for the projection at `site`; `w` is `[out, in]` as stored in HF checkpoints.
-    fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    /// `x W^T + b` for the projection at `site`; `w` is the parameter, `[out, in]` as stored in HF
+    /// checkpoints (see [`Weight`]).
+    fn linear(&self, site: LinearSite, x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
         let _ = site;
         linear(x, w, b)
     }
@@ -78,6 +83,43 @@ pub trait ForwardHooks {
     /// The final logits (`[batch, seq, vocab]`), after the LM head.
     fn logits(&self, logits: Tensor) -> Tensor {
         logits
+    }
+}
+
+/// A projection's weight as [`ForwardHooks::linear`] receives it: the parameter (what it dereferences
+/// to) and, for the LM head in a generation call that made one, a copy for oneDNN
+/// ([`OnednnLmHead`]) that [`linear`] multiplies by instead of the parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight<'a> {
+    tensor: &'a Tensor,
+    onednn: Option<&'a OnednnLmHead>,
+}
+
+impl<'a> Weight<'a> {
+    /// A plain parameter.
+    pub fn new(tensor: &'a Tensor) -> Self {
+        Weight {
+            tensor,
+            onednn: None,
+        }
+    }
+
+    /// `tensor` with its oneDNN copy (made from `tensor`'s current values).
+    pub fn with_onednn(tensor: &'a Tensor, onednn: Option<&'a OnednnLmHead>) -> Self {
+        Weight { tensor, onednn }
+    }
+
+    /// The parameter itself.
+    pub fn tensor(&self) -> &'a Tensor {
+        self.tensor
+    }
+}
+
+impl Deref for Weight<'_> {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        self.tensor
     }
 }
 
@@ -89,12 +131,28 @@ const FEW_ROWS: i64 = 64;
 /// 16; bf16 goes through oneDNN and gains nothing), so that is what we compute there; the result is
 /// the same product up to float reassociation.
 ///
-/// An f32 `x` with a lower-precision weight (a residual stream ALP widened to f32) multiplies by the
-/// weight upcast to f32, so the activations keep their precision (and the gradient flows to the weight).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+/// A weight with a oneDNN copy is multiplied by that copy (no gradient flows through it: it exists
+/// only in generation calls). An f32 `x` with a lower-precision weight (a residual stream ALP widened
+/// to f32) multiplies by the weight upcast to f32, so the activations keep their precision (and the
+/// gradient flows to the weight).
+pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
+    if let Some(onednn) = w.onednn {
+        if x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu {
+            let y = onednn.forward(x);
+            return match b {
+                Some(b) => y + b,
+                None => y,
+            };
+        }
+    }
+    let w = w.tensor;
     if x.kind() != w.kind() {
         let kind = x.kind();
-        return linear(x, &w.to_kind(kind), b.map(|b| b.to_kind(kind)).as_ref());
+        return linear(
+            x,
+            &Weight::new(&w.to_kind(kind)),
+            b.map(|b| b.to_kind(kind)).as_ref(),
+        );
     }
     let size = x.size();
     let in_features = *size.last().expect("x has a feature dimension");

@@ -11,8 +11,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::PolicyError;
-use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
+use crate::hooks::{ForwardHooks, LinearKind, LinearSite, Weight};
 use crate::kv_cache::KvCache;
+use crate::onednn_head::OnednnLmHead;
 pub use crate::params::{parameter_specs, ParamInit, ParamSpec};
 use crate::precision::{Bf16Compute, Precision};
 use crate::rope::Rotary;
@@ -90,10 +91,20 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+        self.forward_with(x, hooks, None)
+    }
+
+    /// [`Self::forward`], multiplying by `onednn` (a copy of this weight) where given.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        hooks: &dyn ForwardHooks,
+        onednn: Option<&OnednnLmHead>,
+    ) -> Tensor {
         self.precision.round_activations(hooks.linear(
             self.site,
             x,
-            &self.weight,
+            &Weight::with_onednn(&self.weight, onednn),
             self.bias.as_ref(),
         ))
     }
@@ -540,7 +551,25 @@ impl CausalLM {
 
     /// The LM head on (a selection of) final hidden states.
     pub fn logits(&self, hidden: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
-        hooks.logits(self.lm_head.forward(hidden, hooks))
+        self.logits_with(hidden, hooks, None)
+    }
+
+    /// A copy of the LM head's weight for oneDNN where that multiplies faster (an f32 model on the
+    /// CPU with a large vocabulary, see [`OnednnLmHead`]), made from the current weights; `None`
+    /// elsewhere. For generation: make it again after the weights change.
+    pub fn onednn_lm_head(&self) -> Option<OnednnLmHead> {
+        OnednnLmHead::for_weight(&self.lm_head.weight)
+    }
+
+    /// [`Self::logits`], the LM head multiplied by `onednn` (from [`Self::onednn_lm_head`] of the
+    /// current weights) where given.
+    pub fn logits_with(
+        &self,
+        hidden: &Tensor,
+        hooks: &dyn ForwardHooks,
+        onednn: Option<&OnednnLmHead>,
+    ) -> Tensor {
+        hooks.logits(self.lm_head.forward_with(hidden, hooks, onednn))
     }
 
     /// Incremental forward with a KV cache: `input_ids` (`[b, s]`) sit at `positions` (`[b, s]`) and

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use alp_policy::{CausalLM, ForwardHooks, LinearKind, LinearSite, NoHooks};
+use alp_policy::{CausalLM, ForwardHooks, LinearKind, LinearSite, NoHooks, Weight};
 use alp_test_support::tiny_model::TinyModel;
 use tch::{Kind, Tensor};
 
@@ -48,7 +48,7 @@ impl ForwardHooks for Census<'_> {
         ids.one_hot(vocab).to_kind(weight.kind()).matmul(weight)
     }
 
-    fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    fn linear(&self, site: LinearSite, x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
         let name = site.weight_name();
         *self.linear.borrow_mut().entry(name.clone()).or_default() += 1;
         // The weight handed over is the parameter of that name (the embedding for a tied head).

@@ -17,7 +17,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use alp_policy::{positions_from_mask, CausalLM, ForwardHooks, MemberHooks, NoHooks, RowHooks};
+use alp_policy::{
+    positions_from_mask, CausalLM, ForwardHooks, MemberHooks, NoHooks, OnednnLmHead, RowHooks,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest, SyncReport};
@@ -46,12 +48,17 @@ pub struct LocalEngine {
     scheduling: Scheduling,
     /// The population requests with a `member` are served by (see [`LocalEngine::set_members`]).
     members: Option<Arc<dyn MemberHooks>>,
+    /// The LM head's weight copied for oneDNN, where that multiplies faster (a large-vocabulary f32
+    /// model on the CPU); made again at every weight install, which is the only way the engine's
+    /// weights change.
+    onednn_head: Option<OnednnLmHead>,
 }
 
 impl LocalEngine {
     /// Wraps `model`; up to `batch_size` requests decode together.
     pub fn new(model: CausalLM, batch_size: usize) -> Self {
         LocalEngine {
+            onednn_head: model.onednn_lm_head(),
             model,
             version: 0,
             batch_size: batch_size.max(1),
@@ -94,6 +101,7 @@ impl LocalEngine {
         self.model
             .copy_named_weights(tensors)
             .map_err(|e| RolloutError::Backend(e.to_string()))?;
+        self.remake_onednn_head();
         self.version = version;
         Ok(())
     }
@@ -101,7 +109,15 @@ impl LocalEngine {
     /// Installs new weights (copied from the learner's model) and the version they carry.
     pub fn update_weights(&mut self, source: &CausalLM, version: u64) {
         self.model.copy_weights_from(source);
+        self.remake_onednn_head();
         self.version = version;
+    }
+
+    /// A fresh oneDNN copy of the LM head from the weights just installed (the old one dropped first,
+    /// so that two copies never coexist).
+    fn remake_onednn_head(&mut self) {
+        self.onednn_head = None;
+        self.onednn_head = self.model.onednn_lm_head();
     }
 
     fn check(
@@ -253,7 +269,11 @@ impl LocalEngine {
             let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
             let logits = self
                 .model
-                .logits(&batch.last_hidden, hooks.as_ref())
+                .logits_with(
+                    &batch.last_hidden,
+                    hooks.as_ref(),
+                    self.onednn_head.as_ref(),
+                )
                 .squeeze_dim(1);
             drop(hooks);
             let (tokens, logprobs) = batch.sampler.sample(&logits, params);

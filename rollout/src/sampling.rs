@@ -258,7 +258,8 @@ impl RowSampler {
     fn draw_from_probs(&mut self, probs: &Tensor) -> Tensor {
         let cdf = probs.cumsum(-1, Kind::Float);
         let vocab = cdf.size()[1];
-        let total = cdf.narrow(1, vocab - 1, 1);
+        // Contiguous, as searchsorted wants its values (it copies and warns otherwise).
+        let total = cdf.narrow(1, vocab - 1, 1).contiguous();
         let uniforms: Vec<f32> = self.rngs.iter_mut().map(|rng| rng.gen::<f32>()).collect();
         let target = Tensor::from_slice(&uniforms)
             .to_device(cdf.device())

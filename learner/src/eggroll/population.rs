@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use alp_policy::params::parameter_specs;
-use alp_policy::{hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks};
+use alp_policy::{
+    hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks, Weight,
+};
 use tch::{Device, Kind, Tensor};
 
 use super::factors::{factors, param_id, sign, FactorKey};
@@ -212,7 +214,7 @@ pub struct PopulationHooks<'a> {
 }
 
 impl ForwardHooks for PopulationHooks<'_> {
-    fn linear(&self, site: LinearSite, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    fn linear(&self, site: LinearSite, x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
         let base = hooks::linear(x, w, b);
         let Some((a, bf)) = self.factors.per_matrix.get(&site.weight_name()) else {
             return base;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use alp_learner::{Group, Sample, TrainablePolicy};
-use alp_policy::{ForwardHooks, LinearKind, LinearSite};
+use alp_policy::{ForwardHooks, LinearKind, LinearSite, Weight};
 use tch::{Device, Kind, Tensor};
 
 /// splitmix64-based RNG for fixtures.
@@ -134,7 +134,7 @@ impl TrainablePolicy for ToyLm {
                     kind: LinearKind::Up,
                 },
                 &mixed,
-                w1,
+                &Weight::new(w1),
                 Some(b1),
             );
             let down = hooks.linear(
@@ -143,7 +143,7 @@ impl TrainablePolicy for ToyLm {
                     kind: LinearKind::Down,
                 },
                 &up.tanh(),
-                w2,
+                &Weight::new(w2),
                 None,
             );
             h = &h + down;
@@ -154,7 +154,7 @@ impl TrainablePolicy for ToyLm {
                 kind: LinearKind::LmHead,
             },
             &rms(&h),
-            &self.head,
+            &Weight::new(&self.head),
             None,
         );
         hooks.logits(logits)
