@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The prepared GPU check (docs/benchmarks.md): binaries built on this machine, run on a GPU machine
-# with the torch 2.11.0 libraries of that machine's own Python, within 8 minutes on one GPU.
+# with the torch 2.11.0 libraries of that machine's own Python, within 8 minutes on one GPU (the time
+# limits of its five checks add up to 8 minutes).
 #
-#   scripts/gpu-check.sh prepare   here: builds the four binaries into gpu-check/bin (ignored by git,
+#   scripts/gpu-check.sh prepare   here: builds the five binaries into gpu-check/bin (ignored by git,
 #                                  about 40 MB, small enough to carry to the device)
 #   scripts/gpu-check.sh           on the GPU machine, from the repository root: runs
 #                                  1. the CUDA parity tests (rollout/tests/cuda.rs)
 #                                  2. the generation benchmark against transformers `generate` on a
 #                                     Qwen2.5-0.5B-shaped model in bf16
-#                                  3. the learner step benchmark (against PyTorch eager, ALP vs bypass)
-#                                  4. 20 steps of `alp-rl train configs/math.toml` on CUDA
+#                                  3. continuous batching against the chunked schedule (256 requests
+#                                     of 8 to 128 tokens, batch 64) on the 8x512 and the 0.5B shape
+#                                  4. the learner step benchmark (against PyTorch eager, ALP vs bypass)
+#                                  5. 20 steps of `alp-rl train configs/math.toml` on CUDA
 #                                  and prints one summary line per check at the end.
 #
-# transformers is the reference of checks 2 and 3; where the machine's Python lacks it, those checks
+# transformers is the reference of checks 2 and 4; where the machine's Python lacks it, those checks
 # run our side alone and their summary line says so. PYTHON picks the Python (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,7 @@ print(paths[0])'
   cp target/release/alp-rl "$BIN/alp-rl"
   cp "$(cargo test --release -p alp-rollout --test cuda --no-run --message-format=json | executable)" "$BIN/cuda-tests"
   cp "$(cargo bench -p alp-rollout --bench generate --no-run --message-format=json | executable)" "$BIN/generate"
+  cp "$(cargo bench -p alp-rollout --bench continuous --no-run --message-format=json | executable)" "$BIN/continuous"
   cp "$(cargo bench -p alp-learner --bench learner_step --no-run --message-format=json | executable)" "$BIN/learner_step"
   strip "$BIN"/*
   du -sh "$BIN"
@@ -38,7 +42,7 @@ print(paths[0])'
   exit 0
 fi
 
-for b in alp-rl cuda-tests generate learner_step; do
+for b in alp-rl cuda-tests generate continuous learner_step; do
   [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: run scripts/gpu-check.sh prepare on the build machine first"; exit 2; }
 done
 PYTHON=${PYTHON:-python3}
@@ -66,22 +70,30 @@ run_check() { # name, timeout seconds, command...: runs it, keeps its log, print
 }
 
 # 1. CUDA parity tests.
-run_check cuda-parity 120 "$BIN/cuda-tests" --ignored --test-threads 1 --nocapture
+run_check cuda-parity 60 "$BIN/cuda-tests" --ignored --test-threads 1 --nocapture
 rc=$?
 result=$(grep -E '^test result' "$logs/cuda-parity.log" | tail -1)
 summary+=("cuda parity (rc $rc): ${result:-no test result}")
 
 # 2. Generation on a 0.5B-shaped model in bf16, 16 prompts x 128 new tokens.
-if run_check generate 180 env BENCH_DEVICE=cuda BENCH_SHAPE=qwen2.5-0.5b BENCH_DTYPES=bf16 \
+if run_check generate 120 env BENCH_DEVICE=cuda BENCH_SHAPE=qwen2.5-0.5b BENCH_DTYPES=bf16 \
   BENCH_VOCABS=151936 BENCH_REFERENCE=$reference BENCH_REPEATS=3 "$BIN/generate"; then
   summary+=("generate 0.5B bf16: $(grep -E '^vocab' "$logs/generate.log" | tail -1 | sed 's/  */ /g')")
 else
   summary+=("generate 0.5B bf16: FAILED (rc above)")
 fi
 
-# 3. Learner step (needs the PyTorch reference, which needs transformers).
+# 3. Continuous batching vs the chunked schedule, bf16 (target: continuous / chunked >= 1.5x).
+if run_check continuous 60 env BENCH_DEVICE=cuda BENCH_MODELS=8x512,qwen2.5-0.5b BENCH_DTYPE=bf16 \
+  BENCH_REPEATS=2 "$BIN/continuous"; then
+  summary+=("continuous batching: $(grep -E 'continuous / chunked' "$logs/continuous.log" | sed -E 's/  +/ /g; s/.*\(qwen2 ([^,]*),.*continuous \/ chunked ([0-9.]+x).*/\1: \2/' | paste -sd ';' -)")
+else
+  summary+=("continuous batching: FAILED (rc above)")
+fi
+
+# 4. Learner step (needs the PyTorch reference, which needs transformers).
 if [ $reference = 1 ]; then
-  if run_check learner 120 env BENCH_DEVICE=cuda BENCH_STEPS=10 "$BIN/learner_step"; then
+  if run_check learner 90 env BENCH_DEVICE=cuda BENCH_STEPS=10 "$BIN/learner_step"; then
     summary+=("learner step: $(grep -E 'vs pytorch|vs bypass' "$logs/learner.log" | sed 's/  */ /g' | paste -sd ';' -)")
   else
     summary+=("learner step: FAILED (rc above)")
@@ -90,9 +102,9 @@ else
   summary+=("learner step: not run (no transformers in $PYTHON for the PyTorch reference)")
 fi
 
-# 4. 20 RL steps of the default on CUDA (a shorter warm start so it fits the budget).
+# 5. 20 RL steps of the default on CUDA (a shorter warm start so it fits the budget).
 out=$(mktemp -d)/run
-if run_check train 240 "$BIN/alp-rl" train configs/math.toml --set model.device=cuda \
+if run_check train 150 "$BIN/alp-rl" train configs/math.toml --set model.device=cuda \
   --set run.steps=20 --set sft.steps=300 --set eval.every=10 --out "$out"; then
   summary+=("train 20 steps on CUDA: $(grep -E 'held-out accuracy' "$logs/train.log" | tail -1 | sed 's/.*INFO //')")
 else

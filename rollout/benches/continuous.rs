@@ -9,13 +9,18 @@
 //!
 //!     cargo bench -p alp-rollout --bench continuous
 //!
+//! On a GPU a decode step costs about the same whatever the number of rows, which is where
+//! continuous batching pays most; `scripts/gpu-check.sh` runs it there on a Qwen2.5-0.5B shape.
+//!
 //! Environment: BENCH_THREADS (default 2), BENCH_REQUESTS (256), BENCH_BATCH (64), BENCH_DTYPE (f32),
-//! BENCH_MODELS (tiny,8x512), BENCH_REPEATS (3). Not a test: it asserts nothing about speed.
+//! BENCH_MODELS (tiny,8x512; also qwen2.5-0.5b: 24 layers, hidden 896, GQA 14/2, Qwen's vocabulary),
+//! BENCH_REPEATS (3), BENCH_DEVICE (cpu, or cuda: the first GPU). Not a test: it asserts nothing
+//! about speed.
 use std::time::Instant;
 
-use alp_policy::parse_kind;
+use alp_policy::{parse_kind, CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams, Scheduling};
-use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
+use alp_test_support::bench::{cpu_flags, device, device_name, env_or, libtorch_isa_caps};
 use alp_test_support::tiny_model::TinyModel;
 
 fn main() {
@@ -25,11 +30,13 @@ fn main() {
     let dtype: String = env_or("BENCH_DTYPE", "f32".to_string());
     let models: String = env_or("BENCH_MODELS", "tiny,8x512".to_string());
     let repeats: usize = env_or("BENCH_REPEATS", 3);
+    let device = device();
     tch::set_num_threads(threads);
     let kind = parse_kind(&dtype).expect("BENCH_DTYPE: f32, bf16 or f16");
     println!(
         "continuous batching benchmark: {n} requests, batch {batch}, lengths 8..=128, {dtype}, \
-         {threads} threads, best of {repeats}; cpu flags: {}{}",
+         {threads} threads, best of {repeats}, on {}; cpu flags: {}{}",
+        device_name(device),
         cpu_flags(),
         libtorch_isa_caps()
     );
@@ -37,7 +44,9 @@ fn main() {
         let shape = match name {
             "tiny" => TinyModel::math_default(),
             "8x512" => TinyModel::qwen2_bench(32000, 512, 1536, 8, 8, 4),
-            other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, 8x512)"),
+            "qwen2.5-0.5b" => TinyModel::qwen2_bench(151_936, 896, 4864, 24, 14, 2)
+                .with("tie_word_embeddings", true),
+            other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, 8x512, qwen2.5-0.5b)"),
         };
         let cfg = shape.config();
         let (vocab, hidden, layers) = (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers);
@@ -54,7 +63,8 @@ fn main() {
                 .map(|s| {
                     (
                         s,
-                        LocalEngine::new(shape.random_as(kind, 0), batch).with_scheduling(s),
+                        LocalEngine::new(random_model(&shape, kind, device), batch)
+                            .with_scheduling(s),
                     )
                 })
                 .collect();
@@ -92,6 +102,16 @@ fn main() {
             rate(1) / rate(0)
         );
     }
+}
+
+/// The shape's random model (seed 0) in `kind` on `device`.
+fn random_model(shape: &TinyModel, kind: tch::Kind, device: tch::Device) -> CausalLM {
+    let opts = LoadOptions {
+        kind,
+        device,
+        ..LoadOptions::default()
+    };
+    CausalLM::random(shape.config(), &opts, 0).expect("a random model")
 }
 
 /// A fixed pseudo-random spread of lengths in [8, 128] and prompts of 16 to 48 tokens.

@@ -101,6 +101,12 @@ fn main() {
     let head = time_ms(20, || {
         let _ = model.logits(&last, &NoHooks);
     });
+    let onednn = model.onednn_lm_head();
+    let head_onednn = onednn.as_ref().map(|copy| {
+        time_ms(20, || {
+            let _ = model.logits_with(&last, &NoHooks, Some(copy));
+        })
+    });
     let logits = model.logits(&last, &NoHooks).squeeze_dim(1);
     let params = SamplingParams::default();
     let rows: Vec<usize> = (0..batch as usize).collect();
@@ -132,8 +138,14 @@ fn main() {
     let prefill = time_ms(1, || {
         engine.generate(&requests, &gen(1)).unwrap();
     });
+    // The engine multiplies by the oneDNN copy where the model has one.
+    let head_note = match head_onednn {
+        Some(fast) => format!("{fast:.2} (oneDNN copy; {head:.2} through MKL)"),
+        None => format!("{head:.2}"),
+    };
+    let head = head_onednn.unwrap_or(head);
     println!(
-        "per decode step (ms): decoder layers {layers:.2} | LM head {head:.2} | sampling {sample:.2} | \
+        "per decode step (ms): decoder layers {layers:.2} | LM head {head_note} | sampling {sample:.2} | \
          sum {:.2} | whole engine step {step:.2} (other: {:.2}) | one [{batch}x{hidden}]x[{hidden}x{intermediate}] matmul \
          {gemm:.3} ms = {gflops:.1} GFLOP/s | a call generating 1 token ({batch} x {prompt}-token prefill) \
          {prefill:.1} ms",
