@@ -77,7 +77,7 @@ summary+=("cuda parity (rc $rc): ${result:-no test result}")
 
 # 2. Generation on a 0.5B-shaped model in bf16, 16 prompts x 128 new tokens.
 if run_check generate 120 env BENCH_DEVICE=cuda BENCH_SHAPE=qwen2.5-0.5b BENCH_DTYPES=bf16 \
-  BENCH_VOCABS=151936 BENCH_REFERENCE=$reference BENCH_REPEATS=3 "$BIN/generate"; then
+  BENCH_VOCABS=151936 BENCH_REFERENCE=$reference BENCH_REPEATS=2 BENCH_ROUNDS=1 "$BIN/generate"; then
   summary+=("generate 0.5B bf16: $(grep -E '^vocab' "$logs/generate.log" | tail -1 | sed 's/  */ /g')")
 else
   summary+=("generate 0.5B bf16: FAILED (rc above)")
