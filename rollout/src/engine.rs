@@ -86,6 +86,8 @@ impl LocalEngine {
         self
     }
 
+    /// The engine's model, to read; its weights change only through [`Self::install_weights`] and
+    /// [`Self::update_weights`] (which also remake the LM head's oneDNN copy).
     pub fn model(&self) -> &CausalLM {
         &self.model
     }
