@@ -6,7 +6,8 @@
 //!
 //! Environment: BENCH_THREADS (default 2), BENCH_STEPS (timed steps per variant, 3), BENCH_BATCH (8),
 //! BENCH_PROMPT (64), BENCH_COMPLETION (64), BENCH_ROUNDS (3: every variant reports its fastest round
-//! of BENCH_STEPS steps, ours taking turns), BENCH_DEVICE (cpu, or cuda: both sides on the first GPU). Not a test: it asserts nothing about speed.
+//! of BENCH_STEPS steps, ours taking turns), BENCH_DEVICE (cpu, or cuda: both sides on the first
+//! GPU). Not a test: it asserts nothing about speed.
 use std::path::Path;
 use std::time::Instant;
 
@@ -33,11 +34,16 @@ fn settings(kind: CorrectionKind, batch: usize, mismatch_every: u64) -> LearnerS
 }
 
 /// A learner on the checkpoint in `dir`, after one warm-up step.
-fn warm_learner(dir: &Path, s: LearnerSettings, groups: &[Group]) -> Learner<CausalLM> {
+fn warm_learner(
+    dir: &Path,
+    device: tch::Device,
+    s: LearnerSettings,
+    groups: &[Group],
+) -> Learner<CausalLM> {
     let model = CausalLM::load(
         dir,
         &LoadOptions {
-            device: bench::device(),
+            device,
             ..LoadOptions::default()
         },
     )
@@ -64,6 +70,7 @@ fn main() {
     let prompt: usize = env_or("BENCH_PROMPT", 64);
     let completion: usize = env_or("BENCH_COMPLETION", 64);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let device = bench::device();
     tch::set_num_threads(threads);
 
     let dir = tempfile::tempdir().unwrap();
@@ -117,8 +124,7 @@ fn main() {
     println!(
         "learner step benchmark: qwen2 4x256 GQA 4/2, vocab {VOCAB}, f32, batch {batch}, prompt {prompt}, \
          completion {completion} ({tokens} tokens/step), {threads} threads, {steps} timed steps, on \
-         {:?}, best of {rounds} rounds; cpu flags: {}{}",
-        bench::device(),
+         {device:?}, best of {rounds} rounds; cpu flags: {}{}",
         cpu_flags(),
         libtorch_isa_caps()
     );
@@ -128,7 +134,7 @@ fn main() {
             .args([dir.path().to_str().unwrap(), batch_path.to_str().unwrap()])
             .arg(threads.to_string())
             .arg(steps.to_string())
-            .arg(bench::device_name(bench::device()))
+            .arg(bench::device_name(device))
             .arg(rounds.to_string())
             .env("OMP_NUM_THREADS", threads.to_string()),
         "the PyTorch reference",
@@ -144,7 +150,7 @@ fn main() {
         settings(CorrectionKind::Alp, batch, 0),
     ]
     .into_iter()
-    .map(|s| warm_learner(dir.path(), s, &groups))
+    .map(|s| warm_learner(dir.path(), device, s, &groups))
     .collect();
     let mut best = [f64::INFINITY; 3];
     for _ in 0..rounds {

@@ -108,11 +108,6 @@ impl<'a> Weight<'a> {
     pub fn with_onednn(tensor: &'a Tensor, onednn: Option<&'a OnednnLmHead>) -> Self {
         Weight { tensor, onednn }
     }
-
-    /// The parameter itself.
-    pub fn tensor(&self) -> &'a Tensor {
-        self.tensor
-    }
 }
 
 impl Deref for Weight<'_> {

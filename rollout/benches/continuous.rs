@@ -18,7 +18,7 @@
 //! about speed.
 use std::time::Instant;
 
-use alp_policy::{parse_kind, CausalLM, LoadOptions};
+use alp_policy::parse_kind;
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams, Scheduling};
 use alp_test_support::bench::{cpu_flags, device, device_name, env_or, libtorch_isa_caps};
 use alp_test_support::tiny_model::TinyModel;
@@ -44,8 +44,7 @@ fn main() {
         let shape = match name {
             "tiny" => TinyModel::math_default(),
             "8x512" => TinyModel::qwen2_bench(32000, 512, 1536, 8, 8, 4),
-            "qwen2.5-0.5b" => TinyModel::qwen2_bench(151_936, 896, 4864, 24, 14, 2)
-                .with("tie_word_embeddings", true),
+            "qwen2.5-0.5b" => TinyModel::qwen2_5_0_5b(),
             other => panic!("BENCH_MODELS: unknown model {other:?} (tiny, 8x512, qwen2.5-0.5b)"),
         };
         let cfg = shape.config();
@@ -63,7 +62,7 @@ fn main() {
                 .map(|s| {
                     (
                         s,
-                        LocalEngine::new(random_model(&shape, kind, device), batch)
+                        LocalEngine::new(shape.random_on(kind, device, 0), batch)
                             .with_scheduling(s),
                     )
                 })
@@ -102,16 +101,6 @@ fn main() {
             rate(1) / rate(0)
         );
     }
-}
-
-/// The shape's random model (seed 0) in `kind` on `device`.
-fn random_model(shape: &TinyModel, kind: tch::Kind, device: tch::Device) -> CausalLM {
-    let opts = LoadOptions {
-        kind,
-        device,
-        ..LoadOptions::default()
-    };
-    CausalLM::random(shape.config(), &opts, 0).expect("a random model")
 }
 
 /// A fixed pseudo-random spread of lengths in [8, 128] and prompts of 16 to 48 tokens.

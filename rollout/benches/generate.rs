@@ -14,8 +14,8 @@
 //! (f32,bf16), BENCH_VOCABS (32000,151936), BENCH_BF16 (auto: `model.bf16_compute`'s choice; native or
 //! rounded-f32 to force one), BENCH_REPEATS (3: each side reports its fastest timed run, since a shared
 //! machine only ever adds time), BENCH_ROUNDS (2: rounds alternating the two sides, each side's best
-//! over all rounds reported, and the ratio of each round printed beside), BENCH_DEVICE (cpu, or cuda: both sides and the bandwidth measurement
-//! on the first GPU), BENCH_SHAPE (8x512, or qwen2.5-0.5b: 24 layers, hidden 896, GQA 14/2, MLP 4864,
+//! over all rounds reported, and the ratio of each round printed beside), BENCH_DEVICE (cpu, or
+//! cuda: both sides and the bandwidth measurement on the first GPU), BENCH_SHAPE (8x512, or qwen2.5-0.5b: 24 layers, hidden 896, GQA 14/2, MLP 4864,
 //! tied embeddings, Qwen's vocabulary whatever BENCH_VOCABS says), BENCH_REFERENCE (1; 0 skips
 //! transformers where it is not installed, and says so). Not a test: it asserts nothing about speed.
 use std::time::Instant;
@@ -63,7 +63,7 @@ fn shape(name: &str, vocab: i64) -> (String, TinyModel) {
         ),
         "qwen2.5-0.5b" => (
             "qwen2 24x896 GQA 14/2 (Qwen2.5-0.5B's shape), tied".into(),
-            TinyModel::qwen2_bench(151_936, 896, 4864, 24, 14, 2).with("tie_word_embeddings", true),
+            TinyModel::qwen2_5_0_5b(),
         ),
         other => panic!("BENCH_SHAPE: 8x512 or qwen2.5-0.5b, not {other:?}"),
     }
@@ -86,8 +86,8 @@ fn main() {
     let bandwidth = read_bandwidth(device);
     println!(
         "generate benchmark: {}, batch {batch}, prompt {prompt_len}, {new_tokens} new tokens, \
-         {threads} threads, best of {repeats} in each of {rounds} alternating rounds, on {device:?}; cpu flags: {}{}; read bandwidth \
-         {:.1} GB/s",
+         {threads} threads, best of {repeats} in each of {rounds} alternating rounds, on {device:?}; \
+         cpu flags: {}{}; read bandwidth {:.1} GB/s",
         shape(&shape_name, 32_000).0,
         cpu_flags(),
         libtorch_isa_caps(),

@@ -70,6 +70,12 @@ impl TinyModel {
         Self::qwen2_bench(101, 64, 192, 2, 4, 2)
     }
 
+    /// Qwen2.5-0.5B's shape (24 layers, hidden 896, GQA 14/2, MLP 4864, Qwen's 151,936-token
+    /// vocabulary, tied embeddings), for the GPU benchmarks.
+    pub fn qwen2_5_0_5b() -> Self {
+        Self::qwen2_bench(151_936, 896, 4864, 24, 14, 2).with("tie_word_embeddings", true)
+    }
+
     /// Sets field `key` of the config to `value`.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.config[key] = value.into();
@@ -93,9 +99,14 @@ impl TinyModel {
 
     /// A random model with parameters of `kind` on the CPU, the same for the same `seed`.
     pub fn random_as(&self, kind: Kind, seed: u64) -> CausalLM {
+        self.random_on(kind, Device::Cpu, seed)
+    }
+
+    /// A random model with parameters of `kind` on `device`.
+    pub fn random_on(&self, kind: Kind, device: Device, seed: u64) -> CausalLM {
         let opts = LoadOptions {
             kind,
-            device: Device::Cpu,
+            device,
             ..LoadOptions::default()
         };
         CausalLM::random(self.config(), &opts, seed).unwrap()
