@@ -131,6 +131,14 @@ const FEW_ROWS: i64 = 64;
 /// to f32) multiplies by the weight upcast to f32, so the activations keep their precision (and the
 /// gradient flows to the weight).
 pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
+    if !wants_gradient(x, w.tensor) {
+        if let Some(y) = crate::few_rows_gemm::linear(x, w.tensor) {
+            return match b {
+                Some(b) => y + b,
+                None => y,
+            };
+        }
+    }
     if let Some(onednn) = w.onednn {
         if x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu {
             let y = onednn.forward(x);
@@ -167,6 +175,21 @@ pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
     let mut out_size = size;
     *out_size.last_mut().expect("non-empty") = w.size()[0];
     y.reshape(out_size.as_slice())
+}
+
+/// Whether autograd would record `x W^T`: gradient mode is on and either operand requires a gradient.
+fn wants_gradient(x: &Tensor, w: &Tensor) -> bool {
+    (x.requires_grad() || w.requires_grad()) && grad_enabled()
+}
+
+/// libtorch's gradient mode (set to itself again: libtorch has no getter that tch exposes).
+fn grad_enabled() -> bool {
+    // SAFETY: sets and restores a thread-local flag.
+    unsafe {
+        let previous = torch_sys::at_grad_set_enabled(1);
+        torch_sys::at_grad_set_enabled(previous);
+        previous != 0
+    }
 }
 
 /// Hooks that depend on which request each batch row serves, for a batch whose rows change between

@@ -9,6 +9,7 @@
 //! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
+//! few_rows_gemm.rs x W^T for the few rows of a decode step (f32, AVX-512/AVX2), streaming the weight
 //! hooks.rs       ForwardHooks: embedding / layer_input / linear / logits seams for ALP and EGGROLL;
 //!                RowHooks: hooks that know which request each batch row serves
 //! noise.rs       counter-based Gaussian noise keyed by (seed, step, forward, slot): ALP and EGGROLL
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod few_rows_gemm;
 pub mod hooks;
 pub mod kv_cache;
 pub mod model;

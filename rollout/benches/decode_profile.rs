@@ -9,7 +9,7 @@
 //! BENCH_BF16 (auto), BENCH_MODEL (8x512, or tiny: configs/math.toml's model). Not a test: it asserts nothing about speed.
 use std::time::Instant;
 
-use alp_policy::{Bf16Compute, CausalLM, LoadOptions, NoHooks};
+use alp_policy::{few_rows_gemm, Bf16Compute, CausalLM, LoadOptions, NoHooks};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, RowSampler, SamplingParams};
 use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::tiny_model::TinyModel;
@@ -63,9 +63,10 @@ fn main() {
     )
     .unwrap();
     println!(
-        "decode profile: {layers}x{hidden} vocab {vocab} batch {batch}, {dtype} computed as {}, {threads} threads; \
-         cpu flags: {}{}",
+        "decode profile: {layers}x{hidden} vocab {vocab} batch {batch}, {dtype} computed as {}, {threads} threads, \
+         few-rows kernel {:?}; cpu flags: {}{}",
         model.precision().describe(),
+        few_rows_gemm::isa(),
         cpu_flags(),
         libtorch_isa_caps()
     );
@@ -101,7 +102,27 @@ fn main() {
     let head = time_ms(20, || {
         let _ = model.logits(&last, &NoHooks);
     });
-    let onednn = model.onednn_lm_head();
+    // libtorch's own product for comparison (the head goes through the few-rows kernel where that
+    // applies), and the oneDNN copy that the engine multiplies by when it decodes more rows than the
+    // kernel takes.
+    let head_weight = model
+        .named_parameters()
+        .into_iter()
+        .find(|(name, _)| name == "lm_head.weight")
+        .or_else(|| {
+            model
+                .named_parameters()
+                .into_iter()
+                .find(|(name, _)| name == "model.embed_tokens.weight")
+        })
+        .expect("a head or tied embedding")
+        .1;
+    let head_libtorch = time_ms(20, || {
+        let _ = last.linear(&head_weight, None::<Tensor>);
+    });
+    let onednn = (batch > few_rows_gemm::MAX_ROWS)
+        .then(|| model.onednn_lm_head())
+        .flatten();
     let head_onednn = onednn.as_ref().map(|copy| {
         time_ms(20, || {
             let _ = model.logits_with(&last, &NoHooks, Some(copy));
@@ -138,10 +159,10 @@ fn main() {
     let prefill = time_ms(1, || {
         engine.generate(&requests, &gen(1)).unwrap();
     });
-    // The engine multiplies by the oneDNN copy where the model has one.
+    // The engine multiplies by the oneDNN copy where it makes one.
     let head_note = match head_onednn {
-        Some(fast) => format!("{fast:.2} (oneDNN copy; {head:.2} through MKL)"),
-        None => format!("{head:.2}"),
+        Some(fast) => format!("{fast:.2} (oneDNN copy; {head_libtorch:.2} through libtorch)"),
+        None => format!("{head:.2} ({head_libtorch:.2} through libtorch)"),
     };
     let head = head_onednn.unwrap_or(head);
     println!(

@@ -20,7 +20,7 @@
 //! transformers where it is not installed, and says so). Not a test: it asserts nothing about speed.
 use std::time::Instant;
 
-use alp_policy::{Bf16Compute, CausalLM, LoadOptions};
+use alp_policy::{few_rows_gemm, Bf16Compute, CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
 use alp_test_support::bench::{self, cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
@@ -87,8 +87,9 @@ fn main() {
     println!(
         "generate benchmark: {}, batch {batch}, prompt {prompt_len}, {new_tokens} new tokens, \
          {threads} threads, best of {repeats} in each of {rounds} alternating rounds, on {device:?}; \
-         cpu flags: {}{}; read bandwidth {:.1} GB/s",
+         few-rows kernel {:?}; cpu flags: {}{}; read bandwidth {:.1} GB/s",
         shape(&shape_name, 32_000).0,
+        few_rows_gemm::isa(),
         cpu_flags(),
         libtorch_isa_caps(),
         bandwidth / 1e9

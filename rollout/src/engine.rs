@@ -49,19 +49,20 @@ pub struct LocalEngine {
     /// The population requests with a `member` are served by (see [`LocalEngine::set_members`]).
     members: Option<Arc<dyn MemberHooks>>,
     /// The LM head's weight copied for oneDNN, where that multiplies faster (a large-vocabulary f32
-    /// model on the CPU); made again at every weight install, which is the only way the engine's
-    /// weights change.
+    /// model on the CPU, decoding more rows than the few-rows kernel takes); made again at every
+    /// weight install, which is the only way the engine's weights change.
     onednn_head: Option<OnednnLmHead>,
 }
 
 impl LocalEngine {
     /// Wraps `model`; up to `batch_size` requests decode together.
     pub fn new(model: CausalLM, batch_size: usize) -> Self {
+        let batch_size = batch_size.max(1);
         LocalEngine {
-            onednn_head: model.onednn_lm_head(),
+            onednn_head: onednn_head_for(&model, batch_size),
             model,
             version: 0,
-            batch_size: batch_size.max(1),
+            batch_size,
             pad_id: 0,
             scheduling: Scheduling::default(),
             members: None,
@@ -119,7 +120,7 @@ impl LocalEngine {
     /// so that two copies never coexist).
     fn remake_onednn_head(&mut self) {
         self.onednn_head = None;
-        self.onednn_head = self.model.onednn_lm_head();
+        self.onednn_head = onednn_head_for(&self.model, self.batch_size);
     }
 
     fn check(
@@ -415,6 +416,17 @@ impl LocalEngine {
                 }
             })
             .collect()
+    }
+}
+
+/// The LM head's oneDNN copy for an engine of `batch_size` rows: only when a decode step can have
+/// more rows than [`alp_policy::few_rows_gemm`] takes (that kernel beats oneDNN up to there, and the
+/// copy costs the head's size in memory).
+fn onednn_head_for(model: &CausalLM, batch_size: usize) -> Option<OnednnLmHead> {
+    if batch_size as i64 > alp_policy::few_rows_gemm::MAX_ROWS {
+        model.onednn_lm_head()
+    } else {
+        None
     }
 }
 

@@ -1,6 +1,7 @@
 //! The oneDNN copy of a large LM head (`alp_policy::OnednnLmHead`): it multiplies like the head it
-//! copies (against a product in f64), exists only where it pays, and the engine's copy follows every
-//! weight install (checked against teacher-forced log-probs of the installed model).
+//! copies (against a product in f64), exists only where it pays, and the copy of an engine with more
+//! rows than the few-rows kernel takes follows every weight install (checked against teacher-forced
+//! log-probs of the installed model).
 use alp_policy::{CausalLM, NoHooks, OnednnLmHead, ONEDNN_HEAD_MIN_BYTES};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
 use alp_test_support::tiny_model::TinyModel;
@@ -75,8 +76,8 @@ fn onednn_copy_only_where_it_pays() {
     assert!(OnednnLmHead::for_weight(&at).is_some());
 }
 
-/// Log-probs of `completion` after `prompt` under `model`, by one teacher-forced forward (MKL's
-/// head, no copy).
+/// Log-probs of `completion` after `prompt` under `model`, by one teacher-forced forward (the
+/// head's own weight, no copy).
 fn teacher_forced(model: &CausalLM, prompt: &[i64], completion: &[i64]) -> Vec<f64> {
     let ids: Vec<i64> = prompt.iter().chain(completion).copied().collect();
     let input = Tensor::from_slice(&ids).view([1, -1]);
@@ -95,24 +96,28 @@ fn engine_copy_follows_installed_weights() {
     tch::set_num_threads(2);
     let first = large_head().random(1);
     let installed = large_head().random(2);
-    let mut engine = LocalEngine::new(large_head().random(1), 2);
+    // More rows than the few-rows kernel takes, so that the head goes through the engine's copy.
+    let rows = alp_policy::few_rows_gemm::MAX_ROWS as usize + 2;
+    let mut engine = LocalEngine::new(large_head().random(1), rows);
     engine
         .install_weights(&installed.named_parameters(), 1)
         .unwrap();
-    let prompts = [vec![5i64, 17, 300, 4_000], vec![32_999, 2, 2]];
+    let prompts: Vec<Vec<i64>> = (0..rows as i64)
+        .map(|i| vec![5, 17, (i * 251) % 33_000, 4_000 + i])
+        .collect();
     let requests: Vec<_> = prompts
         .iter()
         .map(|p| GenerationRequest::new(p.clone()))
         .collect();
     let params = SamplingParams {
-        max_new_tokens: 6,
+        max_new_tokens: 3,
         seed: 11,
         ..SamplingParams::default()
     };
     let completions = engine.generate(&requests, &params).unwrap();
     let mut gap_to_old = 0.0f64;
     for (prompt, c) in prompts.iter().zip(&completions) {
-        assert_eq!(c.completion_ids.len(), 6);
+        assert_eq!(c.completion_ids.len(), 3);
         let want = teacher_forced(&installed, prompt, &c.completion_ids);
         for (got, want) in c.logprobs.iter().zip(&want) {
             assert!(
