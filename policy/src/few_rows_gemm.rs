@@ -64,6 +64,36 @@ fn detect(_cap: &str) -> Option<Isa> {
     None
 }
 
+thread_local! {
+    static ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Turns the kernel on for this thread's [`crate::hooks::linear`] calls until the guard drops: the
+/// rollout engine does so around generation. Off elsewhere, so that the learner's forwards, with or
+/// without gradient, keep libtorch's rounding (a no-grad scoring forward and a training forward of
+/// the same weights must agree bit for bit).
+pub fn enable() -> EnabledGuard {
+    EnabledGuard {
+        previous: ENABLED.with(|e| e.replace(true)),
+    }
+}
+
+/// Whether [`enable`] is in force on this thread.
+pub fn enabled() -> bool {
+    ENABLED.with(|e| e.get())
+}
+
+/// Restores the previous state on drop (see [`enable`]).
+pub struct EnabledGuard {
+    previous: bool,
+}
+
+impl Drop for EnabledGuard {
+    fn drop(&mut self) {
+        ENABLED.with(|e| e.set(self.previous));
+    }
+}
+
 /// `x W^T` for `x` `[.., in]` and `w` `[out, in]`, both f32 on the CPU, when this kernel applies
 /// (see the module docs); `None` otherwise. Not differentiable: the caller makes sure no gradient is
 /// wanted.

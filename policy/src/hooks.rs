@@ -131,7 +131,7 @@ const FEW_ROWS: i64 = 64;
 /// to f32) multiplies by the weight upcast to f32, so the activations keep their precision (and the
 /// gradient flows to the weight).
 pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
-    if !wants_gradient(x, w.tensor) {
+    if crate::few_rows_gemm::enabled() && !wants_gradient(x, w.tensor) {
         if let Some(y) = crate::few_rows_gemm::linear(x, w.tensor) {
             return match b {
                 Some(b) => y + b,

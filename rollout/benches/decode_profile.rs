@@ -71,6 +71,7 @@ fn main() {
         libtorch_isa_caps()
     );
     let _guard = tch::no_grad_guard();
+    let _kernel = few_rows_gemm::enable();
     let prompt = 64;
     let ids = Tensor::randint(vocab, [batch, prompt], (Kind::Int64, Device::Cpu));
     let valid = Tensor::ones([batch, prompt], (Kind::Bool, Device::Cpu));

@@ -207,6 +207,7 @@ impl LocalEngine {
         row_hooks: &dyn RowHooks,
     ) -> Vec<Completion> {
         let _guard = tch::no_grad_guard();
+        let _kernel = alp_policy::few_rows_gemm::enable();
         let device = self.model.device();
         let mut done: Vec<Option<RowState>> = (0..requests.len()).map(|_| None).collect();
         // Requests with nothing to generate finish at once and never take a slot.
