@@ -126,26 +126,27 @@ const FEW_ROWS: i64 = 64;
 /// 16; bf16 goes through oneDNN and gains nothing), so that is what we compute there; the result is
 /// the same product up to float reassociation.
 ///
+/// Inside the rollout engine's generation (see [`crate::few_rows_gemm::enable`]), where no gradient is
+/// wanted, f32 products of up to [`crate::few_rows_gemm::MAX_ROWS`] rows on an x86 CPU go through
+/// the few-rows kernel, which streams the weight once instead of repacking it.
+///
 /// A weight with a oneDNN copy is multiplied by that copy (no gradient flows through it: it exists
 /// only in generation calls). An f32 `x` with a lower-precision weight (a residual stream ALP widened
 /// to f32) multiplies by the weight upcast to f32, so the activations keep their precision (and the
 /// gradient flows to the weight).
 pub fn linear(x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
+    let with_bias = |y: Tensor| match b {
+        Some(b) => y + b,
+        None => y,
+    };
     if crate::few_rows_gemm::enabled() && !wants_gradient(x, w.tensor) {
         if let Some(y) = crate::few_rows_gemm::linear(x, w.tensor) {
-            return match b {
-                Some(b) => y + b,
-                None => y,
-            };
+            return with_bias(y);
         }
     }
     if let Some(onednn) = w.onednn {
         if x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu {
-            let y = onednn.forward(x);
-            return match b {
-                Some(b) => y + b,
-                None => y,
-            };
+            return with_bias(onednn.forward(x));
         }
     }
     let w = w.tensor;

@@ -554,6 +554,11 @@ impl CausalLM {
         self.logits_with(hidden, hooks, None)
     }
 
+    /// The LM head's weight (`[vocab, hidden]`; the embedding matrix in a tied model).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        &self.lm_head.weight
+    }
+
     /// A copy of the LM head's weight for oneDNN where that multiplies faster (an f32 model on the
     /// CPU with a large vocabulary, see [`OnednnLmHead`]), made from the current weights; `None`
     /// elsewhere. For generation: make it again after the weights change.

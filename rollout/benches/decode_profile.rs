@@ -106,20 +106,8 @@ fn main() {
     // libtorch's own product for comparison (the head goes through the few-rows kernel where that
     // applies), and the oneDNN copy that the engine multiplies by when it decodes more rows than the
     // kernel takes.
-    let head_weight = model
-        .named_parameters()
-        .into_iter()
-        .find(|(name, _)| name == "lm_head.weight")
-        .or_else(|| {
-            model
-                .named_parameters()
-                .into_iter()
-                .find(|(name, _)| name == "model.embed_tokens.weight")
-        })
-        .expect("a head or tied embedding")
-        .1;
     let head_libtorch = time_ms(20, || {
-        let _ = last.linear(&head_weight, None::<Tensor>);
+        let _ = last.linear(model.lm_head_weight(), None::<Tensor>);
     });
     let onednn = (batch > few_rows_gemm::MAX_ROWS)
         .then(|| model.onednn_lm_head())

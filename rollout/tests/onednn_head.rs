@@ -14,16 +14,6 @@ fn large_head() -> TinyModel {
     shape
 }
 
-/// The LM head's weight (untied in these models).
-fn head_weight(model: &CausalLM) -> Tensor {
-    model
-        .named_parameters()
-        .into_iter()
-        .find(|(name, _)| name == "lm_head.weight")
-        .expect("an untied head")
-        .1
-}
-
 #[test]
 fn onednn_head_multiplies_like_the_weight_it_copies() {
     tch::set_num_threads(2);
@@ -39,7 +29,7 @@ fn onednn_head_multiplies_like_the_weight_it_copies() {
     let ours = tch::no_grad(|| model.logits_with(&hidden, &NoHooks, Some(&copy)));
     let reference = hidden
         .to_kind(Kind::Double)
-        .matmul(&head_weight(&model).to_kind(Kind::Double).tr());
+        .matmul(&model.lm_head_weight().to_kind(Kind::Double).tr());
     assert_eq!(ours.size(), vec![5, 3, 33_000]);
     let err = (ours.to_kind(Kind::Double) - &reference)
         .abs()
