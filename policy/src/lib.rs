@@ -24,6 +24,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod noise;
 pub mod onednn_head;
+pub mod openmp;
 pub mod params;
 pub mod precision;
 pub mod rope;

@@ -11,6 +11,7 @@
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
 //! ```
 pub mod backend;
+mod cpu_draw;
 mod decode_rows;
 pub mod engine;
 pub mod episode;

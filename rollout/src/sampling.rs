@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::cpu_draw::{draw_rows, Draw};
 use crate::error::RolloutError;
 
 alp_macros::string_enum! {
@@ -208,6 +209,9 @@ impl RowSampler {
     /// processed distribution ([`processed_logprobs`]) is built first.
     pub fn sample(&mut self, logits: &Tensor, params: &SamplingParams) -> (Vec<i64>, Vec<f32>) {
         let logits = logits.to_kind(Kind::Float);
+        if let Some(drawn) = self.sample_on_cpu(&logits, params) {
+            return drawn;
+        }
         if params.greedy {
             let tokens = logits.argmax(-1, false).unsqueeze(-1);
             let lps = logits
@@ -232,6 +236,46 @@ impl RowSampler {
             _ => probs.gather(-1, &tokens, false).log(),
         };
         to_host(&tokens, &recorded)
+    }
+
+    /// Greedy and untruncated draws from CPU logits without building the distribution as tensors
+    /// ([`crate::cpu_draw`]: two reads of each row); `None` for truncated sampling or other devices.
+    fn sample_on_cpu(
+        &mut self,
+        logits: &Tensor,
+        params: &SamplingParams,
+    ) -> Option<(Vec<i64>, Vec<f32>)> {
+        let truncated = params.top_k > 0 || params.top_p < 1.0;
+        if logits.device() != tch::Device::Cpu || (truncated && !params.greedy) {
+            return None;
+        }
+        let (rows, vocab) = logits.size2().ok()?;
+        if rows as usize != self.rngs.len() || vocab == 0 {
+            return None;
+        }
+        let logits = logits.contiguous();
+        // SAFETY: `logits` is a contiguous `[rows, vocab]` f32 CPU tensor alive for this call.
+        let data = unsafe {
+            std::slice::from_raw_parts(logits.data_ptr() as *const f32, (rows * vocab) as usize)
+        };
+        let (draw, uniforms) = if params.greedy {
+            (Draw::Greedy, Vec::new())
+        } else {
+            let draw = Draw::Sample {
+                inv_temperature: (1.0 / params.temperature) as f32,
+                raw_logprob: params.logprob_mode == LogprobMode::Raw && params.temperature != 1.0,
+            };
+            (
+                draw,
+                self.rngs.iter_mut().map(|rng| rng.gen::<f32>()).collect(),
+            )
+        };
+        let threads = tch::get_num_threads().max(1) as usize;
+        Some(
+            draw_rows(data, vocab as usize, &uniforms, draw, threads)
+                .into_iter()
+                .unzip(),
+        )
     }
 
     /// Top-k / top-p: draws from the processed distribution.
