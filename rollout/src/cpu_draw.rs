@@ -46,7 +46,7 @@ pub(crate) fn draw_rows(
     threads: usize,
 ) -> Vec<(i64, f32)> {
     assert!(
-        vocab > 0 && logits.len() % vocab == 0,
+        vocab > 0 && logits.len().is_multiple_of(vocab),
         "logits are [rows, vocab]"
     );
     let rows = logits.len() / vocab;
@@ -177,7 +177,7 @@ mod kernels {
         y = y * r + 8.333_452e-3;
         y = y * r + 4.166_579_6e-2;
         y = y * r + 1.666_666_5e-1;
-        y = y * r + 5.000_000_1e-1;
+        y = y * r + 0.5;
         let y = y * (r * r) + r + 1.0;
         let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
         if x < -87.3 {
