@@ -7,8 +7,11 @@
 //!
 //!     cargo bench -p alp-policy --bench few_rows_gemm
 //!
-//! Environment: BENCH_THREADS (2), BENCH_ROWS (1,4,8,16,32,48,64). Not a test: it asserts nothing
-//! about speed.
+//! With `BENCH_DTYPE=bf16` (where the CPU has AVX512_BF16) both sides multiply bf16 operands: the
+//! kernel's `vdpbf16ps` path against libtorch's bf16 `linear` (oneDNN), the fastest it has.
+//!
+//! Environment: BENCH_THREADS (2), BENCH_ROWS (1,4,8,16,32,48,64), BENCH_DTYPE (f32). Not a test: it
+//! asserts nothing about speed.
 use std::time::Instant;
 
 use alp_policy::few_rows_gemm::{self, isa};
@@ -29,10 +32,17 @@ fn best_ms(mut f: impl FnMut()) -> f64 {
 fn main() {
     let threads: i32 = env_or("BENCH_THREADS", 2);
     let rows: String = env_or("BENCH_ROWS", "1,4,8,16,32,48,64".to_string());
+    let dtype: String = env_or("BENCH_DTYPE", "f32".to_string());
+    let kind = alp_policy::parse_kind(&dtype).expect("BENCH_DTYPE: f32 or bf16");
+    let bf16 = kind == Kind::BFloat16;
+    assert!(
+        !bf16 || few_rows_gemm::has_bf16_dot(),
+        "BENCH_DTYPE=bf16: this CPU has no AVX512_BF16, so the kernel takes no bf16 products"
+    );
     tch::set_num_threads(threads);
     let _guard = tch::no_grad_guard();
     println!(
-        "few-rows kernel ({:?}) vs libtorch, {threads} threads; cpu flags: {}{}",
+        "few-rows kernel ({:?}) vs libtorch, {dtype}, {threads} threads; cpu flags: {}{}",
         isa(),
         cpu_flags(),
         libtorch_isa_caps()
@@ -48,16 +58,27 @@ fn main() {
         (512, 1536),
     ];
     let decoder: Vec<Tensor> = (0..8)
-        .flat_map(|_| layer.iter().map(|&(n, k)| Tensor::randn([n, k], f32_cpu)))
+        .flat_map(|_| {
+            layer
+                .iter()
+                .map(|&(n, k)| Tensor::randn([n, k], f32_cpu).to_kind(kind))
+        })
         .collect();
-    let head = Tensor::randn([32000, 512], f32_cpu);
-    let head_onednn = head.to_mkldnn();
+    let head = Tensor::randn([32000, 512], f32_cpu).to_kind(kind);
+    let head_onednn = (!bf16).then(|| head.to_mkldnn());
     for m in rows
         .split(',')
         .map(|r| r.trim().parse::<i64>().expect("BENCH_ROWS: integers"))
     {
-        let x512 = Tensor::randn([m, 512], f32_cpu);
-        let x1536 = Tensor::randn([m, 1536], f32_cpu);
+        if bf16 && m > few_rows_gemm::MAX_BF16_ROWS {
+            println!(
+                "rows {m:>3}: above the bf16 kernel's {} rows (libtorch multiplies them)",
+                few_rows_gemm::MAX_BF16_ROWS
+            );
+            continue;
+        }
+        let x512 = Tensor::randn([m, 512], f32_cpu).to_kind(kind);
+        let x1536 = Tensor::randn([m, 1536], f32_cpu).to_kind(kind);
         let input = |w: &Tensor| if w.size()[1] == 512 { &x512 } else { &x1536 };
         let kernel = |x: &Tensor, w: &Tensor| {
             few_rows_gemm::linear(x, w).expect("the kernel applies at these shapes")
@@ -84,12 +105,15 @@ fn main() {
         let head_mkl = best_ms(|| {
             let _ = head.mm(&x512.tr()).tr().contiguous();
         });
-        let head_dnn = best_ms(|| {
-            let _ = x512
-                .to_mkldnn()
-                .mkldnn_linear(&head_onednn, None::<Tensor>)
-                .to_dense(None, false);
-        });
+        let head_dnn = match &head_onednn {
+            Some(copy) => best_ms(|| {
+                let _ = x512
+                    .to_mkldnn()
+                    .mkldnn_linear(copy, None::<Tensor>)
+                    .to_dense(None, false);
+            }),
+            None => f64::INFINITY,
+        };
         let head_torch = head_mkl.min(head_dnn);
         println!(
             "rows {m:>3}: decoder ours {ours:6.2} ms | libtorch {torch:6.2} ms (x W^T {torch_xw:.2}, \
