@@ -72,6 +72,7 @@ fn main() {
             engine.generate(&requests[..batch.min(n)], &params).unwrap();
         }
         let mut best = [f64::INFINITY; 2];
+        let mut stats = [alp_rollout::DecodeStats::default(); 2];
         let mut outs = Vec::new();
         for _ in 0..repeats {
             outs.clear();
@@ -79,6 +80,7 @@ fn main() {
                 let start = Instant::now();
                 let out = engine.generate(&requests, &params).unwrap();
                 best[k] = best[k].min(start.elapsed().as_secs_f64());
+                stats[k] = engine.last_decode_stats();
                 let made: usize = out.iter().map(|c| c.completion_ids.len()).sum();
                 assert_eq!(made, tokens, "every request ran to its length");
                 outs.push(out);
@@ -99,6 +101,20 @@ fn main() {
             rate(1),
             best[1],
             rate(1) / rate(0)
+        );
+        let rows_per_step =
+            |s: &alp_rollout::DecodeStats| s.row_steps as f64 / s.decode_steps as f64;
+        println!(
+            "        decode steps: chunked {} ({:.1} rows each, {} prefills) | continuous {} ({:.1} rows \
+             each, {} prefills) | chunked / continuous {:.2}x: the ratio if a step cost the same \
+             whatever its rows",
+            stats[0].decode_steps,
+            rows_per_step(&stats[0]),
+            stats[0].prefills,
+            stats[1].decode_steps,
+            rows_per_step(&stats[1]),
+            stats[1].prefills,
+            stats[0].decode_steps as f64 / stats[1].decode_steps as f64
         );
     }
 }

@@ -39,6 +39,25 @@ pub enum Scheduling {
     Chunked,
 }
 
+/// What the decode loop did in the last generation call: how a schedule packs the batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Decode steps (forwards of one token per row).
+    pub decode_steps: u64,
+    /// Rows summed over those steps (finished rows waiting for a newcomer included).
+    pub row_steps: u64,
+    /// Prefill forwards (the first admission and every refill).
+    pub prefills: u64,
+}
+
+impl DecodeStats {
+    fn add(&mut self, other: DecodeStats) {
+        self.decode_steps += other.decode_steps;
+        self.row_steps += other.row_steps;
+        self.prefills += other.prefills;
+    }
+}
+
 /// An in-process inference copy of the policy.
 pub struct LocalEngine {
     model: CausalLM,
@@ -52,6 +71,7 @@ pub struct LocalEngine {
     /// model on the CPU, decoding more rows than the few-rows kernel takes); made again at every
     /// weight install, which is the only way the engine's weights change.
     onednn_head: Option<OnednnLmHead>,
+    last_stats: DecodeStats,
 }
 
 impl LocalEngine {
@@ -66,6 +86,7 @@ impl LocalEngine {
             pad_id: 0,
             scheduling: Scheduling::default(),
             members: None,
+            last_stats: DecodeStats::default(),
         }
     }
 
@@ -85,6 +106,11 @@ impl LocalEngine {
     pub fn with_scheduling(mut self, scheduling: Scheduling) -> Self {
         self.scheduling = scheduling;
         self
+    }
+
+    /// What the decode loop did in the last generation call.
+    pub fn last_decode_stats(&self) -> DecodeStats {
+        self.last_stats
     }
 
     /// The engine's model, to read; its weights change only through [`Self::install_weights`] and
@@ -205,7 +231,7 @@ impl LocalEngine {
         first: usize,
         params: &SamplingParams,
         row_hooks: &dyn RowHooks,
-    ) -> Vec<Completion> {
+    ) -> (Vec<Completion>, DecodeStats) {
         let _guard = tch::no_grad_guard();
         let _kernel = alp_policy::few_rows_gemm::enable();
         let device = self.model.device();
@@ -238,10 +264,12 @@ impl LocalEngine {
             + 1;
         let capacity = capacity as i64;
 
+        let mut stats = DecodeStats::default();
         let admit = pop_front_n(&mut waiting, self.batch_size);
         if admit.is_empty() {
-            return self.finish(requests, done);
+            return (self.finish(requests, done), stats);
         }
+        stats.prefills += 1;
         let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
         let pre = self.prefill(
             &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
@@ -297,8 +325,11 @@ impl LocalEngine {
                 }
             }
             let fed = tokens_of(&batch.rows);
+            stats.decode_steps += 1;
+            stats.row_steps += batch.rows.len() as u64;
             self.decode_step(&mut batch, &fed, device, row_hooks);
             if !free.is_empty() && (free.len() >= refill_at || free.len() >= waiting.len()) {
+                stats.prefills += 1;
                 self.refill(
                     &mut batch,
                     &free,
@@ -313,7 +344,7 @@ impl LocalEngine {
                 free.clear();
             }
         }
-        self.finish(requests, done)
+        (self.finish(requests, done), stats)
     }
 
     /// Feeds each row's last token at its own column and position; updates `last_hidden`.
@@ -444,17 +475,27 @@ impl LocalEngine {
         params.validate()?;
         self.check(requests, params)?;
         let _span = tracing::info_span!("generate", requests = requests.len()).entered();
-        match self.scheduling {
-            Scheduling::Continuous => Ok(self.generate_batch(requests, 0, params, row_hooks)),
+        let mut stats = DecodeStats::default();
+        let out = match self.scheduling {
+            Scheduling::Continuous => {
+                let (out, s) = self.generate_batch(requests, 0, params, row_hooks);
+                stats = s;
+                out
+            }
             Scheduling::Chunked => {
                 let mut out = Vec::with_capacity(requests.len());
                 for (c, chunk) in requests.chunks(self.batch_size).enumerate() {
-                    out.extend(self.generate_batch(chunk, c * self.batch_size, params, row_hooks));
+                    let (done, s) =
+                        self.generate_batch(chunk, c * self.batch_size, params, row_hooks);
+                    out.extend(done);
+                    stats.add(s);
                     tracing::debug!(done = out.len(), total = requests.len(), "generated chunk");
                 }
-                Ok(out)
+                out
             }
-        }
+        };
+        self.last_stats = stats;
+        Ok(out)
     }
 }
 

@@ -23,7 +23,7 @@ pub use backend::{
     Completion, FinishReason, GenerationBackend, GenerationRequest, ProbeReport, ReplicaHealth,
     ReplicaState, SyncReport,
 };
-pub use engine::{LocalEngine, Scheduling};
+pub use engine::{DecodeStats, LocalEngine, Scheduling};
 pub use episode::{
     encode_conversation, panic_message, run_episodes, run_member_episodes, EpisodeSettings,
     TokenizedConversation, Trajectory,
