@@ -201,7 +201,7 @@ fn product(
                 Isa::Avx2 => avx2::rows(&packed, m, k, w, b0 * 4, b1 * 4, out, n),
             }
             if t + 1 == parts {
-                leftover_rows(x, m, k, w, blocks * 4, n, out);
+                leftover_rows(x, m, k, w, blocks * 4, n, out, |v| v);
             }
         }
     };
@@ -243,7 +243,7 @@ fn product_bf16(
             #[cfg(target_arch = "x86_64")]
             avx512::rows_bf16(&packed, m, k, w, b0 * 4, b1 * 4, out, n);
             if t + 1 == parts {
-                leftover_rows_bf16(x, m, k, w, blocks * 4, n, out);
+                leftover_rows(x, m, k, w, blocks * 4, n, out, bf16_to_f32);
             }
         }
     };
@@ -272,50 +272,27 @@ fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
-/// [`leftover_rows`] of bf16 operands: products of two bf16 are exact in f32.
+/// The last `n % 4` weight rows, one plain dot product per output, of the operands widened to f32
+/// by `widen` (exactly: a product of two bf16 is exact in f32 too).
 ///
 /// # Safety
 /// `out` points to `m * n` floats.
-unsafe fn leftover_rows_bf16(
-    x: &[u16],
+#[allow(clippy::too_many_arguments)]
+unsafe fn leftover_rows<T: Copy>(
+    x: &[T],
     m: usize,
     k: usize,
-    w: &[u16],
+    w: &[T],
     from: usize,
     n: usize,
     out: *mut f32,
+    widen: impl Fn(T) -> f32,
 ) {
     for j in from..n {
         let wr = &w[j * k..(j + 1) * k];
         for i in 0..m {
             let xr = &x[i * k..(i + 1) * k];
-            *out.add(i * n + j) = xr
-                .iter()
-                .zip(wr)
-                .map(|(&a, &b)| bf16_to_f32(a) * bf16_to_f32(b))
-                .sum();
-        }
-    }
-}
-
-/// The last `n % 4` weight rows, one plain dot product per output.
-///
-/// # Safety
-/// `out` points to `m * n` floats.
-unsafe fn leftover_rows(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    from: usize,
-    n: usize,
-    out: *mut f32,
-) {
-    for j in from..n {
-        let wr = &w[j * k..(j + 1) * k];
-        for i in 0..m {
-            let xr = &x[i * k..(i + 1) * k];
-            *out.add(i * n + j) = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+            *out.add(i * n + j) = xr.iter().zip(wr).map(|(&a, &b)| widen(a) * widen(b)).sum();
         }
     }
 }
@@ -328,6 +305,60 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::PREFETCH_BLOCKS;
+
+    /// The loop of [`rows`] and [`rows_bf16`]: weight rows `n0..n1` four at a time, each 64-byte step
+    /// of `$lanes` inputs read with `$load` and added into 16 f32 accumulators (4 weight rows x 4
+    /// rows of `x`) by `$dot(acc, x, w)`; the blocks ahead prefetched into L2, one line per step.
+    macro_rules! stream_weight_rows {
+        ($packed:ident, $m:ident, $k:ident, $w:ident, $n0:ident, $n1:ident, $out:ident, $n:ident,
+         $lanes:expr, $load:expr, $dot:expr) => {
+            let row_blocks = $m.div_ceil(4);
+            let mut j = $n0;
+            while j < $n1 {
+                let wp = $w.as_ptr().add(j * $k);
+                let ahead = wp.wrapping_add(PREFETCH_BLOCKS * 4 * $k);
+                for rb in 0..row_blocks {
+                    let xp = $packed.as_ptr().add(rb * 4 * $k);
+                    let mut acc = [_mm512_setzero_ps(); 16];
+                    let mut c = 0;
+                    while c < $k {
+                        // The block ahead's 4 x k / lanes lines, spread over the passes of this
+                        // block.
+                        let mut r = rb;
+                        while r < 4 {
+                            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(r * $k + c) as *const i8);
+                            r += row_blocks;
+                        }
+                        let w0 = $load(wp.add(c));
+                        let w1 = $load(wp.add($k + c));
+                        let w2 = $load(wp.add(2 * $k + c));
+                        let w3 = $load(wp.add(3 * $k + c));
+                        for (i, a) in acc.chunks_exact_mut(4).enumerate() {
+                            let xv = $load(xp.add(c * 4 + i * $lanes));
+                            a[0] = $dot(a[0], xv, w0);
+                            a[1] = $dot(a[1], xv, w1);
+                            a[2] = $dot(a[2], xv, w2);
+                            a[3] = $dot(a[3], xv, w3);
+                        }
+                        c += $lanes;
+                    }
+                    let sums = reduce16(&acc);
+                    let lanes: [f32; 16] = std::mem::transmute(sums);
+                    for r in 0..4.min($m - rb * 4) {
+                        let o = $out.add((rb * 4 + r) * $n + j);
+                        std::ptr::copy_nonoverlapping(lanes.as_ptr().add(r * 4), o, 4);
+                    }
+                }
+                j += 4;
+            }
+        };
+    }
+
+    /// `acc + x * w`, in the argument order of `_mm512_dpbf16_ps`.
+    #[inline(always)]
+    unsafe fn fmadd(acc: __m512, x: __m512, w: __m512) -> __m512 {
+        _mm512_fmadd_ps(x, w, acc)
+    }
 
     /// Output columns `n0..n1` (multiples of 4) of every row: weight rows `n0..n1`.
     ///
@@ -346,44 +377,7 @@ mod avx512 {
         out: *mut f32,
         n: usize,
     ) {
-        let row_blocks = m.div_ceil(4);
-        let mut j = n0;
-        while j < n1 {
-            let wp = w.as_ptr().add(j * k);
-            let ahead = wp.wrapping_add(PREFETCH_BLOCKS * 4 * k);
-            for rb in 0..row_blocks {
-                let xp = packed.as_ptr().add(rb * 4 * k);
-                let mut acc = [_mm512_setzero_ps(); 16];
-                let mut c = 0;
-                while c < k {
-                    // The block ahead's 4 x k / 16 lines, spread over the passes of this block.
-                    let mut r = rb;
-                    while r < 4 {
-                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(r * k + c) as *const i8);
-                        r += row_blocks;
-                    }
-                    let w0 = _mm512_loadu_ps(wp.add(c));
-                    let w1 = _mm512_loadu_ps(wp.add(k + c));
-                    let w2 = _mm512_loadu_ps(wp.add(2 * k + c));
-                    let w3 = _mm512_loadu_ps(wp.add(3 * k + c));
-                    for (i, a) in acc.chunks_exact_mut(4).enumerate() {
-                        let xv = _mm512_loadu_ps(xp.add(c * 4 + i * 16));
-                        a[0] = _mm512_fmadd_ps(xv, w0, a[0]);
-                        a[1] = _mm512_fmadd_ps(xv, w1, a[1]);
-                        a[2] = _mm512_fmadd_ps(xv, w2, a[2]);
-                        a[3] = _mm512_fmadd_ps(xv, w3, a[3]);
-                    }
-                    c += 16;
-                }
-                let sums = reduce16(&acc);
-                let lanes: [f32; 16] = std::mem::transmute(sums);
-                for r in 0..4.min(m - rb * 4) {
-                    let o = out.add((rb * 4 + r) * n + j);
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr().add(r * 4), o, 4);
-                }
-            }
-            j += 4;
-        }
+        stream_weight_rows!(packed, m, k, w, n0, n1, out, n, 16, _mm512_loadu_ps, fmadd);
     }
 
     /// As [`rows`] for bf16 operands (their bits): each step takes 32 inputs of a row, one 64-byte
@@ -405,43 +399,7 @@ mod avx512 {
         n: usize,
     ) {
         let load = |p: *const u16| -> __m512bh { std::mem::transmute(_mm512_loadu_si512(p as _)) };
-        let row_blocks = m.div_ceil(4);
-        let mut j = n0;
-        while j < n1 {
-            let wp = w.as_ptr().add(j * k);
-            let ahead = wp.wrapping_add(PREFETCH_BLOCKS * 4 * k);
-            for rb in 0..row_blocks {
-                let xp = packed.as_ptr().add(rb * 4 * k);
-                let mut acc = [_mm512_setzero_ps(); 16];
-                let mut c = 0;
-                while c < k {
-                    let mut r = rb;
-                    while r < 4 {
-                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(r * k + c) as *const i8);
-                        r += row_blocks;
-                    }
-                    let w0 = load(wp.add(c));
-                    let w1 = load(wp.add(k + c));
-                    let w2 = load(wp.add(2 * k + c));
-                    let w3 = load(wp.add(3 * k + c));
-                    for (i, a) in acc.chunks_exact_mut(4).enumerate() {
-                        let xv = load(xp.add(c * 4 + i * 32));
-                        a[0] = _mm512_dpbf16_ps(a[0], xv, w0);
-                        a[1] = _mm512_dpbf16_ps(a[1], xv, w1);
-                        a[2] = _mm512_dpbf16_ps(a[2], xv, w2);
-                        a[3] = _mm512_dpbf16_ps(a[3], xv, w3);
-                    }
-                    c += 32;
-                }
-                let sums = reduce16(&acc);
-                let lanes: [f32; 16] = std::mem::transmute(sums);
-                for r in 0..4.min(m - rb * 4) {
-                    let o = out.add((rb * 4 + r) * n + j);
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr().add(r * 4), o, 4);
-                }
-            }
-            j += 4;
-        }
+        stream_weight_rows!(packed, m, k, w, n0, n1, out, n, 32, load, _mm512_dpbf16_ps);
     }
 
     /// Lane `4r + c` of the result is the sum of the lanes of `acc[4r + c]`.
