@@ -100,11 +100,7 @@ fn sample_row(
     let token = find_token(row, blocks, max, inv_t, target);
     let logprob = if raw_logprob {
         // log_softmax(l) at temperature 1: one more pass for its sum.
-        let sum: f64 = row
-            .chunks(BLOCK)
-            .map(|b| kernels::exp_sum(b, max, 1.0) as f64)
-            .sum();
-        (row[token] - max) as f64 - sum.ln()
+        (row[token] - max) as f64 - sum_exp(row, max, 1.0).ln()
     } else {
         ((row[token] - max) * inv_t) as f64 - total.ln()
     };
@@ -150,11 +146,14 @@ fn greedy_row(row: &[f32]) -> (i64, f32) {
     if !max.is_finite() {
         return (token as i64, f32::NAN);
     }
-    let sum: f64 = row
-        .chunks(BLOCK)
-        .map(|b| kernels::exp_sum(b, max, 1.0) as f64)
-        .sum();
-    (token as i64, (-sum.ln()) as f32)
+    (token as i64, (-sum_exp(row, max, 1.0).ln()) as f32)
+}
+
+/// `sum exp((l - max) * inv_t)` over the row, block by block as [`sample_row`] sums it.
+fn sum_exp(row: &[f32], max: f32, inv_t: f32) -> f64 {
+    row.chunks(BLOCK)
+        .map(|b| kernels::exp_sum(b, max, inv_t) as f64)
+        .sum()
 }
 
 /// The row maximum and block sums, compiled for the widest vector unit the CPU has: the loops are

@@ -250,9 +250,14 @@ impl RowSampler {
             return None;
         }
         let (rows, vocab) = logits.size2().ok()?;
-        if rows as usize != self.rngs.len() || vocab == 0 {
+        if vocab == 0 {
             return None;
         }
+        assert!(
+            params.greedy || rows as usize == self.rngs.len(),
+            "{rows} rows of logits for a sampler of {} rows",
+            self.rngs.len()
+        );
         let logits = logits.contiguous();
         // SAFETY: `logits` is a contiguous `[rows, vocab]` f32 CPU tensor alive for this call.
         let data = unsafe {
