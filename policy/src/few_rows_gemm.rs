@@ -189,21 +189,35 @@ fn product(
     threads: usize,
 ) {
     let packed = pack_rows(x, m, k, 16);
+    split_weight_rows(out, n, threads, &|n0, n1, last, out| {
+        // SAFETY: `out` is the `[m, n]` output; this part writes columns `n0..n1` (and, the last
+        // part, the leftover columns after them) only.
+        unsafe {
+            match isa {
+                Isa::Avx512 => avx512::rows(&packed, m, k, w, n0, n1, out, n),
+                Isa::Avx2 => avx2::rows(&packed, m, k, w, n0, n1, out, n),
+            }
+            if last {
+                leftover_rows(x, m, k, w, n1, n, out, |v| v);
+            }
+        }
+    });
+}
+
+/// Splits the `n / 4` blocks of four weight rows over `threads` threads of libtorch's team: each
+/// part calls `rows(n0, n1, last, out)` for its weight rows `n0..n1`; the `last` part (whose `n1` is
+/// `n / 4 * 4`) adds the `n % 4` rows after them.
+fn split_weight_rows(
+    out: &mut [f32],
+    n: usize,
+    threads: usize,
+    rows: &(dyn Fn(usize, usize, bool, *mut f32) + Sync),
+) {
     let out_ptr = SendPtr(out.as_mut_ptr());
     let blocks = n / 4;
     let part = |t: usize, parts: usize| {
         let (b0, b1) = (blocks * t / parts, blocks * (t + 1) / parts);
-        let out = out_ptr.get();
-        // SAFETY: each part writes the output columns of its own weight rows only.
-        unsafe {
-            match isa {
-                Isa::Avx512 => avx512::rows(&packed, m, k, w, b0 * 4, b1 * 4, out, n),
-                Isa::Avx2 => avx2::rows(&packed, m, k, w, b0 * 4, b1 * 4, out, n),
-            }
-            if t + 1 == parts {
-                leftover_rows(x, m, k, w, blocks * 4, n, out, |v| v);
-            }
-        }
+        rows(b0 * 4, b1 * 4, t + 1 == parts, out_ptr.get());
     };
     crate::openmp::parallel(threads, &part);
 }
@@ -232,22 +246,16 @@ fn product_bf16(
     threads: usize,
 ) {
     let packed = pack_rows(x, m, k, 32);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let blocks = n / 4;
-    let part = |t: usize, parts: usize| {
-        let (b0, b1) = (blocks * t / parts, blocks * (t + 1) / parts);
-        let out = out_ptr.get();
-        // SAFETY: each part writes the output columns of its own weight rows only; the caller
-        // checked `has_bf16_dot`.
+    split_weight_rows(out, n, threads, &|n0, n1, last, out| {
+        // SAFETY: as in `product`; the caller checked `has_bf16_dot`.
         unsafe {
             #[cfg(target_arch = "x86_64")]
-            avx512::rows_bf16(&packed, m, k, w, b0 * 4, b1 * 4, out, n);
-            if t + 1 == parts {
-                leftover_rows(x, m, k, w, blocks * 4, n, out, bf16_to_f32);
+            avx512::rows_bf16(&packed, m, k, w, n0, n1, out, n);
+            if last {
+                leftover_rows(x, m, k, w, n1, n, out, bf16_to_f32);
             }
         }
-    };
-    crate::openmp::parallel(threads, &part);
+    });
 }
 
 /// `x` in blocks of 4 rows (zero rows pad the last), each block laid out as `k / lanes` chunks of
