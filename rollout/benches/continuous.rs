@@ -50,7 +50,8 @@ fn main() {
         let cfg = shape.config();
         let (vocab, hidden, layers) = (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers);
         let requests = variable_length_requests(n, vocab as u64);
-        let tokens: usize = requests.iter().map(|r| r.max_new_tokens.unwrap()).sum();
+        let lengths: Vec<usize> = requests.iter().map(|r| r.max_new_tokens.unwrap()).collect();
+        let tokens: usize = lengths.iter().sum();
         let params = SamplingParams {
             max_new_tokens: 128,
             seed: 1,
@@ -116,10 +117,9 @@ fn main() {
             stats[1].prefills,
             stats[0].decode_steps as f64 / stats[1].decode_steps as f64
         );
-        let lengths: Vec<usize> = requests.iter().map(|r| r.max_new_tokens.unwrap()).collect();
         let ideal = ideal_continuous_steps(&lengths, batch);
         println!(
-            "        an ideal continuous schedule (every freed slot refilled at the next step, prefills \
+            "        an ideal continuous schedule (every freed slot refilled before the next step, prefills \
              free) takes {ideal} steps: chunked / ideal {:.2}x, the most any continuous batching \
              gives on these lengths",
             stats[0].decode_steps as f64 / ideal as f64
@@ -130,8 +130,8 @@ fn main() {
 /// Decode steps of continuous batching at its best, counted the engine's way (a request of length
 /// `n` is sampled `n` times, its first token from the prefill, and a step feeds every active row its
 /// last token; a row whose last token has been sampled leaves): the slot of a finished request goes to
-/// the next waiting one before the next step, and a prefill costs nothing. A closed-form reference
-/// for the engine's schedule, whatever a step costs.
+/// the next waiting one before the next step, and a prefill costs nothing. A count independent of
+/// the engine, the ceiling of its schedule whatever a step costs.
 fn ideal_continuous_steps(lengths: &[usize], batch: usize) -> u64 {
     let mut waiting = lengths.iter().copied().filter(|&n| n > 0);
     // Tokens each active row has left to sample.
