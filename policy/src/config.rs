@@ -136,100 +136,11 @@ impl ModelConfig {
 
     /// Parses the text of a `config.json`; `path` only names the file in errors.
     pub fn from_json_str(text: &str, path: &str) -> Result<Self, PolicyError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| PolicyError::ConfigParse {
-            path: path.to_string(),
-            message: e.to_string(),
-        })?;
-        let raw_map = match &value {
-            Value::Object(map) => map.clone(),
-            _ => {
-                return Err(PolicyError::ConfigParse {
-                    path: path.to_string(),
-                    message: "expected a JSON object".to_string(),
-                })
-            }
-        };
-        let raw: RawConfig =
-            serde_json::from_value(value).map_err(|e| PolicyError::ConfigParse {
-                path: path.to_string(),
-                message: e.to_string(),
-            })?;
-
-        let model_type = match (&raw.model_type, &raw.architectures) {
-            (Some(t), _) => t.clone(),
-            (None, Some(archs)) if !archs.is_empty() => archs[0].clone(),
-            _ => required(None, "model_type", path)?,
-        };
-        let architecture = model_type.parse::<Architecture>().map_err(|_| {
-            PolicyError::UnsupportedArchitecture {
-                path: path.to_string(),
-                model_type: model_type.clone(),
-            }
-        })?;
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                return Err(PolicyError::ConfigField {
-                    path: path.to_string(),
-                    field: "hidden_act",
-                    problem: format!("is {act:?}; only \"silu\" is supported"),
-                });
-            }
-        }
-        if raw.use_sliding_window == Some(true) {
-            return Err(PolicyError::ConfigField {
-                path: path.to_string(),
-                field: "use_sliding_window",
-                problem: "is true; sliding-window attention is not supported, set it to false"
-                    .to_string(),
-            });
-        }
-
-        let hidden_size = required(raw.hidden_size, "hidden_size", path)?;
-        let num_attention_heads = required(raw.num_attention_heads, "num_attention_heads", path)?;
-        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
-        let head_dim = match raw.head_dim {
-            Some(d) => d,
-            None => {
-                if num_attention_heads <= 0 || hidden_size % num_attention_heads != 0 {
-                    return Err(PolicyError::ConfigField {
-                        path: path.to_string(),
-                        field: "head_dim",
-                        problem: format!(
-                            "is missing and hidden_size {hidden_size} is not divisible by \
-                             num_attention_heads {num_attention_heads}"
-                        ),
-                    });
-                }
-                hidden_size / num_attention_heads
-            }
-        };
-        if num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(PolicyError::ConfigField {
-                path: path.to_string(),
-                field: "num_key_value_heads",
-                problem: format!(
-                    "is {num_key_value_heads}, which does not divide num_attention_heads \
-                     {num_attention_heads}"
-                ),
-            });
-        }
-
-        // transformers 5 nests rope settings under `rope_parameters`; 4.x has them top level.
-        let rope_params = raw.rope_parameters.as_ref().and_then(Value::as_object);
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| {
-                rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(Value::as_f64)
-            })
-            .unwrap_or(10_000.0);
-        let scaling_source = match &raw.rope_scaling {
-            Some(Value::Object(map)) => Some(map),
-            _ => rope_params,
-        };
-        let rope_scaling = parse_rope_scaling(scaling_source, path)?;
-
+        let (raw_map, raw) = parse_raw(text, path)?;
+        let architecture = architecture_of(&raw, path)?;
+        refuse_unsupported(&raw, path)?;
+        let heads = AttentionShape::resolve(&raw, path)?;
+        let (rope_theta, rope_scaling) = rope_settings(&raw, path)?;
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
             Architecture::Qwen2 => (true, false),
@@ -240,12 +151,12 @@ impl ModelConfig {
         let config = ModelConfig {
             architecture,
             vocab_size: required(raw.vocab_size, "vocab_size", path)?,
-            hidden_size,
+            hidden_size: heads.hidden_size,
             intermediate_size: required(raw.intermediate_size, "intermediate_size", path)?,
             num_hidden_layers: required(raw.num_hidden_layers, "num_hidden_layers", path)?,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
+            num_attention_heads: heads.num_attention_heads,
+            num_key_value_heads: heads.num_key_value_heads,
+            head_dim: heads.head_dim,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
@@ -343,6 +254,129 @@ impl ModelConfig {
         }
         Value::Object(map)
     }
+}
+
+/// The file as a JSON object (kept whole, to be written back) and its fields as we read them.
+fn parse_raw(text: &str, path: &str) -> Result<(Map<String, Value>, RawConfig), PolicyError> {
+    let parse_error = |message: String| PolicyError::ConfigParse {
+        path: path.to_string(),
+        message,
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+    let raw_map = match &value {
+        Value::Object(map) => map.clone(),
+        _ => return Err(parse_error("expected a JSON object".to_string())),
+    };
+    let raw: RawConfig = serde_json::from_value(value).map_err(|e| parse_error(e.to_string()))?;
+    Ok((raw_map, raw))
+}
+
+/// The family named by `model_type` (or else the first of `architectures`).
+fn architecture_of(raw: &RawConfig, path: &str) -> Result<Architecture, PolicyError> {
+    let model_type = match (&raw.model_type, &raw.architectures) {
+        (Some(t), _) => t.clone(),
+        (None, Some(archs)) if !archs.is_empty() => archs[0].clone(),
+        _ => required(None, "model_type", path)?,
+    };
+    model_type
+        .parse::<Architecture>()
+        .map_err(|_| PolicyError::UnsupportedArchitecture {
+            path: path.to_string(),
+            model_type: model_type.clone(),
+        })
+}
+
+/// Refuses settings that change the computation in ways this decoder does not implement.
+fn refuse_unsupported(raw: &RawConfig, path: &str) -> Result<(), PolicyError> {
+    if let Some(act) = &raw.hidden_act {
+        if act != "silu" {
+            return Err(PolicyError::ConfigField {
+                path: path.to_string(),
+                field: "hidden_act",
+                problem: format!("is {act:?}; only \"silu\" is supported"),
+            });
+        }
+    }
+    if raw.use_sliding_window == Some(true) {
+        return Err(PolicyError::ConfigField {
+            path: path.to_string(),
+            field: "use_sliding_window",
+            problem: "is true; sliding-window attention is not supported, set it to false"
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The attention's sizes: `head_dim` defaults to `hidden_size / num_attention_heads` and
+/// `num_key_value_heads` to `num_attention_heads`, which it must divide.
+struct AttentionShape {
+    hidden_size: i64,
+    num_attention_heads: i64,
+    num_key_value_heads: i64,
+    head_dim: i64,
+}
+
+impl AttentionShape {
+    fn resolve(raw: &RawConfig, path: &str) -> Result<Self, PolicyError> {
+        let bad = |field: &'static str, problem: String| PolicyError::ConfigField {
+            path: path.to_string(),
+            field,
+            problem,
+        };
+        let hidden_size = required(raw.hidden_size, "hidden_size", path)?;
+        let num_attention_heads = required(raw.num_attention_heads, "num_attention_heads", path)?;
+        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None => {
+                if num_attention_heads <= 0 || hidden_size % num_attention_heads != 0 {
+                    return Err(bad(
+                        "head_dim",
+                        format!(
+                            "is missing and hidden_size {hidden_size} is not divisible by \
+                             num_attention_heads {num_attention_heads}"
+                        ),
+                    ));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(bad(
+                "num_key_value_heads",
+                format!(
+                    "is {num_key_value_heads}, which does not divide num_attention_heads \
+                     {num_attention_heads}"
+                ),
+            ));
+        }
+        Ok(AttentionShape {
+            hidden_size,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+        })
+    }
+}
+
+/// `rope_theta` (default 10000) and the scaling: transformers 5 nests both under
+/// `rope_parameters`; 4.x has them top level.
+fn rope_settings(raw: &RawConfig, path: &str) -> Result<(f64, RopeScaling), PolicyError> {
+    let rope_params = raw.rope_parameters.as_ref().and_then(Value::as_object);
+    let rope_theta = raw
+        .rope_theta
+        .or_else(|| {
+            rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+        })
+        .unwrap_or(10_000.0);
+    let scaling_source = match &raw.rope_scaling {
+        Some(Value::Object(map)) => Some(map),
+        _ => rope_params,
+    };
+    Ok((rope_theta, parse_rope_scaling(scaling_source, path)?))
 }
 
 fn parse_rope_scaling(

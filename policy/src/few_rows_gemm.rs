@@ -89,7 +89,7 @@ thread_local! {
     static ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Turns the kernel on for this thread's [`crate::hooks::linear`] calls until the guard drops: the
+/// Turns the kernel on for this thread's [`crate::linear::linear`] calls until the guard drops: the
 /// rollout engine does so around generation. Off elsewhere, so that the learner's forwards, with or
 /// without gradient, keep libtorch's rounding (a no-grad scoring forward and a training forward of
 /// the same weights must agree bit for bit).

@@ -6,14 +6,17 @@
 //! dtype.rs       compute dtypes by name (f32, bf16, f16) -> Dtype
 //! precision.rs   a dtype request -> storage + rounding  -> Precision, Bf16Compute (bf16-rounded f32)
 //! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
-//! model.rs       the decoder (one struct per block)   -> CausalLM::{forward, hidden_states, forward_cached}
+//! model.rs       the decoder's parameters and forward -> CausalLM::{forward, hidden_states, forward_cached}
+//! blocks.rs      one struct per block (RMSNorm, attention, MLP, decoder layer), as HF computes them
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
+//! linear.rs      x W^T + b: the CPU GEMM dispatch of every projection (weight-first, few rows, oneDNN)
 //! few_rows_gemm.rs x W^T for the few rows of a decode step (f32, AVX-512/AVX2), streaming the weight
 //! hooks.rs       ForwardHooks: embedding / layer_input / linear / logits seams for ALP and EGGROLL;
 //!                RowHooks: hooks that know which request each batch row serves
 //! noise.rs       counter-based Gaussian noise keyed by (seed, step, forward, slot): ALP and EGGROLL
 //! ```
+mod blocks;
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;
@@ -21,6 +24,7 @@ pub mod error;
 pub mod few_rows_gemm;
 pub mod hooks;
 pub mod kv_cache;
+pub mod linear;
 pub mod model;
 pub mod noise;
 pub mod onednn_head;
