@@ -12,8 +12,8 @@
 //! kv_cache.rs    preallocated KV cache for generation
 //! linear.rs      x W^T + b: the CPU GEMM dispatch of every projection (weight-first, few rows, oneDNN)
 //! few_rows_gemm.rs x W^T for the few rows of a decode step (f32, AVX-512/AVX2), streaming the weight
-//! hooks.rs       ForwardHooks: embedding / layer_input / linear / logits seams for ALP and EGGROLL;
-//!                RowHooks: hooks that know which request each batch row serves
+//! hooks.rs       ForwardHooks: additive embedding / linear deltas and layer_input / logits seams for
+//!                ALP, EGGROLL and adapters, composed by Stack; RowHooks: hooks per batch row
 //! noise.rs       counter-based Gaussian noise keyed by (seed, step, forward, slot): ALP and EGGROLL
 //! ```
 mod blocks;
@@ -37,7 +37,9 @@ pub use checkpoint::{hf_dtype_name, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use dtype::{parse_kind, Dtype};
 pub use error::PolicyError;
-pub use hooks::{ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks, Weight};
+pub use hooks::{
+    ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks, Stack, Weight,
+};
 pub use kv_cache::KvCache;
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};
 pub use onednn_head::{OnednnLmHead, ONEDNN_HEAD_MIN_BYTES};

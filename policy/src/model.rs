@@ -2,8 +2,8 @@
 //! runs the blocks of `blocks.rs` (written to match HF transformers op for op) in order.
 //!
 //! Every parameter lives in one [`VarStore`] under its HF name, so checkpoint IO and optimizers see
-//! the same names as transformers. Projections go through [`ForwardHooks::linear`] and each layer's
-//! input through [`ForwardHooks::layer_input`]; with [`crate::NoHooks`] this is the plain model.
+//! the same names as transformers. Projections add the hooks' [`ForwardHooks::linear_delta`] and each
+//! layer's input goes through [`ForwardHooks::layer_input`]; with [`crate::NoHooks`] this is the plain model.
 use std::collections::HashMap;
 
 use tch::nn::VarStore;

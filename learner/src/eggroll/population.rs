@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 
 use alp_policy::params::parameter_specs;
-use alp_policy::{
-    hooks, CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks, Weight,
-};
+use alp_policy::{CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks, Weight};
 use tch::{Device, Kind, Tensor};
 
 use super::factors::{factors, param_id, sign, FactorKey};
@@ -214,11 +212,10 @@ pub struct PopulationHooks<'a> {
 }
 
 impl ForwardHooks for PopulationHooks<'_> {
-    fn linear(&self, site: LinearSite, x: &Tensor, w: &Weight, b: Option<&Tensor>) -> Tensor {
-        let base = hooks::linear(x, w, b);
-        let Some((a, bf)) = self.factors.per_matrix.get(&site.weight_name()) else {
-            return base;
-        };
+    /// The rank-r term `s_i (sigma / sqrt r) (x B_i) A_i^T` of each row's member, in f32 (the decoder
+    /// adds it, cast to the product's dtype, to the base product `x W^T` shared by every row).
+    fn linear_delta(&self, site: LinearSite, x: &Tensor, w: &Weight) -> Option<Tensor> {
+        let (a, bf) = self.factors.per_matrix.get(&site.weight_name())?;
         // Rows first: `[b, s, n]` (a 2-D `[b, n]` is one position per row).
         let x3 = if x.dim() == 2 {
             x.unsqueeze(1)
@@ -240,10 +237,11 @@ impl ForwardHooks for PopulationHooks<'_> {
                 .g_mul(&a.transpose(1, 2))
         } else {
             xf.matmul(&bf).matmul(&a.transpose(1, 2))
-        }
-        .to_kind(base.kind());
-        let shape = base.size();
-        base + delta.reshape(shape.as_slice())
+        };
+        // The product's shape: `x`'s leading dimensions, then the weight's `out`.
+        let mut shape = x.size();
+        *shape.last_mut().expect("x has a feature dimension") = w.size()[0];
+        Some(delta.reshape(shape.as_slice()))
     }
 }
 
