@@ -1,4 +1,4 @@
-//! The `alp-rl` binary as a user runs it: `new-model`, `generate` and `env`.
+//! The `alp-rl` binary as a user runs it: `new-model`, `generate` and `env`, and how it reports errors.
 use std::path::Path;
 use std::process::Command;
 
@@ -153,6 +153,38 @@ fn generate_errors_name_the_problem() {
     // Named as the flag the user typed, like a config key is named by its key.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--top-p") && err.contains("(0, 1]"), "{err}");
+}
+
+/// A user's mistake is a message, not a crash report: with `RUST_BACKTRACE=1` (set on many
+/// developers' machines) a refusal still prints its message and causes only, and exits with 1.
+#[test]
+fn refusals_print_no_backtrace_whatever_rust_backtrace_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.toml");
+    for backtrace in ["1", "full"] {
+        let out = ALP_RL
+            .command()
+            .env("RUST_BACKTRACE", backtrace)
+            .env("RUST_LIB_BACKTRACE", backtrace)
+            .args(["train", missing.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("Error: ") && err.contains("missing.toml"),
+            "{err}"
+        );
+        for frame_marker in [
+            "backtrace",
+            "Backtrace",
+            "at src/",
+            "at /rustc/",
+            "  0: std::",
+        ] {
+            assert!(!err.contains(frame_marker), "{frame_marker:?} in {err}");
+        }
+    }
 }
 
 #[test]
