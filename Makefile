@@ -1,11 +1,15 @@
 # The two quick-start commands (README): `make demo` runs the main job on the built-in default,
-# `make test` runs every test. Both install what they need first (scripts/setup.sh is idempotent).
-.PHONY: setup build demo test lint bench
+# `make test` runs every test. Each installs what it needs first (scripts/setup.sh is idempotent): the demo
+# only PyTorch (libtorch), the tests also the Python oracles, Chromium and vLLM.
+.PHONY: setup setup-demo build demo test lint bench
 
 setup:
-	scripts/setup.sh
+	scripts/setup.sh test
 
-build: setup
+setup-demo:
+	scripts/setup.sh demo
+
+build: setup-demo
 	cargo build --release
 
 demo: build
