@@ -1,12 +1,14 @@
-//! The seam between the actor loop and whatever generates tokens: the local libtorch engine, or vLLM
-//! servers (crate `alp-vllm`). Both take token-id prompts and return token ids with per-token
-//! log-probs, tagged with the policy version that produced them; both take new weights from the
-//! learner's model ([`GenerationBackend::sync_weights`]) and report their health, so the train loop,
+//! The seam between the rollout worker (and evaluation) and whatever generates tokens: a backend,
+//! either the local backend's libtorch engine ([`crate::LocalEngine`]) or vLLM servers (crate
+//! `alp-vllm`). Both take token-id prompts and return token ids with per-token
+//! log-probs, tagged with the policy version that produced them; both take new weights as a
+//! [`WeightUpdate`] ([`GenerationBackend::apply_update`]) and report their health, so the train loop,
 //! evaluation and the episode runner need not know which one they drive.
 use alp_policy::CausalLM;
 
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
+use crate::weight_update::WeightUpdate;
 
 /// One prompt to complete, with optional per-row limits that override the call's settings.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -109,17 +111,24 @@ pub trait GenerationBackend {
         None
     }
 
-    /// Makes `weights` (the learner's model) the weights of every later `generate`, tagged `version`.
-    /// An error means no completion may be attributed to `version`: the caller must not train on.
+    /// Makes `update`'s weights the weights of every later `generate`, tagged `update.version`: the
+    /// one way weights reach a backend ([`WeightUpdate`]). An error means no completion may be
+    /// attributed to that version: the caller must not train on.
+    fn apply_update(&mut self, update: &WeightUpdate) -> Result<SyncReport, RolloutError> {
+        Err(RolloutError::Backend(format!(
+            "this backend cannot take new weights (asked to apply a {} update to version {})",
+            update.payload_kind(),
+            update.version
+        )))
+    }
+
+    /// [`Self::apply_update`] with every parameter of `weights` (the learner's model, on this thread).
     fn sync_weights(
         &mut self,
         weights: &CausalLM,
         version: u64,
     ) -> Result<SyncReport, RolloutError> {
-        let _ = weights;
-        Err(RolloutError::Backend(format!(
-            "this backend cannot take new weights (asked to sync version {version})"
-        )))
+        self.apply_update(&WeightUpdate::view_of(weights, version))
     }
 
     /// The state of each replica. Backends without replicas of their own report one, in process.

@@ -1,5 +1,7 @@
-//! The local libtorch inference engine: batched prefill, then token-by-token decode with a
-//! preallocated KV cache, scheduled by continuous batching.
+//! The local backend's engine ([`LocalEngine`], a [`GenerationBackend`] in process on libtorch):
+//! batched prefill, then token-by-token decode with a preallocated KV cache, scheduled by continuous
+//! batching. Its weights change only by installing a [`crate::WeightUpdate`]
+//! ([`LocalEngine::install`]).
 //!
 //! Up to `batch_size` requests decode together, one row ("slot") each. When rows finish, waiting
 //! requests take their slots once an eighth of the batch is free (or every waiting request fits): their
@@ -28,6 +30,7 @@ use crate::decode_rows::{
 };
 use crate::error::RolloutError;
 use crate::sampling::{RowSampler, SamplingParams};
+use crate::weight_update::WeightUpdate;
 
 /// How requests share the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,33 +116,21 @@ impl LocalEngine {
         self.last_stats
     }
 
-    /// The engine's model, to read; its weights change only through [`Self::install_weights`] and
-    /// [`Self::update_weights`] (which also remake the LM head's oneDNN copy).
+    /// The engine's model, to read; its weights change only through [`Self::install`] (which also
+    /// remakes the LM head's oneDNN copy).
     pub fn model(&self) -> &CausalLM {
         &self.model
     }
 
-    /// Installs published weights, `(HF name, tensor)` of every parameter in any dtype (converted to
-    /// the engine's as they are copied), and the version they carry. No second copy of the model is
-    /// needed to receive them.
-    pub fn install_weights(
-        &mut self,
-        tensors: &[(String, Tensor)],
-        version: u64,
-    ) -> Result<(), RolloutError> {
-        self.model
-            .copy_named_weights(tensors)
-            .map_err(|e| RolloutError::Backend(e.to_string()))?;
+    /// Installs a weight update (the one way the engine's weights change): its tensors are copied
+    /// straight into the engine's model, converted to the engine's dtype, so no second copy of the
+    /// model is needed to receive them; then the engine generates as `update.version`. A refused
+    /// update (unknown name, wrong shape, a full update missing a tensor) changes nothing.
+    pub fn install(&mut self, update: &WeightUpdate) -> Result<(), RolloutError> {
+        update.apply_to(&self.model)?;
         self.remake_onednn_head();
-        self.version = version;
+        self.version = update.version;
         Ok(())
-    }
-
-    /// Installs new weights (copied from the learner's model) and the version they carry.
-    pub fn update_weights(&mut self, source: &CausalLM, version: u64) {
-        self.model.copy_weights_from(source);
-        self.remake_onednn_head();
-        self.version = version;
     }
 
     /// A fresh oneDNN copy of the LM head from the weights just installed (the old one dropped first,
@@ -235,34 +226,8 @@ impl LocalEngine {
         let _guard = tch::no_grad_guard();
         let _kernel = alp_policy::few_rows_gemm::enable();
         let device = self.model.device();
-        let mut done: Vec<Option<RowState>> = (0..requests.len()).map(|_| None).collect();
-        // Requests with nothing to generate finish at once and never take a slot.
-        let mut waiting: VecDeque<usize> = VecDeque::new();
-        for (i, r) in requests.iter().enumerate() {
-            let row = RowState::new(first + i, r, params);
-            if row.limit == 0 {
-                done[i] = Some(RowState {
-                    finish: Some(FinishReason::Length),
-                    ..row
-                });
-            } else {
-                waiting.push_back(i);
-            }
-        }
-        // Every row's columns: its prompt (padded to the widest prompt of its prefill) then its
-        // completion, plus one column for the token fed in the step it finishes.
-        let capacity = requests
-            .iter()
-            .map(|r| r.prompt_ids.len())
-            .max()
-            .unwrap_or(0)
-            + requests
-                .iter()
-                .map(|r| r.max_new_tokens.unwrap_or(params.max_new_tokens))
-                .max()
-                .unwrap_or(0)
-            + 1;
-        let capacity = capacity as i64;
+        let (mut done, mut waiting) = queue(requests, first, params);
+        let capacity = cache_capacity(requests, params);
 
         let mut stats = DecodeStats::default();
         let admit = pop_front_n(&mut waiting, self.batch_size);
@@ -270,26 +235,7 @@ impl LocalEngine {
             return (self.finish(requests, done), stats);
         }
         stats.prefills += 1;
-        let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
-        let pre = self.prefill(
-            &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
-            capacity,
-            row_hooks.for_rows(&request_ids).as_ref(),
-        );
-        let key_valid = pre.key_valid(capacity);
-        let mut batch = DecodeBatch {
-            rows: admit
-                .iter()
-                .map(|&i| RowState {
-                    column: pre.width,
-                    ..RowState::new(first + i, &requests[i], params)
-                })
-                .collect(),
-            cache: pre.cache,
-            key_valid,
-            last_hidden: pre.last_hidden,
-            sampler: RowSampler::new(params, &request_ids),
-        };
+        let mut batch = self.first_batch(requests, &admit, first, params, capacity, row_hooks);
 
         // Slots whose row has finished and that wait for newcomers. A refill costs a prefill forward
         // and a copy into every layer's cache whatever the number of newcomers, so it waits until an
@@ -298,22 +244,7 @@ impl LocalEngine {
         let mut free: Vec<usize> = Vec::new();
         let refill_at = (self.batch_size / 8).max(1);
         while !batch.rows.is_empty() {
-            let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
-            let logits = self
-                .model
-                .logits_with(
-                    &batch.last_hidden,
-                    hooks.as_ref(),
-                    self.onednn_head.as_ref(),
-                )
-                .squeeze_dim(1);
-            drop(hooks);
-            let (tokens, logprobs) = batch.sampler.sample(&logits, params);
-            for (k, row) in batch.rows.iter_mut().enumerate() {
-                if row.finish.is_none() && !row.push(tokens[k], logprobs[k]) {
-                    free.push(k);
-                }
-            }
+            self.sample_next(&mut batch, params, row_hooks, &mut free);
             // With nobody waiting, finished rows leave before the step.
             if waiting.is_empty() && !free.is_empty() {
                 for row in batch.remove_rows(&free) {
@@ -345,6 +276,66 @@ impl LocalEngine {
             }
         }
         (self.finish(requests, done), stats)
+    }
+
+    /// Prefills the first requests to decode (`admit`, indices into `requests`) into a batch of their
+    /// own rows.
+    fn first_batch(
+        &self,
+        requests: &[GenerationRequest],
+        admit: &[usize],
+        first: usize,
+        params: &SamplingParams,
+        capacity: i64,
+        row_hooks: &dyn RowHooks,
+    ) -> DecodeBatch {
+        let request_ids: Vec<usize> = admit.iter().map(|&i| first + i).collect();
+        let pre = self.prefill(
+            &admit.iter().map(|&i| &requests[i]).collect::<Vec<_>>(),
+            capacity,
+            row_hooks.for_rows(&request_ids).as_ref(),
+        );
+        let key_valid = pre.key_valid(capacity);
+        DecodeBatch {
+            rows: admit
+                .iter()
+                .map(|&i| RowState {
+                    column: pre.width,
+                    ..RowState::new(first + i, &requests[i], params)
+                })
+                .collect(),
+            cache: pre.cache,
+            key_valid,
+            last_hidden: pre.last_hidden,
+            sampler: RowSampler::new(params, &request_ids),
+        }
+    }
+
+    /// Samples every row's next token from its last hidden state and records it; the slot of each
+    /// row that finishes with it goes to `free`.
+    fn sample_next(
+        &self,
+        batch: &mut DecodeBatch,
+        params: &SamplingParams,
+        row_hooks: &dyn RowHooks,
+        free: &mut Vec<usize>,
+    ) {
+        let hooks = row_hooks.for_rows(&requests_of(&batch.rows));
+        let logits = self
+            .model
+            .logits_with(
+                &batch.last_hidden,
+                hooks.as_ref(),
+                self.onednn_head.as_ref(),
+            )
+            .squeeze_dim(1);
+        drop(hooks);
+        let (tokens, logprobs) = batch.sampler.sample(&logits, params);
+        for (k, row) in batch.rows.iter_mut().enumerate() {
+            if row.finish.is_none() && !row.push(tokens[k], logprobs[k]) {
+                free.push(k);
+            }
+        }
     }
 
     /// Feeds each row's last token at its own column and position; updates `last_hidden`.
@@ -451,6 +442,46 @@ impl LocalEngine {
     }
 }
 
+/// Each request's finished state if it has nothing to generate (it never takes a slot), and the
+/// queue of the others, in order.
+fn queue(
+    requests: &[GenerationRequest],
+    first: usize,
+    params: &SamplingParams,
+) -> (Vec<Option<RowState>>, VecDeque<usize>) {
+    let mut done: Vec<Option<RowState>> = (0..requests.len()).map(|_| None).collect();
+    let mut waiting: VecDeque<usize> = VecDeque::new();
+    for (i, r) in requests.iter().enumerate() {
+        let row = RowState::new(first + i, r, params);
+        if row.limit == 0 {
+            done[i] = Some(RowState {
+                finish: Some(FinishReason::Length),
+                ..row
+            });
+        } else {
+            waiting.push_back(i);
+        }
+    }
+    (done, waiting)
+}
+
+/// Every row's cache columns: its prompt (padded to the widest prompt of its prefill) then its
+/// completion, plus one column for the token fed in the step it finishes.
+fn cache_capacity(requests: &[GenerationRequest], params: &SamplingParams) -> i64 {
+    let capacity = requests
+        .iter()
+        .map(|r| r.prompt_ids.len())
+        .max()
+        .unwrap_or(0)
+        + requests
+            .iter()
+            .map(|r| r.max_new_tokens.unwrap_or(params.max_new_tokens))
+            .max()
+            .unwrap_or(0)
+        + 1;
+    capacity as i64
+}
+
 /// The LM head's oneDNN copy for an engine of `batch_size` rows: only when a decode step can have
 /// more rows than [`alp_policy::few_rows_gemm`] takes (that kernel beats oneDNN up to there, and the
 /// copy costs the head's size in memory).
@@ -541,16 +572,12 @@ impl GenerationBackend for LocalEngine {
         Some(self.model.config().max_position_embeddings.max(0) as usize)
     }
 
-    /// [`LocalEngine::update_weights`]: an in-process copy, nothing to verify.
-    fn sync_weights(
-        &mut self,
-        weights: &CausalLM,
-        version: u64,
-    ) -> Result<SyncReport, RolloutError> {
+    /// [`LocalEngine::install`]: an in-process copy, nothing to verify.
+    fn apply_update(&mut self, update: &WeightUpdate) -> Result<SyncReport, RolloutError> {
         let start = std::time::Instant::now();
-        self.update_weights(weights, version);
+        self.install(update)?;
         Ok(SyncReport {
-            version,
+            version: update.version,
             probes: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
         })

@@ -19,6 +19,10 @@ pub enum RolloutError {
     #[error(transparent)]
     Remote(Box<dyn std::error::Error + Send + Sync + 'static>),
 
+    /// A weight update that does not fit the model it is applied to, or cannot be (de)serialised.
+    #[error("weight update to version {version}: {problem}")]
+    WeightUpdate { version: u64, problem: String },
+
     #[error("cannot tokenise the conversation: {0}")]
     Conversation(String),
 }

@@ -1,5 +1,10 @@
-//! Rollout: generation backends behind one trait ([`GenerationBackend`]), token sampling with
-//! per-token log-probs, episodes and evaluation on any backend.
+//! Rollout: generation backends behind one trait ([`GenerationBackend`]), the one message that gives
+//! them new weights ([`WeightUpdate`]), token sampling with per-token log-probs, episodes and
+//! evaluation on any backend.
+//!
+//! Names: a *backend* is anything implementing [`GenerationBackend`]; the local backend is the
+//! *engine* ([`LocalEngine`], in process on libtorch), the other is vLLM servers (`alp_vllm`). The
+//! application's *rollout worker* is the thread that drives one backend to generate batches.
 //!
 //! ```text
 //! backend.rs   GenerationBackend, GenerationRequest, Completion,  the seam (local engine, vLLM in
@@ -9,6 +14,7 @@
 //!              encode_conversation: the same layout for a worked conversation (SFT)
 //! eval.rs      evaluate: accuracy (avg@k) and unbiased pass@k over k samples per problem
 //! sampling.rs  SamplingParams, LogprobMode, greedy/temperature/top-k/top-p with seeded rows
+//! weight_update.rs  WeightUpdate: the one message that moves weights from the learner to a backend
 //! ```
 pub mod backend;
 mod cpu_draw;
@@ -18,6 +24,7 @@ pub mod episode;
 pub mod error;
 pub mod eval;
 pub mod sampling;
+pub mod weight_update;
 
 pub use backend::{
     Completion, FinishReason, GenerationBackend, GenerationRequest, ProbeReport, ReplicaHealth,
@@ -33,3 +40,4 @@ pub use eval::{evaluate, pass_at_k, EvalReport};
 pub use sampling::{
     default_stop_tokens, processed_logprobs, LogprobMode, RowSampler, SamplingParams,
 };
+pub use weight_update::{NamedTensors, WeightPayload, WeightUpdate};

@@ -517,7 +517,7 @@ fn continuous_batching_equals_generating_each_request_alone() {
     }
 }
 
-/// `sync_weights` is `update_weights` through the backend seam: afterwards the engine generates what
+/// `sync_weights` is `LocalEngine::install` through the backend seam: afterwards the engine generates what
 /// an engine built on the new weights generates, tagged with the new version, and reports itself
 /// serving that version.
 #[test]

@@ -3,7 +3,9 @@
 //! rows than the few-rows kernel takes follows every weight install (checked against teacher-forced
 //! log-probs of the installed model).
 use alp_policy::{CausalLM, NoHooks, OnednnLmHead, ONEDNN_HEAD_MIN_BYTES};
-use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
+use alp_rollout::{
+    GenerationBackend, GenerationRequest, LocalEngine, SamplingParams, WeightUpdate,
+};
 use alp_test_support::tiny_model::TinyModel;
 use tch::{Device, Kind, Tensor};
 
@@ -90,7 +92,7 @@ fn engine_copy_follows_installed_weights() {
     let rows = alp_policy::few_rows_gemm::MAX_ROWS as usize + 2;
     let mut engine = LocalEngine::new(large_head().random(1), rows);
     engine
-        .install_weights(&installed.named_parameters(), 1)
+        .install(&WeightUpdate::view_of(&installed, 1))
         .unwrap();
     let prompts: Vec<Vec<i64>> = (0..rows as i64)
         .map(|i| vec![5, 17, (i * 251) % 33_000, 4_000 + i])

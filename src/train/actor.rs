@@ -21,10 +21,11 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::CausalLM;
-use alp_rollout::{run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory};
+use alp_rollout::{
+    run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory, WeightUpdate,
+};
 use alp_tokenizer::Tokenizer;
 use alp_vllm::ReplicaStats;
-use tch::Tensor;
 use thiserror::Error;
 
 use super::eval::Evaluation;
@@ -83,8 +84,7 @@ pub struct RolloutBatch {
 
 /// Weights published by the learner: deep copies of its parameters.
 pub struct WeightsUpdate {
-    pub version: u64,
-    pub tensors: Vec<(String, Tensor)>,
+    pub update: WeightUpdate,
     /// Run the evaluation on these weights (its metrics come back through [`Actor::evaluation`]).
     pub evaluate: bool,
 }
@@ -186,20 +186,10 @@ impl Actor {
     /// Sends a deep copy of `model`'s parameters as `version`; with `evaluate`, the worker evaluates
     /// them as soon as it installs them.
     pub fn publish(&self, model: &CausalLM, version: u64, evaluate: bool) {
-        let tensors = tch::no_grad(|| {
-            model
-                .named_parameters()
-                .into_iter()
-                .map(|(n, t)| (n, t.detach().copy()))
-                .collect()
-        });
+        let update = WeightUpdate::copy_of(model, version);
         if let Some(tx) = &self.weights {
             // A worker that has produced its last batch has exited; nothing more to send it.
-            let _ = tx.send(WeightsUpdate {
-                version,
-                tensors,
-                evaluate,
-            });
+            let _ = tx.send(WeightsUpdate { update, evaluate });
         }
     }
 }
@@ -250,11 +240,12 @@ fn worker(
                    needed: u64|
      -> Result<Option<SyncReport>, String> {
         let mut sync = None;
-        if update.version >= needed || update.evaluate {
-            sync = generator.install(&update.tensors, update.version)?;
+        let version = update.update.version;
+        if version >= needed || update.evaluate {
+            sync = generator.install(&update.update)?;
         }
         if update.evaluate {
-            evaluate(generator, update.version)?;
+            evaluate(generator, version)?;
         }
         Ok(sync)
     };
@@ -269,7 +260,7 @@ fn worker(
             let Ok(update) = weights.recv() else {
                 return Ok(()); // the learner is done
             };
-            version = update.version;
+            version = update.update.version;
             if let Some(report) = receive(&mut generator, update, needed)? {
                 sync = Some(report);
             }

@@ -1,16 +1,18 @@
-//! What the rollout worker generates with (`rollout.backend`) and how each backend takes the weights
-//! the learner publishes. Both are driven through [`GenerationBackend`], so the episode runner and
-//! the evaluation do not know which one they have; only installing weights differs:
+//! What the rollout worker generates with (`rollout.backend`). Both backends are driven through
+//! [`GenerationBackend`], so the episode runner and the evaluation do not know which one they have,
+//! and both take the learner's published [`WeightUpdate`]s through
+//! [`GenerationBackend::apply_update`]:
 //! - `local`: the embedded engine, whose model the published tensors are copied into.
-//! - `vllm`: servers. The worker keeps the learner's weights in a copy of its own (in the learner's
-//!   dtype), writes them for the servers and verifies each sync with a probe against that copy.
+//! - `vllm`: servers. The backend keeps the learner's weights in a reference copy (in the learner's
+//!   dtype) that updates are applied to, writes it for the servers and verifies each sync with a
+//!   probe against it.
 use std::path::Path;
 use std::sync::Arc;
 
 use alp_policy::{Bf16Compute, CausalLM, LoadOptions, MemberHooks};
-use alp_rollout::{GenerationBackend, LocalEngine, LogprobMode, SyncReport};
+use alp_rollout::{GenerationBackend, LocalEngine, LogprobMode, SyncReport, WeightUpdate};
 use alp_vllm::{ReplicaStats, VllmBackend, VllmSettings};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 /// How to build the worker's backend; moved into its thread.
 #[derive(Clone)]
@@ -38,12 +40,9 @@ pub enum BackendSettings {
 /// The worker's backend.
 pub enum Generator {
     Local(LocalEngine),
-    Vllm {
-        backend: Box<VllmBackend>,
-        /// The learner's weights of the version the servers hold: written for them at each sync
-        /// and the reference of its probe.
-        reference: CausalLM,
-    },
+    /// The servers, with the reference copy of the learner's weights each sync is written from and
+    /// probed against.
+    Vllm(Box<VllmBackend>),
 }
 
 impl Generator {
@@ -80,13 +79,10 @@ impl Generator {
                 let reference = load(*reference_kind, Device::Cpu, Bf16Compute::Native)?;
                 let mut backend =
                     VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
-                        .map_err(|e| format!("starting the vLLM backend: {e}"))?;
-                let report = sync(&mut backend, &reference, version)?;
-                let generator = Generator::Vllm {
-                    backend: Box::new(backend),
-                    reference,
-                };
-                Ok((generator, Some(report)))
+                        .map_err(|e| format!("starting the vLLM backend: {e}"))?
+                        .with_reference(reference);
+                let report = synced(version, backend.sync_reference(version))?;
+                Ok((Generator::Vllm(Box::new(backend)), Some(report)))
             }
         }
     }
@@ -94,31 +90,18 @@ impl Generator {
     pub fn backend(&mut self) -> &mut dyn GenerationBackend {
         match self {
             Generator::Local(engine) => engine,
-            Generator::Vllm { backend, .. } => backend.as_mut(),
+            Generator::Vllm(backend) => backend.as_mut(),
         }
     }
 
-    /// Makes the published `tensors` the weights of every later generation, tagged `version`. For
-    /// vLLM the sync is verified on every serving server (an error means no sample may be
-    /// attributed to `version`); its report is returned.
-    pub fn install(
-        &mut self,
-        tensors: &[(String, Tensor)],
-        version: u64,
-    ) -> Result<Option<SyncReport>, String> {
+    /// Makes the published `update` the weights of every later generation. For vLLM the sync is
+    /// verified on every serving server (an error means no sample may be attributed to the update's
+    /// version); its report is returned.
+    pub fn install(&mut self, update: &WeightUpdate) -> Result<Option<SyncReport>, String> {
+        let applied = self.backend().apply_update(update);
         match self {
-            Generator::Local(engine) => {
-                engine
-                    .install_weights(tensors, version)
-                    .map_err(|e| e.to_string())?;
-                Ok(None)
-            }
-            Generator::Vllm { backend, reference } => {
-                reference
-                    .copy_named_weights(tensors)
-                    .map_err(|e| e.to_string())?;
-                sync(backend, reference, version).map(Some)
-            }
+            Generator::Local(_) => applied.map(|_| None).map_err(|e| e.to_string()),
+            Generator::Vllm(_) => synced(update.version, applied).map(Some),
         }
     }
 
@@ -130,8 +113,8 @@ impl Generator {
                 engine.set_members(members);
                 Ok(())
             }
-            (Generator::Vllm { .. }, None) => Ok(()),
-            (Generator::Vllm { .. }, Some(_)) => Err(
+            (Generator::Vllm(_), None) => Ok(()),
+            (Generator::Vllm(_), Some(_)) => Err(
                 "population members need the local engine; vLLM servers serve the plain policy \
                  (set rollout.backend = \"local\" for EGGROLL)"
                     .into(),
@@ -144,20 +127,17 @@ impl Generator {
     pub fn server_stats(&self) -> Vec<ReplicaStats> {
         match self {
             Generator::Local(_) => Vec::new(),
-            Generator::Vllm { backend, .. } => backend.stats(),
+            Generator::Vllm(backend) => backend.stats(),
         }
     }
 }
 
-/// Syncs the servers to `reference`'s weights as `version` (written, reloaded, probed).
-fn sync(
-    backend: &mut VllmBackend,
-    reference: &CausalLM,
+/// The servers' sync to `version`, logged, or its error with the version.
+fn synced(
     version: u64,
+    sync: Result<SyncReport, alp_rollout::RolloutError>,
 ) -> Result<SyncReport, String> {
-    let report = backend
-        .sync_weights(reference, version)
-        .map_err(|e| format!("syncing the vLLM servers to version {version}: {e}"))?;
+    let report = sync.map_err(|e| format!("syncing the vLLM servers to version {version}: {e}"))?;
     tracing::info!(
         version,
         servers = report.probes.len(),

@@ -6,7 +6,7 @@ use std::time::Instant;
 use alp_policy::{parse_kind, CausalLM};
 use alp_rollout::{
     Completion, FinishReason, GenerationBackend, GenerationRequest, LogprobMode, ProbeReport,
-    ReplicaHealth, RolloutError, SamplingParams, SyncReport,
+    ReplicaHealth, RolloutError, SamplingParams, SyncReport, WeightUpdate,
 };
 use tokio::task::JoinSet;
 
@@ -23,8 +23,14 @@ use crate::weights::SyncDir;
 
 /// Generation on vLLM servers, with verified weight syncs and fail-over between servers.
 ///
-/// Nothing is generated before the first [`GenerationBackend::sync_weights`]: every completion is
-/// tagged with a version whose weights a probe has confirmed on the server that produced it.
+/// Nothing is generated before the first sync: every completion is tagged with a version whose
+/// weights a probe has confirmed on the server that produced it.
+///
+/// Weights arrive as a [`WeightUpdate`] ([`GenerationBackend::apply_update`]): the backend applies it
+/// to its reference copy of the learner's weights ([`VllmBackend::with_reference`]), writes that copy
+/// whole as a checkpoint (vLLM reloads a folder, so a subset update is written whole too) and probes
+/// each server against it. [`GenerationBackend::sync_weights`] without a reference copy syncs to the
+/// model it is given.
 pub struct VllmBackend {
     settings: Arc<VllmSettings>,
     runtime: tokio::runtime::Runtime,
@@ -33,6 +39,9 @@ pub struct VllmBackend {
     launched: Vec<ServerProcess>,
     sync_dir: SyncDir,
     current: Option<Current>,
+    /// The learner's weights as the servers should hold them: updates are applied here, written from
+    /// here and probed against; `None` until [`VllmBackend::with_reference`].
+    reference: Option<CausalLM>,
 }
 
 impl VllmBackend {
@@ -92,6 +101,55 @@ impl VllmBackend {
             launched,
             sync_dir,
             current: None,
+            reference: None,
+        })
+    }
+
+    /// The same backend keeping `reference` (the learner's weights, in the learner's dtype; the
+    /// probe's forward runs on it) as the copy that weight updates are applied to.
+    pub fn with_reference(mut self, reference: CausalLM) -> Self {
+        self.reference = Some(reference);
+        self
+    }
+
+    /// Syncs every server to the reference copy as it is now, as `version` (the starting weights, or
+    /// after an update was applied to it).
+    pub fn sync_reference(&mut self, version: u64) -> Result<SyncReport, RolloutError> {
+        let reference = self.reference.take().ok_or_else(|| {
+            RolloutError::Backend(
+                "the vLLM backend holds no reference copy of the learner's weights to apply \
+                 updates to (VllmBackend::with_reference)"
+                    .into(),
+            )
+        })?;
+        let report = self.write_and_sync(&reference, version);
+        self.reference = Some(reference);
+        report
+    }
+
+    /// Writes `weights` to `<sync_dir>/v<version>/`, reloads them on every server in parallel and
+    /// verifies each (reported version, probe against `weights`); then removes the previous
+    /// version's folder.
+    fn write_and_sync(
+        &mut self,
+        weights: &CausalLM,
+        version: u64,
+    ) -> Result<SyncReport, RolloutError> {
+        let start = Instant::now();
+        let kind = match &self.settings.sync_dtype {
+            Some(name) => Some(parse_kind(name).map_err(|e| VllmError::Setting {
+                field: "sync_dtype",
+                problem: e.to_string(),
+            })?),
+            None => None,
+        };
+        let dir = self.sync_dir.write(weights, version, kind)?;
+        let probes = self.sync_from_dir(&dir, version, weights)?;
+        self.sync_dir.prune(&dir)?;
+        Ok(SyncReport {
+            version,
+            probes,
+            seconds: start.elapsed().as_secs_f64(),
         })
     }
 
@@ -110,13 +168,13 @@ impl VllmBackend {
         self.current.as_ref().map(|c| c.dir.as_path())
     }
 
-    /// The folder weights of `version` are written to by [`GenerationBackend::sync_weights`].
+    /// The folder weights of `version` are written to by a sync.
     pub fn version_dir(&self, version: u64) -> PathBuf {
         self.sync_dir.version_dir(version)
     }
 
     /// Syncs every server to the checkpoint already written in `dir`, verified against `reference`
-    /// (the learner's model, whose weights `dir` must hold). `sync_weights` is this after writing.
+    /// (the learner's model, whose weights `dir` must hold). A sync is this after writing.
     pub fn sync_from_dir(
         &mut self,
         dir: &Path,
@@ -446,29 +504,26 @@ impl GenerationBackend for VllmBackend {
             .min()
     }
 
-    /// Writes `weights` to `<sync_dir>/v<version>/`, reloads them on every server in parallel and
-    /// verifies each (reported version, probe); then removes the previous version's folder.
+    /// Applies `update` to the reference copy, then syncs the servers to it
+    /// ([`VllmBackend::sync_reference`]).
+    fn apply_update(&mut self, update: &WeightUpdate) -> Result<SyncReport, RolloutError> {
+        if let Some(reference) = &self.reference {
+            update.apply_to(reference)?;
+        }
+        self.sync_reference(update.version)
+    }
+
+    /// With a reference copy, [`GenerationBackend::apply_update`] of all of `weights`; without one,
+    /// syncs the servers to `weights` themselves (written, reloaded, probed against them).
     fn sync_weights(
         &mut self,
         weights: &CausalLM,
         version: u64,
     ) -> Result<SyncReport, RolloutError> {
-        let start = Instant::now();
-        let kind = match &self.settings.sync_dtype {
-            Some(name) => Some(parse_kind(name).map_err(|e| VllmError::Setting {
-                field: "sync_dtype",
-                problem: e.to_string(),
-            })?),
-            None => None,
-        };
-        let dir = self.sync_dir.write(weights, version, kind)?;
-        let probes = self.sync_from_dir(&dir, version, weights)?;
-        self.sync_dir.prune(&dir)?;
-        Ok(SyncReport {
-            version,
-            probes,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        if self.reference.is_some() {
+            return self.apply_update(&WeightUpdate::view_of(weights, version));
+        }
+        self.write_and_sync(weights, version)
     }
 
     /// Asks every server `/health`: one that stopped answering is taken out, one taken out that

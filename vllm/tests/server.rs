@@ -9,7 +9,7 @@ use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
 use alp_policy::{CausalLM, SaveOptions};
 use alp_rollout::{
     run_episodes, EpisodeSettings, GenerationBackend, LocalEngine, LogprobMode, ReplicaState,
-    RolloutError, SamplingParams,
+    RolloutError, SamplingParams, WeightUpdate,
 };
 use alp_vllm::{VllmBackend, VllmError};
 use common::*;
@@ -294,7 +294,7 @@ fn episodes_run_unchanged_on_the_server(backend: &mut VllmBackend, tok: &alp_tok
             .collect();
         let copy = model(tok, 0);
         let mut engine = LocalEngine::new(copy, 8);
-        engine.update_weights(&weights, 3);
+        engine.install(&WeightUpdate::view_of(&weights, 3)).unwrap();
         let ours = run_episodes(&mut engine, tok, env, &examples, &params, &settings).unwrap();
         let theirs = run_episodes(backend, tok, env, &examples, &params, &settings).unwrap();
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {

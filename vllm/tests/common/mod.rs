@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
-use alp_rollout::{Completion, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
+use alp_rollout::{
+    Completion, GenerationBackend, GenerationRequest, LocalEngine, SamplingParams, WeightUpdate,
+};
 use alp_test_support::vllm::cpu_server_env;
 pub use alp_test_support::vllm::{free_port, vllm_python};
 use alp_tokenizer::{CharTokenizerSpec, Tokenizer};
@@ -97,7 +99,7 @@ pub fn local(
 ) -> Vec<Completion> {
     let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 0).unwrap();
     let mut engine = LocalEngine::new(copy, 16);
-    engine.update_weights(model, 0);
+    engine.install(&WeightUpdate::view_of(model, 0)).unwrap();
     engine.generate(requests, params).unwrap()
 }
 
