@@ -21,16 +21,13 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::CausalLM;
-use alp_rollout::{
-    run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory, WeightUpdate,
-};
+use alp_rollout::{run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, WeightUpdate};
 use alp_tokenizer::Tokenizer;
-use alp_vllm::ReplicaStats;
 use thiserror::Error;
 
 use super::eval::Evaluation;
 use super::generator::{BackendSettings, Generator};
-use super::learners::BatchPopulation;
+use super::messages::{BatchPopulation, PublishedWeights, RolloutBatch};
 
 #[derive(Debug, Error)]
 pub enum ActorError {
@@ -66,36 +63,13 @@ pub struct ActorSettings {
     pub evaluate_first: bool,
 }
 
-/// One learner step's worth of rollouts.
-pub struct RolloutBatch {
-    /// 0-based: trained at learner step `index + 1`.
-    pub index: u64,
-    pub policy_version: u64,
-    /// `prompts_per_step` groups of `group_size` trajectories, in example order.
-    pub groups: Vec<Vec<Trajectory>>,
-    pub generate_s: f64,
-    /// Seconds the worker waited for the weights it needed (a vLLM sync included).
-    pub wait_weights_s: f64,
-    /// The vLLM sync that installed `policy_version`, when it happened since the previous batch.
-    pub sync: Option<SyncReport>,
-    /// The vLLM servers' counters after the batch (empty for the local engine).
-    pub servers: Vec<ReplicaStats>,
-}
-
-/// Weights published by the learner: deep copies of its parameters.
-pub struct WeightsUpdate {
-    pub update: WeightUpdate,
-    /// Run the evaluation on these weights (its metrics come back through [`Actor::evaluation`]).
-    pub evaluate: bool,
-}
-
 /// The `eval/*` metrics of one evaluation, or the worker's error.
 type EvalResult = Result<BTreeMap<String, f64>, String>;
 
 /// The learner's handle on the worker thread.
 pub struct Actor {
     batches: Option<Receiver<Result<RolloutBatch, String>>>,
-    weights: Option<Sender<WeightsUpdate>>,
+    weights: Option<Sender<PublishedWeights>>,
     evaluations: Option<Receiver<EvalResult>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -189,7 +163,7 @@ impl Actor {
         let update = WeightUpdate::copy_of(model, version);
         if let Some(tx) = &self.weights {
             // A worker that has produced its last batch has exited; nothing more to send it.
-            let _ = tx.send(WeightsUpdate { update, evaluate });
+            let _ = tx.send(PublishedWeights { update, evaluate });
         }
     }
 }
@@ -210,7 +184,7 @@ impl Drop for Actor {
 fn worker(
     s: ActorSettings,
     out: &SyncSender<Result<RolloutBatch, String>>,
-    weights: Receiver<WeightsUpdate>,
+    weights: Receiver<PublishedWeights>,
     evaluations: &Sender<EvalResult>,
 ) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
@@ -236,7 +210,7 @@ fn worker(
     // it, so an evaluated version is also the one the next batch is generated with. Returns the
     // vLLM sync's report, if one was made.
     let receive = |generator: &mut Generator,
-                   update: WeightsUpdate,
+                   update: PublishedWeights,
                    needed: u64|
      -> Result<Option<SyncReport>, String> {
         let mut sync = None;

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod generator;
 pub mod learners;
+pub mod messages;
 pub mod pause;
 pub mod preflight;
 pub mod rows;
@@ -378,7 +379,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
 }
 
 /// The vLLM sync and server metrics of a batch (none for the local engine).
-fn backend_metrics(batch: &actor::RolloutBatch) -> BTreeMap<String, f64> {
+fn backend_metrics(batch: &messages::RolloutBatch) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if let Some(sync) = &batch.sync {
         let probes = &sync.probes;

@@ -7,7 +7,7 @@ use alp_learner::Sample;
 use alp_rollout::Trajectory;
 use anyhow::{ensure, Context, Result};
 
-use super::actor::RolloutBatch;
+use super::messages::RolloutBatch;
 use crate::config::TrainConfig;
 use crate::parquet_log::RolloutRow;
 

@@ -17,7 +17,7 @@ use tch::Device;
 
 use super::{BatchPopulation, RunLearner, StepOutput};
 use crate::config::TrainConfig;
-use crate::train::actor::RolloutBatch;
+use crate::train::messages::RolloutBatch;
 use crate::train::rows::{BatchRows, RowContext};
 
 pub struct Eggroll {

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use alp_policy::{CausalLM, MemberHooks};
+use alp_policy::CausalLM;
 use anyhow::Result;
 
-use super::actor::RolloutBatch;
+pub use super::messages::BatchPopulation;
+use super::messages::RolloutBatch;
 use crate::parquet_log::RolloutRow;
 
 /// What one learner step produced, for the loop to log and judge.
@@ -27,13 +28,6 @@ pub struct StepOutput {
     pub bad_update: bool,
     /// Some samples had non-finite sampling log-probs and were dropped.
     pub bad_samples: bool,
-}
-
-/// The population a batch is generated with, as the rollout worker needs it: hooks for its engine
-/// and the member serving each row (rows in batch order: `prompts_per_step` groups of
-/// `group_size`). Built from seeds alone, so the worker regenerates the learner's noise itself.
-pub trait BatchPopulation: Send + Sync {
-    fn for_batch(&self, index: u64) -> (Arc<dyn MemberHooks>, Vec<usize>);
 }
 
 /// A learner as the train loop drives it.

@@ -10,7 +10,7 @@ use tch::{Device, Kind};
 
 use super::{RunLearner, StepOutput};
 use crate::config::TrainConfig;
-use crate::train::actor::RolloutBatch;
+use crate::train::messages::RolloutBatch;
 use crate::train::rows::{to_sample, BatchRows, RowContext};
 
 pub struct PolicyGradient {
