@@ -14,7 +14,7 @@ use alp_envs::{Environment, Episode, Example, Observation};
 use alp_tokenizer::Tokenizer;
 use serde_json::{Map, Value};
 
-use crate::backend::{FinishReason, GenerationBackend, GenerationRequest};
+use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest};
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
 
@@ -160,127 +160,157 @@ pub fn run_member_episodes(
 
     let mut turn = 0u32;
     loop {
-        let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
-        if active.is_empty() {
+        if live.iter().all(|ep| ep.done) {
             break;
         }
         let context = backend.max_context();
-        let mut requests = Vec::with_capacity(active.len());
-        let mut asked = Vec::with_capacity(active.len());
-        for &i in &active {
-            let t = &live[i].traj;
-            let used = t.prompt_ids.len() + t.completion_ids.len();
-            // The model cannot attend past its context: a prompt that already fills it fails its
-            // episode (it is the data's problem, not the run's), and no turn may sample past it.
-            if let Some(ctx) = context.filter(|&ctx| used >= ctx) {
-                let reason = format!(
-                    "the conversation is {used} tokens but the model's context \
-                     (max_position_embeddings) is {ctx}; shorten the prompt"
-                );
-                live[i].fail(reason);
-                continue;
-            }
-            let budget = settings
-                .max_total_tokens
-                .saturating_sub(t.completion_ids.len())
-                .min(context.map_or(usize::MAX, |ctx| ctx - used));
-            let mut prompt = t.prompt_ids.clone();
-            prompt.extend_from_slice(&t.completion_ids);
-            requests.push(GenerationRequest {
-                prompt_ids: prompt,
-                max_new_tokens: Some(budget.min(params.max_new_tokens)),
-                stop_token_ids: None,
-                member: members.map(|m| m[i]),
-            });
-            asked.push(i);
-        }
+        let (requests, asked) = turn_requests(&mut live, context, members, params, settings);
         if asked.is_empty() {
             continue;
         }
         let completions = backend.generate(&requests, &turn_params(params, turn))?;
         turn += 1;
         for (&i, c) in asked.iter().zip(completions) {
-            let ep = &mut live[i];
-            ep.traj.policy_version = ep.traj.policy_version.min(c.policy_version);
-            ep.traj.num_turns += 1;
-            ep.traj.completion_ids.extend_from_slice(&c.completion_ids);
-            ep.traj
-                .loss_mask
-                .extend(std::iter::repeat_n(1u8, c.completion_ids.len()));
-            ep.traj.mu.extend_from_slice(&c.logprobs);
-            let ids: Vec<u32> = c.completion_ids.iter().map(|&t| t as u32).collect();
-            let text = match tokenizer.decode(&ids, true) {
-                Ok(text) => text,
-                Err(e) => {
-                    ep.fail(format!("cannot decode the completion: {e}"));
-                    continue;
-                }
-            };
-            let episode = ep.episode.as_mut().expect("live episodes have an episode");
-            let obs = match catch_unwind(AssertUnwindSafe(|| episode.step(&text))) {
-                Ok(Ok(obs)) => obs,
-                Ok(Err(e)) => {
-                    ep.fail(format!("environment error: {e}"));
-                    continue;
-                }
-                Err(panic) => {
-                    ep.fail(format!("environment panicked: {}", panic_message(panic)));
-                    continue;
-                }
-            };
-            let out_of_tokens = ep.traj.completion_ids.len() >= settings.max_total_tokens;
-            if obs.done {
-                let reason = if obs.info.truncated {
-                    "truncated"
-                } else {
-                    "stop"
-                };
-                ep.finish(&obs, reason);
-            } else if c.finish_reason == FinishReason::Length || out_of_tokens {
-                ep.finish(&obs, "length");
-            } else {
-                ep.messages.push(assistant_message(&text));
-                let so_far = [ep.traj.prompt_ids.as_slice(), &ep.traj.completion_ids].concat();
-                let new = obs
-                    .messages
-                    .iter()
-                    .map(|m| serde_json::to_value(m).expect("messages serialise"));
-                match env_tokens(tokenizer, &mut ep.messages, &ep.tools, &so_far, new, extra) {
-                    // The reply must leave room for at least one more sampled token within both
-                    // `max_total_tokens` and the model's context; otherwise the episode ends here
-                    // (`length`) and the reply is not appended, so no episode exceeds its budget.
-                    Ok(ids)
-                        if ep.traj.completion_ids.len() + ids.len()
-                            >= settings.max_total_tokens
-                            || context.is_some_and(|ctx| so_far.len() + ids.len() >= ctx) =>
-                    {
-                        ep.finish(&obs, "length");
-                    }
-                    Ok(ids) => {
-                        ep.traj
-                            .loss_mask
-                            .extend(std::iter::repeat_n(0u8, ids.len()));
-                        ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
-                        ep.traj.completion_ids.extend(ids);
-                    }
-                    Err(reason) => ep.fail(reason),
-                }
-            }
+            take_turn(&mut live[i], &c, tokenizer, context, settings);
         }
     }
-
     Ok(live
         .into_iter()
-        .map(|mut ep| {
-            let decode = |ids: &[i64]| {
-                let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
-                tokenizer.decode(&ids, false).unwrap_or_default()
-            };
-            ep.traj.prompt_text = decode(&ep.traj.prompt_ids);
-            ep.traj.completion_text = decode(&ep.traj.completion_ids);
-            ep.traj
-        })
+        .map(|ep| with_texts(ep.traj, tokenizer))
         .collect())
+}
+
+/// One request per live episode: its conversation so far, with the token budget left (an episode
+/// whose conversation already fills the model's context fails instead). Returns the requests and the
+/// episode each one continues.
+fn turn_requests(
+    live: &mut [Live],
+    context: Option<usize>,
+    members: Option<&[usize]>,
+    params: &SamplingParams,
+    settings: &EpisodeSettings,
+) -> (Vec<GenerationRequest>, Vec<usize>) {
+    let mut requests = Vec::new();
+    let mut asked = Vec::new();
+    for (i, ep) in live.iter_mut().enumerate().filter(|(_, ep)| !ep.done) {
+        let t = &ep.traj;
+        let used = t.prompt_ids.len() + t.completion_ids.len();
+        // The model cannot attend past its context: a prompt that already fills it fails its
+        // episode (it is the data's problem, not the run's), and no turn may sample past it.
+        if let Some(ctx) = context.filter(|&ctx| used >= ctx) {
+            let reason = format!(
+                "the conversation is {used} tokens but the model's context \
+                 (max_position_embeddings) is {ctx}; shorten the prompt"
+            );
+            ep.fail(reason);
+            continue;
+        }
+        let budget = settings
+            .max_total_tokens
+            .saturating_sub(t.completion_ids.len())
+            .min(context.map_or(usize::MAX, |ctx| ctx - used));
+        let mut prompt = t.prompt_ids.clone();
+        prompt.extend_from_slice(&t.completion_ids);
+        requests.push(GenerationRequest {
+            prompt_ids: prompt,
+            max_new_tokens: Some(budget.min(params.max_new_tokens)),
+            stop_token_ids: None,
+            member: members.map(|m| m[i]),
+        });
+        asked.push(i);
+    }
+    (requests, asked)
+}
+
+/// Appends the completion `c` of one turn to episode `ep`, lets the environment answer it and
+/// appends the answer's tokens, or ends the episode (done, out of tokens, or failed).
+fn take_turn(
+    ep: &mut Live,
+    c: &Completion,
+    tokenizer: &Tokenizer,
+    context: Option<usize>,
+    settings: &EpisodeSettings,
+) {
+    ep.traj.policy_version = ep.traj.policy_version.min(c.policy_version);
+    ep.traj.num_turns += 1;
+    ep.traj.completion_ids.extend_from_slice(&c.completion_ids);
+    ep.traj
+        .loss_mask
+        .extend(std::iter::repeat_n(1u8, c.completion_ids.len()));
+    ep.traj.mu.extend_from_slice(&c.logprobs);
+    let ids: Vec<u32> = c.completion_ids.iter().map(|&t| t as u32).collect();
+    let text = match tokenizer.decode(&ids, true) {
+        Ok(text) => text,
+        Err(e) => return ep.fail(format!("cannot decode the completion: {e}")),
+    };
+    let episode = ep.episode.as_mut().expect("live episodes have an episode");
+    let obs = match catch_unwind(AssertUnwindSafe(|| episode.step(&text))) {
+        Ok(Ok(obs)) => obs,
+        Ok(Err(e)) => return ep.fail(format!("environment error: {e}")),
+        Err(panic) => return ep.fail(format!("environment panicked: {}", panic_message(panic))),
+    };
+    let out_of_tokens = ep.traj.completion_ids.len() >= settings.max_total_tokens;
+    if obs.done {
+        let reason = if obs.info.truncated {
+            "truncated"
+        } else {
+            "stop"
+        };
+        ep.finish(&obs, reason);
+    } else if c.finish_reason == FinishReason::Length || out_of_tokens {
+        ep.finish(&obs, "length");
+    } else {
+        append_reply(ep, &obs, &text, tokenizer, context, settings);
+    }
+}
+
+/// Appends the assistant's `text` and the environment's reply in `obs` to the conversation, and the
+/// reply's tokens (loss mask 0) to the trajectory.
+fn append_reply(
+    ep: &mut Live,
+    obs: &Observation,
+    text: &str,
+    tokenizer: &Tokenizer,
+    context: Option<usize>,
+    settings: &EpisodeSettings,
+) {
+    ep.messages.push(assistant_message(text));
+    let so_far = [ep.traj.prompt_ids.as_slice(), &ep.traj.completion_ids].concat();
+    let new = obs
+        .messages
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("messages serialise"));
+    let extra = &settings.chat_extra;
+    match env_tokens(tokenizer, &mut ep.messages, &ep.tools, &so_far, new, extra) {
+        // The reply must leave room for at least one more sampled token within both
+        // `max_total_tokens` and the model's context; otherwise the episode ends here
+        // (`length`) and the reply is not appended, so no episode exceeds its budget.
+        Ok(ids)
+            if ep.traj.completion_ids.len() + ids.len() >= settings.max_total_tokens
+                || context.is_some_and(|ctx| so_far.len() + ids.len() >= ctx) =>
+        {
+            ep.finish(obs, "length");
+        }
+        Ok(ids) => {
+            ep.traj
+                .loss_mask
+                .extend(std::iter::repeat_n(0u8, ids.len()));
+            ep.traj.mu.extend(std::iter::repeat_n(0.0f32, ids.len()));
+            ep.traj.completion_ids.extend(ids);
+        }
+        Err(reason) => ep.fail(reason),
+    }
+}
+
+/// The finished trajectory with its prompt and completion decoded (special tokens kept).
+fn with_texts(mut traj: Trajectory, tokenizer: &Tokenizer) -> Trajectory {
+    let decode = |ids: &[i64]| {
+        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+        tokenizer.decode(&ids, false).unwrap_or_default()
+    };
+    traj.prompt_text = decode(&traj.prompt_ids);
+    traj.completion_text = decode(&traj.completion_ids);
+    traj
 }
 
 /// Resets the environment on `example` and renders the initial prompt.

@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
 use alp_policy::CausalLM;
-use alp_rollout::{run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, WeightUpdate};
+use alp_rollout::{
+    run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory, WeightUpdate,
+};
 use alp_tokenizer::Tokenizer;
 use thiserror::Error;
 
@@ -192,56 +194,101 @@ fn worker(
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
     // Published weights are copied straight into the backend's model (converted to its dtype): the
     // worker holds one copy of the model. A vLLM backend is synced to the starting weights here.
-    let (mut generator, mut sync) = Generator::start(&s.backend, &s.model_dir, s.first_batch)?;
-    let evaluate = |generator: &mut Generator, version: u64| -> Result<(), String> {
-        let evaluation = s.evaluation.as_ref().ok_or_else(|| {
-            format!("version {version} was published for evaluation, but the run has no [eval]")
-        })?;
-        generator.set_members(None)?;
-        let metrics = evaluation
-            .run(generator.backend(), &tokenizer, version)
-            .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
-        // The learner may already be gone; then nobody needs the metrics.
-        let _ = evaluations.send(Ok(metrics));
-        Ok(())
-    };
-    // Installs a published version when a batch needs it (`needed`) or it is to be evaluated, then
-    // evaluates it if asked. Versions arrive in order and each is received when a batch first needs
-    // it, so an evaluated version is also the one the next batch is generated with. Returns the
-    // vLLM sync's report, if one was made.
-    let receive = |generator: &mut Generator,
-                   update: PublishedWeights,
-                   needed: u64|
-     -> Result<Option<SyncReport>, String> {
-        let mut sync = None;
-        let version = update.update.version;
-        if version >= needed || update.evaluate {
-            sync = generator.install(&update.update)?;
-        }
-        if update.evaluate {
-            evaluate(generator, version)?;
-        }
-        Ok(sync)
+    let (generator, mut sync) = Generator::start(&s.backend, &s.model_dir, s.first_batch)?;
+    let mut w = Worker {
+        s: &s,
+        tokenizer,
+        generator,
+        evaluations,
     };
     if s.evaluate_first {
-        evaluate(&mut generator, s.first_batch)?;
+        w.evaluate(s.first_batch)?;
     }
     let mut version = s.first_batch;
     for b in s.first_batch..s.end_batch {
         let needed = b.saturating_sub(s.max_staleness).max(s.first_batch);
         let waited = Instant::now();
         while version < needed {
-            let Ok(update) = weights.recv() else {
+            let Ok(published) = weights.recv() else {
                 return Ok(()); // the learner is done
             };
-            version = update.update.version;
-            if let Some(report) = receive(&mut generator, update, needed)? {
+            version = published.update.version;
+            if let Some(report) = w.receive(published, needed)? {
                 sync = Some(report);
             }
         }
         let wait_weights_s = waited.elapsed().as_secs_f64();
         super::pause::point("rollout", b + 1);
         let started = Instant::now();
+        let groups = w.generate(b)?;
+        let batch = RolloutBatch {
+            index: b,
+            policy_version: version,
+            groups,
+            generate_s: started.elapsed().as_secs_f64(),
+            wait_weights_s,
+            sync: sync.take(),
+            servers: w.generator.server_stats(),
+        };
+        if out.send(Ok(batch)).is_err() {
+            return Ok(()); // the learner stopped
+        }
+    }
+    // Every batch is out (no batch needs a version any more); the learner's last steps may still
+    // publish versions to evaluate.
+    for published in weights {
+        w.receive(published, u64::MAX)?;
+    }
+    Ok(())
+}
+
+/// What the worker thread holds between batches.
+struct Worker<'a> {
+    s: &'a ActorSettings,
+    tokenizer: Tokenizer,
+    generator: Generator,
+    evaluations: &'a Sender<EvalResult>,
+}
+
+impl Worker<'_> {
+    /// Evaluates the weights the backend holds, `version`, and sends the metrics to the learner.
+    fn evaluate(&mut self, version: u64) -> Result<(), String> {
+        let evaluation = self.s.evaluation.as_ref().ok_or_else(|| {
+            format!("version {version} was published for evaluation, but the run has no [eval]")
+        })?;
+        self.generator.set_members(None)?;
+        let metrics = evaluation
+            .run(self.generator.backend(), &self.tokenizer, version)
+            .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
+        // The learner may already be gone; then nobody needs the metrics.
+        let _ = self.evaluations.send(Ok(metrics));
+        Ok(())
+    }
+
+    /// Installs a published version when a batch needs it (`needed`) or it is to be evaluated, then
+    /// evaluates it if asked. Versions arrive in order and each is received when a batch first needs
+    /// it, so an evaluated version is also the one the next batch is generated with. Returns the
+    /// vLLM sync's report, if one was made.
+    fn receive(
+        &mut self,
+        published: PublishedWeights,
+        needed: u64,
+    ) -> Result<Option<SyncReport>, String> {
+        let mut sync = None;
+        let version = published.update.version;
+        if version >= needed || published.evaluate {
+            sync = self.generator.install(&published.update)?;
+        }
+        if published.evaluate {
+            self.evaluate(version)?;
+        }
+        Ok(sync)
+    }
+
+    /// Generates batch `b`: `prompts_per_step` examples, `group_size` episodes each, on the weights
+    /// installed (and with the population's members, for evolution strategies).
+    fn generate(&mut self, b: u64) -> Result<Vec<Vec<Trajectory>>, String> {
+        let s = self.s;
         let examples = batch_examples(s.env.as_ref(), s.seed, b, s.prompts_per_step)?;
         let expanded: Vec<Example> = examples
             .iter()
@@ -255,14 +302,14 @@ fn worker(
         let members = match &s.population {
             Some(p) => {
                 let (hooks, members) = p.for_batch(b);
-                generator.set_members(Some(hooks))?;
+                self.generator.set_members(Some(hooks))?;
                 Some(members)
             }
             None => None,
         };
         let trajectories = run_member_episodes(
-            generator.backend(),
-            &tokenizer,
+            self.generator.backend(),
+            &self.tokenizer,
             s.env.as_ref(),
             &expanded,
             members.as_deref(),
@@ -275,23 +322,6 @@ fn worker(
         for _ in 0..s.prompts_per_step {
             groups.push(it.by_ref().take(s.group_size).collect());
         }
-        let batch = RolloutBatch {
-            index: b,
-            policy_version: version,
-            groups,
-            generate_s: started.elapsed().as_secs_f64(),
-            wait_weights_s,
-            sync: sync.take(),
-            servers: generator.server_stats(),
-        };
-        if out.send(Ok(batch)).is_err() {
-            return Ok(()); // the learner stopped
-        }
+        Ok(groups)
     }
-    // Every batch is out (no batch needs a version any more); the learner's last steps may still
-    // publish versions to evaluate.
-    for update in weights {
-        receive(&mut generator, update, u64::MAX)?;
-    }
-    Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use alp_rollout::{Completion, FinishReason, SamplingParams};
-use tokio::task::{AbortHandle, Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
 
 use crate::client::ServerFacts;
 use crate::error::VllmError;
@@ -56,20 +56,67 @@ pub async fn run(
     job: &SyncJob,
     params: &SamplingParams,
 ) -> Result<Vec<Completion>, VllmError> {
-    let settings = &*job.settings;
-    let version = job.current.version;
-    let request_timeout = job.request_timeout;
-    let max_attempts = (settings.retries + 2) * replicas.len() as u32;
-    let mut results: Vec<Option<Completion>> = vec![None; rows.len()];
-    let mut pending: VecDeque<usize> = (0..rows.len()).collect();
-    let mut attempts = vec![0u32; rows.len()];
-    let mut calls: JoinSet<CallOutcome> = JoinSet::new();
-    let mut call_of: HashMap<Id, (usize, usize, AbortHandle)> = HashMap::new();
-    let mut recoveries: JoinSet<RecoveryOutcome> = JoinSet::new();
-    let mut unavailable_since: Option<Instant> = None;
-
+    let mut d = Dispatch::new(replicas.len(), rows, job);
     loop {
         let now = Instant::now();
+        d.start_recoveries(replicas, now);
+        d.send_pending(replicas, now);
+        if d.pending.is_empty() && d.calls.is_empty() {
+            break;
+        }
+        d.check_available(replicas, now)?;
+        tokio::select! {
+            Some(done) = d.calls.join_next_with_id() => d.call_done(replicas, done)?,
+            Some(done) = d.recoveries.join_next() => {
+                let (rid, outcome) =
+                    done.map_err(|e| VllmError::Runtime(format!("re-sync task: {e}")))?;
+                finish_recovery(&mut replicas[rid], outcome, d.version, params, &job.settings)?;
+            }
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+    d.finish(replicas, params).await
+}
+
+/// One [`run`] under way: rows waiting for a server, requests in flight, re-syncs of servers that
+/// were taken out.
+struct Dispatch<'a> {
+    rows: &'a [Row],
+    job: &'a SyncJob,
+    version: u64,
+    /// Attempts after which a row fails the call.
+    max_attempts: u32,
+    results: Vec<Option<Completion>>,
+    /// Rows to send, the next first.
+    pending: VecDeque<usize>,
+    attempts: Vec<u32>,
+    calls: JoinSet<CallOutcome>,
+    /// Each request in flight: (row, replica, handle to abort it if the replica is taken out).
+    call_of: HashMap<Id, (usize, usize, AbortHandle)>,
+    recoveries: JoinSet<RecoveryOutcome>,
+    /// Since when no server has served the version, with no request in flight.
+    unavailable_since: Option<Instant>,
+}
+
+impl<'a> Dispatch<'a> {
+    fn new(servers: usize, rows: &'a [Row], job: &'a SyncJob) -> Self {
+        Dispatch {
+            rows,
+            job,
+            version: job.current.version,
+            max_attempts: (job.settings.retries + 2) * servers as u32,
+            results: vec![None; rows.len()],
+            pending: (0..rows.len()).collect(),
+            attempts: vec![0u32; rows.len()],
+            calls: JoinSet::new(),
+            call_of: HashMap::new(),
+            recoveries: JoinSet::new(),
+            unavailable_since: None,
+        }
+    }
+
+    /// Starts re-syncing each server taken out whose next check is due.
+    fn start_recoveries(&mut self, replicas: &mut [Replica], now: Instant) {
         for (rid, replica) in replicas.iter_mut().enumerate() {
             if let State::Down {
                 since,
@@ -80,118 +127,154 @@ pub async fn run(
                 if next_check <= now {
                     let reason = reason.clone();
                     replica.state = State::Recovering { since, reason };
-                    let (client, job) = (replica.client.clone(), job.clone());
-                    recoveries.spawn(async move { (rid, recover_server(client, job).await) });
+                    let (client, job) = (replica.client.clone(), self.job.clone());
+                    self.recoveries
+                        .spawn(async move { (rid, recover_server(client, job).await) });
                 }
             }
         }
-        while let Some(&row) = pending.front() {
-            let Some(rid) = pick(replicas, version, now, settings) else {
+    }
+
+    /// Sends waiting rows, in order, to the least busy servers that may take one now.
+    fn send_pending(&mut self, replicas: &mut [Replica], now: Instant) {
+        let request_timeout = self.job.request_timeout;
+        while let Some(&row) = self.pending.front() {
+            let Some(rid) = pick(replicas, self.version, now, &self.job.settings) else {
                 break;
             };
-            pending.pop_front();
+            self.pending.pop_front();
             let client = replicas[rid].client.clone();
-            let mut request = rows[row].request.clone();
+            let mut request = self.rows[row].request.clone();
             if let Some(facts) = &replicas[rid].facts {
                 // Each server's own served name (they may differ).
                 request.model = facts.model.clone();
             }
-            let handle = calls.spawn(async move {
+            let handle = self.calls.spawn(async move {
                 let outcome = client.complete(&request, request_timeout).await;
                 (row, rid, outcome)
             });
-            call_of.insert(handle.id(), (row, rid, handle));
+            self.call_of.insert(handle.id(), (row, rid, handle));
             replicas[rid].outstanding += 1;
         }
-        if pending.is_empty() && calls.is_empty() {
-            break;
-        }
+    }
+
+    /// Fails the call once no server has served the version, with nothing in flight, for
+    /// `unavailable_timeout_s`.
+    fn check_available(&mut self, replicas: &[Replica], now: Instant) -> Result<(), VllmError> {
         let serving = replicas
             .iter()
-            .any(|r| r.serving_version() == Some(version));
-        if serving || !calls.is_empty() {
-            unavailable_since = None;
-        } else {
-            let since = *unavailable_since.get_or_insert(now);
-            let waited = now - since;
-            if waited >= VllmSettings::secs(settings.unavailable_timeout_s) {
-                return Err(no_server("generation", waited.as_secs_f64(), replicas));
-            }
+            .any(|r| r.serving_version() == Some(self.version));
+        if serving || !self.calls.is_empty() {
+            self.unavailable_since = None;
+            return Ok(());
         }
+        let since = *self.unavailable_since.get_or_insert(now);
+        let waited = now - since;
+        if waited >= VllmSettings::secs(self.job.settings.unavailable_timeout_s) {
+            return Err(no_server("generation", waited.as_secs_f64(), replicas));
+        }
+        Ok(())
+    }
 
-        tokio::select! {
-            Some(done) = calls.join_next_with_id() => {
-                let (id, outcome) = match done {
-                    Ok((id, outcome)) => (id, Some(outcome)),
-                    Err(e) if e.is_cancelled() => (e.id(), None),
-                    Err(e) => return Err(VllmError::Runtime(format!("request task: {e}"))),
-                };
-                let (row, rid, _) = call_of.remove(&id).expect("every call is registered");
-                replicas[rid].outstanding -= 1;
-                let Some((_, _, outcome)) = outcome else {
-                    // Aborted because its server was taken out.
-                    pending.push_front(row);
-                    continue;
-                };
-                let server = replicas[rid].name().to_string();
-                let completion = outcome
-                    .and_then(|choice| to_completion(choice, &rows[row], version, &server));
-                match completion {
-                    Ok(c) => {
-                        results[row] = Some(c);
-                        let replica = &mut replicas[rid];
-                        replica.failures = 0;
-                        replica.served += 1;
-                    }
-                    Err(e) if e.is_transient() || matches!(e, VllmError::Protocol { .. }) => {
-                        attempts[row] += 1;
-                        if attempts[row] > max_attempts {
-                            return Err(VllmError::Rejected {
-                                server,
-                                index: rows[row].index,
-                                message: format!(
-                                    "failed {} times on the servers, last: {e}",
-                                    attempts[row]
-                                ),
-                            });
-                        }
-                        pending.push_front(row);
-                        if on_failure(&mut replicas[rid], &e, settings) {
-                            for (_, owner, handle) in call_of.values() {
-                                if *owner == rid {
-                                    handle.abort();
-                                }
-                            }
-                        }
-                    }
-                    Err(VllmError::Status { status, body, .. }) => {
-                        return Err(VllmError::Rejected {
-                            server,
-                            index: rows[row].index,
-                            message: format!("HTTP {status}: {body}"),
-                        })
-                    }
-                    Err(e) => return Err(e),
+    /// Takes the answer of a finished (or aborted) request: a completion, a retry elsewhere, or an
+    /// error for the caller.
+    fn call_done(
+        &mut self,
+        replicas: &mut [Replica],
+        done: Result<(Id, CallOutcome), JoinError>,
+    ) -> Result<(), VllmError> {
+        let (id, outcome) = match done {
+            Ok((id, outcome)) => (id, Some(outcome)),
+            Err(e) if e.is_cancelled() => (e.id(), None),
+            Err(e) => return Err(VllmError::Runtime(format!("request task: {e}"))),
+        };
+        let (row, rid, _) = self.call_of.remove(&id).expect("every call is registered");
+        replicas[rid].outstanding -= 1;
+        let Some((_, _, outcome)) = outcome else {
+            // Aborted because its server was taken out.
+            self.pending.push_front(row);
+            return Ok(());
+        };
+        let server = replicas[rid].name().to_string();
+        let completion = outcome
+            .and_then(|choice| to_completion(choice, &self.rows[row], self.version, &server));
+        match completion {
+            Ok(c) => {
+                self.results[row] = Some(c);
+                let replica = &mut replicas[rid];
+                replica.failures = 0;
+                replica.served += 1;
+                Ok(())
+            }
+            Err(e) if e.is_transient() || matches!(e, VllmError::Protocol { .. }) => {
+                self.retry(replicas, row, rid, server, e)
+            }
+            Err(VllmError::Status { status, body, .. }) => Err(VllmError::Rejected {
+                server,
+                index: self.rows[row].index,
+                message: format!("HTTP {status}: {body}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts `row` back first in line after its request to server `rid` failed with `e` (the call
+    /// fails after too many attempts); a server taken out for it has its other requests aborted.
+    fn retry(
+        &mut self,
+        replicas: &mut [Replica],
+        row: usize,
+        rid: usize,
+        server: String,
+        e: VllmError,
+    ) -> Result<(), VllmError> {
+        self.attempts[row] += 1;
+        if self.attempts[row] > self.max_attempts {
+            return Err(VllmError::Rejected {
+                server,
+                index: self.rows[row].index,
+                message: format!(
+                    "failed {} times on the servers, last: {e}",
+                    self.attempts[row]
+                ),
+            });
+        }
+        self.pending.push_front(row);
+        if on_failure(&mut replicas[rid], &e, &self.job.settings) {
+            for (_, owner, handle) in self.call_of.values() {
+                if *owner == rid {
+                    handle.abort();
                 }
             }
-            Some(done) = recoveries.join_next() => {
-                let (rid, outcome) =
-                    done.map_err(|e| VllmError::Runtime(format!("re-sync task: {e}")))?;
-                finish_recovery(&mut replicas[rid], outcome, version, params, settings)?;
-            }
-            _ = tokio::time::sleep(TICK) => {}
         }
+        Ok(())
     }
-    // A re-sync under way is finished (bounded by its timeouts) rather than cut: a server left
-    // paused mid-sync would only be re-synced again, and the caller learns of a failed probe now.
-    while let Some(done) = recoveries.join_next().await {
-        let (rid, outcome) = done.map_err(|e| VllmError::Runtime(format!("re-sync task: {e}")))?;
-        finish_recovery(&mut replicas[rid], outcome, version, params, settings)?;
+
+    /// Every row is done: waits for the re-syncs under way, then returns the completions in order.
+    async fn finish(
+        mut self,
+        replicas: &mut [Replica],
+        params: &SamplingParams,
+    ) -> Result<Vec<Completion>, VllmError> {
+        // A re-sync under way is finished (bounded by its timeouts) rather than cut: a server left
+        // paused mid-sync would only be re-synced again, and the caller learns of a failed probe now.
+        while let Some(done) = self.recoveries.join_next().await {
+            let (rid, outcome) =
+                done.map_err(|e| VllmError::Runtime(format!("re-sync task: {e}")))?;
+            finish_recovery(
+                &mut replicas[rid],
+                outcome,
+                self.version,
+                params,
+                &self.job.settings,
+            )?;
+        }
+        Ok(self
+            .results
+            .into_iter()
+            .map(|c| c.expect("every row completed"))
+            .collect())
     }
-    Ok(results
-        .into_iter()
-        .map(|c| c.expect("every row completed"))
-        .collect())
 }
 
 /// A re-sync's outcome: back in service, still down, or (a failed probe, an incompatible server) an

@@ -107,6 +107,11 @@ impl Default for VllmSettings {
     }
 }
 
+/// A refused setting.
+fn bad(field: &'static str, problem: String) -> VllmError {
+    VllmError::Setting { field, problem }
+}
+
 /// Probe tolerances for a server's dtype, as [`VllmSettings::probe_max_abs_diff`] documents.
 pub fn probe_tolerances(settings: &VllmSettings, server_dtype: &str) -> (f64, f64) {
     let full = matches!(server_dtype, "float32" | "float" | "torch.float32" | "fp32");
@@ -120,7 +125,16 @@ pub fn probe_tolerances(settings: &VllmSettings, server_dtype: &str) -> (f64, f6
 impl VllmSettings {
     /// Refuses settings that cannot work, naming the field and the fix.
     pub fn validate(&self) -> Result<(), VllmError> {
-        let bad = |field: &'static str, problem: String| VllmError::Setting { field, problem };
+        self.validate_servers()?;
+        if self.launch {
+            self.validate_launch()?;
+        }
+        self.validate_limits()?;
+        self.validate_sync()
+    }
+
+    /// Running servers or launched ones, not both; base URLs.
+    fn validate_servers(&self) -> Result<(), VllmError> {
         match (self.launch, self.servers.is_empty()) {
             (true, false) => {
                 return Err(bad(
@@ -148,37 +162,45 @@ impl VllmSettings {
                 ));
             }
         }
-        if self.launch {
-            if self.count == 0 {
-                return Err(bad("count", "is 0; launch at least one server".into()));
-            }
-            if self.log_dir.is_none() {
-                return Err(bad(
-                    "log_dir",
-                    "is not set; with launch = true the servers' logs need a folder".into(),
-                ));
-            }
-            if usize::from(self.port) + self.count > usize::from(u16::MAX) + 1 {
-                return Err(bad(
-                    "port",
-                    format!("{} + count {} runs past port 65535", self.port, self.count),
-                ));
-            }
-            if let Some(flag) = self.args.iter().find(|a| {
-                let name = a.split('=').next().unwrap_or(a);
-                OWNED_FLAGS.contains(&name)
-            }) {
-                return Err(bad(
-                    "args",
-                    format!(
-                        "has {flag:?}, which alp-rl sets itself ({}); remove it (the port comes \
-                         from `port`, the model from the run, the log-prob mode from the \
-                         rollout's logprob_mode)",
-                        OWNED_FLAGS.join(", ")
-                    ),
-                ));
-            }
+        Ok(())
+    }
+
+    /// What `launch = true` needs: servers to start, a log folder, ports, no flags of ours in `args`.
+    fn validate_launch(&self) -> Result<(), VllmError> {
+        if self.count == 0 {
+            return Err(bad("count", "is 0; launch at least one server".into()));
         }
+        if self.log_dir.is_none() {
+            return Err(bad(
+                "log_dir",
+                "is not set; with launch = true the servers' logs need a folder".into(),
+            ));
+        }
+        if usize::from(self.port) + self.count > usize::from(u16::MAX) + 1 {
+            return Err(bad(
+                "port",
+                format!("{} + count {} runs past port 65535", self.port, self.count),
+            ));
+        }
+        if let Some(flag) = self.args.iter().find(|a| {
+            let name = a.split('=').next().unwrap_or(a);
+            OWNED_FLAGS.contains(&name)
+        }) {
+            return Err(bad(
+                "args",
+                format!(
+                    "has {flag:?}, which alp-rl sets itself ({}); remove it (the port comes \
+                     from `port`, the model from the run, the log-prob mode from the \
+                     rollout's logprob_mode)",
+                    OWNED_FLAGS.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Positive, finite timeouts and at least one request per server.
+    fn validate_limits(&self) -> Result<(), VllmError> {
         for (field, value) in [
             ("ready_timeout_s", self.ready_timeout_s),
             ("request_timeout_s", self.request_timeout_s),
@@ -201,6 +223,11 @@ impl VllmSettings {
                 "is 0; allow at least one request per server".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// A verified sync: a probe of at least one token, tolerances, the written dtype and folder.
+    fn validate_sync(&self) -> Result<(), VllmError> {
         if self.probe_prompts == 0 || self.probe_tokens == 0 {
             return Err(bad(
                 "probe_prompts",
