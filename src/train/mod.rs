@@ -1,18 +1,18 @@
-//! The `alp-rl train` runtime: one rollout worker thread ([`actor`]) feeding the learner on the main
+//! The `alp-rl train` runtime: one rollout worker thread ([`rollout_worker`]) feeding the learner on the main
 //! thread, parquet logs, checkpoints ([`checkpoint`]) and exact resume. The loop drives either
 //! learner through one seam ([`learners::RunLearner`]); what a step does is the learner's business.
 //!
 //! Versions: the initial weights are version 0; learner step `t` (1-based) trains on batch `t - 1` while
 //! holding version `t - 1`, then publishes version `t`. A sample's staleness is `t - 1 - v` for the
 //! version `v` that generated it, bounded by `rollout.max_staleness` through the worker's pacing.
-pub mod actor;
 pub mod checkpoint;
 pub mod eval;
-pub mod generator;
 pub mod learners;
 pub mod messages;
 pub mod pause;
 pub mod preflight;
+pub mod rollout_backend;
+pub mod rollout_worker;
 pub mod rows;
 pub mod run_files;
 
@@ -33,10 +33,10 @@ use tch::Kind;
 use crate::config::TrainConfig;
 use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::RunDir;
-use actor::{Actor, ActorSettings};
 use checkpoint::RuntimeState;
-use generator::BackendSettings;
 use learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
+use rollout_backend::BackendSettings;
+use rollout_worker::{RolloutWorker, RolloutWorkerSettings};
 pub(crate) use run_files::{initial_model, write_run_files};
 
 /// What `train` was asked to do.
@@ -210,7 +210,7 @@ pub fn run(req: TrainRequest) -> Result<TrainSummary> {
     let eval_every = config.eval.as_ref().map_or(0, |e| e.every);
     // Step 0: the starting point (after the SFT warm start, before any RL update).
     let evaluate_first = evaluates && state.step == 0;
-    let actor = Actor::spawn(ActorSettings {
+    let actor = RolloutWorker::spawn(RolloutWorkerSettings {
         model_dir: weights_dir.clone(),
         tokenizer_dir: model_src.clone(),
         backend: match config.vllm_settings(&run.root) {

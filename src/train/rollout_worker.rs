@@ -1,9 +1,15 @@
-//! The rollout worker: a thread that owns the rollout backend ([`Generator`]: its own `LocalEngine`,
-//! since a libtorch model stays on the thread that made it, or the vLLM servers and the copy of the
-//! learner's weights their syncs are verified against), generates one batch of groups per learner
-//! step into a bounded queue, and installs the weights the learner publishes through a channel. It
-//! also runs the held-out evaluation on that same backend when a published version asks for one, so
-//! the run needs no second inference copy.
+//! The rollout worker: the thread that generates rollouts for the learner. It owns the rollout
+//! backend ([`RolloutBackend`]: its own `LocalEngine`, since a libtorch model stays on the thread that
+//! made it, or the vLLM servers with the copy of the learner's weights their syncs are verified
+//! against), generates one [`RolloutBatch`] per learner step into a bounded queue, and installs the
+//! [`PublishedWeights`] the learner sends through a channel. It also runs the held-out evaluation on
+//! that same backend when a published version asks for one, so the run needs no second inference copy.
+//! [`RolloutWorker`] is the learner's handle on the thread (spawn, next batch, publish, evaluations).
+//!
+//! Names, from the train loop down: the rollout worker (this thread) holds a rollout backend
+//! ([`RolloutBackend`], `rollout_backend.rs`: which [`alp_rollout::GenerationBackend`] the run chose),
+//! which is either the local backend's engine ([`alp_rollout::LocalEngine`]) or vLLM servers
+//! ([`alp_vllm::VllmBackend`]); episodes and evaluation see only the `GenerationBackend` trait.
 //!
 //! Pacing: batch `b` (trained at learner step `b + 1`, when the learner holds version `b`) is generated
 //! with exactly version `max(first, b - max_staleness)`. So the worker waits for that version instead
@@ -28,11 +34,11 @@ use alp_tokenizer::Tokenizer;
 use thiserror::Error;
 
 use super::eval::Evaluation;
-use super::generator::{BackendSettings, Generator};
 use super::messages::{BatchPopulation, PublishedWeights, RolloutBatch};
+use super::rollout_backend::{BackendSettings, RolloutBackend};
 
 #[derive(Debug, Error)]
-pub enum ActorError {
+pub enum RolloutWorkerError {
     #[error("rollout worker: {0}")]
     Worker(String),
     #[error("the rollout worker stopped unexpectedly")]
@@ -40,7 +46,7 @@ pub enum ActorError {
 }
 
 /// Everything the worker needs; moved into its thread.
-pub struct ActorSettings {
+pub struct RolloutWorkerSettings {
     /// Weights the worker starts from (the initial model or the resumed checkpoint).
     pub model_dir: PathBuf,
     pub tokenizer_dir: PathBuf,
@@ -69,7 +75,7 @@ pub struct ActorSettings {
 type EvalResult = Result<BTreeMap<String, f64>, String>;
 
 /// The learner's handle on the worker thread.
-pub struct Actor {
+pub struct RolloutWorker {
     batches: Option<Receiver<Result<RolloutBatch, String>>>,
     weights: Option<Sender<PublishedWeights>>,
     evaluations: Option<Receiver<EvalResult>>,
@@ -99,8 +105,8 @@ pub fn batch_examples(
         .collect()
 }
 
-impl Actor {
-    pub fn spawn(settings: ActorSettings) -> Self {
+impl RolloutWorker {
+    pub fn spawn(settings: RolloutWorkerSettings) -> Self {
         // Batch b needs version b - s, published after step b - s; the worker is thus at most s + 1
         // batches ahead, which is the queue's bound.
         let (batch_tx, batches) = mpsc::sync_channel(settings.max_staleness as usize + 1);
@@ -130,7 +136,7 @@ impl Actor {
                 }
             })
             .expect("spawning the rollout thread");
-        Actor {
+        RolloutWorker {
             batches: Some(batches),
             weights: Some(weights_tx),
             evaluations: Some(evaluations),
@@ -139,23 +145,26 @@ impl Actor {
     }
 
     /// The next batch, in order; blocks until the worker has produced it.
-    pub fn next_batch(&self) -> Result<RolloutBatch, ActorError> {
-        let rx = self.batches.as_ref().ok_or(ActorError::Stopped)?;
+    pub fn next_batch(&self) -> Result<RolloutBatch, RolloutWorkerError> {
+        let rx = self.batches.as_ref().ok_or(RolloutWorkerError::Stopped)?;
         match rx.recv() {
             Ok(Ok(batch)) => Ok(batch),
-            Ok(Err(e)) => Err(ActorError::Worker(e)),
-            Err(_) => Err(ActorError::Stopped),
+            Ok(Err(e)) => Err(RolloutWorkerError::Worker(e)),
+            Err(_) => Err(RolloutWorkerError::Stopped),
         }
     }
 
     /// The metrics of the oldest evaluation not yet taken (the starting weights' with
     /// `evaluate_first`, then each version published with `evaluate`); blocks until it has run.
-    pub fn evaluation(&self) -> Result<BTreeMap<String, f64>, ActorError> {
-        let rx = self.evaluations.as_ref().ok_or(ActorError::Stopped)?;
+    pub fn evaluation(&self) -> Result<BTreeMap<String, f64>, RolloutWorkerError> {
+        let rx = self
+            .evaluations
+            .as_ref()
+            .ok_or(RolloutWorkerError::Stopped)?;
         match rx.recv() {
             Ok(Ok(metrics)) => Ok(metrics),
-            Ok(Err(e)) => Err(ActorError::Worker(e)),
-            Err(_) => Err(ActorError::Stopped),
+            Ok(Err(e)) => Err(RolloutWorkerError::Worker(e)),
+            Err(_) => Err(RolloutWorkerError::Stopped),
         }
     }
 
@@ -170,7 +179,7 @@ impl Actor {
     }
 }
 
-impl Drop for Actor {
+impl Drop for RolloutWorker {
     fn drop(&mut self) {
         // Closing both channels unblocks the worker wherever it waits; it exits once its current
         // generate call returns.
@@ -184,7 +193,7 @@ impl Drop for Actor {
 }
 
 fn worker(
-    s: ActorSettings,
+    s: RolloutWorkerSettings,
     out: &SyncSender<Result<RolloutBatch, String>>,
     weights: Receiver<PublishedWeights>,
     evaluations: &Sender<EvalResult>,
@@ -194,11 +203,11 @@ fn worker(
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
     // Published weights are copied straight into the backend's model (converted to its dtype): the
     // worker holds one copy of the model. A vLLM backend is synced to the starting weights here.
-    let (generator, mut sync) = Generator::start(&s.backend, &s.model_dir, s.first_batch)?;
-    let mut w = Worker {
+    let (backend, mut sync) = RolloutBackend::start(&s.backend, &s.model_dir, s.first_batch)?;
+    let mut w = WorkerThread {
         s: &s,
         tokenizer,
-        generator,
+        backend,
         evaluations,
     };
     if s.evaluate_first {
@@ -228,7 +237,7 @@ fn worker(
             generate_s: started.elapsed().as_secs_f64(),
             wait_weights_s,
             sync: sync.take(),
-            servers: w.generator.server_stats(),
+            servers: w.backend.server_stats(),
         };
         if out.send(Ok(batch)).is_err() {
             return Ok(()); // the learner stopped
@@ -243,22 +252,22 @@ fn worker(
 }
 
 /// What the worker thread holds between batches.
-struct Worker<'a> {
-    s: &'a ActorSettings,
+struct WorkerThread<'a> {
+    s: &'a RolloutWorkerSettings,
     tokenizer: Tokenizer,
-    generator: Generator,
+    backend: RolloutBackend,
     evaluations: &'a Sender<EvalResult>,
 }
 
-impl Worker<'_> {
+impl WorkerThread<'_> {
     /// Evaluates the weights the backend holds, `version`, and sends the metrics to the learner.
     fn evaluate(&mut self, version: u64) -> Result<(), String> {
         let evaluation = self.s.evaluation.as_ref().ok_or_else(|| {
             format!("version {version} was published for evaluation, but the run has no [eval]")
         })?;
-        self.generator.set_members(None)?;
+        self.backend.set_members(None)?;
         let metrics = evaluation
-            .run(self.generator.backend(), &self.tokenizer, version)
+            .run(self.backend.generation_backend(), &self.tokenizer, version)
             .map_err(|e| format!("evaluating version {version}: {e:#}"))?;
         // The learner may already be gone; then nobody needs the metrics.
         let _ = self.evaluations.send(Ok(metrics));
@@ -277,7 +286,7 @@ impl Worker<'_> {
         let mut sync = None;
         let version = published.update.version;
         if version >= needed || published.evaluate {
-            sync = self.generator.install(&published.update)?;
+            sync = self.backend.install(&published.update)?;
         }
         if published.evaluate {
             self.evaluate(version)?;
@@ -302,13 +311,13 @@ impl Worker<'_> {
         let members = match &s.population {
             Some(p) => {
                 let (hooks, members) = p.for_batch(b);
-                self.generator.set_members(Some(hooks))?;
+                self.backend.set_members(Some(hooks))?;
                 Some(members)
             }
             None => None,
         };
         let trajectories = run_member_episodes(
-            self.generator.backend(),
+            self.backend.generation_backend(),
             &self.tokenizer,
             s.env.as_ref(),
             &expanded,

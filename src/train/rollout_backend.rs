@@ -1,4 +1,5 @@
-//! What the rollout worker generates with (`rollout.backend`). Both backends are driven through
+//! The rollout backend: what the rollout worker generates with, as `rollout.backend` chooses it
+//! ([`RolloutBackend`]). Both backends are driven through
 //! [`GenerationBackend`], so the episode runner and the evaluation do not know which one they have,
 //! and both take the learner's published [`WeightUpdate`]s through
 //! [`GenerationBackend::apply_update`]:
@@ -37,15 +38,16 @@ pub enum BackendSettings {
     },
 }
 
-/// The worker's backend.
-pub enum Generator {
+/// The rollout worker's backend: a [`GenerationBackend`] plus what differs between the kinds (the
+/// population members only the local engine applies, the servers' counters).
+pub enum RolloutBackend {
     Local(LocalEngine),
     /// The servers, with the reference copy of the learner's weights each sync is written from and
     /// probed against.
     Vllm(Box<VllmBackend>),
 }
 
-impl Generator {
+impl RolloutBackend {
     /// Builds the backend on the weights in `model_dir`, labelled `version`. For vLLM this launches
     /// (or connects to) the servers and syncs them to those weights before anything is generated;
     /// the report of that first sync is returned.
@@ -68,7 +70,7 @@ impl Generator {
                 let model = load(*kind, *device, *bf16)?;
                 tracing::info!(compute = %model.precision().describe(), "rollout engine");
                 let engine = LocalEngine::new(model, *batch_size).with_version(version);
-                Ok((Generator::Local(engine), None))
+                Ok((RolloutBackend::Local(engine), None))
             }
             BackendSettings::Vllm {
                 settings,
@@ -82,15 +84,16 @@ impl Generator {
                         .map_err(|e| format!("starting the vLLM backend: {e}"))?
                         .with_reference(reference);
                 let report = synced(version, backend.sync_reference(version))?;
-                Ok((Generator::Vllm(Box::new(backend)), Some(report)))
+                Ok((RolloutBackend::Vllm(Box::new(backend)), Some(report)))
             }
         }
     }
 
-    pub fn backend(&mut self) -> &mut dyn GenerationBackend {
+    /// The backend as episodes and evaluation drive it.
+    pub fn generation_backend(&mut self) -> &mut dyn GenerationBackend {
         match self {
-            Generator::Local(engine) => engine,
-            Generator::Vllm(backend) => backend.as_mut(),
+            RolloutBackend::Local(engine) => engine,
+            RolloutBackend::Vllm(backend) => backend.as_mut(),
         }
     }
 
@@ -98,10 +101,10 @@ impl Generator {
     /// verified on every serving server (an error means no sample may be attributed to the update's
     /// version); its report is returned.
     pub fn install(&mut self, update: &WeightUpdate) -> Result<Option<SyncReport>, String> {
-        let applied = self.backend().apply_update(update);
+        let applied = self.generation_backend().apply_update(update);
         match self {
-            Generator::Local(_) => applied.map(|_| None).map_err(|e| e.to_string()),
-            Generator::Vllm(_) => synced(update.version, applied).map(Some),
+            RolloutBackend::Local(_) => applied.map(|_| None).map_err(|e| e.to_string()),
+            RolloutBackend::Vllm(_) => synced(update.version, applied).map(Some),
         }
     }
 
@@ -109,12 +112,12 @@ impl Generator {
     /// the plain policy. Only the local engine applies members (the config refuses EGGROLL on vLLM).
     pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) -> Result<(), String> {
         match (self, members) {
-            (Generator::Local(engine), members) => {
+            (RolloutBackend::Local(engine), members) => {
                 engine.set_members(members);
                 Ok(())
             }
-            (Generator::Vllm(_), None) => Ok(()),
-            (Generator::Vllm(_), Some(_)) => Err(
+            (RolloutBackend::Vllm(_), None) => Ok(()),
+            (RolloutBackend::Vllm(_), Some(_)) => Err(
                 "population members need the local engine; vLLM servers serve the plain policy \
                  (set rollout.backend = \"local\" for EGGROLL)"
                     .into(),
@@ -126,8 +129,8 @@ impl Generator {
     /// empty for the local engine.
     pub fn server_stats(&self) -> Vec<ReplicaStats> {
         match self {
-            Generator::Local(_) => Vec::new(),
-            Generator::Vllm(backend) => backend.stats(),
+            RolloutBackend::Local(_) => Vec::new(),
+            RolloutBackend::Vllm(backend) => backend.stats(),
         }
     }
 }
