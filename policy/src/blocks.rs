@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::hooks::{ForwardHooks, LinearKind, LinearSite, Weight};
 use crate::kv_cache::KvCache;
+use crate::names::{self, ParamPath};
 use crate::onednn_head::OnednnLmHead;
 use crate::precision::Precision;
 use crate::rope::Rotary;
@@ -317,14 +318,12 @@ impl Linear {
         kind: LinearKind,
         precision: Precision,
     ) -> Self {
-        let prefix = format!("model.layers.{layer}.{}", kind.hf_name());
+        let site = LinearSite::in_layer(layer, kind);
+        let path = site.path();
         Linear {
-            site: LinearSite {
-                layer: Some(layer),
-                kind,
-            },
-            weight: params.take(&format!("{prefix}.weight")),
-            bias: params.take_opt(&format!("{prefix}.bias")),
+            site,
+            weight: params.take(&path.weight()),
+            bias: params.take_opt(&path.bias()),
             precision,
         }
     }
@@ -340,15 +339,15 @@ impl DecoderLayer {
     ) -> Self {
         let eps = config.rms_norm_eps;
         let linear = |kind| Linear::from_params(params, l, kind, precision);
-        let norm = |name: &str| {
+        let norm = |path: ParamPath| {
             params
-                .take_opt(&format!("model.layers.{l}.self_attn.{name}.weight"))
+                .take_opt(&path.weight())
                 .map(|weight| RmsNorm { weight, eps })
         };
         DecoderLayer {
             index: l,
             input_layernorm: RmsNorm {
-                weight: params.take(&format!("model.layers.{l}.input_layernorm.weight")),
+                weight: params.take(&names::input_layernorm(l).weight()),
                 eps,
             },
             self_attn: Attention {
@@ -356,14 +355,14 @@ impl DecoderLayer {
                 k_proj: linear(LinearKind::Key),
                 v_proj: linear(LinearKind::Value),
                 o_proj: linear(LinearKind::Output),
-                q_norm: norm("q_norm"),
-                k_norm: norm("k_norm"),
+                q_norm: norm(names::q_norm(l)),
+                k_norm: norm(names::k_norm(l)),
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
             },
             post_attention_layernorm: RmsNorm {
-                weight: params.take(&format!("model.layers.{l}.post_attention_layernorm.weight")),
+                weight: params.take(&names::post_attention_layernorm(l).weight()),
                 eps,
             },
             mlp: Mlp {

@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelConfig;
 use crate::error::PolicyError;
 use crate::model::{parameter_specs, CausalLM, LoadOptions, ParamInit};
+use crate::names;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -106,7 +107,7 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
     name.ends_with("rotary_emb.inv_freq")
         // Some tied checkpoints also store the (identical) head.
-        || (cfg.tie_word_embeddings && name == "lm_head.weight")
+        || (cfg.tie_word_embeddings && name == names::lm_head().weight())
 }
 
 impl CausalLM {
@@ -231,6 +232,7 @@ impl CausalLM {
             _ => Dtype::F32,
         };
         let params = self.var_store().variables();
+        let tied_head_name = names::lm_head().weight();
         let mut ordered: Vec<(&str, &Tensor)> = parameter_specs(self.config())
             .iter()
             .filter_map(|spec| params.get_key_value(spec.name.as_str()))
@@ -243,9 +245,9 @@ impl CausalLM {
         );
         if opts.tied_head_copy && self.config().tie_word_embeddings {
             let embed = params
-                .get("model.embed_tokens.weight")
+                .get(&names::embed_tokens().weight())
                 .expect("every decoder has an embedding");
-            ordered.push(("lm_head.weight", embed));
+            ordered.push((tied_head_name.as_str(), embed));
         }
         let sizes: Vec<u64> = ordered
             .iter()

@@ -22,52 +22,7 @@
 use tch::Tensor;
 
 pub use crate::linear::{linear, Weight};
-
-/// Which projection a [`ForwardHooks::linear_delta`] call is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinearKind {
-    Query,
-    Key,
-    Value,
-    Output,
-    Gate,
-    Up,
-    Down,
-    LmHead,
-}
-
-impl LinearKind {
-    /// The HF parameter-name suffix of this projection, e.g. `self_attn.q_proj`.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            LinearKind::Query => "self_attn.q_proj",
-            LinearKind::Key => "self_attn.k_proj",
-            LinearKind::Value => "self_attn.v_proj",
-            LinearKind::Output => "self_attn.o_proj",
-            LinearKind::Gate => "mlp.gate_proj",
-            LinearKind::Up => "mlp.up_proj",
-            LinearKind::Down => "mlp.down_proj",
-            LinearKind::LmHead => "lm_head",
-        }
-    }
-}
-
-/// Where a projection sits: its decoder layer (`None` for the LM head) and its kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinearSite {
-    pub layer: Option<usize>,
-    pub kind: LinearKind,
-}
-
-impl LinearSite {
-    /// The HF name of the weight this site multiplies, e.g. `model.layers.3.mlp.up_proj.weight`.
-    pub fn weight_name(&self) -> String {
-        match self.layer {
-            Some(l) => format!("model.layers.{l}.{}.weight", self.kind.hf_name()),
-            None => format!("{}.weight", self.kind.hf_name()),
-        }
-    }
-}
+pub use crate::names::{LinearKind, LinearSite};
 
 /// Callbacks the decoder makes during a forward pass. Every method has the plain-model default; see
 /// the module doc for how they compose.

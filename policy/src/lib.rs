@@ -12,6 +12,7 @@
 //! kv_cache.rs    preallocated KV cache for generation
 //! linear.rs      x W^T + b: the CPU GEMM dispatch of every projection (weight-first, few rows, oneDNN)
 //! few_rows_gemm.rs x W^T for the few rows of a decode step (f32, AVX-512/AVX2), streaming the weight
+//! names.rs       where each parameter sits and its HF / PEFT name -> ParamPath, LinearSite
 //! hooks.rs       ForwardHooks: additive embedding / linear deltas and layer_input / logits seams for
 //!                ALP, EGGROLL and adapters, composed by Stack; RowHooks: hooks per batch row
 //! noise.rs       counter-based Gaussian noise keyed by (seed, step, forward, slot): ALP and EGGROLL
@@ -26,6 +27,7 @@ pub mod hooks;
 pub mod kv_cache;
 pub mod linear;
 pub mod model;
+pub mod names;
 pub mod noise;
 pub mod onednn_head;
 pub mod openmp;

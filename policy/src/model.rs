@@ -12,8 +12,9 @@ use tch::{Device, Kind, Tensor};
 use crate::blocks::{Activations, DecoderLayer, Linear, NamedParams, RmsNorm};
 use crate::config::ModelConfig;
 use crate::error::PolicyError;
-use crate::hooks::{ForwardHooks, LinearKind, LinearSite};
+use crate::hooks::{ForwardHooks, LinearSite};
 use crate::kv_cache::KvCache;
+use crate::names;
 use crate::onednn_head::OnednnLmHead;
 pub use crate::params::{parameter_specs, ParamInit, ParamSpec};
 use crate::precision::{Bf16Compute, Precision};
@@ -83,19 +84,15 @@ impl CausalLM {
         let layers = (0..config.num_hidden_layers)
             .map(|l| DecoderLayer::from_params(&params, &config, l, precision))
             .collect();
-        let embed_tokens = params.take("model.embed_tokens.weight");
+        let embed_tokens = params.take(&names::embed_tokens().weight());
         // Tied models reuse the embedding matrix as the LM head and have no `lm_head.weight`.
         let lm_head_weight = if config.tie_word_embeddings {
             embed_tokens.shallow_clone()
         } else {
-            params.take("lm_head.weight")
+            params.take(&names::lm_head().weight())
         };
-        let lm_head_site = LinearSite {
-            layer: None,
-            kind: LinearKind::LmHead,
-        };
-        let lm_head = Linear::new(lm_head_site, lm_head_weight, precision);
-        let norm = RmsNorm::new(params.take("model.norm.weight"), eps);
+        let lm_head = Linear::new(LinearSite::lm_head(), lm_head_weight, precision);
+        let norm = RmsNorm::new(params.take(&names::final_norm().weight()), eps);
         let rotary = Rotary::new(&config, device);
         CausalLM {
             config,

@@ -1,6 +1,7 @@
 //! The parameters a config implies: their HF names, shapes and initialisation (the layout that
 //! checkpoints, fresh random models and the model's `VarStore` share).
 use crate::config::{Architecture, ModelConfig};
+use crate::names::{self, LinearKind, LinearSite};
 
 /// How a parameter is initialised in a fresh random model (HF `_init_weights` conventions).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,93 +27,57 @@ pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         .get("initializer_range")
         .and_then(|v| v.as_f64())
         .unwrap_or(0.02);
-    let mut specs = Vec::new();
-    let mut push = |name: String, shape: Vec<i64>, init: ParamInit| {
-        specs.push(ParamSpec { name, shape, init })
-    };
+    let matrix = ParamInit::Normal(std);
     let (h, i, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (q_out, kv_out) = (cfg.num_attention_heads * d, cfg.num_key_value_heads * d);
-    push(
-        "model.embed_tokens.weight".into(),
+    let mut specs = vec![spec(
+        names::embed_tokens().weight(),
         vec![cfg.vocab_size, h],
-        ParamInit::Normal(std),
-    );
+        matrix,
+    )];
     for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        push(
-            format!("{p}.input_layernorm.weight"),
+        // A projection's weight, then its bias if it has one.
+        let projection = |kind: LinearKind, out: i64, inp: i64, bias: bool| {
+            let path = LinearSite::in_layer(l, kind).path();
+            let mut specs = vec![spec(path.weight(), vec![out, inp], matrix)];
+            if bias {
+                specs.push(spec(path.bias(), vec![out], ParamInit::Zeros));
+            }
+            specs
+        };
+        specs.push(spec(
+            names::input_layernorm(l).weight(),
             vec![h],
             ParamInit::Ones,
-        );
-        for (proj, out) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
-            push(
-                format!("{p}.self_attn.{proj}.weight"),
-                vec![out, h],
-                ParamInit::Normal(std),
-            );
-            if cfg.qkv_bias {
-                push(
-                    format!("{p}.self_attn.{proj}.bias"),
-                    vec![out],
-                    ParamInit::Zeros,
-                );
-            }
-        }
-        push(
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![h, q_out],
-            ParamInit::Normal(std),
-        );
-        if cfg.o_bias {
-            push(
-                format!("{p}.self_attn.o_proj.bias"),
-                vec![h],
-                ParamInit::Zeros,
-            );
-        }
+        ));
+        specs.extend(projection(LinearKind::Query, q_out, h, cfg.qkv_bias));
+        specs.extend(projection(LinearKind::Key, kv_out, h, cfg.qkv_bias));
+        specs.extend(projection(LinearKind::Value, kv_out, h, cfg.qkv_bias));
+        specs.extend(projection(LinearKind::Output, h, q_out, cfg.o_bias));
         if cfg.architecture == Architecture::Qwen3 {
-            push(
-                format!("{p}.self_attn.q_norm.weight"),
-                vec![d],
-                ParamInit::Ones,
-            );
-            push(
-                format!("{p}.self_attn.k_norm.weight"),
-                vec![d],
-                ParamInit::Ones,
-            );
+            specs.push(spec(names::q_norm(l).weight(), vec![d], ParamInit::Ones));
+            specs.push(spec(names::k_norm(l).weight(), vec![d], ParamInit::Ones));
         }
-        push(
-            format!("{p}.post_attention_layernorm.weight"),
+        specs.push(spec(
+            names::post_attention_layernorm(l).weight(),
             vec![h],
             ParamInit::Ones,
-        );
-        for (proj, shape) in [
-            ("gate_proj", [i, h]),
-            ("up_proj", [i, h]),
-            ("down_proj", [h, i]),
-        ] {
-            push(
-                format!("{p}.mlp.{proj}.weight"),
-                shape.to_vec(),
-                ParamInit::Normal(std),
-            );
-            if cfg.mlp_bias {
-                push(
-                    format!("{p}.mlp.{proj}.bias"),
-                    vec![shape[0]],
-                    ParamInit::Zeros,
-                );
-            }
-        }
+        ));
+        specs.extend(projection(LinearKind::Gate, i, h, cfg.mlp_bias));
+        specs.extend(projection(LinearKind::Up, i, h, cfg.mlp_bias));
+        specs.extend(projection(LinearKind::Down, h, i, cfg.mlp_bias));
     }
-    push("model.norm.weight".into(), vec![h], ParamInit::Ones);
+    specs.push(spec(names::final_norm().weight(), vec![h], ParamInit::Ones));
     if !cfg.tie_word_embeddings {
-        push(
-            "lm_head.weight".into(),
+        specs.push(spec(
+            names::lm_head().weight(),
             vec![cfg.vocab_size, h],
-            ParamInit::Normal(std),
-        );
+            matrix,
+        ));
     }
     specs
+}
+
+fn spec(name: String, shape: Vec<i64>, init: ParamInit) -> ParamSpec {
+    ParamSpec { name, shape, init }
 }

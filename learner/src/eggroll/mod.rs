@@ -7,8 +7,9 @@
 //! and `2k + 1` share their pair's factors with signs `+1` and `-1`.
 //!
 //! - [`population`]: member `i`'s forward is `x W^T + s_i (sigma / sqrt r) (x B_i) A_i^T`, the base
-//!   product shared by the whole batch, the low-rank term added through [`alp_policy::ForwardHooks::linear_delta`] with per-row
-//!   members ([`alp_policy::RowHooks`] for the engine's continuous batching).
+//!   product shared by the whole batch, the low-rank term added through
+//!   [`alp_policy::ForwardHooks::linear_delta`] with per-row members ([`alp_policy::RowHooks`] for
+//!   the engine's continuous batching).
 //! - [`update`]: the ES gradient estimate `g = 1 / (N sigma) sum_i f_i s_i A_i B_i^T / sqrt r`,
 //!   computed per antithetic pair as `(diag(c) A)^T B`, never materialising an `m x n` matrix per
 //!   member.

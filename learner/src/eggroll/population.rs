@@ -2,6 +2,7 @@
 //! with the base product `x W^T` shared by every row of the batch.
 use std::collections::HashMap;
 
+use alp_policy::names;
 use alp_policy::params::parameter_specs;
 use alp_policy::{CausalLM, ForwardHooks, LinearSite, MemberHooks, ModelConfig, RowHooks, Weight};
 use tch::{Device, Kind, Tensor};
@@ -40,10 +41,9 @@ pub fn evolved_matrices_of(config: &ModelConfig) -> Vec<EvolvedMatrix> {
 }
 
 fn evolved(params: impl Iterator<Item = (String, Vec<i64>)>) -> Vec<EvolvedMatrix> {
+    let embedding = names::embed_tokens().weight();
     let mut out: Vec<EvolvedMatrix> = params
-        .filter(|(name, shape)| {
-            shape.len() == 2 && name.ends_with(".weight") && name != "model.embed_tokens.weight"
-        })
+        .filter(|(name, shape)| shape.len() == 2 && name.ends_with(".weight") && *name != embedding)
         .map(|(name, shape)| EvolvedMatrix {
             id: param_id(&name),
             m: shape[0],
