@@ -1,54 +1,38 @@
-//! One learner step: advantages, the no-grad forwards (`lp_old`, reference), then per mini-batch the
-//! training forwards with gradient accumulation over micro-batches and one optimizer step.
+//! The policy-gradient learner: owns the policy, its optimizer, the ALP scales and the gradient-sync
+//! seam, and runs one learner step as the phases of [`crate::step`]: plan (advantages, mini- and
+//! micro-batches), prepare (the no-grad forwards `lp_old` and reference, correction weights, mismatch
+//! statistics, global loss denominators), then per mini-batch the training forwards with gradient
+//! accumulation over micro-batches, the gradient sync, the clip and one optimizer step; then metrics.
 //!
-//! Which forwards run, and why:
-//! - `lp_old` (plain model, no grad, pre-update weights) runs when the correction needs it (TIS, MIS,
-//!   none), and also whenever the training forward cannot double as the unperturbed pre-update forward
-//!   the mismatch metrics need: with ALP (the training forward is perturbed) and with more than one
-//!   optimizer step per batch (later mini-batches see updated weights). For bypass with one optimizer
-//!   step the detached training log-probs *are* that forward, so no extra forward is spent on metrics.
-//! - the reference forward (no grad) runs only with `kl_coef > 0`.
-//! - the training forward uses [`AlpHooks`] with ALP and the plain model otherwise; forward number `k`
-//!   of step `s` draws noise keyed by (seed, s, k, layer), so every micro-batch and epoch gets fresh
-//!   noise that a recompute would reproduce.
-//!
-//! Mini-batches are contiguous slices of the batch in the order given (no shuffling), split into
-//! micro-batches of `micro_batch_size` samples; aggregation denominators count the whole mini-batch.
-use std::collections::BTreeMap;
+//! The training forward uses [`AlpHooks`](crate::alp::AlpHooks) with ALP and the plain model
+//! otherwise; forward number `k` of step `s` draws noise keyed by (seed, s, k, layer), so every
+//! micro-batch and epoch gets fresh noise that a recompute would reproduce.
 use std::path::Path;
 use std::time::Instant;
 
 use alp_policy::{ForwardHooks, NoHooks};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use crate::advantage::group_advantages;
 use crate::alp::AlpPerturbation;
 use crate::batch::{Entropy, Group, PackedBatch, Sample};
-use crate::correction::{correction_weights, CorrectionWeights};
 use crate::error::{LearnerError, Result};
-use crate::loss::{
-    masked_diff, policy_loss, sequence_log_ratio, AggregationScale, LossConfig, LossInputs,
-    LOG_RATIO_CLAMP,
-};
-use crate::metric_names as names;
-use crate::metrics::{batch_metrics, to_vec, Metrics, MismatchStats, RatioEval, RatioStats};
+use crate::loss::{AggregationScale, LossConfig};
+use crate::metrics::Metrics;
 pub use crate::optimizer::MODEL_GROUP;
 use crate::optimizer::{AdamW, ParamGroup};
-use crate::settings::{CorrectionKind, LearnerSettings, RatioLevel, SettingsError};
+use crate::settings::{CorrectionKind, LearnerSettings, SettingsError};
+use crate::step::micro::{forward_backward, MicroStep, StepTotals};
+use crate::step::prepare::{global_scales, prepare_micro_batches, Micro, MismatchSource};
+use crate::step::report::StepReport;
+use crate::step::update::clip_and_step;
+use crate::step::{GradientSync, LocalSync, StepPlan};
 use crate::trainable::TrainablePolicy;
 
 /// Name of the ALP `log_sigma` optimizer group (no weight decay).
 pub const ALP_GROUP: &str = "alp";
 
-/// A micro-batch with everything computed once per step.
-struct Micro {
-    packed: PackedBatch,
-    lp_old: Option<Tensor>,
-    ref_lp: Option<Tensor>,
-    correction: Option<CorrectionWeights>,
-}
-
-/// The learner: owns the policy being trained, its optimizer and the ALP scales.
+/// The policy-gradient learner: owns the policy being trained, its optimizer, the ALP scales and the
+/// [`GradientSync`] its gradients and loss denominators are summed through.
 pub struct Learner<P: TrainablePolicy> {
     settings: LearnerSettings,
     loss_cfg: LossConfig,
@@ -56,13 +40,17 @@ pub struct Learner<P: TrainablePolicy> {
     reference: Option<Box<dyn TrainablePolicy>>,
     alp: Option<AlpPerturbation>,
     optimizer: AdamW,
+    /// Every parameter the optimizer updates, in its order (shallow clones): what `sync` reduces.
+    synced_params: Vec<Tensor>,
+    sync: Box<dyn GradientSync>,
     step: u64,
 }
 
 impl<P: TrainablePolicy> Learner<P> {
     /// Validates the settings against the model and builds the optimizer (model group with weight
     /// decay; ALP group with `perturb_lr` and none). Create it after loading the policy's weights:
-    /// non-f32 parameters get their f32 master copy here.
+    /// non-f32 parameters get their f32 master copy here. The learner is one process ([`LocalSync`]);
+    /// [`Learner::with_gradient_sync`] makes it one of several.
     pub fn new(
         settings: LearnerSettings,
         policy: P,
@@ -97,6 +85,10 @@ impl<P: TrainablePolicy> Learner<P> {
                 weight_decay: 0.0,
             });
         }
+        let synced_params = groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(_, p)| p.shallow_clone()))
+            .collect();
         let optimizer = AdamW::from_settings(groups, &settings.optimizer);
         Ok(Self {
             loss_cfg: LossConfig::from_settings(&settings),
@@ -105,8 +97,17 @@ impl<P: TrainablePolicy> Learner<P> {
             reference,
             alp,
             optimizer,
+            synced_params,
+            sync: Box::new(LocalSync),
             step: 0,
         })
+    }
+
+    /// The learner as one of several processes that each train on a shard of every batch: gradients
+    /// and loss denominators are summed through `sync`.
+    pub fn with_gradient_sync(mut self, sync: Box<dyn GradientSync>) -> Self {
+        self.sync = sync;
+        self
     }
 
     pub fn settings(&self) -> &LearnerSettings {
@@ -147,235 +148,95 @@ impl<P: TrainablePolicy> Learner<P> {
         }))
     }
 
+    /// The plan of a step on `groups` (advantages within each group, mini- and micro-batches); the
+    /// train loop logs its advantages and hands it to [`Learner::train_planned`].
+    pub fn plan<'a>(&self, groups: &'a [Group]) -> Result<StepPlan<'a>> {
+        StepPlan::new(groups, &self.settings)
+    }
+
     /// One learner step on a batch of groups; returns the step's metrics.
     pub fn train_step(&mut self, groups: &[Group]) -> Result<Metrics> {
         let started = Instant::now();
-        let s = &self.settings;
-        let mut samples: Vec<&Sample> = Vec::new();
-        let mut advantages = Vec::new();
-        for g in groups {
-            if g.samples.is_empty() {
-                return Err(LearnerError::Batch("a group has no samples".into()));
-            }
-            let rewards: Vec<f64> = g.samples.iter().map(|x| x.reward).collect();
-            advantages.extend(group_advantages(&rewards, s.advantage));
-            samples.extend(g.samples.iter());
-        }
-        let n = samples.len();
-        if n < s.mini_batches {
-            return Err(LearnerError::Batch(format!(
-                "{n} samples cannot fill {} mini-batches",
-                s.mini_batches
-            )));
-        }
-        // Mini-batches as ranges of micro-batch indices; micro-batches as sample ranges.
-        let mut micro_ranges = Vec::new();
-        let mut mini_ranges = Vec::new();
-        for m in 0..s.mini_batches {
-            let (lo, hi) = (m * n / s.mini_batches, (m + 1) * n / s.mini_batches);
-            let first = micro_ranges.len();
-            let mut i = lo;
-            while i < hi {
-                let j = (i + s.micro_batch_size).min(hi);
-                micro_ranges.push(i..j);
-                i = j;
-            }
-            mini_ranges.push(first..micro_ranges.len());
-        }
+        let plan = self.plan(groups)?;
+        self.run_step(&plan, started)
+    }
 
-        let kind = s.correction.kind;
-        let optimizer_steps = s.mini_batches * s.epochs;
-        // The detached training log-probs are the unperturbed pre-update ones only without ALP and with
-        // a single optimizer step; otherwise the mismatch metrics need `lp_old`.
-        let mismatch_from_training = self.alp.is_none() && optimizer_steps == 1;
-        let mismatch_due = s.mismatch_every > 0 && self.step.is_multiple_of(s.mismatch_every);
-        let need_old = kind.ratio_against_old() || (!mismatch_from_training && mismatch_due);
-        let skip_mismatch = !need_old && !mismatch_from_training;
-        let device = self.policy.device();
-        let mut mismatch = MismatchStats::default();
-        let mut micros = Vec::with_capacity(micro_ranges.len());
-        for r in &micro_ranges {
-            let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
-                .at_temperature(s.score_temperature);
-            let fwd = |m: &dyn TrainablePolicy| {
-                tch::no_grad(|| packed.log_probs(m, &NoHooks, Entropy::Skip).0)
-            };
-            let lp_old = need_old.then(|| fwd(&self.policy));
-            if let Some(lp) = &lp_old {
-                mismatch.add(
-                    &to_vec(lp),
-                    &to_vec(&packed.mu),
-                    &to_vec(&packed.mask),
-                    packed.num_rows(),
-                );
-            }
-            let ref_lp = match (&self.reference, s.loss.kl_coef > 0.0) {
-                (Some(r), true) => Some(fwd(r.as_ref())),
-                _ => None,
-            };
-            let correction =
-                correction_weights(&s.correction, lp_old.as_ref(), &packed.mu, &packed.mask);
-            micros.push(Micro {
-                packed,
-                lp_old,
-                ref_lp,
-                correction,
-            });
-        }
+    /// One learner step on a plan made by [`Learner::plan`]; returns the step's metrics.
+    pub fn train_planned(&mut self, plan: &StepPlan) -> Result<Metrics> {
+        self.run_step(plan, Instant::now())
+    }
 
-        let mut ratios = RatioStats::default();
-        let (mut ent_sum, mut ent_tokens) = (0.0, 0.0);
-        let (mut pg_sum, mut total_sum, mut kl_sum) = (0.0, 0.0, 0.0);
-        let (mut norm_sum, mut skipped) = (0.0, 0usize);
-        let mut forward = 0u64;
-        let mut processed_tokens = 0usize;
-        for _epoch in 0..s.epochs {
-            for mini in &mini_ranges {
-                let scale = AggregationScale {
-                    tokens: micros[mini.clone()]
-                        .iter()
-                        .map(|m| m.packed.num_tokens())
-                        .sum::<usize>() as f64,
-                    sequences: micros[mini.clone()]
-                        .iter()
-                        .flat_map(|m| &m.packed.row_tokens)
-                        .filter(|&&t| t > 0)
-                        .count() as f64,
-                };
-                self.optimizer.zero_grad();
-                for micro in &micros[mini.clone()] {
-                    let p = &micro.packed;
-                    let alp_hooks = self.alp.as_ref().map(|a| a.hooks(self.step, forward));
-                    let hooks: &dyn ForwardHooks = match &alp_hooks {
-                        Some(h) => h,
-                        None => &NoHooks,
-                    };
-                    let entropy_mode = if self.loss_cfg.entropy_coef == 0.0 {
-                        Entropy::Detached
-                    } else {
-                        Entropy::WithGrad
-                    };
-                    let (lp, entropy) = p.log_probs(&self.policy, hooks, entropy_mode);
-                    let entropy = entropy.expect("entropy was requested");
-                    if mismatch_from_training && !need_old {
-                        mismatch.add(&to_vec(&lp), &to_vec(&p.mu), &to_vec(&p.mask), p.num_rows());
-                    }
-                    let base = if kind.ratio_against_old() {
-                        micro
-                            .lp_old
-                            .as_ref()
-                            .expect("lp_old is computed for this correction")
-                    } else {
-                        &p.mu
-                    };
-                    let out = policy_loss(
-                        &LossInputs {
-                            lp: &lp,
-                            base,
-                            mask: &p.mask,
-                            advantages: &p.advantages,
-                            weights: micro.correction.as_ref().map(|c| &c.weights),
-                            entropy: Some(&entropy),
-                            ref_lp: micro.ref_lp.as_ref(),
-                        },
-                        &self.loss_cfg,
-                        scale,
-                    );
-                    out.total.backward();
-                    forward += 1;
-                    processed_tokens += p.attention_mask.sum(Kind::Int64).int64_value(&[]) as usize;
-
-                    pg_sum += out.pg.double_value(&[]);
-                    total_sum += out.total.double_value(&[]);
-                    kl_sum += out.kl.as_ref().map_or(0.0, |k| k.double_value(&[]));
-                    ent_sum += (&entropy * &p.mask).sum(Kind::Float).double_value(&[]);
-                    ent_tokens += p.num_tokens() as f64;
-                    let mask = to_vec(&p.mask);
-                    let weights = micro.correction.as_ref().map(|c| to_vec(&c.weights));
-                    let keep = micro
-                        .correction
-                        .as_ref()
-                        .and_then(|c| c.keep.as_ref())
-                        .map(to_vec);
-                    // `ratio/*` and `ratio_seq/*` are against `mu` whatever the correction takes its
-                    // loss ratio against, so their tails compare across corrections (design section 4).
-                    let (vs_mu, seq_vs_mu) = if kind.ratio_against_old()
-                        || self.loss_cfg.level == RatioLevel::Sequence
-                    {
-                        let d = masked_diff(&lp.detach(), &p.mu, &p.mask);
-                        let seq = sequence_log_ratio(&d, &p.mask, self.loss_cfg.geometric)
-                            .clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP);
-                        (d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), seq)
-                    } else {
-                        (
-                            out.log_ratio.shallow_clone(),
-                            out.seq_log_ratio.shallow_clone(),
-                        )
-                    };
-                    ratios.add(&RatioEval {
-                        log_ratio_vs_mu: &to_vec(&vs_mu),
-                        seq_log_ratio_vs_mu: &to_vec(&seq_vs_mu),
-                        loss_log_ratio: &to_vec(&out.log_ratio),
-                        mask: &mask,
-                        correction: weights.as_deref(),
-                        keep: keep.as_deref(),
-                        clip_high: &to_vec(&out.clip_high),
-                        clip_low: &to_vec(&out.clip_low),
-                        clip_dual: &to_vec(&out.clip_dual),
-                    });
-                }
-                let norm = self.optimizer.clip_grad_norm(s.max_grad_norm);
-                norm_sum += norm;
-                if norm.is_finite() {
-                    self.optimizer.step();
-                } else {
-                    skipped += 1;
-                }
+    /// Prepare, then per epoch and mini-batch: forward and backward of its micro-batches, gradient
+    /// sync, clip and optimizer step; then the metrics.
+    fn run_step(&mut self, plan: &StepPlan, started: Instant) -> Result<Metrics> {
+        let layout = plan.layout()?;
+        let source = MismatchSource::new(&self.settings, self.alp.is_some(), self.step);
+        let (micros, mismatch) = prepare_micro_batches(
+            &self.settings,
+            &self.policy,
+            self.reference.as_deref(),
+            plan,
+            layout,
+            source,
+        )?;
+        let scales = global_scales(&micros, layout, self.sync.as_mut())?;
+        let mut totals = StepTotals {
+            mismatch,
+            ..Default::default()
+        };
+        for _epoch in 0..self.settings.epochs {
+            for (mini, &scale) in layout.mini_batches.iter().zip(&scales) {
+                self.train_mini_batch(&micros[mini.clone()], scale, source, &mut totals)?;
             }
         }
-
-        let mut m: Metrics = BTreeMap::new();
-        let steps = optimizer_steps as f64;
-        ratios.write(&mut m);
-        if skip_mismatch {
-            MismatchStats::write_skipped(&mut m);
-        } else {
-            mismatch.write(&mut m);
+        let metrics = StepReport {
+            totals: &totals,
+            optimizer: &self.optimizer,
+            alp: self.alp.as_ref(),
+            samples: plan.samples(),
+            optimizer_steps: self.settings.mini_batches * self.settings.epochs,
+            mismatch_skipped: source.skipped(),
+            with_kl: self.reference.is_some() && self.settings.loss.kl_coef > 0.0,
+            started,
         }
-        m.insert(names::LOSS_PG.into(), pg_sum / steps);
-        m.insert(names::LOSS_TOTAL.into(), total_sum / steps);
-        if self.reference.is_some() && s.loss.kl_coef > 0.0 {
-            m.insert(names::LOSS_KL.into(), kl_sum / steps);
-        }
-        m.insert(
-            names::POLICY_ENTROPY.into(),
-            if ent_tokens > 0.0 {
-                ent_sum / ent_tokens
-            } else {
-                f64::NAN
-            },
-        );
-        m.insert(names::GRAD_NORM.into(), norm_sum / steps);
-        m.insert(names::OPTIM_SKIPPED_STEPS.into(), skipped as f64);
-        let last = self.optimizer.steps_taken().saturating_sub(1);
-        m.insert(
-            names::OPTIM_LR.into(),
-            self.optimizer.lr_at(MODEL_GROUP, last).unwrap_or(f64::NAN),
-        );
-        if let Some(a) = &self.alp {
-            a.metrics(&mut m);
-        }
-        let rewards: Vec<f64> = samples.iter().map(|x| x.reward).collect();
-        let lengths: Vec<usize> = samples.iter().map(|x| x.completion_ids.len()).collect();
-        batch_metrics(&rewards, &lengths, &mut m);
-        let secs = started.elapsed().as_secs_f64();
-        m.insert(names::TIME_LEARNER_STEP_S.into(), secs);
-        m.insert(
-            names::THROUGHPUT_LEARNER_TOKENS_PER_S.into(),
-            processed_tokens as f64 / secs.max(1e-9),
-        );
+        .metrics();
         self.step += 1;
-        Ok(m)
+        Ok(metrics)
+    }
+
+    /// One optimizer step: forward and backward of each micro-batch (gradients accumulate), the
+    /// gradient sync, then clip and step on the summed gradients.
+    fn train_mini_batch(
+        &mut self,
+        micros: &[Micro],
+        scale: AggregationScale,
+        source: MismatchSource,
+        totals: &mut StepTotals,
+    ) -> Result<()> {
+        let ctx = MicroStep {
+            policy: &self.policy,
+            loss_cfg: &self.loss_cfg,
+            kind: self.settings.correction.kind,
+            mismatch_from_training: source.training_forward(),
+            scale,
+        };
+        self.optimizer.zero_grad();
+        for micro in micros {
+            let alp_hooks = self
+                .alp
+                .as_ref()
+                .map(|a| a.hooks(self.step, totals.forwards));
+            let hooks: &dyn ForwardHooks = match &alp_hooks {
+                Some(h) => h,
+                None => &NoHooks,
+            };
+            forward_backward(&ctx, micro, hooks, totals);
+        }
+        self.sync.sum_gradients(&self.synced_params)?;
+        let (norm, stepped) = clip_and_step(&mut self.optimizer, self.settings.max_grad_norm);
+        totals.norm_sum += norm;
+        totals.skipped += usize::from(!stepped);
+        Ok(())
     }
 
     /// Saves the optimizer (`optimizer.safetensors`) and the learner's own state (`learner.safetensors`:

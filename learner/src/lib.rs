@@ -20,6 +20,7 @@ pub use alp_policy::noise;
 pub mod optimizer;
 pub mod settings;
 pub mod sft;
+pub mod step;
 pub mod trainable;
 
 pub use advantage::group_advantages;
@@ -36,4 +37,5 @@ pub use settings::{
     RatioLevel, SettingsError,
 };
 pub use sft::{SftExample, SftLearner, SftSettings};
+pub use step::{BatchLayout, GradientSync, LocalSync, StepPlan};
 pub use trainable::TrainablePolicy;

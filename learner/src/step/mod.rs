@@ -1,0 +1,14 @@
+//! The phases of one policy-gradient learner step, each its own module: [`plan`] (advantages and the
+//! mini-/micro-batch layout), [`prepare`] (the no-grad forwards at the pre-update weights and the
+//! global loss denominators), [`micro`] (forward and backward of one micro-batch), [`sync`] (the seam
+//! that sums gradients and counts over processes), [`update`] (clip and optimizer step) and [`report`]
+//! (the metrics). [`crate::learner::Learner::train_step`] strings them together.
+pub(crate) mod micro;
+pub mod plan;
+pub(crate) mod prepare;
+pub(crate) mod report;
+pub mod sync;
+pub(crate) mod update;
+
+pub use plan::{BatchLayout, StepPlan};
+pub use sync::{GradientSync, LocalSync};

@@ -1,0 +1,105 @@
+//! Plan phase: each sample's group advantage, and how the batch is cut into mini-batches (one
+//! optimizer step each) and micro-batches (one forward and backward each).
+//!
+//! Mini-batches are contiguous slices of the batch in the order given (no shuffling); micro-batches
+//! are `micro_batch_size` consecutive samples of a mini-batch (the last one may be shorter).
+use std::ops::Range;
+
+use crate::advantage::group_advantages;
+use crate::batch::{Group, Sample};
+use crate::error::{LearnerError, Result};
+use crate::settings::LearnerSettings;
+
+/// Micro-batches as sample ranges, and mini-batches as ranges of micro-batch indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLayout {
+    pub micro_batches: Vec<Range<usize>>,
+    pub mini_batches: Vec<Range<usize>>,
+}
+
+impl BatchLayout {
+    /// The layout of `n` samples; `n >= mini_batches`, so that no mini-batch is empty.
+    fn new(n: usize, mini_batches: usize, micro_batch_size: usize) -> Self {
+        let mut micro = Vec::new();
+        let mut mini = Vec::new();
+        for m in 0..mini_batches {
+            let (lo, hi) = (m * n / mini_batches, (m + 1) * n / mini_batches);
+            let first = micro.len();
+            let mut i = lo;
+            while i < hi {
+                let j = (i + micro_batch_size).min(hi);
+                micro.push(i..j);
+                i = j;
+            }
+            mini.push(first..micro.len());
+        }
+        Self {
+            micro_batches: micro,
+            mini_batches: mini,
+        }
+    }
+}
+
+/// What a learner step will train on: the samples of all groups in order, one advantage each, and
+/// their layout. The train loop reads the advantages from here for its logs, so they are computed once.
+#[derive(Debug)]
+pub struct StepPlan<'a> {
+    samples: Vec<&'a Sample>,
+    advantages: Vec<f64>,
+    /// `None` when there are fewer samples than mini-batches.
+    layout: Option<BatchLayout>,
+    mini_batches: usize,
+}
+
+impl<'a> StepPlan<'a> {
+    /// Advantages within each group (`settings.advantage`) and the layout of `settings`; fails on an
+    /// empty group. Too few samples for the mini-batches is reported by [`StepPlan::layout`] instead,
+    /// so that a caller may still log the advantages of a step it skips.
+    pub fn new(groups: &'a [Group], settings: &LearnerSettings) -> Result<Self> {
+        let mut samples: Vec<&Sample> = Vec::new();
+        let mut advantages = Vec::new();
+        for g in groups {
+            if g.samples.is_empty() {
+                return Err(LearnerError::Batch("a group has no samples".into()));
+            }
+            let rewards: Vec<f64> = g.samples.iter().map(|x| x.reward).collect();
+            advantages.extend(group_advantages(&rewards, settings.advantage));
+            samples.extend(g.samples.iter());
+        }
+        let n = samples.len();
+        let layout = (n >= settings.mini_batches)
+            .then(|| BatchLayout::new(n, settings.mini_batches, settings.micro_batch_size));
+        Ok(Self {
+            samples,
+            advantages,
+            layout,
+            mini_batches: settings.mini_batches,
+        })
+    }
+
+    /// The samples of all groups, in the groups' order.
+    pub fn samples(&self) -> &[&'a Sample] {
+        &self.samples
+    }
+
+    /// One advantage per sample of [`StepPlan::samples`].
+    pub fn advantages(&self) -> &[f64] {
+        &self.advantages
+    }
+
+    /// Whether every mini-batch gets at least one sample (otherwise the step cannot run).
+    pub fn fills_mini_batches(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// The mini- and micro-batches; an error when the samples cannot fill the mini-batches.
+    pub fn layout(&self) -> Result<&BatchLayout> {
+        self.layout.as_ref().ok_or_else(|| {
+            LearnerError::Batch(format!(
+                "{} samples cannot fill {} mini-batches",
+                self.samples.len(),
+                self.mini_batches
+            ))
+        })
+    }
+}

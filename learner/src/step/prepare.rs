@@ -1,0 +1,137 @@
+//! Prepare phase: everything computed once per step before the first optimizer step, at the
+//! pre-update weights: packed micro-batches, `lp_old`, the reference log-probs, the TIS/MIS
+//! correction weights, the `mismatch/*` statistics, and the global aggregation denominators.
+//!
+//! Which forwards run, and why:
+//! - `lp_old` (plain model, no grad, pre-update weights) runs when the correction needs it (TIS, MIS,
+//!   none), and also whenever the training forward cannot double as the unperturbed pre-update forward
+//!   the mismatch metrics need: with ALP (the training forward is perturbed) and with more than one
+//!   optimizer step per batch (later mini-batches see updated weights). For bypass with one optimizer
+//!   step the detached training log-probs *are* that forward, so no extra forward is spent on metrics.
+//! - the reference forward (no grad) runs only with `kl_coef > 0`.
+use alp_policy::NoHooks;
+use tch::Tensor;
+
+use crate::batch::{Entropy, PackedBatch};
+use crate::correction::{correction_weights, CorrectionWeights};
+use crate::error::Result;
+use crate::loss::AggregationScale;
+use crate::metrics::{to_vec, MismatchStats};
+use crate::settings::LearnerSettings;
+use crate::step::plan::{BatchLayout, StepPlan};
+use crate::step::sync::GradientSync;
+use crate::trainable::TrainablePolicy;
+
+/// A micro-batch with everything computed once per step.
+pub(crate) struct Micro {
+    pub packed: PackedBatch,
+    pub lp_old: Option<Tensor>,
+    pub ref_lp: Option<Tensor>,
+    pub correction: Option<CorrectionWeights>,
+}
+
+/// Which forward the step's `mismatch/*` statistics come from, and whether `lp_old` runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MismatchSource {
+    /// `lp_old` is computed (the correction needs it, or the mismatch metrics are due and the training
+    /// forward cannot stand in for it); the statistics then come from it.
+    pub need_old: bool,
+    /// The detached training log-probs are the unperturbed pre-update ones (no ALP, one optimizer step).
+    pub from_training: bool,
+}
+
+impl MismatchSource {
+    pub fn new(s: &LearnerSettings, alp: bool, step: u64) -> Self {
+        let optimizer_steps = s.mini_batches * s.epochs;
+        let from_training = !alp && optimizer_steps == 1;
+        let due = s.mismatch_every > 0 && step.is_multiple_of(s.mismatch_every);
+        let need_old = s.correction.kind.ratio_against_old() || (!from_training && due);
+        Self {
+            need_old,
+            from_training,
+        }
+    }
+
+    /// The training forwards feed the statistics (no `lp_old` this step).
+    pub fn training_forward(self) -> bool {
+        self.from_training && !self.need_old
+    }
+
+    /// No forward of this step gives the statistics: they are reported as skipped (NaN).
+    pub fn skipped(self) -> bool {
+        !self.need_old && !self.from_training
+    }
+}
+
+/// Packs every micro-batch and runs its no-grad forwards; returns them with the mismatch statistics
+/// of `lp_old` (empty when `lp_old` does not run).
+pub(crate) fn prepare_micro_batches(
+    s: &LearnerSettings,
+    policy: &dyn TrainablePolicy,
+    reference: Option<&dyn TrainablePolicy>,
+    plan: &StepPlan,
+    layout: &BatchLayout,
+    source: MismatchSource,
+) -> Result<(Vec<Micro>, MismatchStats)> {
+    let device = policy.device();
+    let (samples, advantages) = (plan.samples(), plan.advantages());
+    let mut mismatch = MismatchStats::default();
+    let mut micros = Vec::with_capacity(layout.micro_batches.len());
+    for r in &layout.micro_batches {
+        let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
+            .at_temperature(s.score_temperature);
+        let fwd = |m: &dyn TrainablePolicy| {
+            tch::no_grad(|| packed.log_probs(m, &NoHooks, Entropy::Skip).0)
+        };
+        let lp_old = source.need_old.then(|| fwd(policy));
+        if let Some(lp) = &lp_old {
+            mismatch.add(
+                &to_vec(lp),
+                &to_vec(&packed.mu),
+                &to_vec(&packed.mask),
+                packed.num_rows(),
+            );
+        }
+        let ref_lp = match (reference, s.loss.kl_coef > 0.0) {
+            (Some(r), true) => Some(fwd(r)),
+            _ => None,
+        };
+        let correction =
+            correction_weights(&s.correction, lp_old.as_ref(), &packed.mu, &packed.mask);
+        micros.push(Micro {
+            packed,
+            lp_old,
+            ref_lp,
+            correction,
+        });
+    }
+    Ok((micros, mismatch))
+}
+
+/// The aggregation denominators of each mini-batch, summed over all processes through `sync`: trained
+/// tokens, and sequences with at least one trained token.
+pub(crate) fn global_scales(
+    micros: &[Micro],
+    layout: &BatchLayout,
+    sync: &mut dyn GradientSync,
+) -> Result<Vec<AggregationScale>> {
+    let mut counts = Vec::with_capacity(2 * layout.mini_batches.len());
+    for mini in &layout.mini_batches {
+        let micros = &micros[mini.clone()];
+        let tokens = micros.iter().map(|m| m.packed.num_tokens()).sum::<usize>();
+        let sequences = micros
+            .iter()
+            .flat_map(|m| &m.packed.row_tokens)
+            .filter(|&&t| t > 0)
+            .count();
+        counts.extend([tokens as f64, sequences as f64]);
+    }
+    sync.sum_counts(&mut counts)?;
+    Ok(counts
+        .chunks(2)
+        .map(|c| AggregationScale {
+            tokens: c[0],
+            sequences: c[1],
+        })
+        .collect())
+}
