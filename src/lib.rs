@@ -6,24 +6,30 @@
 //! docs/environments.md):
 //!
 //! ```no_run
-//! fn main() -> anyhow::Result<()> {
+//! fn main() -> std::process::ExitCode {
 //!     let registry = alp_rl::Registry::builtin();
-//!     // registry.register(alp_rl::EnvSpec::of::<MyEnv>())?;
-//!     alp_rl::run_cli(registry)
+//!     // registry.register(alp_rl::EnvSpec::of::<MyEnv>()) returns a Result to handle.
+//!     alp_rl::exit_with(alp_rl::run_cli(registry))
 //! }
 //! ```
+//!
+//! [`exit_with`] prints an error's message and causes, without a stack trace (`src/exit.rs`).
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-pub mod checkpoint;
+pub mod checkpoint_writer;
 pub mod commands;
 pub mod config;
+pub mod exit;
+pub mod models;
 pub mod parquet_log;
 pub mod report;
 pub mod run_dir;
+pub mod schedule;
 pub mod sft;
 pub mod train;
 
 pub use alp_envs::{EnvDef, EnvSpec, Environment, Registry};
+pub use exit::exit_with;
 
 #[derive(Parser)]
 #[command(

@@ -10,16 +10,16 @@ use std::time::Instant;
 
 use alp_envs::Environment;
 use alp_learner::metric_names as names;
-use alp_learner::sft::{check_file, SftLearner, SftSettings, SftSource};
-use alp_policy::{CausalLM, LoadOptions};
+use alp_learner::sft::{check_file, SftLearner, SftSettings, SftSource, SftStep};
+use alp_policy::CausalLM;
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tch::Device;
 
-use crate::checkpoint::{write_model, CheckpointState, CheckpointWriter, KEEP_ALL};
+use crate::checkpoint_writer::{write_model, CheckpointState, CheckpointWriter, KEEP_ALL};
 use crate::config::{SftSection, TrainConfig};
+use crate::models::{ModelFactory, ModelRole};
 use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::RunDir;
 
@@ -96,7 +96,6 @@ pub fn run(
     run: &RunDir,
     model_src: &Path,
     config_toml: &str,
-    device: Device,
 ) -> Result<SftSummary> {
     let final_model = run.checkpoint(sft.steps).join("model");
     if final_model.join("config.json").exists() {
@@ -109,87 +108,125 @@ pub fn run(
     }
     let tokenizer = Tokenizer::from_dir(model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
-    let kind = config.model.train_dtype.kind();
-    let opts = LoadOptions {
-        kind,
-        device,
-        ..LoadOptions::default()
-    };
-    let policy = CausalLM::load(model_src, &opts)
-        .with_context(|| format!("loading the model in {}", model_src.display()))?;
-    let extra = serde_json::to_value(&config.rollout.chat_extra)?
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let policy = ModelFactory::for_run(config).load(ModelRole::Policy, model_src)?;
+    let extra = config.rollout.chat_extra_json();
     let source = source(sft, env, &tokenizer, &extra)?;
     // Only once the data has loaded: a bad file leaves nothing that would refuse a rerun.
     std::fs::create_dir_all(run.checkpoints_dir())
         .with_context(|| format!("cannot create {}", run.checkpoints_dir().display()))?;
-    // SFT has no `keep`: every checkpoint it writes stays.
-    let checkpoints = CheckpointWriter::new(run, KEEP_ALL);
-    let mut learner = SftLearner::new(&settings(sft), policy);
+    let phase = Phase {
+        sft,
+        run,
+        config_toml,
+        tokenizer: &tokenizer,
+        extra: &extra,
+        // SFT has no `keep`: every checkpoint it writes stays.
+        checkpoints: CheckpointWriter::new(run, KEEP_ALL),
+    };
+    let learner = SftLearner::new(&settings(sft), policy);
     tracing::info!(steps = sft.steps, batch = sft.batch_size, lr = sft.lr, run = %run.root.display(), "supervised fine-tuning");
-    let mut rows = Vec::new();
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-    let (mut loss_sum, mut tokens_sum, mut n) = (0.0, 0usize, 0u64);
-    let started = Instant::now();
-    for step in 1..=sft.steps {
-        let batch = source.batch(sft.seed, step, sft.batch_size, &tokenizer, &extra)?;
-        let out = learner.train_step(&batch)?;
-        ensure!(
-            out.applied,
-            "SFT step {step}: non-finite loss ({}) or gradient; lower sft.lr",
-            out.loss
-        );
-        if step == 1 {
-            first_loss = out.loss;
-        }
-        last_loss = out.loss;
-        loss_sum += out.loss;
-        tokens_sum += out.tokens;
-        n += 1;
-        if step % sft.log_every == 0 || step == sft.steps {
-            let mut values = BTreeMap::new();
-            values.insert(names::SFT_LOSS.into(), loss_sum / n as f64);
-            values.insert(names::SFT_TOKENS.into(), tokens_sum as f64);
-            values.insert(names::SFT_LR.into(), out.lr);
-            values.insert(names::GRAD_NORM.into(), out.grad_norm);
-            values.insert(
-                names::TIME_ELAPSED_S.into(),
-                started.elapsed().as_secs_f64(),
-            );
-            tracing::info!(
-                "sft step {step}/{} | loss {:.4} | tokens {tokens_sum} | lr {:.2e} | {:.1}s",
-                sft.steps,
-                loss_sum / n as f64,
-                out.lr,
-                started.elapsed().as_secs_f64()
-            );
-            rows.push(MetricsRow {
-                step,
-                policy_version: step,
-                values,
-            });
-            parquet_log::write_parquet(
-                &run.metrics(),
-                &parquet_log::metrics_batch(&rows)?,
-                config_toml,
-            )?;
-            (loss_sum, tokens_sum, n) = (0.0, 0, 0);
-        }
-        if crate::train::due(step, sft.checkpoint_every, sft.steps) {
-            let state = SftState {
-                step,
-                seed: sft.seed,
-            };
-            checkpoints.save(&state, |staging| {
-                write_model(staging, learner.policy(), &tokenizer)
-            })?;
-        }
-    }
+    let (first_loss, last_loss) = phase.train(learner, &source)?;
     Ok(SftSummary {
         model: final_model,
         first_loss,
         last_loss,
     })
+}
+
+/// What the steps of one SFT phase share.
+struct Phase<'a> {
+    sft: &'a SftSection,
+    run: &'a RunDir,
+    config_toml: &'a str,
+    tokenizer: &'a Tokenizer,
+    extra: &'a Map<String, Value>,
+    checkpoints: CheckpointWriter<'a>,
+}
+
+/// The loss and tokens of the steps since the last metrics row.
+#[derive(Default)]
+struct LogWindow {
+    loss_sum: f64,
+    tokens_sum: usize,
+    steps: u64,
+    rows: Vec<MetricsRow>,
+}
+
+impl Phase<'_> {
+    /// Every step of the phase; the first and last step's loss.
+    fn train(&self, mut learner: SftLearner<CausalLM>, source: &SftSource) -> Result<(f64, f64)> {
+        let sft = self.sft;
+        let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+        let mut window = LogWindow::default();
+        let started = Instant::now();
+        for step in 1..=sft.steps {
+            let batch = source.batch(sft.seed, step, sft.batch_size, self.tokenizer, self.extra)?;
+            let out = learner.train_step(&batch)?;
+            ensure!(
+                out.applied,
+                "SFT step {step}: non-finite loss ({}) or gradient; lower sft.lr",
+                out.loss
+            );
+            if step == 1 {
+                first_loss = out.loss;
+            }
+            last_loss = out.loss;
+            window.loss_sum += out.loss;
+            window.tokens_sum += out.tokens;
+            window.steps += 1;
+            if step % sft.log_every == 0 || step == sft.steps {
+                self.log(&mut window, step, &out, started)?;
+            }
+            if crate::schedule::due(step, sft.checkpoint_every, sft.steps) {
+                let state = SftState {
+                    step,
+                    seed: sft.seed,
+                };
+                self.checkpoints.save(&state, |staging| {
+                    write_model(staging, learner.policy(), self.tokenizer)
+                })?;
+            }
+        }
+        Ok((first_loss, last_loss))
+    }
+
+    /// Appends the window's metrics row to `metrics.parquet`, prints it and starts a new window.
+    fn log(
+        &self,
+        window: &mut LogWindow,
+        step: u64,
+        out: &SftStep,
+        started: Instant,
+    ) -> Result<()> {
+        let mean_loss = window.loss_sum / window.steps as f64;
+        let mut values = BTreeMap::new();
+        values.insert(names::SFT_LOSS.into(), mean_loss);
+        values.insert(names::SFT_TOKENS.into(), window.tokens_sum as f64);
+        values.insert(names::SFT_LR.into(), out.lr);
+        values.insert(names::GRAD_NORM.into(), out.grad_norm);
+        values.insert(
+            names::TIME_ELAPSED_S.into(),
+            started.elapsed().as_secs_f64(),
+        );
+        tracing::info!(
+            "sft step {step}/{} | loss {:.4} | tokens {} | lr {:.2e} | {:.1}s",
+            self.sft.steps,
+            mean_loss,
+            window.tokens_sum,
+            out.lr,
+            started.elapsed().as_secs_f64()
+        );
+        window.rows.push(MetricsRow {
+            step,
+            policy_version: step,
+            values,
+        });
+        parquet_log::write_parquet(
+            &self.run.metrics(),
+            &parquet_log::metrics_batch(&window.rows)?,
+            self.config_toml,
+        )?;
+        (window.loss_sum, window.tokens_sum, window.steps) = (0.0, 0, 0);
+        Ok(())
+    }
 }

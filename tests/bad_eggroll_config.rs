@@ -239,6 +239,28 @@ fn bad_eggroll_settings_are_refused_before_any_work() {
                 "needs 6 rollouts, but it has 4",
             ],
         ),
+        // The batch shape against the population: refused by the config's validation, at the key.
+        (
+            "stale_members",
+            with(
+                "max_total_tokens = 16",
+                "max_total_tokens = 16\nmax_staleness = 1",
+            ),
+            vec![],
+            vec![
+                "FILE:10:1: `rollout.max_staleness`",
+                "set rollout.max_staleness = 0",
+            ],
+        ),
+        (
+            "samples_per_member_not_dividing_the_group",
+            with("lr = 0.001", "lr = 0.001\nsamples_per_member = 3"),
+            vec![],
+            vec![
+                "FILE:19:1: `learner.eggroll.samples_per_member`",
+                "must divide rollout.group_size = 2",
+            ],
+        ),
         (
             "group_fitness_alone",
             with("population = 4", "population = 0"),

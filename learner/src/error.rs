@@ -1,7 +1,7 @@
 //! The learner's error type.
 use thiserror::Error;
 
-use crate::settings::SettingsError;
+use crate::settings_error::SettingsError;
 
 #[derive(Debug, Error)]
 pub enum LearnerError {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub use alp_policy::noise;
 pub mod optimizer;
 pub mod settings;
+mod settings_error;
 pub mod sft;
 pub mod step;
 pub mod trainable;

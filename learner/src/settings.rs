@@ -7,28 +7,11 @@
 
 // Enums spelled as strings in the config use the workspace's one string-enum macro: an unknown value
 // is refused with the allowed values and the closest one.
+use crate::eggroll::EggrollSettings;
+pub(crate) use crate::settings_error::check;
+pub use crate::settings_error::SettingsError;
 use alp_macros::string_enum;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
-
-use crate::eggroll::EggrollSettings;
-
-/// A refused setting: the field's path below `[learner]` and why.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid learner setting `{field}`: {reason}")]
-pub struct SettingsError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl SettingsError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
 
 string_enum! {
     /// How rewards of a group become advantages.
@@ -374,18 +357,6 @@ impl Default for OptimizerSettings {
             total_steps: None,
             min_lr_ratio: 0.0,
         }
-    }
-}
-
-pub(crate) fn check(
-    ok: bool,
-    field: &str,
-    reason: impl FnOnce() -> String,
-) -> Result<(), SettingsError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(SettingsError::new(field, reason()))
     }
 }
 

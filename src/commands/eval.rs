@@ -86,7 +86,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let tokenizer = Tokenizer::from_dir(&args.model)
         .with_context(|| format!("eval needs tokenizer.json in {}", args.model.display()))?;
-    let model = super::load_inference_model(&args.model, kind)?;
+    let model = crate::models::load_for_command(&args.model, kind)?;
     let params = SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,

@@ -130,30 +130,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None
     };
 
-    let mut prompt_ids = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let ids = match input {
-            PromptInput::Ids(ids) => ids,
-            PromptInput::Text(text) if args.chat => {
-                let tok = tokenizer.as_ref().expect("loaded for text prompts");
-                chat_ids(tok, &[json!({"role": "user", "content": text})])?
-            }
-            PromptInput::Text(text) => {
-                let tok = tokenizer.as_ref().expect("loaded for text prompts");
-                tok.encode(&text, true)?
-                    .into_iter()
-                    .map(i64::from)
-                    .collect()
-            }
-            PromptInput::Messages(messages) => chat_ids(
-                tokenizer.as_ref().expect("loaded for chat prompts"),
-                &messages,
-            )?,
-        };
-        prompt_ids.push(ids);
-    }
+    let prompt_ids = tokenize_prompts(inputs, tokenizer.as_ref(), args.chat)?;
 
-    let model = super::load_inference_model(&args.model, kind)?;
+    let model = crate::models::load_for_command(&args.model, kind)?;
     let stop = default_stop_tokens(&model, tokenizer.as_ref());
     let params = SamplingParams {
         greedy: args.greedy,
@@ -205,6 +184,47 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "done"
     );
 
+    write_completions(&args, tokenizer.as_ref(), &completions, mode)
+}
+
+/// Token ids of each prompt: ids as given, text encoded (as a user turn with `--chat`), messages
+/// rendered with the chat template.
+fn tokenize_prompts(
+    inputs: Vec<PromptInput>,
+    tokenizer: Option<&Tokenizer>,
+    chat: bool,
+) -> Result<Vec<Vec<i64>>> {
+    let mut prompt_ids = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let ids = match input {
+            PromptInput::Ids(ids) => ids,
+            PromptInput::Text(text) if chat => {
+                let tok = tokenizer.expect("loaded for text prompts");
+                chat_ids(tok, &[json!({"role": "user", "content": text})])?
+            }
+            PromptInput::Text(text) => {
+                let tok = tokenizer.expect("loaded for text prompts");
+                tok.encode(&text, true)?
+                    .into_iter()
+                    .map(i64::from)
+                    .collect()
+            }
+            PromptInput::Messages(messages) => {
+                chat_ids(tokenizer.expect("loaded for chat prompts"), &messages)?
+            }
+        };
+        prompt_ids.push(ids);
+    }
+    Ok(prompt_ids)
+}
+
+/// One JSON object per completion, to `--out` or stdout.
+fn write_completions(
+    args: &GenerateArgs,
+    tokenizer: Option<&Tokenizer>,
+    completions: &[alp_rollout::Completion],
+    mode: LogprobMode,
+) -> Result<()> {
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -213,7 +233,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None => Box::new(std::io::stdout().lock()),
     };
     for (index, c) in completions.iter().enumerate() {
-        let text = match &tokenizer {
+        let text = match tokenizer {
             Some(tok) => {
                 let ids: Vec<u32> = c.completion_ids.iter().map(|&t| t as u32).collect();
                 Value::from(tok.decode(&ids, true)?)

@@ -7,39 +7,7 @@ pub mod report;
 pub mod sft;
 pub mod train;
 
-use std::path::Path;
-
-use anyhow::{bail, ensure, Context, Result};
-
-/// Loads the model in `dir` as an inference copy of dtype `kind`, on the GPU when there is one (a
-/// bf16 copy on a CPU without bf16 arithmetic is bf16-rounded f32, `Bf16Compute::Auto`).
-pub fn load_inference_model(dir: &Path, kind: tch::Kind) -> Result<alp_policy::CausalLM> {
-    let opts = alp_policy::LoadOptions {
-        kind,
-        device: tch::Device::cuda_if_available(),
-        bf16: alp_policy::Bf16Compute::Auto,
-    };
-    let model = alp_policy::CausalLM::load(dir, &opts)
-        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
-    check_finite(&model, dir)?;
-    Ok(model)
-}
-
-/// Refuses weights with NaN or infinite values: they would sample token 0 with NaN log-probs and report
-/// accuracy 0 as if the model had answered.
-pub fn check_finite(model: &alp_policy::CausalLM, dir: &Path) -> Result<()> {
-    for (name, t) in model.named_parameters() {
-        let _guard = tch::no_grad_guard();
-        if !bool::try_from(t.isfinite().all())? {
-            anyhow::bail!(
-                "the model in {} has non-finite (NaN or infinite) values in tensor `{name}`; the \
-                 checkpoint is corrupt or came from a diverged run",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
-}
+use anyhow::{bail, ensure, Result};
 
 /// Refuses sampling flags the way the config refuses the same `rollout.*` keys, naming the flag.
 pub fn check_sampling_flags(params: &alp_rollout::SamplingParams) -> Result<()> {

@@ -51,7 +51,6 @@ pub fn run(args: SftArgs, registry: &Registry) -> Result<()> {
     let config_toml = config.to_toml();
     train::write_run_files(&config, &loaded.path, &run, &config_toml)?;
     let model_src = train::initial_model(&config, &run)?;
-    let device = config.model.device.to_tch();
     let summary = crate::sft::run(
         &config,
         &sft,
@@ -59,7 +58,6 @@ pub fn run(args: SftArgs, registry: &Registry) -> Result<()> {
         &run,
         &model_src,
         &config_toml,
-        device,
     )?;
     tracing::info!(
         model = %summary.model.display(),

@@ -243,6 +243,18 @@ pub struct RolloutSection {
     pub vllm: Option<VllmSettings>,
 }
 
+impl RolloutSection {
+    /// `chat_extra` as the JSON object the chat template renders with (rollouts, warm start and
+    /// evaluation all pass the same variables).
+    pub fn chat_extra_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::to_value(&self.chat_extra)
+            .expect("a TOML table converts to JSON")
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 impl Default for RolloutSection {
     fn default() -> Self {
         RolloutSection {

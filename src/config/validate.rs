@@ -39,6 +39,24 @@ impl TrainConfig {
     /// Range and consistency checks; the error names the key (a dotted path) and what is allowed.
     /// Returns the environment, built once from `[env]` with `registry`.
     pub fn validate(&self, registry: &Registry) -> Result<Arc<dyn Environment>, (String, String)> {
+        self.validate_model()?;
+        self.validate_rollout()?;
+        self.validate_run()?;
+        self.validate_learner()?;
+        self.validate_backend()?;
+        self.validate_bf16_compute()?;
+        let env = self.validate_env(registry)?;
+        if let Some(sft) = &self.sft {
+            self.validate_sft(sft, env.as_ref())?;
+        }
+        if let Some(e) = &self.eval {
+            validate_eval(e)?;
+        }
+        Ok(env)
+    }
+
+    /// `[model]`: where the model comes from and the thread count.
+    fn validate_model(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         let m = &self.model;
         match (&m.path, &m.new_model) {
@@ -66,6 +84,12 @@ impl TrainConfig {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// `[rollout]` sizes, budgets and sampling (and `run.keep`, checked with the other counts).
+    fn validate_rollout(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         let r = &self.rollout;
         let at_least_one = [
             ("rollout.group_size", r.group_size),
@@ -120,6 +144,12 @@ impl TrainConfig {
         {
             return bad(&format!("rollout.{field}"), problem);
         }
+        Ok(())
+    }
+
+    /// `[run]`: steps, output directory, the non-finite step budget.
+    fn validate_run(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
         if self.run.steps < 1 {
             return bad("run.steps", "must be at least 1, got 0".into());
         }
@@ -141,6 +171,13 @@ impl TrainConfig {
                 "must be at least 1, got 0".into(),
             );
         }
+        Ok(())
+    }
+
+    /// `[learner]`: its own checks, then what depends on the step's sample count.
+    fn validate_learner(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_string(), msg));
+        let r = &self.rollout;
         if let Err(e) = self.learner.validate() {
             return bad(&format!("learner.{}", e.field), e.reason);
         }
@@ -156,16 +193,7 @@ impl TrainConfig {
                 ),
             );
         }
-        self.validate_backend()?;
-        self.validate_bf16_compute()?;
-        let env = self.validate_env(registry)?;
-        if let Some(sft) = &self.sft {
-            self.validate_sft(sft, env.as_ref())?;
-        }
-        if let Some(e) = &self.eval {
-            validate_eval(e)?;
-        }
-        Ok(env)
+        Ok(())
     }
 
     /// `model.bf16_compute` against the inference dtype and the backend.
@@ -254,6 +282,16 @@ impl TrainConfig {
             );
         }
         let k = es.samples_per_member;
+        if k >= 1 && !self.rollout.group_size.is_multiple_of(k) {
+            return bad(
+                "learner.eggroll.samples_per_member",
+                format!(
+                    "is {k} but must divide rollout.group_size = {} (a member's rollouts all answer \
+                     one prompt)",
+                    self.rollout.group_size
+                ),
+            );
+        }
         if es.population == 0 {
             if !rollouts.is_multiple_of(k) || !(rollouts / k).is_multiple_of(2) {
                 return bad(
@@ -286,6 +324,16 @@ impl TrainConfig {
                  leaves every member alone in its group, so every update would be zero; set \
                  rollout.group_size >= 2, or fitness = \"zscore\" or \"rank\""
                     .into(),
+            );
+        }
+        if self.rollout.max_staleness != 0 {
+            return bad(
+                "rollout.max_staleness",
+                format!(
+                    "is {} but EGGROLL's members are perturbations of the learner's current weights, \
+                     scored to update exactly those weights: set rollout.max_staleness = 0",
+                    self.rollout.max_staleness
+                ),
             );
         }
         Ok(())

@@ -26,8 +26,17 @@ fn names(list: &[&str]) -> Pick {
     Pick::Names(list.iter().map(|s| s.to_string()).collect())
 }
 
-/// The charts over steps, in the report's order.
+/// The charts over steps, in the report's order: the mismatch and ratio tails, the training signal,
+/// then EGGROLL's own.
 pub fn specs() -> Vec<ChartSpec> {
+    let mut all = mismatch_specs();
+    all.extend(training_specs());
+    all.extend(es_specs());
+    all
+}
+
+/// Ratio tails and the training-inference mismatch.
+fn mismatch_specs() -> Vec<ChartSpec> {
     let ratio = |s: &str| names::distribution(names::RATIO, s);
     vec![
         ChartSpec {
@@ -76,6 +85,12 @@ pub fn specs() -> Vec<ChartSpec> {
             ]),
             caption: "Mean and largest per-token |lp - mu| of each step.",
         },
+    ]
+}
+
+/// Reward, evaluation, corrections, staleness and time.
+fn training_specs() -> Vec<ChartSpec> {
+    vec![
         ChartSpec {
             id: "reward",
             title: "Reward and accuracy (training batches)",
@@ -141,6 +156,12 @@ pub fn specs() -> Vec<ChartSpec> {
             caption: "Wall time of each phase of a step: waiting for the batch, generating, \
                       waiting for weights, the update, the whole step, evaluation.",
         },
+    ]
+}
+
+/// The evolution-strategies learner's fitness and update.
+fn es_specs() -> Vec<ChartSpec> {
+    vec![
         ChartSpec {
             id: "es-fitness",
             title: "EGGROLL fitness",

@@ -34,7 +34,7 @@ pub(crate) fn starting_model(config: &TrainConfig) -> Result<(ModelConfig, Token
         ));
     }
     let preset = config.model.new_model.unwrap_or(Preset::Tiny);
-    let (cfg, tokenizer) = crate::commands::new_model::preset_config(preset, config.model.arch)?;
+    let (cfg, tokenizer) = crate::models::presets::preset_config(preset, config.model.arch)?;
     Ok((cfg, tokenizer, format!("the `{preset}` preset")))
 }
 
@@ -57,10 +57,7 @@ pub(crate) fn check_sft(config: &TrainConfig, sft: &SftSection) -> Result<()> {
     if sft.data.is_none() {
         return Ok(());
     }
-    let extra = serde_json::to_value(&config.rollout.chat_extra)?
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let extra = config.rollout.chat_extra_json();
     crate::sft::check_data(
         sft,
         &tokenizer,
@@ -79,7 +76,7 @@ pub(crate) fn check_model(
     check_device(config, config_path)?;
     let (model, tokenizer, source) = starting_model(config)?;
     if let Some(es) = config.eggroll_settings() {
-        check_eggroll(config, &es, &model, &source, config_path)?;
+        check_eggroll(&es, &model, &source, config_path)?;
     }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
@@ -114,7 +111,6 @@ pub(crate) fn check_model(
 /// Refuses `[learner.eggroll]` settings the starting model cannot take (a rank above the smaller side
 /// of an evolved matrix, a `params` pattern that matches no projection), from its config alone.
 fn check_eggroll(
-    config: &TrainConfig,
     es: &EggrollSettings,
     model: &ModelConfig,
     source: &str,
@@ -128,8 +124,6 @@ fn check_eggroll(
             e.reason
         );
     }
-    super::learners::es::members_per_step(config, es)
-        .with_context(|| format!("{}", config_path.display()))?;
     Ok(())
 }
 
@@ -142,10 +136,7 @@ fn first_prompt_len(
 ) -> Result<usize> {
     let example = env.example(alp_envs::Split::Train, 0)?;
     let episode = env.reset(&example.data)?;
-    let extra = serde_json::to_value(&config.rollout.chat_extra)?
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let extra = config.rollout.chat_extra_json();
     let tools = (!episode.tools.is_empty()).then_some(episode.tools.as_slice());
     let text = tokenizer
         .render_chat(&episode.messages, tools, true, &extra)
@@ -241,7 +232,7 @@ pub(crate) fn resume_checkpoint(run: &RunDir) -> Result<Option<(PathBuf, u64)>> 
         run.latest().display(),
         dir.display()
     );
-    let state = super::checkpoint::load_state(&dir)?;
+    let state = super::run_state::load_state(&dir)?;
     ensure!(
         state.step == step,
         "--resume: {} says step {} but its directory is {}; the checkpoint is inconsistent \

@@ -124,7 +124,7 @@ pub(crate) fn initial_model(config: &TrainConfig, run: &RunDir) -> Result<PathBu
             std::fs::remove_dir_all(&tmp)
                 .with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
-        crate::commands::new_model::write_model(
+        crate::models::presets::write_model(
             preset,
             config.model.arch,
             &tmp,

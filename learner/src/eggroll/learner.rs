@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{LearnerError, Result};
 use crate::metric_names as names;
-use crate::settings::SettingsError;
+use crate::settings_error::SettingsError;
 
 use super::factors::noise_epoch;
 use super::fitness::{shape_fitness, FitnessShaping};

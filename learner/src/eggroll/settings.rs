@@ -4,7 +4,7 @@
 use alp_macros::string_enum;
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{check, SettingsError};
+use crate::settings_error::{check, SettingsError};
 
 use super::population::EvolvedMatrix;
 

@@ -36,7 +36,8 @@ impl Eggroll {
         seed: u64,
         policy: CausalLM,
     ) -> Result<Self> {
-        members_per_step(config, &settings)?;
+        // The batch shape against the population (samples_per_member divides group_size, an even
+        // number of members, max_staleness = 0) is the config's validation (`validate_eggroll`).
         let group_size = config.rollout.group_size;
         let per_member = settings.samples_per_member.max(1);
         let rows = config.rollout.prompts_per_step * group_size;
@@ -60,38 +61,6 @@ impl Eggroll {
             group_size,
         })
     }
-}
-
-/// Members per step (`prompts_per_step x group_size / samples_per_member`), refusing a batch shape
-/// the population cannot take. Checked before any work (preflight) and again by [`Eggroll::new`].
-pub fn members_per_step(config: &TrainConfig, settings: &EggrollSettings) -> Result<usize> {
-    let group_size = config.rollout.group_size;
-    let per_member = settings.samples_per_member.max(1);
-    ensure!(
-        group_size.is_multiple_of(per_member),
-        "learner.eggroll.samples_per_member = {per_member} must divide rollout.group_size = \
-             {group_size} (a member's rollouts all answer one prompt)"
-    );
-    let rows = config.rollout.prompts_per_step * group_size;
-    let members = rows / per_member;
-    ensure!(
-        settings.population == 0 || settings.population == members,
-        "learner.eggroll.population = {} but a step has {members} members (rollout.prompts_per_step \
-         x rollout.group_size / learner.eggroll.samples_per_member); set it to {members} or 0",
-        settings.population
-    );
-    ensure!(
-        members.is_multiple_of(2),
-        "a step has {members} members (rollout.prompts_per_step x rollout.group_size / \
-         learner.eggroll.samples_per_member), an odd number; antithetic pairs need an even one"
-    );
-    ensure!(
-        config.rollout.max_staleness == 0,
-        "rollout.max_staleness = {} but EGGROLL's members are perturbations of the learner's current \
-         weights, scored to update exactly those weights: set rollout.max_staleness = 0",
-        config.rollout.max_staleness
-    );
-    Ok(members)
 }
 
 /// What the rollout worker needs to rebuild step `t`'s population: the same keys the update uses.

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-pub use crate::checkpoint::write_model;
-use crate::checkpoint::{CheckpointState, CheckpointWriter};
+pub use crate::checkpoint_writer::write_model;
+use crate::checkpoint_writer::{CheckpointState, CheckpointWriter};
 use crate::run_dir::RunDir;
 
 /// The runtime's own state: with the weights and the learner state it determines the rest of the run
@@ -38,5 +38,5 @@ pub fn writer(run: &RunDir, keep: usize) -> CheckpointWriter<'_> {
 
 /// Reads a checkpoint's runtime state.
 pub fn load_state(dir: &Path) -> Result<RuntimeState> {
-    crate::checkpoint::load_state(dir)
+    crate::checkpoint_writer::load_state(dir)
 }

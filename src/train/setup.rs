@@ -1,0 +1,257 @@
+//! Setting a run up, in the order that leaves nothing behind on a refusal: check the model and budgets,
+//! take the run directory, warm-start, find where to resume, build the learner, start the rollout
+//! worker and take the step-0 evaluation. What comes out is a [`Session`] that the loop steps.
+use std::path::{Path, PathBuf};
+
+use alp_learner::{Learner, TrainablePolicy};
+use alp_rollout::EpisodeSettings;
+use alp_tokenizer::Tokenizer;
+use anyhow::{ensure, Context, Result};
+
+use super::learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
+use super::rollout_backend::BackendSettings;
+use super::rollout_worker::{RolloutWorker, RolloutWorkerSettings};
+use super::run_state::{self, RuntimeState};
+use super::session::Session;
+use super::{eval, preflight, run_files, TrainRequest};
+use crate::config::TrainConfig;
+use crate::models::{ModelFactory, ModelRole};
+use crate::parquet_log::{self, MetricsRow};
+use crate::run_dir::RunDir;
+
+/// Everything before the first RL step.
+pub(super) fn start(req: &TrainRequest) -> Result<Session<'_>> {
+    let config = &req.config;
+    let run = RunDir::new(&req.run_dir);
+    let config_toml = config.to_toml();
+    // Refuse a missing model (or budgets it cannot hold) before anything is written, so a typo
+    // leaves no run directory behind; then hold the run directory's lock for the whole run.
+    preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
+    let lock = preflight::lock_run_dir(&run.root, !req.resume)?;
+    run_files::prepare_run_dir(req, &run, &config_toml)?;
+    let model_src = starting_model(req, &run, &config_toml)?;
+    let (latest, weights_dir, state) = resume_point(req, &run, &model_src)?;
+
+    let tokenizer = Tokenizer::from_dir(&model_src)
+        .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
+    let models = ModelFactory::for_run(config);
+    let policy = models.load(ModelRole::Policy, &weights_dir)?;
+    let stop = alp_rollout::default_stop_tokens(&policy, Some(&tokenizer));
+    let mut learner = build_learner(config, policy, &model_src, &models)?;
+    if let Some(dir) = &latest {
+        learner
+            .load_state(&dir.join("learner"))
+            .with_context(|| format!("restoring the learner from {}", dir.display()))?;
+    }
+    let metrics_rows = surviving_metrics(req, &run, &state)?;
+    super::logs::remove_rollouts_after(&run, state.step)?;
+
+    let evaluates = config.eval.is_some();
+    // Step 0: the starting point (after the SFT warm start, before any RL update).
+    let evaluate_first = evaluates && state.step == 0;
+    let worker = spawn_rollout_worker(
+        req,
+        &run,
+        &weights_dir,
+        &model_src,
+        stop,
+        &*learner,
+        &state,
+        evaluate_first,
+    )?;
+    let mut session = Session {
+        config,
+        run,
+        config_toml,
+        tokenizer,
+        learner,
+        worker,
+        first_step: state.step + 1,
+        state,
+        metrics_rows,
+        evaluates,
+        _lock: lock,
+    };
+    if evaluate_first {
+        let values = session.worker.evaluation()?;
+        session.metrics_rows.push(MetricsRow {
+            step: 0,
+            policy_version: 0,
+            values,
+        });
+        session.write_metrics()?;
+    }
+    Ok(session)
+}
+
+/// The model RL starts from: the config's, or the last model of an `[sft]` warm start (its logs and
+/// checkpoints go to RUN/sft/; it is also the reference policy of a KL term).
+fn starting_model(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Result<PathBuf> {
+    let config = &req.config;
+    let model_src = run_files::initial_model(config, run)?;
+    let Some(sft) = &config.sft else {
+        return Ok(model_src);
+    };
+    let sft_run = RunDir::new(run.root.join("sft"));
+    Ok(crate::sft::run(
+        config,
+        sft,
+        req.env.clone(),
+        &sft_run,
+        &model_src,
+        config_toml,
+    )?
+    .model)
+}
+
+/// Where the run continues: the latest complete checkpoint (its directory), the weights to load and
+/// the runtime state; a fresh run starts from `model_src` at step 0.
+fn resume_point(
+    req: &TrainRequest,
+    run: &RunDir,
+    model_src: &Path,
+) -> Result<(Option<PathBuf>, PathBuf, RuntimeState)> {
+    let config = &req.config;
+    let latest = if req.resume {
+        preflight::resume_checkpoint(run)?
+    } else {
+        None
+    };
+    let (weights_dir, state) = match &latest {
+        Some((dir, _)) => (dir.join("model"), run_state::load_state(dir)?),
+        None => {
+            if req.resume {
+                tracing::warn!(run = %run.root.display(), "no complete checkpoint: starting from step 0");
+            }
+            (
+                model_src.to_path_buf(),
+                RuntimeState {
+                    step: 0,
+                    policy_version: 0,
+                    seed: config.run.seed,
+                    nonfinite_run: 0,
+                    nonfinite_total: 0,
+                },
+            )
+        }
+    };
+    ensure!(
+        state.step <= config.run.steps,
+        "the run is already at step {} beyond run.steps = {}",
+        state.step,
+        config.run.steps
+    );
+    Ok((latest.map(|(dir, _)| dir), weights_dir, state))
+}
+
+/// The learner of `[learner] kind`, on `policy` (the reference policy of a KL term is the run's
+/// starting model, `model_src`).
+fn build_learner(
+    config: &TrainConfig,
+    policy: alp_policy::CausalLM,
+    model_src: &Path,
+    models: &ModelFactory,
+) -> Result<Box<dyn RunLearner>> {
+    if let Some(settings) = config.eggroll_settings() {
+        return Ok(Box::new(Eggroll::new(
+            config,
+            settings,
+            config.learner.seed,
+            policy,
+        )?));
+    }
+    let reference: Option<Box<dyn TrainablePolicy>> = if config.learner.loss.kl_coef > 0.0 {
+        Some(Box::new(models.load(ModelRole::Reference, model_src)?))
+    } else {
+        None
+    };
+    let learner = Learner::new(config.learner_settings(), policy, reference)?;
+    Ok(Box::new(PolicyGradient::new(config, learner)))
+}
+
+/// The metrics rows a resumed run keeps: steps after the checkpoint are redone, so their rows go (and
+/// their rollout files, [`super::logs::remove_rollouts_after`]). Without a checkpoint the run restarts
+/// from scratch and its step-0 evaluation runs again, so no row survives (a kept one would be
+/// duplicated).
+fn surviving_metrics(
+    req: &TrainRequest,
+    run: &RunDir,
+    state: &RuntimeState,
+) -> Result<Vec<MetricsRow>> {
+    if !(req.resume && run.metrics().exists()) {
+        return Ok(Vec::new());
+    }
+    let mut rows = parquet_log::read_metrics(&run.metrics())?;
+    rows.retain(|r| state.step > 0 && r.step <= state.step);
+    Ok(rows)
+}
+
+/// Starts the rollout worker on `weights_dir`: the backend of `rollout.backend`, the sampling and
+/// episode settings, the learner's population (EGGROLL) and the evaluation it runs.
+#[allow(clippy::too_many_arguments)]
+fn spawn_rollout_worker(
+    req: &TrainRequest,
+    run: &RunDir,
+    weights_dir: &Path,
+    model_src: &Path,
+    stop: Vec<i64>,
+    learner: &dyn RunLearner,
+    state: &RuntimeState,
+    evaluate_first: bool,
+) -> Result<RolloutWorker> {
+    let config = &req.config;
+    let env = req.env.clone();
+    let mut params = config.sampling_params();
+    if let Some(es) = config.eggroll_settings() {
+        // Members explore through their weights; their own sampling is greedy by default.
+        params.greedy = es.temperature == 0.0;
+        if es.temperature > 0.0 {
+            params.temperature = es.temperature;
+        }
+    }
+    params.stop_token_ids = stop.clone();
+    let episode = EpisodeSettings {
+        max_total_tokens: config.rollout.max_total_tokens,
+        chat_extra: config.rollout.chat_extra_json(),
+    };
+    let evaluation = match &config.eval {
+        Some(section) => Some(eval::Evaluation::new(
+            config,
+            section,
+            env.clone(),
+            stop,
+            episode.clone(),
+        )?),
+        None => None,
+    };
+    let models = ModelFactory::for_run(config);
+    Ok(RolloutWorker::spawn(RolloutWorkerSettings {
+        model_dir: weights_dir.to_path_buf(),
+        tokenizer_dir: model_src.to_path_buf(),
+        backend: match config.vllm_settings(&run.root) {
+            None => BackendSettings::Local {
+                kind: models.inference_kind,
+                device: models.device,
+                bf16: models.bf16,
+                batch_size: config.rollout.batch_size,
+            },
+            Some(settings) => BackendSettings::Vllm {
+                settings: Box::new(settings),
+                logprob_mode: config.rollout.logprob_mode,
+                reference_kind: models.train_kind,
+            },
+        },
+        env,
+        params,
+        episode,
+        group_size: config.rollout.group_size,
+        prompts_per_step: config.rollout.prompts_per_step,
+        seed: config.run.seed,
+        max_staleness: config.rollout.max_staleness,
+        first_batch: state.step,
+        end_batch: config.run.steps,
+        population: learner.batch_population(),
+        evaluation,
+        evaluate_first,
+    }))
+}
