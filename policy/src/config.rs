@@ -8,30 +8,9 @@ use serde_json::{Map, Value};
 use std::path::Path;
 
 use crate::error::PolicyError;
-
-alp_macros::string_enum! {
-    /// The supported decoder families (HF `model_type`). They differ only in biases, q/k norms and
-    /// rope scaling.
-    pub enum Architecture: "architecture" {
-        /// Qwen2 / Qwen2.5: bias on q, k and v projections.
-        Qwen2 => "qwen2",
-        /// Qwen3: per-head RMSNorm on q and k before RoPE, explicit `head_dim`, optional attention bias.
-        Qwen3 => "qwen3",
-        /// Llama 3 / SmolLM2: no biases unless `attention_bias` / `mlp_bias`, optional llama3 rope scaling.
-        Llama => "llama",
-    }
-}
-
-impl Architecture {
-    /// The transformers class (`config.json`'s `architectures`).
-    pub fn hf_class(self) -> &'static str {
-        match self {
-            Self::Qwen2 => "Qwen2ForCausalLM",
-            Self::Qwen3 => "Qwen3ForCausalLM",
-            Self::Llama => "LlamaForCausalLM",
-        }
-    }
-}
+pub use crate::family::Architecture;
+use crate::family::Family;
+use crate::unsupported::refuse_unsupported;
 
 /// How rotary frequencies are scaled for long context.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,8 +78,6 @@ struct RawConfig {
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
-    hidden_act: Option<String>,
-    use_sliding_window: Option<bool>,
     bos_token_id: Option<Value>,
     eos_token_id: Option<Value>,
     torch_dtype: Option<String>,
@@ -137,19 +114,14 @@ impl ModelConfig {
     /// Parses the text of a `config.json`; `path` only names the file in errors.
     pub fn from_json_str(text: &str, path: &str) -> Result<Self, PolicyError> {
         let (raw_map, raw) = parse_raw(text, path)?;
-        let architecture = architecture_of(&raw, path)?;
-        refuse_unsupported(&raw, path)?;
+        let family = family_of(&raw, path)?;
+        refuse_unsupported(&raw_map, family, path)?;
         let heads = AttentionShape::resolve(&raw, path)?;
         let (rope_theta, rope_scaling) = rope_settings(&raw, path)?;
-        let attention_bias = raw.attention_bias.unwrap_or(false);
-        let (qkv_bias, o_bias) = match architecture {
-            Architecture::Qwen2 => (true, false),
-            Architecture::Qwen3 => (attention_bias, attention_bias),
-            Architecture::Llama => (attention_bias, attention_bias),
-        };
+        let (qkv_bias, o_bias) = family.attention_biases(raw.attention_bias.unwrap_or(false));
 
         let config = ModelConfig {
-            architecture,
+            architecture: family.architecture,
             vocab_size: required(raw.vocab_size, "vocab_size", path)?,
             hidden_size: heads.hidden_size,
             intermediate_size: required(raw.intermediate_size, "intermediate_size", path)?,
@@ -161,12 +133,15 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(32_768),
-            // transformers defaults tie_word_embeddings to True in PretrainedConfig, but Qwen2,
-            // Qwen3 and Llama configs set False as their own default.
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            // transformers defaults tie_word_embeddings to True in PretrainedConfig; each family's
+            // config class sets its own default.
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(family.tie_word_embeddings_default),
             qkv_bias,
             o_bias,
-            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            // A family without MLP biases refuses `mlp_bias: true` (unsupported.rs).
+            mlp_bias: family.mlp_bias_key && raw.mlp_bias.unwrap_or(false),
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&raw.eos_token_id),
             stored_dtype: raw.dtype.or(raw.torch_dtype),
@@ -271,41 +246,18 @@ fn parse_raw(text: &str, path: &str) -> Result<(Map<String, Value>, RawConfig), 
     Ok((raw_map, raw))
 }
 
-/// The family named by `model_type` (or else the first of `architectures`).
-fn architecture_of(raw: &RawConfig, path: &str) -> Result<Architecture, PolicyError> {
-    let model_type = match (&raw.model_type, &raw.architectures) {
+/// The family named by `model_type` (or else the first of `architectures`, a transformers class).
+fn family_of(raw: &RawConfig, path: &str) -> Result<&'static Family, PolicyError> {
+    let name = match (&raw.model_type, &raw.architectures) {
         (Some(t), _) => t.clone(),
         (None, Some(archs)) if !archs.is_empty() => archs[0].clone(),
         _ => required(None, "model_type", path)?,
     };
-    model_type
-        .parse::<Architecture>()
-        .map_err(|_| PolicyError::UnsupportedArchitecture {
-            path: path.to_string(),
-            model_type: model_type.clone(),
-        })
-}
-
-/// Refuses settings that change the computation in ways this decoder does not implement.
-fn refuse_unsupported(raw: &RawConfig, path: &str) -> Result<(), PolicyError> {
-    if let Some(act) = &raw.hidden_act {
-        if act != "silu" {
-            return Err(PolicyError::ConfigField {
-                path: path.to_string(),
-                field: "hidden_act",
-                problem: format!("is {act:?}; only \"silu\" is supported"),
-            });
-        }
-    }
-    if raw.use_sliding_window == Some(true) {
-        return Err(PolicyError::ConfigField {
-            path: path.to_string(),
-            field: "use_sliding_window",
-            problem: "is true; sliding-window attention is not supported, set it to false"
-                .to_string(),
-        });
-    }
-    Ok(())
+    Family::named(&name).ok_or_else(|| PolicyError::UnsupportedArchitecture {
+        path: path.to_string(),
+        model_type: name.clone(),
+        supported: Family::supported(),
+    })
 }
 
 /// The attention's sizes: `head_dim` defaults to `hidden_size / num_attention_heads` and

@@ -21,10 +21,13 @@ pub enum PolicyError {
         problem: String,
     },
 
-    #[error(
-        "{path}: unknown architecture (model_type {model_type:?}); supported: qwen2, qwen3, llama"
-    )]
-    UnsupportedArchitecture { path: String, model_type: String },
+    #[error("{path}: unknown architecture (model_type {model_type:?}); supported: {supported}")]
+    UnsupportedArchitecture {
+        path: String,
+        model_type: String,
+        /// The supported families, from the family table.
+        supported: String,
+    },
 
     #[error(
         "{dir}: no weights found (expected model.safetensors or model.safetensors.index.json)"

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! config.rs      config.json in every spelling        -> ModelConfig
+//! family.rs      one row per architecture family (names, biases, q/k norm, keys) -> Family
+//! unsupported.rs config.json keys this decoder refuses, by name
 //! dtype.rs       compute dtypes by name (f32, bf16, f16) -> Dtype
 //! precision.rs   a dtype request -> storage + rounding  -> Precision, Bf16Compute (bf16-rounded f32)
 //! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
@@ -22,6 +24,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod family;
 pub mod few_rows_gemm;
 pub mod hooks;
 pub mod kv_cache;
@@ -34,6 +37,7 @@ pub mod openmp;
 pub mod params;
 pub mod precision;
 pub mod rope;
+mod unsupported;
 
 pub use checkpoint::{hf_dtype_name, SaveOptions, DEFAULT_MAX_SHARD_SIZE};
 pub use config::{Architecture, ModelConfig, RopeScaling};

@@ -1,6 +1,6 @@
 //! The parameters a config implies: their HF names, shapes and initialisation (the layout that
 //! checkpoints, fresh random models and the model's `VarStore` share).
-use crate::config::{Architecture, ModelConfig};
+use crate::config::ModelConfig;
 use crate::names::{self, LinearKind, LinearSite};
 
 /// How a parameter is initialised in a fresh random model (HF `_init_weights` conventions).
@@ -54,7 +54,7 @@ pub fn parameter_specs(cfg: &ModelConfig) -> Vec<ParamSpec> {
         specs.extend(projection(LinearKind::Key, kv_out, h, cfg.qkv_bias));
         specs.extend(projection(LinearKind::Value, kv_out, h, cfg.qkv_bias));
         specs.extend(projection(LinearKind::Output, h, q_out, cfg.o_bias));
-        if cfg.architecture == Architecture::Qwen3 {
+        if cfg.architecture.family().qk_norm {
             specs.push(spec(names::q_norm(l).weight(), vec![d], ParamInit::Ones));
             specs.push(spec(names::k_norm(l).weight(), vec![d], ParamInit::Ones));
         }

@@ -88,6 +88,16 @@ fn unknown_architecture_is_named() {
         msg.contains("gpt_neox") && msg.contains("unknown architecture"),
         "{msg}"
     );
+    // The supported list comes from the family table, with the transformers class names.
+    for name in [
+        "qwen2",
+        "qwen3",
+        "llama",
+        "Qwen2ForCausalLM",
+        "LlamaForCausalLM",
+    ] {
+        assert!(msg.contains(name), "{name} missing from: {msg}");
+    }
 }
 
 #[test]
@@ -305,4 +315,242 @@ fn a_weight_map_outside_the_checkpoint_is_refused() {
             "{shard}: {msg}"
         );
     }
+}
+
+/// `cfg` with `edits` applied, parsed.
+fn parse_edited(
+    mut cfg: serde_json::Value,
+    edits: &[(&str, serde_json::Value)],
+) -> Result<ModelConfig, PolicyError> {
+    for (key, value) in edits {
+        cfg[*key] = value.clone();
+    }
+    ModelConfig::from_json_str(&cfg.to_string(), "m/config.json")
+}
+
+/// Asserts that `edits` on `arch`'s tiny config are refused with an error naming `field` and the file.
+fn assert_refused(arch: &str, edits: &[(&str, serde_json::Value)], field: &str) {
+    let msg = parse_edited(TinyModel::new(arch).json(), edits)
+        .map(|_| "accepted".to_string())
+        .unwrap_or_else(|e| e.to_string());
+    assert!(
+        msg.contains("m/config.json") && msg.contains(&format!("`{field}`")),
+        "{arch} {edits:?}: {msg}"
+    );
+}
+
+#[test]
+fn hidden_act_other_than_silu_is_refused() {
+    assert_refused("llama", &[("hidden_act", json!("gelu"))], "hidden_act");
+}
+
+#[test]
+fn sliding_window_attention_is_refused_when_a_layer_would_use_it() {
+    // HF's rule: with use_sliding_window, layers from max_window_layers on (or those layer_types
+    // marks) attend through the window; sliding_window absent means 4096.
+    for arch in ["qwen2", "qwen3"] {
+        assert_refused(
+            arch,
+            &[
+                ("use_sliding_window", json!(true)),
+                ("max_window_layers", json!(0)),
+            ],
+            "use_sliding_window",
+        );
+        assert_refused(
+            arch,
+            &[
+                ("use_sliding_window", json!(true)),
+                ("sliding_window", json!(16)),
+                ("max_window_layers", json!(1)),
+            ],
+            "use_sliding_window",
+        );
+        assert_refused(
+            arch,
+            &[
+                ("use_sliding_window", json!(true)),
+                ("max_window_layers", json!(5)),
+                (
+                    "layer_types",
+                    json!(["full_attention", "sliding_attention"]),
+                ),
+            ],
+            "use_sliding_window",
+        );
+        // No layer slides: the window is off, null, or starts past the last layer.
+        let qwen = TinyModel::new(arch).json();
+        for edits in [
+            vec![
+                ("use_sliding_window", json!(false)),
+                ("sliding_window", json!(32768)),
+                ("max_window_layers", json!(0)),
+            ],
+            vec![
+                ("use_sliding_window", json!(true)),
+                ("sliding_window", json!(null)),
+            ],
+            vec![
+                ("use_sliding_window", json!(true)),
+                ("sliding_window", json!(64)),
+                ("max_window_layers", json!(2)),
+            ],
+            // The default max_window_layers (28) is past the tiny model's 2 layers.
+            vec![("use_sliding_window", json!(true))],
+        ] {
+            parse_edited(qwen.clone(), &edits).unwrap_or_else(|e| panic!("{edits:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn biases_a_family_does_not_have_are_refused() {
+    assert_refused("qwen2", &[("mlp_bias", json!(true))], "mlp_bias");
+    assert_refused("qwen3", &[("mlp_bias", json!(true))], "mlp_bias");
+    assert_refused(
+        "qwen2",
+        &[("attention_bias", json!(true))],
+        "attention_bias",
+    );
+    // Where the family has them, they are parameters.
+    let llama = parse_edited(
+        TinyModel::new("llama").json(),
+        &[("mlp_bias", json!(true)), ("attention_bias", json!(true))],
+    )
+    .unwrap();
+    assert!(llama.mlp_bias && llama.qkv_bias && llama.o_bias);
+    let qwen3 = parse_edited(
+        TinyModel::new("qwen3").json(),
+        &[("attention_bias", json!(true))],
+    )
+    .unwrap();
+    assert!(qwen3.qkv_bias && qwen3.o_bias && !qwen3.mlp_bias);
+}
+
+#[test]
+fn partial_rotary_embeddings_are_refused() {
+    assert_refused(
+        "llama",
+        &[("partial_rotary_factor", json!(0.5))],
+        "partial_rotary_factor",
+    );
+    assert_refused(
+        "qwen2",
+        &[(
+            "rope_parameters",
+            json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}),
+        )],
+        "partial_rotary_factor",
+    );
+    parse_edited(
+        TinyModel::new("llama").json(),
+        &[("partial_rotary_factor", json!(1.0))],
+    )
+    .unwrap();
+}
+
+#[test]
+fn logit_softcapping_is_refused() {
+    for field in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        assert_refused("qwen3", &[(field, json!(30.0))], field);
+        parse_edited(TinyModel::new("qwen3").json(), &[(field, json!(null))]).unwrap();
+    }
+}
+
+#[test]
+fn attention_dropout_is_refused() {
+    assert_refused(
+        "qwen2",
+        &[("attention_dropout", json!(0.1))],
+        "attention_dropout",
+    );
+    parse_edited(
+        TinyModel::new("qwen2").json(),
+        &[("attention_dropout", json!(0.0))],
+    )
+    .unwrap();
+}
+
+#[test]
+fn rope_scaling_types_not_implemented_are_refused() {
+    for rope_type in ["dynamic", "yarn", "longrope"] {
+        assert_refused(
+            "llama",
+            &[(
+                "rope_scaling",
+                json!({"rope_type": rope_type, "factor": 4.0}),
+            )],
+            "rope_scaling",
+        );
+    }
+}
+
+#[test]
+fn quantized_checkpoints_are_refused() {
+    assert_refused(
+        "qwen2",
+        &[(
+            "quantization_config",
+            json!({"quant_method": "gptq", "bits": 4}),
+        )],
+        "quantization_config",
+    );
+}
+
+#[test]
+fn released_model_configs_load() {
+    // The computation-relevant keys of Qwen2.5-0.5B-Instruct, Qwen3-0.6B, Llama-3.2-1B and
+    // SmolLM2-135M's config.json files, on the tiny shapes.
+    let qwen25 = [
+        ("architectures", json!(["Qwen2ForCausalLM"])),
+        ("attention_dropout", json!(0.0)),
+        ("hidden_act", json!("silu")),
+        ("max_window_layers", json!(21)),
+        ("rope_scaling", json!(null)),
+        ("sliding_window", json!(32768)),
+        ("use_sliding_window", json!(false)),
+    ];
+    let qwen3 = [
+        ("architectures", json!(["Qwen3ForCausalLM"])),
+        ("attention_bias", json!(false)),
+        ("attention_dropout", json!(0.0)),
+        ("max_window_layers", json!(28)),
+        ("sliding_window", json!(null)),
+        ("use_sliding_window", json!(false)),
+    ];
+    let llama32 = [
+        ("architectures", json!(["LlamaForCausalLM"])),
+        ("attention_bias", json!(false)),
+        ("mlp_bias", json!(false)),
+        ("pretraining_tp", json!(1)),
+        (
+            "rope_scaling",
+            json!({"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"}),
+        ),
+    ];
+    let smollm2 = [
+        ("architectures", json!(["LlamaForCausalLM"])),
+        ("attention_bias", json!(false)),
+        ("attention_dropout", json!(0.0)),
+        ("mlp_bias", json!(false)),
+        ("pretraining_tp", json!(1)),
+        ("rope_scaling", json!(null)),
+    ];
+    for (arch, edits) in [
+        ("qwen2", &qwen25[..]),
+        ("qwen3", &qwen3[..]),
+        ("llama", &llama32[..]),
+        ("llama", &smollm2[..]),
+    ] {
+        let cfg = parse_edited(TinyModel::new(arch).json(), edits)
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(cfg.architecture.as_str(), arch);
+    }
+    // A file naming only the transformers class is that family.
+    let mut by_class = TinyModel::new("qwen3").json();
+    by_class.as_object_mut().unwrap().remove("model_type");
+    by_class["architectures"] = json!(["Qwen3ForCausalLM"]);
+    let cfg = ModelConfig::from_json_str(&by_class.to_string(), "m/config.json").unwrap();
+    assert_eq!(cfg.architecture.as_str(), "qwen3");
 }

@@ -228,7 +228,7 @@ fn a_stack_chains_inputs_and_logits_in_order_and_sums_the_deltas() {
         ..down
     };
     let y = hooks.linear(up, &x, &Weight::new(&w), None);
-    assert!(y.equal(&(&x.matmul(&w.tr()))));
+    assert!(y.equal(&x.matmul(&w.tr())));
     // (1 * 2) * 3, and (1 - 2) - 3.
     let h = hooks.layer_input(0, x.shallow_clone());
     assert!(h.equal(&(&x * 6.0)));
