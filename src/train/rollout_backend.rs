@@ -41,7 +41,7 @@ pub enum BackendSettings {
 /// The rollout worker's backend: a [`GenerationBackend`] plus what differs between the kinds (the
 /// population members only the local engine applies, the servers' counters).
 pub enum RolloutBackend {
-    Local(LocalEngine),
+    Local(Box<LocalEngine>),
     /// The servers, with the reference copy of the learner's weights each sync is written from and
     /// probed against.
     Vllm(Box<VllmBackend>),
@@ -70,7 +70,7 @@ impl RolloutBackend {
                 let model = load(*kind, *device, *bf16)?;
                 tracing::info!(compute = %model.precision().describe(), "rollout engine");
                 let engine = LocalEngine::new(model, *batch_size).with_version(version);
-                Ok((RolloutBackend::Local(engine), None))
+                Ok((RolloutBackend::Local(Box::new(engine)), None))
             }
             BackendSettings::Vllm {
                 settings,
@@ -92,7 +92,7 @@ impl RolloutBackend {
     /// The backend as episodes and evaluation drive it.
     pub fn generation_backend(&mut self) -> &mut dyn GenerationBackend {
         match self {
-            RolloutBackend::Local(engine) => engine,
+            RolloutBackend::Local(engine) => engine.as_mut(),
             RolloutBackend::Vllm(backend) => backend.as_mut(),
         }
     }

@@ -9,7 +9,7 @@ use alp_envs::{cli, EnvError, Environment, Episode, Example, Message, Split};
 use alp_policy::{CausalLM, SaveOptions};
 use alp_rollout::{
     run_episodes, EpisodeSettings, GenerationBackend, LocalEngine, LogprobMode, ReplicaState,
-    RolloutError, SamplingParams, WeightUpdate,
+    RolloutError, SamplingParams, WeightPayload, WeightUpdate,
 };
 use alp_vllm::{VllmBackend, VllmError};
 use common::*;
@@ -50,6 +50,9 @@ fn one_launched_server() {
     truncated_sampling_with_temperature_logprobs_is_refused(&mut backend, &tok);
     a_sync_of_wrong_weights_fails_its_probe(&mut backend, &tok, work.path());
     episodes_run_unchanged_on_the_server(&mut backend, &tok);
+    // The servers hold seed 3's weights as version 3; from here updates apply to a reference copy.
+    let mut backend = backend.with_reference(model(&tok, 3));
+    updates_apply_to_the_reference_copy(&mut backend, &tok);
     assert!(matches!(backend.health()[0].state, ReplicaState::Serving));
 }
 
@@ -254,6 +257,69 @@ fn a_sync_of_wrong_weights_fails_its_probe(
         backend.stats()[0].taken_out,
         0,
         "a refused reload is the weights' fault, not the server's"
+    );
+}
+
+/// Weight updates as the rollout worker sends them, on a backend holding a reference copy at
+/// version 3 (seed 3): a subset update serves seed 3 with layer 0 from seed 4 (the expected model is
+/// built by copying those tensors by hand), an update naming an unknown tensor is refused with its
+/// name and leaves version 4 serving, and a whole model through `sync_weights` serves that model.
+fn updates_apply_to_the_reference_copy(backend: &mut VllmBackend, tok: &alp_tokenizer::Tokenizer) {
+    let params = SamplingParams {
+        greedy: true,
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    let reqs = requests(4, tok.vocab_size() as i64, 16);
+    let (base, other) = (model(tok, 3), model(tok, 4));
+    let layer0 = |name: &str| name.starts_with("model.layers.0.");
+    let subset: Vec<(String, tch::Tensor)> = other
+        .named_parameters()
+        .into_iter()
+        .filter(|(n, _)| layer0(n))
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let theirs = other.var_store().variables();
+    tch::no_grad(|| {
+        for (name, mut mine) in base.var_store().variables() {
+            if layer0(&name) {
+                mine.copy_(&theirs[&name]);
+            }
+        }
+    });
+    let update = WeightUpdate {
+        version: 4,
+        payload: WeightPayload::Subset(subset),
+    };
+    let report = backend.apply_update(&update).unwrap();
+    assert_eq!((report.version, report.probes.len()), (4, 1));
+    assert_same(
+        &local(&base, &reqs, &params),
+        &backend.generate(&reqs, &params).unwrap(),
+        TOL,
+    );
+
+    let unknown = WeightUpdate {
+        version: 5,
+        payload: WeightPayload::Subset(vec![(
+            "model.layers.0.mlp.gate.weight".into(),
+            tch::Tensor::zeros([2, 2], tch::kind::FLOAT_CPU),
+        )]),
+    };
+    let e = backend.apply_update(&unknown).unwrap_err();
+    assert!(
+        e.to_string().contains("model.layers.0.mlp.gate.weight"),
+        "{e}"
+    );
+    assert_eq!(backend.policy_version(), 4);
+    assert!(backend.generate(&reqs, &params).is_ok());
+
+    let v5 = model(tok, 5);
+    assert_eq!(backend.sync_weights(&v5, 5).unwrap().version, 5);
+    assert_same(
+        &local(&v5, &reqs, &params),
+        &backend.generate(&reqs, &params).unwrap(),
+        TOL,
     );
 }
 
