@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use alp_learner::metric_names as names;
-use alp_learner::{group_advantages, AdvantageKind, Group, Learner, Sample};
+use alp_learner::{Group, Learner, Sample};
 use alp_policy::CausalLM;
 use anyhow::{Context, Result};
 use tch::{Device, Kind};
@@ -15,9 +15,7 @@ use crate::train::rows::{to_sample, BatchRows, RowContext};
 
 pub struct PolicyGradient {
     learner: Learner<CausalLM>,
-    advantage: AdvantageKind,
     row_context: RowContext,
-    mini_batches: usize,
     /// Log each trained token's log-prob before and after the update (`run.log_logprobs`).
     log_logprobs: bool,
     micro_batch_size: usize,
@@ -27,9 +25,7 @@ impl PolicyGradient {
     pub fn new(config: &TrainConfig, learner: Learner<CausalLM>) -> Self {
         PolicyGradient {
             learner,
-            advantage: config.learner.advantage,
             row_context: RowContext::of(config),
-            mini_batches: config.learner.mini_batches,
             log_logprobs: config.run.log_logprobs,
             micro_batch_size: config.learner.micro_batch_size,
         }
@@ -66,17 +62,17 @@ impl RunLearner for PolicyGradient {
         // Row index of each trained sample, in the order the groups hold them.
         let mut trained_rows = Vec::new();
         for keep in &rows.trainable {
-            let rewards: Vec<f64> = keep.iter().map(|(_, t)| t.reward).collect();
-            let advantages = group_advantages(&rewards, self.advantage);
-            let mut samples = Vec::with_capacity(keep.len());
-            for (&(row, t), advantage) in keep.iter().zip(advantages) {
-                rows.rows[row].advantage = advantage;
-                trained_rows.push(row);
-                samples.push(to_sample(t));
+            if !keep.is_empty() {
+                trained_rows.extend(keep.iter().map(|&(row, _)| row));
+                groups.push(Group {
+                    samples: keep.iter().map(|&(_, t)| to_sample(t)).collect(),
+                });
             }
-            if !samples.is_empty() {
-                groups.push(Group { samples });
-            }
+        }
+        // The learner's plan holds the group advantages the rows log and the step trains on.
+        let plan = self.learner.plan(&groups)?;
+        for (&row, &advantage) in trained_rows.iter().zip(plan.advantages()) {
+            rows.rows[row].advantage = advantage;
         }
         let log_lp = self.log_logprobs && !groups.is_empty();
         if log_lp {
@@ -86,18 +82,17 @@ impl RunLearner for PolicyGradient {
         }
         // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than
         // that (failed episodes are dropped) the step is skipped rather than failing the run.
-        let trainable_samples: usize = groups.iter().map(|g| g.samples.len()).sum();
-        let mut metrics = if trainable_samples < self.mini_batches {
+        let mut metrics = if !plan.fills_mini_batches() {
             tracing::warn!(
                 step,
-                trainable_samples,
-                mini_batches = self.mini_batches,
+                trainable_samples = plan.samples().len(),
+                mini_batches = self.learner.settings().mini_batches,
                 "too few trainable samples in this step (failed episodes are dropped): no update"
             );
             Default::default()
         } else {
             self.learner
-                .train_step(&groups)
+                .train_planned(&plan)
                 .with_context(|| format!("learner step {step}"))?
         };
         if log_lp {
