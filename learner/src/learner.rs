@@ -4,13 +4,14 @@
 //! statistics, global loss denominators), then per mini-batch the training forwards with gradient
 //! accumulation over micro-batches, the gradient sync, the clip and one optimizer step; then metrics.
 //!
-//! The training forward uses [`AlpHooks`](crate::alp::AlpHooks) with ALP and the plain model
-//! otherwise; forward number `k` of step `s` draws noise keyed by (seed, s, k, layer), so every
-//! micro-batch and epoch gets fresh noise that a recompute would reproduce.
+//! The training forward's hooks are a [`Stack`](alp_policy::Stack) holding ALP's perturbation
+//! ([`AlpHooks`](crate::alp::AlpHooks)) when ALP is on, and nothing (the plain model) otherwise; forward
+//! number `k` of step `s` draws noise keyed by (seed, s, k, layer), so every micro-batch and epoch
+//! gets fresh noise that a recompute would reproduce.
 use std::path::Path;
 use std::time::Instant;
 
-use alp_policy::{ForwardHooks, NoHooks};
+use alp_policy::ForwardHooks;
 use tch::Tensor;
 
 use crate::alp::AlpPerturbation;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 pub use crate::optimizer::MODEL_GROUP;
 use crate::optimizer::{AdamW, ParamGroup};
 use crate::settings::{CorrectionKind, LearnerSettings, SettingsError};
-use crate::step::micro::{forward_backward, MicroStep, StepTotals};
+use crate::step::micro::{forward_backward, training_hooks, MicroStep, StepTotals};
 use crate::step::prepare::{global_scales, prepare_micro_batches, Micro, MismatchSource};
 use crate::step::report::StepReport;
 use crate::step::update::clip_and_step;
@@ -226,11 +227,7 @@ impl<P: TrainablePolicy> Learner<P> {
                 .alp
                 .as_ref()
                 .map(|a| a.hooks(self.step, totals.forwards));
-            let hooks: &dyn ForwardHooks = match &alp_hooks {
-                Some(h) => h,
-                None => &NoHooks,
-            };
-            forward_backward(&ctx, micro, hooks, totals);
+            forward_backward(&ctx, micro, &training_hooks(alp_hooks.as_ref()), totals);
         }
         self.sync.sum_gradients(&self.synced_params)?;
         let (norm, stepped) = clip_and_step(&mut self.optimizer, self.settings.max_grad_norm);

@@ -1,8 +1,9 @@
 //! Micro-batch phase: one training forward with grad, its loss, its backward (the gradient accumulates
 //! over the micro-batches of a mini-batch), and its share of the step's metrics.
-use alp_policy::ForwardHooks;
+use alp_policy::{ForwardHooks, Stack};
 use tch::{Kind, Tensor};
 
+use crate::alp::AlpHooks;
 use crate::batch::Entropy;
 use crate::loss::{
     masked_diff, policy_loss, sequence_log_ratio, AggregationScale, LossConfig, LossInputs,
@@ -39,6 +40,13 @@ pub(crate) struct StepTotals {
     /// Training forwards run so far this step (keys the ALP noise of the next one).
     pub forwards: u64,
     pub processed_tokens: usize,
+}
+
+/// The hooks of a training forward, composed with [`Stack`]: ALP's perturbation when it is on. Other
+/// hooks the training forward should run (an adapter the learner trains) join the stack here; an empty
+/// stack is the plain model.
+pub(crate) fn training_hooks<'a>(alp: Option<&'a AlpHooks<'a>>) -> Stack<'a> {
+    Stack(alp.into_iter().map(|h| h as &dyn ForwardHooks).collect())
 }
 
 /// Forward with `hooks`, loss, backward, and the micro-batch's metrics added to `totals`.
