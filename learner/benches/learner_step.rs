@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use alp_learner::{
-    group_advantages, AdvantageKind, CorrectionKind, Group, Learner, LearnerSettings, Sample,
+    group_advantages, AdvantageKind, CorrectionKind, Group, LearnerSettings, PgLearner, Sample,
 };
 use alp_policy::{CausalLM, LoadOptions};
 use alp_test_support::bench::{self, cpu_flags, env_or, libtorch_isa_caps};
@@ -39,7 +39,7 @@ fn warm_learner(
     device: tch::Device,
     s: LearnerSettings,
     groups: &[Group],
-) -> Learner<CausalLM> {
+) -> PgLearner<CausalLM> {
     let model = CausalLM::load(
         dir,
         &LoadOptions {
@@ -48,13 +48,13 @@ fn warm_learner(
         },
     )
     .unwrap();
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     learner.train_step(groups).unwrap();
     learner
 }
 
 /// Seconds `steps` learner steps take.
-fn time_steps(learner: &mut Learner<CausalLM>, groups: &[Group], steps: usize) -> f64 {
+fn time_steps(learner: &mut PgLearner<CausalLM>, groups: &[Group], steps: usize) -> f64 {
     let start = Instant::now();
     for _ in 0..steps {
         let m = learner.train_step(groups).unwrap();
@@ -144,7 +144,7 @@ fn main() {
 
     // Our three variants take turns, round after round, each keeping its fastest round, so a slow
     // spell of the machine does not land on one of them alone.
-    let mut learners: Vec<Learner<CausalLM>> = [
+    let mut learners: Vec<PgLearner<CausalLM>> = [
         settings(CorrectionKind::Bypass, batch, 1),
         settings(CorrectionKind::Alp, batch, 1),
         settings(CorrectionKind::Alp, batch, 0),

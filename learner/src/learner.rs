@@ -34,7 +34,7 @@ pub const ALP_GROUP: &str = "alp";
 
 /// The policy-gradient learner: owns the policy being trained, its optimizer, the ALP scales and the
 /// [`GradientSync`] its gradients and loss denominators are summed through.
-pub struct Learner<P: TrainablePolicy> {
+pub struct PgLearner<P: TrainablePolicy> {
     settings: LearnerSettings,
     loss_cfg: LossConfig,
     policy: P,
@@ -47,11 +47,11 @@ pub struct Learner<P: TrainablePolicy> {
     step: u64,
 }
 
-impl<P: TrainablePolicy> Learner<P> {
+impl<P: TrainablePolicy> PgLearner<P> {
     /// Validates the settings against the model and builds the optimizer (model group with weight
     /// decay; ALP group with `perturb_lr` and none). Create it after loading the policy's weights:
     /// non-f32 parameters get their f32 master copy here. The learner is one process ([`LocalSync`]);
-    /// [`Learner::with_gradient_sync`] makes it one of several.
+    /// [`PgLearner::with_gradient_sync`] makes it one of several.
     pub fn new(
         settings: LearnerSettings,
         policy: P,
@@ -150,7 +150,7 @@ impl<P: TrainablePolicy> Learner<P> {
     }
 
     /// The plan of a step on `groups` (advantages within each group, mini- and micro-batches); the
-    /// train loop logs its advantages and hands it to [`Learner::train_planned`].
+    /// train loop logs its advantages and hands it to [`PgLearner::train_planned`].
     pub fn plan<'a>(&self, groups: &'a [Group]) -> Result<StepPlan<'a>> {
         StepPlan::new(groups, &self.settings)
     }
@@ -162,7 +162,7 @@ impl<P: TrainablePolicy> Learner<P> {
         self.run_step(&plan, started)
     }
 
-    /// One learner step on a plan made by [`Learner::plan`]; returns the step's metrics.
+    /// One learner step on a plan made by [`PgLearner::plan`]; returns the step's metrics.
     pub fn train_planned(&mut self, plan: &StepPlan) -> Result<Metrics> {
         self.run_step(plan, Instant::now())
     }
@@ -258,7 +258,7 @@ impl<P: TrainablePolicy> Learner<P> {
         Ok(())
     }
 
-    /// Restores what [`Learner::save_state`] wrote; the policy's weights must be restored separately.
+    /// Restores what [`PgLearner::save_state`] wrote; the policy's weights must be restored separately.
     pub fn load_state(&mut self, dir: &Path) -> Result<()> {
         self.optimizer.load(&dir.join("optimizer.safetensors"))?;
         let own: std::collections::HashMap<String, Tensor> =

@@ -28,7 +28,7 @@ pub use advantage::group_advantages;
 pub use alp::{AlpHooks, AlpPerturbation};
 pub use batch::{completion_log_probs, token_log_probs, Entropy, Group, PackedBatch, Sample};
 pub use error::{LearnerError, Result};
-pub use learner::{Learner, ALP_GROUP, MODEL_GROUP};
+pub use learner::{PgLearner, ALP_GROUP, MODEL_GROUP};
 pub use loss::{policy_loss, AggregationScale, ClipConfig, LossConfig, LossInputs, LossOutput};
 pub use metrics::Metrics;
 pub use optimizer::{AdamW, AdamWConfig, ParamGroup, Schedule};

@@ -18,7 +18,7 @@ macro_rules! fixed_names {
 }
 
 fixed_names! {
-    // --- Policy-gradient learner (`Learner::train_step`): ratio tails, clips, weights.
+    // --- Policy-gradient learner (`PgLearner::train_step`): ratio tails, clips, weights.
     /// Fraction of trained tokens whose ratio `exp(lp - mu)` is above 2.
     RATIO_FRAC_ABOVE_2 = "ratio/frac_above_2";
     /// Fraction of trained tokens whose ratio `exp(lp - mu)` is above 5.

@@ -109,7 +109,7 @@ string_enum! {
     /// Which learner trains the policy (`[learner] kind`).
     #[derive(Default)]
     pub enum LearnerKind {
-        /// Policy gradient ([`crate::Learner`]): advantages, the clipped surrogate, off-policy
+        /// Policy gradient ([`crate::PgLearner`]): advantages, the clipped surrogate, off-policy
         /// corrections, ALP; every `[learner]` key except `eggroll`.
         #[default]
         Pg => "pg",

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use alp_learner::noise::{standard_normal, NoiseKey};
 use alp_learner::{
-    AlpPerturbation, AlpSettings, AlpTarget, CorrectionKind, Group, Learner, LearnerSettings,
+    AlpPerturbation, AlpSettings, AlpTarget, CorrectionKind, Group, LearnerSettings, PgLearner,
     TrainablePolicy,
 };
 use alp_policy::{ForwardHooks, NoHooks};
@@ -232,7 +232,7 @@ fn log_sigma_learns_under_its_own_lr_without_weight_decay() {
     let model = ToyLm::new(8, 16, 3, 3);
     let groups = batch(&model, 1);
     let before: Vec<Tensor> = model.params().iter().map(|p| p.detach().copy()).collect();
-    let mut learner = Learner::new(alp_settings(), model, None).unwrap();
+    let mut learner = PgLearner::new(alp_settings(), model, None).unwrap();
     let log0 = learner.alp().unwrap().log_sigma().detach().copy();
     learner.train_step(&groups).unwrap();
     let log1 = learner.alp().unwrap().log_sigma().detach().copy();
@@ -252,7 +252,7 @@ fn log_sigma_learns_under_its_own_lr_without_weight_decay() {
     s.optimizer.lr = 1e-3;
     s.optimizer.weight_decay = 0.0;
     let model = ToyLm::new(8, 16, 3, 3);
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     learner.train_step(&groups).unwrap();
     assert!(bit_equal(
         &learner.alp().unwrap().log_sigma().detach(),
@@ -275,7 +275,7 @@ fn noise_only_in_the_training_forward() {
     let mut s = alp_settings();
     s.micro_batch_size = 16;
     s.alp.perturb_lr = 0.0;
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     // mu := the learner's own unperturbed log-probs, packed exactly as the training step packs them.
     let samples: Vec<&alp_learner::Sample> = groups.iter().flat_map(|g| &g.samples).collect();
     let lp = learner.log_probs(&samples, &NoHooks).unwrap();
@@ -319,7 +319,7 @@ fn mismatch_forward_can_be_spaced_out() {
     let data = batch(&model, 3);
     let mut s = alp_settings();
     s.mismatch_every = 2;
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     let m0 = learner.train_step(&data).unwrap();
     let m1 = learner.train_step(&data).unwrap();
     let m2 = learner.train_step(&data).unwrap();

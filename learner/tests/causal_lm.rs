@@ -4,7 +4,7 @@ mod common;
 use std::cell::RefCell;
 
 use alp_learner::{
-    AlpPerturbation, AlpSettings, CorrectionKind, Learner, LearnerSettings, RatioLevel,
+    AlpPerturbation, AlpSettings, CorrectionKind, LearnerSettings, PgLearner, RatioLevel,
     TrainablePolicy,
 };
 use alp_policy::{CausalLM, ForwardHooks, NoHooks};
@@ -115,7 +115,7 @@ fn learner_raises_reward_on_a_real_decoder() {
         s.optimizer.weight_decay = 0.0;
         s.loss.dual_clip = Some(3.0);
         s.alp.sigma0 = 0.02;
-        let mut learner = Learner::new(s, tiny("qwen2", Kind::Float, 3), None).unwrap();
+        let mut learner = PgLearner::new(s, tiny("qwen2", Kind::Float, 3), None).unwrap();
         let inference = tiny("qwen2", Kind::BFloat16, 0);
         let mut rng = Rng::new(4);
         let mut rewards = Vec::new();
@@ -155,7 +155,7 @@ fn bf16_policy_trains() {
     let mut s = LearnerSettings::default();
     s.optimizer.lr = 1e-2;
     s.correction.kind = CorrectionKind::Alp;
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     let mut rng = Rng::new(6);
     let prompts = common::random_prompts(2, 3, 64, &mut rng);
     let groups = common::sample_groups(learner.policy(), &prompts, 4, 4, 0.0, &mut rng, |c| {

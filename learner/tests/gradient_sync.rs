@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Barrier, Mutex};
 
 use alp_learner::{
-    Aggregation, CorrectionKind, GradientSync, Group, Learner, LearnerSettings, Result,
+    Aggregation, CorrectionKind, GradientSync, Group, LearnerSettings, PgLearner, Result,
 };
 use common::{Rng, ToyLm};
 use tch::{Kind, Tensor};
@@ -104,7 +104,7 @@ fn train(
     data: &[Group],
     sync: Option<SharedMemorySync>,
 ) -> (Vec<Tensor>, Vec<f64>) {
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     if let Some(sync) = sync {
         learner = learner.with_gradient_sync(Box::new(sync));
     }
@@ -223,7 +223,7 @@ fn a_custom_sync_sees_counts_and_pre_clip_gradients() {
     let mut s = settings(Aggregation::TokenMean, CorrectionKind::Bypass);
     s.mini_batches = 2;
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut learner = Learner::new(s, model, None)
+    let mut learner = PgLearner::new(s, model, None)
         .unwrap()
         .with_gradient_sync(Box::new(RecordingSync(seen.clone())));
     let m = learner.train_step(&data).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use alp_learner::{
     group_advantages, token_log_probs, AdvantageKind, Aggregation, CorrectionKind, Entropy, Group,
-    Learner, LearnerSettings, PackedBatch, RatioLevel, Sample, TrainablePolicy,
+    LearnerSettings, PackedBatch, PgLearner, RatioLevel, Sample, TrainablePolicy,
 };
 use alp_policy::NoHooks;
 use common::{Rng, ToyLm};
@@ -146,7 +146,7 @@ fn gradient_accumulation_is_exact() {
                 s.correction.kind = kind;
                 s.micro_batch_size = micro;
                 s.max_grad_norm = 0.0;
-                let mut l = Learner::new(s, model.deep_clone(), None).unwrap();
+                let mut l = PgLearner::new(s, model.deep_clone(), None).unwrap();
                 l.train_step(&data).unwrap()
             };
             let (a, b) = (run(3), run(16));
@@ -177,7 +177,7 @@ fn learner_with_exact_mu_reports_unit_ratios_and_zero_mismatch() {
     let mut s = LearnerSettings::default();
     s.micro_batch_size = 16;
     s.correction.level = RatioLevel::Sequence;
-    let learner = Learner::new(s.clone(), model.deep_clone(), None).unwrap();
+    let learner = PgLearner::new(s.clone(), model.deep_clone(), None).unwrap();
     let samples: Vec<&Sample> = data.iter().flat_map(|g| &g.samples).collect();
     let lp =
         Vec::<f32>::try_from(learner.log_probs(&samples, &NoHooks).unwrap().reshape([-1])).unwrap();
@@ -193,7 +193,7 @@ fn learner_with_exact_mu_reports_unit_ratios_and_zero_mismatch() {
     for level in [RatioLevel::Token, RatioLevel::Sequence] {
         let mut s = s.clone();
         s.correction.level = level;
-        let mut learner = Learner::new(s, model.deep_clone(), None).unwrap();
+        let mut learner = PgLearner::new(s, model.deep_clone(), None).unwrap();
         let m = learner.train_step(&data).unwrap();
         for q in ["min", "max", "mean", "q01", "q50", "q999"] {
             assert_eq!(m[&format!("ratio/{q}")], 1.0, "{level:?} ratio/{q}");
@@ -244,7 +244,7 @@ fn several_optimizer_steps_and_kl_reference() {
     s.loss.kl_coef = 0.1;
     s.optimizer.lr = 1e-2;
     let reference: Box<dyn TrainablePolicy> = Box::new(model.deep_clone());
-    let mut learner = Learner::new(s, model, Some(reference)).unwrap();
+    let mut learner = PgLearner::new(s, model, Some(reference)).unwrap();
     let m1 = learner.train_step(&data).unwrap();
     assert_eq!(learner.optimizer().steps_taken(), 6);
     assert!(

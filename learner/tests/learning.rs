@@ -6,7 +6,7 @@
 #![allow(clippy::needless_range_loop, clippy::field_reassign_with_default)]
 mod common;
 
-use alp_learner::{AlpTarget, CorrectionKind, Learner, LearnerSettings, RatioLevel};
+use alp_learner::{AlpTarget, CorrectionKind, LearnerSettings, PgLearner, RatioLevel};
 use common::{Rng, ToyLm};
 
 const VOCAB: i64 = 8;
@@ -33,7 +33,7 @@ fn run(
     s.alp.perturb_lr = 1e-2;
     tweak(&mut s);
     let model = ToyLm::new(VOCAB, 16, 2, 5);
-    let mut learner = Learner::new(s, model, None).unwrap();
+    let mut learner = PgLearner::new(s, model, None).unwrap();
     let mut rng = Rng::new(99);
     let mut rewards = Vec::new();
     let mut last = None;

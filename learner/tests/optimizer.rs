@@ -5,7 +5,7 @@
 mod common;
 
 use alp_learner::{
-    AdamW, AdamWConfig, CorrectionKind, Group, Learner, LearnerSettings, LrSchedule, ParamGroup,
+    AdamW, AdamWConfig, CorrectionKind, Group, LearnerSettings, LrSchedule, ParamGroup, PgLearner,
     Schedule,
 };
 use common::{bit_equal, Rng, ToyLm};
@@ -228,21 +228,21 @@ fn learner_resume_is_bit_identical() {
         m
     };
 
-    let mut straight = Learner::new(resumable_settings(), init.deep_clone(), None).unwrap();
+    let mut straight = PgLearner::new(resumable_settings(), init.deep_clone(), None).unwrap();
     let mut straight_metrics = Vec::new();
     for b in &batches {
         straight_metrics.push(strip(straight.train_step(b).unwrap()));
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Learner::new(resumable_settings(), init.deep_clone(), None).unwrap();
+    let mut first = PgLearner::new(resumable_settings(), init.deep_clone(), None).unwrap();
     for b in &batches[..2] {
         first.train_step(b).unwrap();
     }
     first.save_state(dir.path()).unwrap();
     let weights = first.policy().deep_clone(); // stands in for the HF checkpoint
     drop(first);
-    let mut resumed = Learner::new(resumable_settings(), weights, None).unwrap();
+    let mut resumed = PgLearner::new(resumable_settings(), weights, None).unwrap();
     resumed.load_state(dir.path()).unwrap();
     assert_eq!(resumed.step(), 2);
     let mut resumed_metrics = Vec::new();

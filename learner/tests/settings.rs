@@ -4,7 +4,7 @@
 mod common;
 
 use alp_learner::{
-    AlpSettings, CorrectionKind, Learner, LearnerError, LearnerKind, LearnerSettings,
+    AlpSettings, CorrectionKind, LearnerError, LearnerKind, LearnerSettings, PgLearner,
 };
 use serde_json::json;
 
@@ -123,13 +123,13 @@ fn refusals_that_need_the_model() {
     s.correction.kind = CorrectionKind::Alp;
     s.alp.layer_start = 2;
     let model = common::ToyLm::new(8, 4, 2, 0);
-    match Learner::new(s, model, None) {
+    match PgLearner::new(s, model, None) {
         Err(LearnerError::Settings(e)) => assert_eq!(e.field, "alp.layer_start"),
         other => panic!("expected a settings error, got {:?}", other.err()),
     }
     let mut s = LearnerSettings::default();
     s.loss.kl_coef = 0.1;
-    match Learner::new(s, common::ToyLm::new(8, 4, 2, 0), None) {
+    match PgLearner::new(s, common::ToyLm::new(8, 4, 2, 0), None) {
         Err(LearnerError::Settings(e)) => assert_eq!(e.field, "loss.kl_coef"),
         other => panic!("expected a settings error, got {:?}", other.err()),
     }

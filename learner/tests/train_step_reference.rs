@@ -9,7 +9,7 @@ mod common;
 
 use alp_learner::{
     completion_log_probs, group_advantages, AdamW, AdamWConfig, AdvantageKind, CorrectionKind,
-    Entropy, Group, Learner, LearnerSettings, PackedBatch, ParamGroup, RatioLevel, Sample,
+    Entropy, Group, LearnerSettings, PackedBatch, ParamGroup, PgLearner, RatioLevel, Sample,
     Schedule, TrainablePolicy,
 };
 use alp_policy::NoHooks;
@@ -215,7 +215,7 @@ fn tis_mis_and_none_through_train_step_equal_brute_force() {
             CorrectionKind::Mis => assert!(want.masked_frac > 0.0, "{what}: nothing masked"),
             _ => {}
         }
-        let mut learner = Learner::new(s, model.deep_clone(), None).unwrap();
+        let mut learner = PgLearner::new(s, model.deep_clone(), None).unwrap();
         let m = learner.train_step(&groups).unwrap();
         close(&format!("{what} loss/pg"), m["loss/pg"], want.pg, 1e-5);
         close(
@@ -265,7 +265,7 @@ fn entropy_bonus_through_train_step_equals_brute_force() {
             (want.grad_norm - without.grad_norm).abs() > 1e-4,
             "the bonus changes the gradient"
         );
-        let mut learner = Learner::new(s, model.deep_clone(), None).unwrap();
+        let mut learner = PgLearner::new(s, model.deep_clone(), None).unwrap();
         let m = learner.train_step(&groups).unwrap();
         close("policy/entropy", m["policy/entropy"], want.entropy, 1e-5);
         close(

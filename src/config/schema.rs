@@ -350,7 +350,7 @@ impl TrainConfig {
     }
 
     /// Which learner trains the policy (`learner.kind`): [`LearnerKind::Pg`] runs
-    /// [`alp_learner::Learner`] with [`TrainConfig::learner_settings`], [`LearnerKind::Eggroll`] runs
+    /// [`alp_learner::PgLearner`] with [`TrainConfig::learner_settings`], [`LearnerKind::Eggroll`] runs
     /// [`alp_learner::eggroll::EsLearner`] with [`TrainConfig::eggroll_settings`].
     /// `[rollout.vllm]` of `backend = "vllm"` with the run directory's defaults filled in: server
     /// logs in `RUN/vllm/logs/`, synced weights in `RUN/vllm/weights/`, and a leading `~` of

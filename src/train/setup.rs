@@ -3,7 +3,7 @@
 //! worker and take the step-0 evaluation. What comes out is a [`Session`] that the loop steps.
 use std::path::{Path, PathBuf};
 
-use alp_learner::{Learner, TrainablePolicy};
+use alp_learner::{PgLearner, TrainablePolicy};
 use alp_rollout::EpisodeSettings;
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
@@ -165,7 +165,7 @@ fn build_learner(
     } else {
         None
     };
-    let learner = Learner::new(config.learner_settings(), policy, reference)?;
+    let learner = PgLearner::new(config.learner_settings(), policy, reference)?;
     Ok(Box::new(PolicyGradient::new(config, learner)))
 }
 

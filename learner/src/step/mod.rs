@@ -2,7 +2,7 @@
 //! mini-/micro-batch layout), [`prepare`] (the no-grad forwards at the pre-update weights and the
 //! global loss denominators), [`micro`] (forward and backward of one micro-batch), [`sync`] (the seam
 //! that sums gradients and counts over processes), [`update`] (clip and optimizer step) and [`report`]
-//! (the metrics). [`crate::learner::Learner::train_step`] strings them together.
+//! (the metrics). [`crate::learner::PgLearner::train_step`] strings them together.
 pub(crate) mod micro;
 pub mod plan;
 pub(crate) mod prepare;

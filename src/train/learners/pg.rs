@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use alp_learner::metric_names as names;
-use alp_learner::{Group, Learner, Sample};
+use alp_learner::{Group, PgLearner, Sample};
 use alp_policy::CausalLM;
 use anyhow::{Context, Result};
 use tch::{Device, Kind};
@@ -14,7 +14,7 @@ use crate::train::messages::RolloutBatch;
 use crate::train::rows::{to_sample, BatchRows, RowContext};
 
 pub struct PolicyGradient {
-    learner: Learner<CausalLM>,
+    learner: PgLearner<CausalLM>,
     row_context: RowContext,
     /// Log each trained token's log-prob before and after the update (`run.log_logprobs`).
     log_logprobs: bool,
@@ -22,7 +22,7 @@ pub struct PolicyGradient {
 }
 
 impl PolicyGradient {
-    pub fn new(config: &TrainConfig, learner: Learner<CausalLM>) -> Self {
+    pub fn new(config: &TrainConfig, learner: PgLearner<CausalLM>) -> Self {
         PolicyGradient {
             learner,
             row_context: RowContext::of(config),
