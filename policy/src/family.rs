@@ -5,11 +5,11 @@
 alp_macros::string_enum! {
     /// The supported decoder families (HF `model_type`); what tells them apart is their [`Family`].
     pub enum Architecture: "architecture" {
-        /// Qwen2 / Qwen2.5: bias on q, k and v projections.
+        /// Qwen2 / Qwen2.5.
         Qwen2 => "qwen2",
-        /// Qwen3: per-head RMSNorm on q and k before RoPE, explicit `head_dim`, optional attention bias.
+        /// Qwen3 (dense).
         Qwen3 => "qwen3",
-        /// Llama 3 / SmolLM2: no biases unless `attention_bias` / `mlp_bias`, optional llama3 rope scaling.
+        /// Llama 3 / SmolLM2.
         Llama => "llama",
     }
 }
