@@ -123,12 +123,10 @@ impl SamplingParams {
     /// The per-row RNG seed: the call seed mixed with the request's index (SplitMix64 finaliser), so
     /// rows get independent streams and a request's stream does not depend on the batch it lands in.
     pub fn row_seed(&self, request_index: usize) -> u64 {
-        let mut z = self
-            .seed
-            .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(request_index as u64 + 1));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        alp_envs::rng::mix(
+            self.seed
+                .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(request_index as u64 + 1)),
+        )
     }
 }
 

@@ -10,20 +10,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use alp_policy::{Bf16Compute, CausalLM, LoadOptions, MemberHooks};
+use alp_policy::MemberHooks;
 use alp_rollout::{GenerationBackend, LocalEngine, LogprobMode, SyncReport, WeightUpdate};
 use alp_vllm::{ReplicaStats, VllmBackend, VllmSettings};
-use tch::{Device, Kind};
+
+use crate::models::{ModelFactory, ModelRole};
 
 /// How to build the worker's backend; moved into its thread.
 #[derive(Clone)]
 pub enum BackendSettings {
     Local {
-        /// Compute dtype of the inference copy (`model.inference_dtype`).
-        kind: Kind,
-        /// How a bf16 copy computes (`model.bf16_compute`).
-        bf16: Bf16Compute,
-        device: Device,
+        /// Loads the inference copy (`model.inference_dtype`, `model.bf16_compute`, `model.device`).
+        models: ModelFactory,
         /// Rows per forward (`rollout.batch_size`).
         batch_size: usize,
     },
@@ -32,9 +30,9 @@ pub enum BackendSettings {
         settings: Box<VllmSettings>,
         /// What the servers' log-probs must mean (`rollout.logprob_mode`).
         logprob_mode: LogprobMode,
-        /// dtype of the worker's copy of the learner's weights, which each sync is probed against
-        /// (`model.train_dtype`).
-        reference_kind: Kind,
+        /// Loads the worker's copy of the learner's weights, which each sync is written from and
+        /// probed against ([`ModelRole::ProbeCopy`]: `model.train_dtype`, on the CPU).
+        models: ModelFactory,
     },
 }
 
@@ -56,18 +54,14 @@ impl RolloutBackend {
         model_dir: &Path,
         version: u64,
     ) -> Result<(Self, Option<SyncReport>), String> {
-        let load = |kind, device, bf16| {
-            CausalLM::load(model_dir, &LoadOptions { kind, device, bf16 })
-                .map_err(|e| format!("loading {}: {e}", model_dir.display()))
+        let load = |role| {
+            models_of(settings)
+                .load(role, model_dir)
+                .map_err(|e| format!("{e:#}"))
         };
         match settings {
-            BackendSettings::Local {
-                kind,
-                device,
-                bf16,
-                batch_size,
-            } => {
-                let model = load(*kind, *device, *bf16)?;
+            BackendSettings::Local { batch_size, .. } => {
+                let model = load(ModelRole::InferenceCopy)?;
                 tracing::info!(compute = %model.precision().describe(), "rollout engine");
                 let engine = LocalEngine::new(model, *batch_size).with_version(version);
                 Ok((RolloutBackend::Local(Box::new(engine)), None))
@@ -75,10 +69,10 @@ impl RolloutBackend {
             BackendSettings::Vllm {
                 settings,
                 logprob_mode,
-                reference_kind,
+                ..
             } => {
                 // The probe's reference forward runs on the CPU: the GPU, if any, is the servers'.
-                let reference = load(*reference_kind, Device::Cpu, Bf16Compute::Native)?;
+                let reference = load(ModelRole::ProbeCopy)?;
                 let mut backend =
                     VllmBackend::new((**settings).clone(), Some(model_dir), *logprob_mode)
                         .map_err(|e| format!("starting the vLLM backend: {e}"))?
@@ -148,4 +142,11 @@ fn synced(
         "vLLM servers synced"
     );
     Ok(report)
+}
+
+/// The model factory of a backend's settings.
+fn models_of(settings: &BackendSettings) -> ModelFactory {
+    match settings {
+        BackendSettings::Local { models, .. } | BackendSettings::Vllm { models, .. } => *models,
+    }
 }

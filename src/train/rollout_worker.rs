@@ -84,10 +84,7 @@ pub struct RolloutWorker {
 
 /// SplitMix64 of `(seed, index)`: the seed of one example draw or one batch's sampling.
 pub fn mix(seed: u64, index: u64) -> u64 {
-    let mut z = seed ^ 0x5851_F42D_4C95_7F2Du64.wrapping_mul(index.wrapping_add(1));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    alp_envs::rng::mix(seed ^ 0x5851_F42D_4C95_7F2Du64.wrapping_mul(index.wrapping_add(1)))
 }
 
 /// The examples of batch `b`: a pure function of (seed, b), so the data cursor is the step itself.

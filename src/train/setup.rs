@@ -230,15 +230,13 @@ fn spawn_rollout_worker(
         tokenizer_dir: model_src.to_path_buf(),
         backend: match config.vllm_settings(&run.root) {
             None => BackendSettings::Local {
-                kind: models.inference_kind,
-                device: models.device,
-                bf16: models.bf16,
+                models,
                 batch_size: config.rollout.batch_size,
             },
             Some(settings) => BackendSettings::Vllm {
                 settings: Box::new(settings),
                 logprob_mode: config.rollout.logprob_mode,
-                reference_kind: models.train_kind,
+                models,
             },
         },
         env,
