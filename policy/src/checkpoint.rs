@@ -94,15 +94,6 @@ fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, PolicyError> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    match dtype {
-        Dtype::F32 => Some(Kind::Float),
-        Dtype::BF16 => Some(Kind::BFloat16),
-        Dtype::F16 => Some(Kind::Half),
-        _ => None,
-    }
-}
-
 /// Tensors in checkpoints that are buffers, not parameters, and carry nothing we need.
 fn ignorable(name: &str, cfg: &ModelConfig) -> bool {
     name.ends_with("rotary_emb.inv_freq")
@@ -226,11 +217,8 @@ impl CausalLM {
         let kind = opts.kind.unwrap_or_else(|| self.kind());
         check_compute_kind(kind)?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let dtype = match kind {
-            Kind::BFloat16 => Dtype::BF16,
-            Kind::Half => Dtype::F16,
-            _ => Dtype::F32,
-        };
+        let dtype = crate::dtype::safetensors_dtype_of(kind)
+            .expect("check_compute_kind accepted f32, bf16 or f16");
         let params = self.var_store().variables();
         let tied_head_name = names::lm_head().weight();
         let mut ordered: Vec<(&str, &Tensor)> = parameter_specs(self.config())
@@ -479,10 +467,12 @@ fn tensor_from_view(
     expected: &[i64],
     path: &str,
 ) -> Result<Tensor, PolicyError> {
-    let kind = kind_of(view.dtype()).ok_or_else(|| PolicyError::UnsupportedDtype {
-        path: path.to_string(),
-        name: name.to_string(),
-        dtype: format!("{:?}", view.dtype()),
+    let kind = crate::dtype::kind_of_safetensors(view.dtype()).ok_or_else(|| {
+        PolicyError::UnsupportedDtype {
+            path: path.to_string(),
+            name: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        }
     })?;
     let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
     if found != expected {

@@ -31,6 +31,26 @@ pub fn parse_kind(name: &str) -> Result<Kind, PolicyError> {
         .map_err(|_| PolicyError::UnsupportedComputeDtype(name.to_string()))
 }
 
+/// The libtorch kind of a safetensors dtype we read and write (f32, bf16, f16); `None` for others.
+pub fn kind_of_safetensors(dtype: safetensors::Dtype) -> Option<Kind> {
+    match dtype {
+        safetensors::Dtype::F32 => Some(Kind::Float),
+        safetensors::Dtype::BF16 => Some(Kind::BFloat16),
+        safetensors::Dtype::F16 => Some(Kind::Half),
+        _ => None,
+    }
+}
+
+/// The safetensors dtype of a libtorch kind we read and write (f32, bf16, f16); `None` for others.
+pub fn safetensors_dtype_of(kind: Kind) -> Option<safetensors::Dtype> {
+    match kind {
+        Kind::Float => Some(safetensors::Dtype::F32),
+        Kind::BFloat16 => Some(safetensors::Dtype::BF16),
+        Kind::Half => Some(safetensors::Dtype::F16),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

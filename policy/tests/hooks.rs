@@ -80,15 +80,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn every_projection(layers: usize) -> Vec<String> {
-    let kinds = [
-        LinearKind::Query,
-        LinearKind::Key,
-        LinearKind::Value,
-        LinearKind::Output,
-        LinearKind::Gate,
-        LinearKind::Up,
-        LinearKind::Down,
-    ];
+    let kinds = LinearKind::IN_LAYER;
     let mut names: Vec<String> = (0..layers)
         .flat_map(|l| {
             kinds.iter().map(move |&kind| {

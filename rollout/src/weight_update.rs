@@ -15,9 +15,9 @@
 use std::collections::HashMap;
 
 use alp_policy::CausalLM;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::RolloutError;
 
@@ -106,7 +106,7 @@ impl WeightUpdate {
         let mut views = Vec::with_capacity(self.tensors().len());
         for (name, t) in self.tensors() {
             let t = t.detach().to_device(Device::Cpu).contiguous();
-            let dtype = dtype_of(t.kind())
+            let dtype = alp_policy::dtype::safetensors_dtype_of(t.kind())
                 .ok_or_else(|| bad(format!("{name} is {:?}; f32, bf16 or f16 only", t.kind())))?;
             let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
             let mut data = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
@@ -152,7 +152,7 @@ impl WeightUpdate {
         names.sort();
         for name in names {
             let view = file.tensor(&name).map_err(|e| bad(e.to_string()))?;
-            let kind = kind_of(view.dtype())
+            let kind = alp_policy::dtype::kind_of_safetensors(view.dtype())
                 .ok_or_else(|| bad(format!("{name} is {:?}", view.dtype())))?;
             let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let t = Tensor::f_from_data_size(view.data(), &size, kind)
@@ -165,23 +165,5 @@ impl WeightUpdate {
             other => return Err(bad(format!("unknown payload kind `{other}`"))),
         };
         Ok(WeightUpdate { version, payload })
-    }
-}
-
-fn dtype_of(kind: Kind) -> Option<Dtype> {
-    match kind {
-        Kind::Float => Some(Dtype::F32),
-        Kind::BFloat16 => Some(Dtype::BF16),
-        Kind::Half => Some(Dtype::F16),
-        _ => None,
-    }
-}
-
-fn kind_of(dtype: Dtype) -> Option<Kind> {
-    match dtype {
-        Dtype::F32 => Some(Kind::Float),
-        Dtype::BF16 => Some(Kind::BFloat16),
-        Dtype::F16 => Some(Kind::Half),
-        _ => None,
     }
 }
