@@ -3,7 +3,7 @@
 #   scripts/setup.sh demo   what building and running alp-rl needs: a Python venv in .venv with the libtorch
 #                           that tch 0.24 links against (torch 2.11.0 from PyPI), and pandas + pyarrow for the
 #                           demo's look at its parquet tables. `make demo` runs this.
-#   scripts/setup.sh [test] that, plus what the tests need: the Python test oracles (transformers, pyarrow,
+#   scripts/setup.sh [test] that, plus what the tests need: the Python test oracles (transformers, peft, pyarrow,
 #                           pandas, polars, duckdb), headless Chromium for the report's rendering test (Debian
 #                           package `chromium`) and vLLM for CPU (scripts/setup-vllm.sh). `make test` runs this.
 # Downloads are cached under ~/.cache/pip, never in the repository. Cargo finds libtorch through
@@ -29,7 +29,7 @@ if [ "$PURPOSE" = test ] && [ "${ALP_SKIP_VLLM:-0}" != 1 ]; then
 fi
 VENV=.venv
 TORCH_VERSION=2.11.0
-ORACLES=(transformers==4.57.6 safetensors pyarrow pandas numpy polars duckdb)
+ORACLES=(transformers==4.57.6 peft==0.22.0 safetensors pyarrow pandas numpy polars duckdb)
 # scripts/demo.sh reads the run's parquet tables with pandas.
 DEMO_PACKAGES=(pyarrow pandas)
 

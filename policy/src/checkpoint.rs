@@ -374,7 +374,7 @@ fn remove_stale_weights(dir: &Path, keep: &[String]) -> Result<(), PolicyError> 
 }
 
 /// One parameter's bytes on the host in `kind`.
-fn owned_tensor(tensor: &Tensor, kind: Kind, dtype: Dtype) -> Result<OwnedTensor, PolicyError> {
+pub(crate) fn owned_tensor(tensor: &Tensor, kind: Kind, dtype: Dtype) -> Result<OwnedTensor, PolicyError> {
     let t = tensor
         .detach()
         .to_device(Device::Cpu)
@@ -395,7 +395,7 @@ fn tmp_path(path: &Path) -> std::path::PathBuf {
 
 /// Writes `bytes` to `path` through a temporary file: created as a new file (mode 0666 less the umask),
 /// synced, renamed.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PolicyError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), PolicyError> {
     write_through_tmp(path, |file| file.write_all(bytes))
 }
 
@@ -419,7 +419,7 @@ fn write_through_tmp(
 /// Writes one safetensors file: the 8-byte little-endian header length, the JSON header (padded with
 /// spaces to a multiple of 8, `format: pt` metadata) and the tensors' bytes, in the layout and order
 /// of `safetensors::serialize` (which writes through a private 0600 tempfile, hence this writer).
-fn write_safetensors(
+pub(crate) fn write_safetensors(
     path: &Path,
     mut tensors: Vec<(String, OwnedTensor)>,
 ) -> Result<(), PolicyError> {
@@ -493,7 +493,7 @@ fn standard_normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-struct OwnedTensor {
+pub(crate) struct OwnedTensor {
     dtype: Dtype,
     shape: Vec<usize>,
     data: Vec<u8>,

@@ -14,6 +14,7 @@
 //! kv_cache.rs    preallocated KV cache for generation
 //! linear.rs      x W^T + b: the CPU GEMM dispatch of every projection (weight-first, few rows, oneDNN)
 //! few_rows_gemm.rs x W^T for the few rows of a decode step (f32, AVX-512/AVX2), streaming the weight
+//! lora/          LoRA adapters (A, B per projection) as hooks, merged, in PEFT's format -> LoraAdapter
 //! names.rs       where each parameter sits and its HF / PEFT name -> ParamPath, LinearSite
 //! hooks.rs       ForwardHooks: additive embedding / linear deltas and layer_input / logits seams for
 //!                ALP, EGGROLL and adapters, composed by Stack; RowHooks: hooks per batch row
@@ -29,6 +30,7 @@ pub mod few_rows_gemm;
 pub mod hooks;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod model;
 pub mod names;
 pub mod noise;
@@ -47,6 +49,7 @@ pub use hooks::{
     ForwardHooks, LinearKind, LinearSite, MemberHooks, NoHooks, RowHooks, Stack, Weight,
 };
 pub use kv_cache::KvCache;
+pub use lora::{LoraAdapter, LoraConfig, LoraError, TargetModules};
 pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};
 pub use onednn_head::{OnednnLmHead, ONEDNN_HEAD_MIN_BYTES};
 pub use precision::{cpu_has_bf16_arithmetic, Bf16Compute, Precision};
