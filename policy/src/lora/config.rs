@@ -19,6 +19,16 @@ pub enum TargetModules {
     Names(Vec<String>),
 }
 
+impl std::fmt::Display for TargetModules {
+    /// As `adapter_config.json` spells it: `"all-linear"` or `["q_proj", "v_proj"]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetModules::AllLinear => write!(f, "\"all-linear\""),
+            TargetModules::Names(names) => write!(f, "{names:?}"),
+        }
+    }
+}
+
 /// A LoRA adapter's settings: `W x` becomes `W x + scale * B A x` on each targeted projection, with
 /// `scale = lora_alpha / r` (or `lora_alpha / sqrt(r)` with `use_rslora`).
 #[derive(Debug, Clone, PartialEq)]

@@ -147,7 +147,9 @@ fn read_factors(
     let expected = expected_keys(sites);
     let params: HashMap<String, Tensor> = model.var_store().variables();
     let mut found: HashMap<(LinearSite, Factor), Tensor> = HashMap::new();
-    for (name, view) in st.tensors() {
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
         let (site, factor) = expected
             .get(&name)
             .copied()
@@ -207,7 +209,7 @@ fn unexpected_key(file: &str, name: &str, model: &CausalLM, config: &LoraConfig)
             file,
             name,
             format!(
-                "adapts {}, which target_modules {:?} in {ADAPTER_CONFIG_FILE} does not select",
+                "adapts {}, which target_modules {} in {ADAPTER_CONFIG_FILE} does not select",
                 site.path(),
                 config.target_modules
             ),
