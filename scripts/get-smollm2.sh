@@ -36,6 +36,8 @@ started=$SECONDS
 mkdir -p "$MODELS"
 exec 9>"$MODELS/.smollm2.lock"
 flock 9
+# Left by a run that was killed (the lock says none is running now).
+rm -rf "$MODELS"/.smollm2-tmp.*
 
 if [ -f "$OUT/.alp-model" ] && [ "$(cat "$OUT/.alp-model")" = "$STAMP" ]; then
   log "already converted, nothing to do: $OUT"
