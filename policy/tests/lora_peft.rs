@@ -226,6 +226,13 @@ fn adapters_match_peft_both_ways_and_merge() {
         ours.push(our_logits(&model, &prompts, &adapter));
         jobs.push(logits_job(dir, Some(&out), false));
     }
+    // A bf16 merge of the first PEFT adapter, by PEFT (bf16 base, f32 factors).
+    let peft_merged = tmp.path().join("merged-bf16");
+    let adapter_dir = model_dirs[0].with_extension("peft0");
+    jobs.push(
+        json!({"op": "merge_save", "model": model_dirs[0], "adapter": adapter_dir,
+                     "out": peft_merged}),
+    );
     let results = run_oracle(&prompts, jobs);
     for (m, (mine, theirs)) in ours.iter().zip(&results).enumerate() {
         let d = max_diff(mine, &oracle_logits(theirs));
@@ -235,4 +242,35 @@ fn adapters_match_peft_both_ways_and_merge() {
             MODELS[m].0
         );
     }
+    check_bf16_merge(&model_dirs[0], &adapter_dir, &peft_merged);
+}
+
+/// Merged into a bf16 model, each adapted weight is `bf16(W + scale B A)` with the sum in f32: the
+/// weights PEFT's `merge_and_unload` gives a bf16 base (its in-place add of the f32 delta).
+fn check_bf16_merge(model_dir: &Path, adapter_dir: &Path, peft_merged: &Path) {
+    let bf16 = LoadOptions {
+        kind: Kind::BFloat16,
+        ..LoadOptions::default()
+    };
+    let model = CausalLM::load(model_dir, &bf16).unwrap();
+    let adapter = LoraAdapter::load(adapter_dir, &model, None).unwrap();
+    adapter.merge_into(&model).unwrap();
+    let theirs = CausalLM::load(peft_merged, &bf16).unwrap();
+    let base = CausalLM::load(model_dir, &bf16).unwrap();
+    let count = |a: &Tensor, b: &Tensor| i64::try_from(a.ne_tensor(b).sum(Kind::Int64)).unwrap();
+    let mut moved = 0;
+    let params = model.named_parameters();
+    for (((name, ours), (_, peft)), (_, before)) in params
+        .iter()
+        .zip(theirs.named_parameters())
+        .zip(base.named_parameters())
+    {
+        let differing = count(ours, &peft);
+        assert_eq!(
+            differing, 0,
+            "{name}: {differing} bf16 merged values differ from PEFT's"
+        );
+        moved += count(ours, &before);
+    }
+    assert!(moved > 1000, "the merge changed only {moved} values");
 }

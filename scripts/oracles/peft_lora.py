@@ -13,6 +13,9 @@ one process; OUT gets {"results": [...]}, one entry per job:
       the logits of each prompt run alone, [prompt][len][vocab], of the base model with the adapter
       loaded by PeftModel.from_pretrained (merged with merge_and_unload when "merged"); result
       {"logits": ...}
+  {"op": "merge_save", "model", "adapter", "out"}
+      the base model loaded in bf16, the adapter loaded onto it (PEFT keeps the factors in f32) and
+      merged with merge_and_unload(), saved with save_pretrained; result {}
 """
 import json
 import os
@@ -69,6 +72,14 @@ def logits(job, prompts):
     return {"logits": [model(torch.tensor([p])).logits[0].tolist() for p in prompts]}
 
 
+@torch.no_grad()
+def merge_save(job):
+    base = transformers.AutoModelForCausalLM.from_pretrained(job["model"], torch_dtype=torch.bfloat16)
+    model = peft.PeftModel.from_pretrained(base, job["adapter"]).merge_and_unload()
+    model.save_pretrained(job["out"])
+    return {}
+
+
 def main(argv):
     if len(argv) != 3:
         raise SystemExit(__doc__)
@@ -81,6 +92,8 @@ def main(argv):
             results.append({})
         elif op == "make_adapter":
             results.append(make_adapter(job))
+        elif op == "merge_save":
+            results.append(merge_save(job))
         elif op == "logits":
             results.append(logits(job, spec["prompts"]))
         else:
