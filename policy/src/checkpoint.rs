@@ -374,7 +374,11 @@ fn remove_stale_weights(dir: &Path, keep: &[String]) -> Result<(), PolicyError> 
 }
 
 /// One parameter's bytes on the host in `kind`.
-pub(crate) fn owned_tensor(tensor: &Tensor, kind: Kind, dtype: Dtype) -> Result<OwnedTensor, PolicyError> {
+pub(crate) fn owned_tensor(
+    tensor: &Tensor,
+    kind: Kind,
+    dtype: Dtype,
+) -> Result<OwnedTensor, PolicyError> {
     let t = tensor
         .detach()
         .to_device(Device::Cpu)
