@@ -15,6 +15,9 @@ pub enum LearnerError {
     State(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A LoRA adapter that cannot be saved, or a saved one that does not fit the trained adapter.
+    #[error(transparent)]
+    Lora(#[from] alp_policy::LoraError),
     #[error("io error on {path}: {source}")]
     Io {
         path: String,

@@ -8,12 +8,17 @@
 //! ([`AlpHooks`](crate::alp::AlpHooks)) when ALP is on, and nothing (the plain model) otherwise; forward
 //! number `k` of step `s` draws noise keyed by (seed, s, k, layer), so every micro-batch and epoch
 //! gets fresh noise that a recompute would reproduce.
+//!
+//! [`PgLearner::with_adapter`] trains a LoRA adapter instead of the policy's weights (see
+//! [`crate::adapter`]): the adapter joins every forward of the trained policy and the optimizer holds
+//! only its factors.
 use std::path::Path;
 use std::time::Instant;
 
-use alp_policy::ForwardHooks;
+use alp_policy::{ForwardHooks, LoraAdapter, Stack};
 use tch::Tensor;
 
+use crate::adapter::{self, ADAPTER_DIR};
 use crate::alp::AlpPerturbation;
 use crate::batch::{Entropy, Group, PackedBatch, Sample};
 use crate::error::{LearnerError, Result};
@@ -40,6 +45,8 @@ pub struct PgLearner<P: TrainablePolicy> {
     policy: P,
     reference: Option<Box<dyn TrainablePolicy>>,
     alp: Option<AlpPerturbation>,
+    /// The LoRA adapter trained instead of the policy's weights (which are then frozen), if any.
+    adapter: Option<LoraAdapter>,
     optimizer: AdamW,
     /// Every parameter the optimizer updates, in its order (shallow clones): what `sync` reduces.
     synced_params: Vec<Tensor>,
@@ -56,6 +63,32 @@ impl<P: TrainablePolicy> PgLearner<P> {
         settings: LearnerSettings,
         policy: P,
         reference: Option<Box<dyn TrainablePolicy>>,
+    ) -> Result<Self> {
+        Self::build(settings, policy, reference, None)
+    }
+
+    /// A learner that trains `adapter` (a LoRA adapter made for `policy`: [`LoraAdapter::init`] or
+    /// [`LoraAdapter::load`]) instead of the policy's weights. The policy's parameters are frozen
+    /// (`requires_grad` false) and never change; the optimizer's model group holds only the adapter's
+    /// A and B (under their PEFT names), plus ALP's `log_sigma` when ALP is on; the adapter acts as
+    /// a hook on every forward of the trained policy (training, `lp_old`, mismatch,
+    /// [`PgLearner::log_probs`]); [`PgLearner::save_state`] saves it. The policy must apply
+    /// [`ForwardHooks::linear_delta`] to its projections, as [`alp_policy::CausalLM`] does.
+    pub fn with_adapter(
+        settings: LearnerSettings,
+        policy: P,
+        reference: Option<Box<dyn TrainablePolicy>>,
+        adapter: LoraAdapter,
+    ) -> Result<Self> {
+        adapter::freeze(&policy);
+        Self::build(settings, policy, reference, Some(adapter))
+    }
+
+    fn build(
+        settings: LearnerSettings,
+        policy: P,
+        reference: Option<Box<dyn TrainablePolicy>>,
+        adapter: Option<LoraAdapter>,
     ) -> Result<Self> {
         settings.validate()?;
         if settings.loss.kl_coef > 0.0 && reference.is_none() {
@@ -74,10 +107,10 @@ impl<P: TrainablePolicy> PgLearner<P> {
             )?),
             _ => None,
         };
-        let mut groups = vec![ParamGroup::model(
-            policy.trainable_parameters(),
-            &settings.optimizer,
-        )];
+        let mut groups = vec![match &adapter {
+            Some(a) => adapter::param_group(a, &settings.optimizer),
+            None => ParamGroup::model(policy.trainable_parameters(), &settings.optimizer),
+        }];
         if let Some(a) = &alp {
             groups.push(ParamGroup {
                 name: ALP_GROUP.into(),
@@ -97,6 +130,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
             policy,
             reference,
             alp,
+            adapter,
             optimizer,
             synced_params,
             sync: Box::new(LocalSync),
@@ -131,6 +165,11 @@ impl<P: TrainablePolicy> PgLearner<P> {
         self.alp.as_ref()
     }
 
+    /// The LoRA adapter being trained ([`PgLearner::with_adapter`]), if any.
+    pub fn adapter(&self) -> Option<&LoraAdapter> {
+        self.adapter.as_ref()
+    }
+
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer
     }
@@ -140,10 +179,19 @@ impl<P: TrainablePolicy> PgLearner<P> {
         self.step
     }
 
-    /// Per-token log-probs `[b, t]` of the samples' completions under the policy with `hooks`, no grad.
+    /// Per-token log-probs `[b, t]` of the samples' completions under the policy with `hooks`, no grad
+    /// (with the trained adapter too, when there is one).
     pub fn log_probs(&self, samples: &[&Sample], hooks: &dyn ForwardHooks) -> Result<Tensor> {
         let packed = PackedBatch::pack(samples, &vec![0.0; samples.len()], self.policy.device())?
             .at_temperature(self.settings.score_temperature);
+        let with_adapter;
+        let hooks = match &self.adapter {
+            Some(a) => {
+                with_adapter = Stack(vec![a as &dyn ForwardHooks, hooks]);
+                &with_adapter as &dyn ForwardHooks
+            }
+            None => hooks,
+        };
         Ok(tch::no_grad(|| {
             packed.log_probs(&self.policy, hooks, Entropy::Skip).0
         }))
@@ -175,6 +223,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
         let (micros, mismatch) = prepare_micro_batches(
             &self.settings,
             &self.policy,
+            adapter::scoring_hooks(self.adapter.as_ref()),
             self.reference.as_deref(),
             plan,
             layout,
@@ -227,7 +276,9 @@ impl<P: TrainablePolicy> PgLearner<P> {
                 .alp
                 .as_ref()
                 .map(|a| a.hooks(self.step, totals.forwards));
-            forward_backward(&ctx, micro, &training_hooks(alp_hooks.as_ref()), totals);
+            let adapter = self.adapter.as_ref().map(|a| a as &dyn ForwardHooks);
+            let hooks = training_hooks(alp_hooks.as_ref(), adapter);
+            forward_backward(&ctx, micro, &hooks, totals);
         }
         self.sync.sum_gradients(&self.synced_params)?;
         let (norm, stepped) = clip_and_step(&mut self.optimizer, self.settings.max_grad_norm);
@@ -237,12 +288,17 @@ impl<P: TrainablePolicy> PgLearner<P> {
     }
 
     /// Saves the optimizer (`optimizer.safetensors`) and the learner's own state (`learner.safetensors`:
-    /// step counter and ALP `log_sigma`) into `dir`. The policy's weights are the caller's checkpoint.
+    /// step counter and ALP `log_sigma`) into `dir`, and a trained adapter in PEFT's format into
+    /// `dir/adapter/`. The policy's weights are the caller's checkpoint (with an adapter they never
+    /// change).
     pub fn save_state(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| LearnerError::Io {
             path: dir.display().to_string(),
             source: e,
         })?;
+        if let Some(a) = &self.adapter {
+            adapter::save(a, &dir.join(ADAPTER_DIR))?;
+        }
         self.optimizer.save(&dir.join("optimizer.safetensors"))?;
         let mut own = vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         if let Some(a) = &self.alp {
@@ -258,8 +314,27 @@ impl<P: TrainablePolicy> PgLearner<P> {
         Ok(())
     }
 
-    /// Restores what [`PgLearner::save_state`] wrote; the policy's weights must be restored separately.
+    /// Restores what [`PgLearner::save_state`] wrote (the adapter's factors too, into this learner's
+    /// adapter); the policy's weights must be restored separately.
     pub fn load_state(&mut self, dir: &Path) -> Result<()> {
+        let adapter_dir = dir.join(ADAPTER_DIR);
+        match (&self.adapter, adapter_dir.is_dir()) {
+            (Some(a), true) => adapter::load(a, &adapter_dir)?,
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(LearnerError::State(format!(
+                    "{} holds no adapter, but this learner trains one",
+                    dir.display()
+                )))
+            }
+            (None, true) => {
+                return Err(LearnerError::State(format!(
+                    "{} holds a trained adapter, but this learner trains the full weights \
+                     (build it with PgLearner::with_adapter)",
+                    dir.display()
+                )))
+            }
+        }
         self.optimizer.load(&dir.join("optimizer.safetensors"))?;
         let own: std::collections::HashMap<String, Tensor> =
             Tensor::read_safetensors(dir.join("learner.safetensors"))?

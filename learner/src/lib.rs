@@ -5,6 +5,7 @@
 //!
 //! The model is reached only through [`TrainablePolicy`], whose forward takes the
 //! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
+pub mod adapter;
 pub mod advantage;
 pub mod alp;
 pub mod batch;

@@ -42,11 +42,14 @@ pub(crate) struct StepTotals {
     pub processed_tokens: usize,
 }
 
-/// The hooks of a training forward, composed with [`Stack`]: ALP's perturbation when it is on. Other
-/// hooks the training forward should run (an adapter the learner trains) join the stack here; an empty
-/// stack is the plain model.
-pub(crate) fn training_hooks<'a>(alp: Option<&'a AlpHooks<'a>>) -> Stack<'a> {
-    Stack(alp.into_iter().map(|h| h as &dyn ForwardHooks).collect())
+/// The hooks of a training forward, composed with [`Stack`]: ALP's perturbation when it is on, then
+/// the adapter the learner trains when there is one; an empty stack is the plain model.
+pub(crate) fn training_hooks<'a>(
+    alp: Option<&'a AlpHooks<'a>>,
+    adapter: Option<&'a dyn ForwardHooks>,
+) -> Stack<'a> {
+    let alp = alp.map(|h| h as &dyn ForwardHooks);
+    Stack(alp.into_iter().chain(adapter).collect())
 }
 
 /// Forward with `hooks`, loss, backward, and the micro-batch's metrics added to `totals`.

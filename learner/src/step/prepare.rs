@@ -9,7 +9,7 @@
 //!   optimizer step per batch (later mini-batches see updated weights). For bypass with one optimizer
 //!   step the detached training log-probs *are* that forward, so no extra forward is spent on metrics.
 //! - the reference forward (no grad) runs only with `kl_coef > 0`.
-use alp_policy::NoHooks;
+use alp_policy::{ForwardHooks, NoHooks};
 use tch::Tensor;
 
 use crate::batch::{Entropy, PackedBatch};
@@ -63,11 +63,13 @@ impl MismatchSource {
     }
 }
 
-/// Packs every micro-batch and runs its no-grad forwards; returns them with the mismatch statistics
-/// of `lp_old` (empty when `lp_old` does not run).
+/// Packs every micro-batch and runs its no-grad forwards (`lp_old` with `policy_hooks`: a trained
+/// adapter, or none; the reference with none); returns them with the mismatch statistics of `lp_old`
+/// (empty when `lp_old` does not run).
 pub(crate) fn prepare_micro_batches(
     s: &LearnerSettings,
     policy: &dyn TrainablePolicy,
+    policy_hooks: &dyn ForwardHooks,
     reference: Option<&dyn TrainablePolicy>,
     plan: &StepPlan,
     layout: &BatchLayout,
@@ -80,10 +82,10 @@ pub(crate) fn prepare_micro_batches(
     for r in &layout.micro_batches {
         let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
             .at_temperature(s.score_temperature);
-        let fwd = |m: &dyn TrainablePolicy| {
-            tch::no_grad(|| packed.log_probs(m, &NoHooks, Entropy::Skip).0)
+        let fwd = |m: &dyn TrainablePolicy, hooks: &dyn ForwardHooks| {
+            tch::no_grad(|| packed.log_probs(m, hooks, Entropy::Skip).0)
         };
-        let lp_old = source.need_old.then(|| fwd(policy));
+        let lp_old = source.need_old.then(|| fwd(policy, policy_hooks));
         if let Some(lp) = &lp_old {
             mismatch.add(
                 &to_vec(lp),
@@ -93,7 +95,7 @@ pub(crate) fn prepare_micro_batches(
             );
         }
         let ref_lp = match (reference, s.loss.kl_coef > 0.0) {
-            (Some(r), true) => Some(fwd(r)),
+            (Some(r), true) => Some(fwd(r, &NoHooks)),
             _ => None,
         };
         let correction =
