@@ -3,27 +3,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig, PolicyError};
+use alp_test_support::safetensors_edit::{edit_safetensors, Entry};
 use alp_test_support::tiny_model::TinyModel;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde_json::json;
 
 /// Rewrites `dir/model.safetensors` through `edit`, which gets (name, dtype, shape, bytes) entries.
-fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    edit(&mut entries);
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<Entry>)) {
+    edit_safetensors(&dir.join("model.safetensors"), edit);
 }
 
 fn load_err(dir: &Path) -> String {

@@ -1,14 +1,13 @@
 //! Malformed LoRA adapters are refused with an error naming the file, the key and the fix, never a
 //! panic, and nothing is loaded from them. Each case edits one thing of a valid adapter (saved here
 //! on a tiny Qwen2, which loads back as saved: the control).
-use std::collections::HashMap;
 use std::path::Path;
 
 use alp_policy::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use alp_policy::{CausalLM, LoraAdapter, LoraConfig, LoraError, TargetModules};
+use alp_test_support::safetensors_edit::{edit_safetensors, Entry};
 use alp_test_support::tiny_model::TinyModel;
-use safetensors::tensor::{Dtype, TensorView};
-use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -16,7 +15,7 @@ const BASE: &str = "Org/tiny-qwen2";
 const Q0_A: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
 const Q0_B: &str = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
 
-type Entries = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+type Entries = Vec<Entry>;
 
 /// A valid rank-2 adapter on q_proj and v_proj of `model`, with non-zero B, saved into `dir`.
 fn save_valid(model: &CausalLM, dir: &Path) -> LoraAdapter {
@@ -44,20 +43,7 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>
 }
 
 fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Entries)) {
-    let path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let bytes = std::fs::read(&path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut entries: Entries = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    edit(&mut entries);
-    let views: Vec<(String, TensorView)> = entries
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &path).unwrap();
+    edit_safetensors(&dir.join(ADAPTER_WEIGHTS_FILE), edit);
 }
 
 fn rename(entries: &mut Entries, from: &str, to: &str) {

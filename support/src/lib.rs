@@ -7,7 +7,8 @@
 //! - [`hf_models`]: `scripts/oracles/hf_models.py`, transformers' tiny checkpoints and their outputs.
 //! - [`bench`]: benchmark settings from the environment.
 //! - [`vllm`]: the vLLM Python and CPU server settings of the tests that start real servers.
-//! - `tiny_model` (feature `model`): tiny random decoders of the shapes the tests use.
+//! - `tiny_model` (feature `model`): tiny random decoders of the shapes the tests use;
+//!   `safetensors_edit` (same feature): damaging their files for the bad-input tests.
 //! - `backend` (feature `backend`): a `GenerationBackend` that replies with scripted text.
 //! - `cli` and `run_outputs` (feature `cli`): running `alp-rl` and reading what its runs write.
 
@@ -23,5 +24,7 @@ pub mod backend;
 pub mod cli;
 #[cfg(feature = "cli")]
 pub mod run_outputs;
+#[cfg(feature = "model")]
+pub mod safetensors_edit;
 #[cfg(feature = "model")]
 pub mod tiny_model;
