@@ -52,6 +52,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Write a small random HF checkpoint with a character tokenizer (demos, smoke tests).
     NewModel(commands::new_model::NewModelArgs),
+    /// Merge a LoRA adapter (PEFT's format) into its base model and write an HF checkpoint.
+    Export(commands::export::ExportArgs),
     /// Supervised fine-tuning on an environment's worked answers or a JSONL file (docs/config.md).
     Sft(commands::sft::SftArgs),
     /// RL post-training from a TOML run config (docs/config.md) into a run directory.
@@ -115,6 +117,7 @@ pub fn run_args(
         Command::Env(args) => commands::env::run(args, &registry),
         Command::Eval(args) => commands::eval::run(args, &registry),
         Command::NewModel(args) => commands::new_model::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Sft(args) => commands::sft::run(args, &registry),
         Command::Train(args) => commands::train::run(args, &registry),
         Command::Report(args) => commands::report::run(args),

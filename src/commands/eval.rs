@@ -47,6 +47,11 @@ pub struct EvalArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// A LoRA adapter directory in PEFT's format (adapter_config.json, adapter_model.safetensors),
+    /// written by PEFT or by alp-rl, for the model in --model. It is merged into the inference copy
+    /// (W + scale B A, computed in f32 and rounded once to --dtype) before evaluating.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 }
@@ -87,6 +92,9 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     let tokenizer = Tokenizer::from_dir(&args.model)
         .with_context(|| format!("eval needs tokenizer.json in {}", args.model.display()))?;
     let model = crate::models::load_for_command(&args.model, kind)?;
+    if let Some(adapter) = &args.adapter {
+        super::adapter::merge_adapter(&model, &args.model, adapter)?;
+    }
     let params = SamplingParams {
         greedy: args.greedy,
         temperature: args.temperature,

@@ -47,6 +47,11 @@ pub struct GenerateArgs {
     /// Compute dtype of the inference copy: f32, bf16 or f16.
     #[arg(long, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// A LoRA adapter directory in PEFT's format (adapter_config.json, adapter_model.safetensors),
+    /// written by PEFT or by alp-rl, for the model in --model. It is merged into the inference copy
+    /// (W + scale B A, computed in f32 and rounded once to --dtype) before generating.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Which distribution the recorded log-probs are under: sampling, temperature or raw.
@@ -133,6 +138,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prompt_ids = tokenize_prompts(inputs, tokenizer.as_ref(), args.chat)?;
 
     let model = crate::models::load_for_command(&args.model, kind)?;
+    if let Some(adapter) = &args.adapter {
+        super::adapter::merge_adapter(&model, &args.model, adapter)?;
+    }
     let stop = default_stop_tokens(&model, tokenizer.as_ref());
     let params = SamplingParams {
         greedy: args.greedy,

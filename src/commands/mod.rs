@@ -1,6 +1,8 @@
 //! One module per `alp-rl` subcommand.
+pub mod adapter;
 pub mod env;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod new_model;
 pub mod report;
