@@ -90,11 +90,12 @@ fn generate(model: &Path, extra: &[&str]) -> Vec<(Vec<i64>, Vec<f64>)> {
         .collect()
 }
 
+/// Logits per prompt: `[position][vocab]`.
+type Logits = Vec<Vec<Vec<f64>>>;
+
 fn max_abs_diff(a: &Value, b: &Value) -> f64 {
-    let (a, b): (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>) = (
-        serde_json::from_value(a.clone()).unwrap(),
-        serde_json::from_value(b.clone()).unwrap(),
-    );
+    let parse = |v: &Value| -> Logits { serde_json::from_value(v.clone()).unwrap() };
+    let (a, b) = (parse(a), parse(b));
     assert_eq!(a.len(), b.len());
     let mut worst = 0.0f64;
     for (pa, pb) in a.iter().zip(&b) {
