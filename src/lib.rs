@@ -22,6 +22,7 @@ pub mod config;
 pub mod exit;
 pub mod models;
 pub mod parquet_log;
+pub mod progress;
 pub mod report;
 pub mod run_dir;
 pub mod schedule;
@@ -78,7 +79,7 @@ fn init_logging() {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(progress::log_writer)
         .with_ansi(log_colours(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),

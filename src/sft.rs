@@ -159,6 +159,7 @@ impl Phase<'_> {
         let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
         let mut window = LogWindow::default();
         let started = Instant::now();
+        let progress = crate::progress::Progress::new("sft", Some(sft.steps), "steps");
         for step in 1..=sft.steps {
             let batch = source.batch(sft.seed, step, sft.batch_size, self.tokenizer, self.extra)?;
             let out = learner.train_step(&batch)?;
@@ -173,6 +174,7 @@ impl Phase<'_> {
             last_loss = out.loss;
             window.loss_sum += out.loss;
             window.tokens_sum += out.tokens;
+            progress.inc(1, out.tokens as u64);
             window.steps += 1;
             if step % sft.log_every == 0 || step == sft.steps {
                 self.log(&mut window, step, &out, started)?;
@@ -187,6 +189,7 @@ impl Phase<'_> {
                 })?;
             }
         }
+        progress.finish();
         Ok((first_loss, last_loss))
     }
 

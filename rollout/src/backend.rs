@@ -93,6 +93,10 @@ pub struct ReplicaHealth {
     pub version: Option<u64>,
 }
 
+/// A callback told each request's completion length as the request finishes: progress reporting
+/// ([`crate::LocalEngine::set_on_finished`]).
+pub type OnFinished = std::sync::Arc<dyn Fn(usize) + Send + Sync>;
+
 /// Anything that completes token-id prompts.
 pub trait GenerationBackend {
     /// Completes every request; the result has one completion per request, in order.

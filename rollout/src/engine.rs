@@ -24,7 +24,9 @@ use alp_policy::{
 };
 use tch::{Device, Kind, Tensor};
 
-use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequest, SyncReport};
+use crate::backend::{
+    Completion, FinishReason, GenerationBackend, GenerationRequest, OnFinished, SyncReport,
+};
 use crate::decode_rows::{
     pop_front_n, pre_capacity, requests_of, retire, tokens_of, DecodeBatch, Prefilled, RowState,
 };
@@ -75,6 +77,8 @@ pub struct LocalEngine {
     /// weight install, which is the only way the engine's weights change.
     onednn_head: Option<OnednnLmHead>,
     last_stats: DecodeStats,
+    /// Called once per finished request (see [`LocalEngine::set_on_finished`]).
+    on_finished: Option<OnFinished>,
 }
 
 impl LocalEngine {
@@ -90,7 +94,13 @@ impl LocalEngine {
             scheduling: Scheduling::default(),
             members: None,
             last_stats: DecodeStats::default(),
+            on_finished: None,
         }
+    }
+
+    /// Calls `hook` with each request's completion length as it finishes (progress reporting).
+    pub fn set_on_finished(&mut self, hook: Option<OnFinished>) {
+        self.on_finished = hook;
     }
 
     /// Installs the population that serves requests naming a `member` (`None` removes it): the
@@ -227,6 +237,9 @@ impl LocalEngine {
         let _kernel = alp_policy::few_rows_gemm::enable();
         let device = self.model.device();
         let (mut done, mut waiting) = queue(requests, first, params);
+        for row in done.iter().flatten() {
+            self.on_finished.iter().for_each(|hook| hook(row.ids.len()));
+        }
         let capacity = cache_capacity(requests, params);
 
         let mut stats = DecodeStats::default();
@@ -334,6 +347,7 @@ impl LocalEngine {
         for (k, row) in batch.rows.iter_mut().enumerate() {
             if row.finish.is_none() && !row.push(tokens[k], logprobs[k]) {
                 free.push(k);
+                self.on_finished.iter().for_each(|hook| hook(row.ids.len()));
             }
         }
     }

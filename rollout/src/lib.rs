@@ -27,8 +27,8 @@ pub mod sampling;
 pub mod weight_update;
 
 pub use backend::{
-    Completion, FinishReason, GenerationBackend, GenerationRequest, ProbeReport, ReplicaHealth,
-    ReplicaState, SyncReport,
+    Completion, FinishReason, GenerationBackend, GenerationRequest, OnFinished, ProbeReport,
+    ReplicaHealth, ReplicaState, SyncReport,
 };
 pub use engine::{DecodeStats, LocalEngine, Scheduling};
 pub use episode::{

@@ -109,6 +109,13 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         ..EpisodeSettings::default()
     };
     let mut engine = LocalEngine::new(model, args.batch_size);
+    // One unit per generation request: a sample's turn (one per sample for single-turn environments).
+    let progress = crate::progress::Progress::new(
+        "eval",
+        Some((examples.len() * args.n) as u64),
+        "requests",
+    );
+    engine.set_on_finished(Some(progress.hook()));
     let report = evaluate(
         &mut engine,
         &tokenizer,
@@ -118,6 +125,7 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
         &params,
         &settings,
     )?;
+    progress.finish();
     tracing::info!(
         accuracy = report.accuracy,
         problems = report.problems,

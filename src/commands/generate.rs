@@ -161,6 +161,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let mut engine = LocalEngine::new(model, args.batch_size);
+    let progress =
+        crate::progress::Progress::new("generate", Some(requests.len() as u64), "requests");
+    engine.set_on_finished(Some(progress.hook()));
     let completions = engine
         .generate(&requests, &params)
         .with_context(|| match &args.prompts {
@@ -182,6 +185,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             args.model.display()
         );
     }
+    progress.finish();
     let new_tokens: usize = completions.iter().map(|c| c.completion_ids.len()).sum();
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(

@@ -51,9 +51,18 @@ impl Session<'_> {
             max_staleness = config.rollout.max_staleness,
             "training"
         );
+        // RL steps of this run (a resumed run counts from its first step); the time left is the
+        // steps still to do at the rate so far.
+        let progress = crate::progress::Progress::new(
+            "train",
+            Some(config.run.steps.saturating_sub(self.state.step)),
+            "steps",
+        );
         while self.state.step < config.run.steps {
             self.step()?;
+            progress.inc(1, 0);
         }
+        progress.finish();
         drop(self.worker);
         let evals: Vec<(u64, f64)> = self
             .metrics_rows
