@@ -110,11 +110,8 @@ pub fn run(args: EvalArgs, registry: &Registry) -> Result<()> {
     };
     let mut engine = LocalEngine::new(model, args.batch_size);
     // One unit per generation request: a sample's turn (one per sample for single-turn environments).
-    let progress = crate::progress::Progress::new(
-        "eval",
-        Some((examples.len() * args.n) as u64),
-        "requests",
-    );
+    let progress =
+        crate::progress::Progress::new("eval", Some((examples.len() * args.n) as u64), "requests");
     engine.set_on_finished(Some(progress.hook()));
     let report = evaluate(
         &mut engine,

@@ -85,9 +85,8 @@ fn write_checkpoint(model: &alp_policy::CausalLM, args: &ExportArgs, dir: &Path)
         let from = args.model.join(name);
         if from.is_file() {
             let to = dir.join(name);
-            std::fs::copy(&from, &to).with_context(|| {
-                format!("cannot copy {} to {}", from.display(), to.display())
-            })?;
+            std::fs::copy(&from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
             std::fs::File::open(&to)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("cannot sync {}", to.display()))?;
