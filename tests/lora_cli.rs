@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use alp_test_support::cli::{ok, AlpRl};
-use alp_test_support::oracle;
+use alp_test_support::peft;
 use serde_json::{json, Value};
 
 const ALP_RL: AlpRl = AlpRl::new(env!("CARGO_BIN_EXE_alp-rl"));
@@ -19,25 +19,6 @@ fn prompts() -> Vec<Vec<i64>> {
     vec![vec![1, 5, 9, 12, 3, 20], vec![7, 2, 30]]
 }
 
-/// Runs scripts/oracles/peft_lora.py on `jobs`, returning one result per job.
-fn peft(jobs: Vec<Value>) -> Vec<Value> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (spec, out) = (tmp.path().join("jobs.json"), tmp.path().join("out.json"));
-    let body = json!({"prompts": prompts(), "jobs": jobs});
-    std::fs::write(&spec, body.to_string()).unwrap();
-    oracle::run(
-        oracle::python_command()
-            .arg(oracle::script("peft_lora.py"))
-            .arg(&spec)
-            .arg(&out)
-            .env("HF_HUB_OFFLINE", "1")
-            .env("OMP_NUM_THREADS", "1"),
-        "peft oracle",
-    );
-    let parsed: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-    parsed["results"].as_array().unwrap().clone()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -47,10 +28,13 @@ fn s(p: &Path) -> &str {
 fn base_and_adapter(dir: &Path) -> (PathBuf, PathBuf) {
     let (base, adapter) = (dir.join("base"), dir.join("adapter"));
     ALP_RL.new_model(&base, &["--seed", "3"]);
-    peft(vec![json!({
-        "op": "make_adapter", "model": s(&base), "out": s(&adapter), "r": 4, "lora_alpha": 16.0,
-        "target_modules": "all-linear", "use_rslora": false, "seed": 11, "random_b": true,
-    })]);
+    peft::run_jobs(
+        &prompts(),
+        vec![json!({
+            "op": "make_adapter", "model": s(&base), "out": s(&adapter), "r": 4, "lora_alpha": 16.0,
+            "target_modules": "all-linear", "use_rslora": false, "seed": 11, "random_b": true,
+        })],
+    );
     (base, adapter)
 }
 
@@ -125,11 +109,14 @@ fn export_writes_the_checkpoint_peft_merges_and_generate_adapter_matches_it() {
     assert!(!out.join("adapter_config.json").exists());
 
     // transformers loads the export as a plain model; its logits are PEFT's merge_and_unload().
-    let results = peft(vec![
-        json!({"op": "logits", "model": s(&base), "adapter": s(&adapter), "merged": true}),
-        json!({"op": "logits", "model": s(&out), "adapter": null}),
-        json!({"op": "logits", "model": s(&base), "adapter": null}),
-    ]);
+    let results = peft::run_jobs(
+        &prompts(),
+        vec![
+            json!({"op": "logits", "model": s(&base), "adapter": s(&adapter), "merged": true}),
+            json!({"op": "logits", "model": s(&out), "adapter": null}),
+            json!({"op": "logits", "model": s(&base), "adapter": null}),
+        ],
+    );
     let diff = max_abs_diff(&results[0]["logits"], &results[1]["logits"]);
     assert!(diff <= TOL, "export vs PEFT merged: max |diff| {diff}");
     let moved = max_abs_diff(&results[0]["logits"], &results[2]["logits"]);
@@ -159,9 +146,12 @@ fn export_writes_the_checkpoint_peft_merges_and_generate_adapter_matches_it() {
     // once, as the f32 export read as bf16 does.
     let bf16 = ["--dtype", "bf16"];
     let peft_bf16 = tmp.path().join("peft-merged-bf16");
-    peft(vec![json!({
-        "op": "merge_save", "model": s(&base), "adapter": s(&adapter), "out": s(&peft_bf16),
-    })]);
+    peft::run_jobs(
+        &prompts(),
+        vec![json!({
+            "op": "merge_save", "model": s(&base), "adapter": s(&adapter), "out": s(&peft_bf16),
+        })],
+    );
     let with_adapter = generate(&base, &["--adapter", s(&adapter), "--dtype", "bf16"]);
     assert_eq!(
         with_adapter,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use alp_policy::lora::TargetModules;
 use alp_policy::{CausalLM, LoadOptions, LoraAdapter, LoraConfig, NoHooks};
 use alp_policy::{ForwardHooks, Stack};
-use alp_test_support::{hf_models, oracle};
+use alp_test_support::{hf_models, peft};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
@@ -35,25 +35,6 @@ fn peft_adapters() -> Vec<(i64, f64, Value, bool, bool)> {
         (1, 32.0, json!("all-linear"), false, true),
         (3, 5.0, json!(["k_proj", "gate_proj"]), true, true),
     ]
-}
-
-/// Runs the oracle on `jobs` and returns one result per job.
-fn run_oracle(prompts: &[Vec<i64>], jobs: Vec<Value>) -> Vec<Value> {
-    let tmp = tempfile::tempdir().unwrap();
-    let (spec, out) = (tmp.path().join("jobs.json"), tmp.path().join("out.json"));
-    let body = json!({"prompts": prompts, "jobs": jobs});
-    std::fs::write(&spec, body.to_string()).unwrap();
-    oracle::run(
-        oracle::python_command()
-            .arg(oracle::script("peft_lora.py"))
-            .arg(&spec)
-            .arg(&out)
-            .env("HF_HUB_OFFLINE", "1")
-            .env("OMP_NUM_THREADS", "1"),
-        "peft oracle",
-    );
-    let parsed: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-    parsed["results"].as_array().unwrap().clone()
 }
 
 /// The logits of each prompt run alone through `model` with `hooks`.
@@ -202,7 +183,7 @@ fn adapters_match_peft_both_ways_and_merge() {
             jobs.push(logits_job(dir, Some(&out), true));
         }
     }
-    let results = run_oracle(&prompts, jobs);
+    let results = peft::run_jobs(&prompts, jobs);
     let per_model = 2 + 3 * peft_adapters().len();
     for (m, dir) in model_dirs.iter().enumerate() {
         let base = &results[m * per_model + 1];
@@ -233,7 +214,7 @@ fn adapters_match_peft_both_ways_and_merge() {
         json!({"op": "merge_save", "model": model_dirs[0], "adapter": adapter_dir,
                      "out": peft_merged}),
     );
-    let results = run_oracle(&prompts, jobs);
+    let results = peft::run_jobs(&prompts, jobs);
     for (m, (mine, theirs)) in ours.iter().zip(&results).enumerate() {
         let d = max_diff(mine, &oracle_logits(theirs));
         assert!(

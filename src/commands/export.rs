@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use alp_policy::{Bf16Compute, Dtype, LoadOptions};
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use tch::{Device, Kind};
 
@@ -44,7 +44,7 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let out = &args.out;
-    refuse_existing(out)?;
+    super::refuse_existing_out(out, "export")?;
     // The merge is done in f32 on the CPU whatever the base's dtype on disk, so `--dtype` rounds once.
     let opts = LoadOptions {
         kind: Kind::Float,
@@ -93,23 +93,5 @@ fn write_checkpoint(model: &alp_policy::CausalLM, args: &ExportArgs, dir: &Path)
         }
     }
     sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
-    Ok(())
-}
-
-/// Refuses an OUT that exists and is not an empty directory (as `new-model` does).
-fn refuse_existing(out: &Path) -> Result<()> {
-    if out.exists() {
-        let empty_dir = out.is_dir()
-            && std::fs::read_dir(out)
-                .with_context(|| format!("cannot read {}", out.display()))?
-                .next()
-                .is_none();
-        ensure!(
-            empty_dir,
-            "--out {}: already exists and is not an empty directory; export never overwrites, \
-             pass a new path",
-            out.display()
-        );
-    }
     Ok(())
 }

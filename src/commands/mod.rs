@@ -9,7 +9,7 @@ pub mod report;
 pub mod sft;
 pub mod train;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// Refuses sampling flags the way the config refuses the same `rollout.*` keys, naming the flag.
 pub fn check_sampling_flags(params: &alp_rollout::SamplingParams) -> Result<()> {
@@ -29,5 +29,24 @@ pub fn check_count(flag: &str, value: usize, most: usize) -> Result<()> {
         (1..=most).contains(&value),
         "{flag}: must be 1 to {most}, got {value}"
     );
+    Ok(())
+}
+
+/// Refuses an `--out` that exists and is not an empty directory: `command` (`new-model`, `export`) never
+/// overwrites a checkpoint, or anything else, that is already there.
+pub fn refuse_existing_out(out: &std::path::Path, command: &str) -> Result<()> {
+    if out.exists() {
+        let empty_dir = out.is_dir()
+            && std::fs::read_dir(out)
+                .with_context(|| format!("cannot read {}", out.display()))?
+                .next()
+                .is_none();
+        ensure!(
+            empty_dir,
+            "--out {}: already exists and is not an empty directory; {command} never overwrites, \
+             pass a new path",
+            out.display()
+        );
+    }
     Ok(())
 }

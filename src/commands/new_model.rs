@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use alp_policy::{Architecture, Dtype};
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::config::Preset;
@@ -30,18 +30,6 @@ pub struct NewModelArgs {
 pub fn run(args: NewModelArgs) -> Result<()> {
     let out = &args.out;
     // Never overwrite: a checkpoint (or anything else) already there is refused, not replaced.
-    if out.exists() {
-        let empty_dir = out.is_dir()
-            && std::fs::read_dir(out)
-                .with_context(|| format!("cannot read {}", out.display()))?
-                .next()
-                .is_none();
-        ensure!(
-            empty_dir,
-            "--out {}: already exists and is not an empty directory; new-model never overwrites, \
-             pass a new path",
-            out.display()
-        );
-    }
+    super::refuse_existing_out(out, "new-model")?;
     write_model(args.preset, args.arch, out, args.seed, args.dtype)
 }

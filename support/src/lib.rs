@@ -5,6 +5,7 @@
 //! - [`oracle`]: the venv's Python, the independent reference, and running scripts with it (the
 //!   `alp-oracle` crate, which the tokenizer's tests use without this crate's libtorch features).
 //! - [`hf_models`]: `scripts/oracles/hf_models.py`, transformers' tiny checkpoints and their outputs.
+//! - [`peft`]: `scripts/oracles/peft_lora.py`, Python peft as the LoRA oracle.
 //! - [`bench`]: benchmark settings from the environment.
 //! - [`vllm`]: the vLLM Python and CPU server settings of the tests that start real servers.
 //! - `tiny_model` (feature `model`): tiny random decoders of the shapes the tests use;
@@ -14,6 +15,7 @@
 
 pub mod bench;
 pub mod hf_models;
+pub mod peft;
 pub mod vllm;
 /// Re-exported from `alp-oracle`, which crates without libtorch depend on directly.
 pub use alp_oracle as oracle;
