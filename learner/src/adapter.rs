@@ -118,3 +118,45 @@ fn check_same_shape(ours: &LoraConfig, saved: &LoraConfig, source: &str) -> Resu
     }
     Ok(())
 }
+
+/// Copies of the adapter's factors, to measure a step's update against ([`metrics`]).
+pub(crate) fn snapshot(adapter: &LoraAdapter) -> Vec<Tensor> {
+    tch::no_grad(|| {
+        adapter
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| t.detach().copy())
+            .collect()
+    })
+}
+
+/// The `lora/*` metrics after a step: the factors' norm, the norm of their change to the weights
+/// (`scale B A` over every adapted projection) and the norm of the step's update against `before`
+/// ([`snapshot`], taken before the step).
+pub(crate) fn metrics(adapter: &LoraAdapter, before: &[Tensor]) -> Vec<(&'static str, f64)> {
+    use crate::metric_names as names;
+    tch::no_grad(|| {
+        let factors: Vec<Tensor> = adapter
+            .named_tensors()
+            .into_iter()
+            .map(|(_, t)| t.detach())
+            .collect();
+        let sq = |t: &Tensor| t.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double);
+        let norm = |ts: &mut dyn Iterator<Item = Tensor>| {
+            ts.fold(0.0, |acc, t| acc + sq(&t).double_value(&[])).sqrt()
+        };
+        let adapter_norm = norm(&mut factors.iter().map(|t| t.shallow_clone()));
+        let update_norm = norm(&mut factors.iter().zip(before).map(|(a, b)| a - b));
+        let delta_norm = norm(
+            &mut adapter
+                .sites()
+                .into_iter()
+                .filter_map(|site| adapter.delta_weight(site)),
+        );
+        vec![
+            (names::LORA_ADAPTER_NORM, adapter_norm),
+            (names::LORA_DELTA_NORM, delta_norm),
+            (names::LORA_UPDATE_NORM, update_norm),
+        ]
+    })
+}

@@ -230,6 +230,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
             source,
         )?;
         let scales = global_scales(&micros, layout, self.sync.as_mut())?;
+        let adapter_before = self.adapter.as_ref().map(adapter::snapshot);
         let mut totals = StepTotals {
             mismatch,
             ..Default::default()
@@ -239,7 +240,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
                 self.train_mini_batch(&micros[mini.clone()], scale, source, &mut totals)?;
             }
         }
-        let metrics = StepReport {
+        let mut metrics = StepReport {
             totals: &totals,
             optimizer: &self.optimizer,
             alp: self.alp.as_ref(),
@@ -250,6 +251,9 @@ impl<P: TrainablePolicy> PgLearner<P> {
             started,
         }
         .metrics();
+        if let (Some(a), Some(before)) = (&self.adapter, &adapter_before) {
+            metrics.extend(adapter::metrics(a, before).into_iter().map(|(k, v)| (k.into(), v)));
+        }
         self.step += 1;
         Ok(metrics)
     }

@@ -66,6 +66,14 @@ fixed_names! {
     /// The noise scale sigma on the logits (`target = "logits"`).
     ALP_SIGMA_LOGITS = "alp/sigma_logits";
 
+    // --- Policy-gradient learner: the LoRA adapter (only with `[model.lora]`), after the step.
+    /// Global L2 norm of the adapter's factors, every A and B.
+    LORA_ADAPTER_NORM = "lora/adapter_norm";
+    /// Frobenius norm of the adapter's change to the weights, `sqrt(sum over sites |scale B A|^2)`.
+    LORA_DELTA_NORM = "lora/delta_norm";
+    /// Global L2 norm of the step's change of the factors (every A and B).
+    LORA_UPDATE_NORM = "lora/update_norm";
+
     // --- Policy-gradient learner: loss, optimizer.
     /// Token-mean entropy of `softmax(logits / T)` of the training forwards (nats per token).
     POLICY_ENTROPY = "policy/entropy";
@@ -144,6 +152,9 @@ fixed_names! {
     /// Wall time of the weight sync that gave the step's batch its weights: write, reload on every
     /// server, verify (seconds).
     SYNC_S = "sync/seconds";
+    /// Bytes of that sync's payload: the tensors handed to the local engine, or the files written
+    /// for the vLLM servers (the adapter alone when vLLM serves it as an adapter).
+    SYNC_BYTES = "sync/bytes";
     /// Servers that passed that sync's probe (count).
     SYNC_SERVERS_PROBED = "sync/servers_probed";
     /// Largest |server log-prob - ours| over every probe token of that sync (nats).
