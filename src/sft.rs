@@ -11,7 +11,7 @@ use std::time::Instant;
 use alp_envs::Environment;
 use alp_learner::metric_names as names;
 use alp_learner::sft::{check_file, SftLearner, SftSettings, SftSource, SftStep};
-use alp_policy::CausalLM;
+use alp_policy::{CausalLM, LoraAdapter};
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,39 @@ pub fn check_data(
     }
 }
 
+/// The model of an SFT checkpoint in `staging/model/`. With a LoRA adapter: the adapter merged into
+/// the weights (the model RL continues from, with a fresh adapter of its own), and the adapter itself
+/// in PEFT's format in `staging/adapter/`; the learner's frozen weights are put back bit for bit.
+fn write_sft_model(
+    staging: &Path,
+    learner: &SftLearner<CausalLM>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    let policy = learner.policy();
+    let Some(adapter) = learner.adapter() else {
+        return write_model(staging, policy, tokenizer);
+    };
+    adapter
+        .save(&staging.join("adapter"))
+        .context("saving the SFT adapter")?;
+    let merged = adapter
+        .merged_weights(policy)
+        .context("merging the SFT adapter")?;
+    let names: std::collections::HashSet<&str> = merged.iter().map(|(n, _)| n.as_str()).collect();
+    let originals: Vec<(String, tch::Tensor)> = tch::no_grad(|| {
+        policy
+            .named_parameters()
+            .into_iter()
+            .filter(|(n, _)| names.contains(n.as_str()))
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect()
+    });
+    policy.copy_named_weights_subset(&merged)?;
+    let written = write_model(staging, policy, tokenizer);
+    policy.copy_named_weights_subset(&originals)?;
+    written
+}
+
 /// What an SFT phase left behind.
 #[derive(Debug, Clone)]
 pub struct SftSummary {
@@ -123,7 +156,16 @@ pub fn run(
         // SFT has no `keep`: every checkpoint it writes stays.
         checkpoints: CheckpointWriter::new(run, KEEP_ALL),
     };
-    let learner = SftLearner::new(&settings(sft), policy);
+    let lora = config.model.lora.as_ref().filter(|_| sft.lora);
+    let learner = match lora {
+        None => SftLearner::new(&settings(sft), policy),
+        Some(lora) => {
+            let base = Some(model_src.display().to_string());
+            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
+                .context("[model.lora] does not fit the model")?;
+            SftLearner::with_adapter(&settings(sft), policy, adapter)
+        }
+    };
     tracing::info!(steps = sft.steps, batch = sft.batch_size, lr = sft.lr, run = %run.root.display(), "supervised fine-tuning");
     let (first_loss, last_loss) = phase.train(learner, &source)?;
     Ok(SftSummary {
@@ -185,7 +227,7 @@ impl Phase<'_> {
                     seed: sft.seed,
                 };
                 self.checkpoints.save(&state, |staging| {
-                    write_model(staging, learner.policy(), self.tokenizer)
+                    write_sft_model(staging, &learner, self.tokenizer)
                 })?;
             }
         }

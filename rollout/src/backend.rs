@@ -61,6 +61,9 @@ pub struct SyncReport {
     pub probes: Vec<ProbeReport>,
     /// Wall time of the whole sync, writing the weights included.
     pub seconds: f64,
+    /// Bytes of what the sync moved: the update's tensors for an in-process copy, the files written
+    /// for remote servers.
+    pub bytes: u64,
 }
 
 /// A replica's answer to the sync probe, compared with our forward on the same weights.

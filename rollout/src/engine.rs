@@ -594,6 +594,7 @@ impl GenerationBackend for LocalEngine {
             version: update.version,
             probes: Vec::new(),
             seconds: start.elapsed().as_secs_f64(),
+            bytes: update.num_bytes(),
         })
     }
 }

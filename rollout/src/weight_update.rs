@@ -74,6 +74,14 @@ impl WeightUpdate {
         }
     }
 
+    /// Bytes of the tensors the update carries, in the dtypes they are sent in (`sync/bytes`).
+    pub fn num_bytes(&self) -> u64 {
+        self.tensors()
+            .iter()
+            .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum()
+    }
+
     /// The payload's name in logs and in the serialised form: `full` or `subset`.
     pub fn payload_kind(&self) -> &'static str {
         match &self.payload {

@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! schema.rs    the sections as serde structs, their defaults and the views the runtime takes
+//! lora.rs      `[model.lora]`: the adapter settings and their checks
 //! load.rs      reading, `--set` overrides, key spans and error positions -> LoadedConfig
 //! validate.rs  range and consistency checks, the environment built once
 //! ```
 mod load;
+mod lora;
 mod schema;
 mod validate;
 
+pub use lora::{LoraSection, TargetModulesSetting};
 pub use load::{closest, key_location, load, parse_override, ConfigError, LoadedConfig};
 pub use schema::{
     Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,

@@ -10,6 +10,8 @@ use alp_rollout::{LogprobMode, SamplingParams};
 use alp_vllm::VllmSettings;
 use serde::{Deserialize, Serialize};
 
+use super::lora::LoraSection;
+
 string_enum! {
     /// Where the model runs (`model.device`).
     pub enum Device {
@@ -118,6 +120,9 @@ pub struct SftSection {
     pub log_every: u64,
     /// Checkpoint every this many steps; 0: last step only (always checkpointed).
     pub checkpoint_every: u64,
+    /// With `[model.lora]`: the warm start trains a LoRA adapter too (merged into the model RL starts
+    /// from) when true, every weight when false. Ignored without `[model.lora]`.
+    pub lora: bool,
 }
 
 impl Default for SftSection {
@@ -134,6 +139,7 @@ impl Default for SftSection {
             seed: 0,
             log_every: 10,
             checkpoint_every: 0,
+            lora: true,
         }
     }
 }
@@ -193,6 +199,9 @@ pub struct ModelSection {
     pub device: Device,
     /// CPU threads of each libtorch op (intra-op parallelism); 0 keeps libtorch's default (one per core).
     pub threads: usize,
+    /// `[model.lora]`: train a LoRA adapter instead of the weights (absent: full fine-tuning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSection>,
 }
 
 impl Default for ModelSection {
@@ -207,6 +216,7 @@ impl Default for ModelSection {
             train_dtype: Dtype::F32,
             device: Device::Auto,
             threads: 0,
+            lora: None,
         }
     }
 }

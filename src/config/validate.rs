@@ -75,6 +75,18 @@ impl TrainConfig {
             }
             _ => {}
         }
+        if let Some(lora) = &m.lora {
+            lora.validate()?;
+            if self.learner.kind == LearnerKind::Eggroll {
+                return bad(
+                    "model.lora",
+                    "is set but learner.kind = \"eggroll\" evolves the full weights (its members' \
+                     low-rank perturbations act on every weight matrix, not on an adapter); remove \
+                     [model.lora] or use learner.kind = \"pg\""
+                        .into(),
+                );
+            }
+        }
         if m.threads > MAX_THREADS {
             return bad(
                 "model.threads",

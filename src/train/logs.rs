@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::messages::RolloutBatch;
 use crate::run_dir::RunDir;
 
-/// The vLLM sync and server metrics of a batch (none for the local engine).
+/// The sync metrics of a batch (every backend) and the vLLM probe and server metrics.
 pub(super) fn backend_metrics(batch: &RolloutBatch) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if let Some(sync) = &batch.sync {
@@ -16,15 +16,19 @@ pub(super) fn backend_metrics(batch: &RolloutBatch) -> BTreeMap<String, f64> {
         let most =
             |f: fn(&alp_rollout::ProbeReport) -> f64| probes.iter().map(f).fold(f64::NAN, f64::max);
         m.insert(names::SYNC_S.into(), sync.seconds);
-        m.insert(names::SYNC_SERVERS_PROBED.into(), probes.len() as f64);
-        m.insert(
-            names::SYNC_PROBE_MAX_ABS_DIFF.into(),
-            most(|p| p.max_abs_logprob_diff),
-        );
-        m.insert(
-            names::SYNC_PROBE_MEAN_ABS_DIFF.into(),
-            most(|p| p.mean_abs_logprob_diff),
-        );
+        m.insert(names::SYNC_BYTES.into(), sync.bytes as f64);
+        // An in-process copy (the local engine) has no server and nothing probed.
+        if !probes.is_empty() {
+            m.insert(names::SYNC_SERVERS_PROBED.into(), probes.len() as f64);
+            m.insert(
+                names::SYNC_PROBE_MAX_ABS_DIFF.into(),
+                most(|p| p.max_abs_logprob_diff),
+            );
+            m.insert(
+                names::SYNC_PROBE_MEAN_ABS_DIFF.into(),
+                most(|p| p.mean_abs_logprob_diff),
+            );
+        }
     }
     if !batch.servers.is_empty() {
         let count = |f: fn(&alp_vllm::ReplicaStats) -> usize| {

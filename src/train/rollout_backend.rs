@@ -93,11 +93,11 @@ impl RolloutBackend {
 
     /// Makes the published `update` the weights of every later generation. For vLLM the sync is
     /// verified on every serving server (an error means no sample may be attributed to the update's
-    /// version); its report is returned.
+    /// version). Returns the sync's report (the local engine's has no probes).
     pub fn install(&mut self, update: &WeightUpdate) -> Result<Option<SyncReport>, String> {
         let applied = self.generation_backend().apply_update(update);
         match self {
-            RolloutBackend::Local(_) => applied.map(|_| None).map_err(|e| e.to_string()),
+            RolloutBackend::Local(_) => applied.map(Some).map_err(|e| e.to_string()),
             RolloutBackend::Vllm(_) => synced(update.version, applied).map(Some),
         }
     }

@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use alp_envs::{Environment, Example, Split};
-use alp_policy::CausalLM;
 use alp_rollout::{
     run_member_episodes, EpisodeSettings, SamplingParams, SyncReport, Trajectory, WeightUpdate,
 };
@@ -165,10 +164,9 @@ impl RolloutWorker {
         }
     }
 
-    /// Sends a deep copy of `model`'s parameters as `version`; with `evaluate`, the worker evaluates
-    /// them as soon as it installs them.
-    pub fn publish(&self, model: &CausalLM, version: u64, evaluate: bool) {
-        let update = WeightUpdate::copy_of(model, version);
+    /// Sends `update` (the learner's new weights: [`super::learners::RunLearner::weight_update`]);
+    /// with `evaluate`, the worker evaluates them as soon as it installs them.
+    pub fn publish(&self, update: WeightUpdate, evaluate: bool) {
         if let Some(tx) = &self.weights {
             // A worker that has produced its last batch has exited; nothing more to send it.
             let _ = tx.send(PublishedWeights { update, evaluate });

@@ -108,7 +108,8 @@ impl Session<'_> {
                 config.eval.as_ref().map_or(0, |e| e.every),
                 config.run.steps,
             );
-        self.worker.publish(self.learner.policy(), step, evaluate);
+        self.worker
+            .publish(self.learner.weight_update(step)?, evaluate);
         let values = self.step_metrics(&batch, out, wait_s, started, evaluate)?;
         pause::point("metrics", step);
         tracing::info!(

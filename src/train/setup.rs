@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use alp_learner::{PgLearner, TrainablePolicy};
+use alp_policy::LoraAdapter;
 use alp_rollout::EpisodeSettings;
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
@@ -165,7 +166,16 @@ fn build_learner(
     } else {
         None
     };
-    let learner = PgLearner::new(config.learner_settings(), policy, reference)?;
+    let learner = match &config.model.lora {
+        None => PgLearner::new(config.learner_settings(), policy, reference)?,
+        Some(lora) => {
+            // A fresh adapter; a resumed run then loads the trained one from its learner state.
+            let base = Some(model_src.display().to_string());
+            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
+                .context("[model.lora] does not fit the model")?;
+            PgLearner::with_adapter(config.learner_settings(), policy, reference, adapter)?
+        }
+    };
     Ok(Box::new(PolicyGradient::new(config, learner)))
 }
 

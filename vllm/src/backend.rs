@@ -144,12 +144,14 @@ impl VllmBackend {
             None => None,
         };
         let dir = self.sync_dir.write(weights, version, kind)?;
+        let bytes = crate::weights::bytes_in(&dir);
         let probes = self.sync_from_dir(&dir, version, weights)?;
         self.sync_dir.prune(&dir)?;
         Ok(SyncReport {
             version,
             probes,
             seconds: start.elapsed().as_secs_f64(),
+            bytes,
         })
     }
 

@@ -88,3 +88,17 @@ fn remove_dir_if_present(path: &Path) -> std::io::Result<()> {
         other => other,
     }
 }
+
+/// Total size of the files directly in `dir` (what a sync wrote for the servers to read); files that
+/// cannot be read count as 0.
+pub fn bytes_in(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,7 +1,10 @@
 //! The SFT learner: the policy, its AdamW (the RL learner's model group and schedule), one step per
 //! batch with the RL learner's gradient clipping.
 use super::example::SftExample;
-use super::loss::sft_loss;
+use alp_policy::LoraAdapter;
+
+use super::loss::sft_loss_with;
+use crate::adapter;
 use crate::error::Result;
 use crate::optimizer::{AdamW, AdamWConfig, ParamGroup, MODEL_GROUP};
 use crate::settings::{LrSchedule, OptimizerSettings};
@@ -54,9 +57,11 @@ pub struct SftStep {
     pub applied: bool,
 }
 
-/// Trains a policy on tokenised conversations.
+/// Trains a policy (or a LoRA adapter on it) on tokenised conversations.
 pub struct SftLearner<P: TrainablePolicy> {
     policy: P,
+    /// The LoRA adapter trained instead of the policy's weights (then frozen), if any.
+    adapter: Option<LoraAdapter>,
     optimizer: AdamW,
     max_grad_norm: f64,
 }
@@ -72,9 +77,29 @@ impl<P: TrainablePolicy> SftLearner<P> {
         );
         SftLearner {
             policy,
+            adapter: None,
             optimizer,
             max_grad_norm: settings.max_grad_norm,
         }
+    }
+
+    /// A learner that trains `adapter` (made for `policy`) with the policy's weights frozen, as
+    /// [`crate::PgLearner::with_adapter`] does: the optimizer holds only the adapter's A and B.
+    pub fn with_adapter(settings: &SftSettings, policy: P, adapter: LoraAdapter) -> Self {
+        adapter::freeze(&policy);
+        let opt = settings.optimizer();
+        let optimizer = AdamW::from_settings(vec![adapter::param_group(&adapter, &opt)], &opt);
+        SftLearner {
+            policy,
+            adapter: Some(adapter),
+            optimizer,
+            max_grad_norm: settings.max_grad_norm,
+        }
+    }
+
+    /// The adapter being trained ([`SftLearner::with_adapter`]), if any.
+    pub fn adapter(&self) -> Option<&LoraAdapter> {
+        self.adapter.as_ref()
     }
 
     pub fn policy(&self) -> &P {
@@ -97,7 +122,8 @@ impl<P: TrainablePolicy> SftLearner<P> {
             .lr_at(MODEL_GROUP, self.optimizer.steps_taken())
             .expect("the optimizer has the model group");
         self.optimizer.zero_grad();
-        let (loss, tokens) = sft_loss(&self.policy, batch)?;
+        let hooks = adapter::scoring_hooks(self.adapter.as_ref());
+        let (loss, tokens) = sft_loss_with(&self.policy, hooks, batch)?;
         loss.backward();
         let grad_norm = self.optimizer.clip_grad_norm(self.max_grad_norm);
         let loss = f64::try_from(&loss)?;

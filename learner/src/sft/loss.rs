@@ -1,6 +1,6 @@
 //! The SFT loss: the mean negative log-likelihood of the trained (assistant) tokens of a batch, from
 //! the same packed forward as the RL loss and the same token-mean aggregation.
-use alp_policy::NoHooks;
+use alp_policy::{ForwardHooks, NoHooks};
 use tch::Tensor;
 
 use super::example::SftExample;
@@ -16,10 +16,19 @@ pub fn sft_loss<P: TrainablePolicy + ?Sized>(
     policy: &P,
     batch: &[SftExample],
 ) -> Result<(Tensor, usize)> {
+    sft_loss_with(policy, &NoHooks, batch)
+}
+
+/// [`sft_loss`] of `policy` with `hooks` on its forward (a LoRA adapter being trained).
+pub fn sft_loss_with<P: TrainablePolicy + ?Sized>(
+    policy: &P,
+    hooks: &dyn ForwardHooks,
+    batch: &[SftExample],
+) -> Result<(Tensor, usize)> {
     let samples: Vec<Sample> = batch.iter().map(SftExample::to_sample).collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     let packed = PackedBatch::pack(&refs, &vec![0.0; refs.len()], policy.device())?;
-    let (lp, _) = packed.log_probs(policy, &NoHooks, Entropy::Skip);
+    let (lp, _) = packed.log_probs(policy, hooks, Entropy::Skip);
     let tokens = packed.num_tokens();
     let scale = AggregationScale {
         tokens: tokens as f64,

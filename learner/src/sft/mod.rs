@@ -24,4 +24,4 @@ pub use conversation::{env_pair, read_jsonl, SftPair, ROLES};
 pub use error::SftDataError;
 pub use example::{check_file, encode_pair, SftExample, SftSource};
 pub use learner::{SftLearner, SftSettings, SftStep};
-pub use loss::sft_loss;
+pub use loss::{sft_loss, sft_loss_with};

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use alp_policy::CausalLM;
+use alp_rollout::WeightUpdate;
 use anyhow::Result;
 
 pub use super::messages::BatchPopulation;
@@ -34,6 +35,12 @@ pub struct StepOutput {
 pub trait RunLearner {
     /// The weights rollouts are generated with and evaluation scores (published after each step).
     fn policy(&self) -> &CausalLM;
+
+    /// What the rollout worker installs after the step, as `version`: by default a deep copy of every
+    /// parameter of [`RunLearner::policy`].
+    fn weight_update(&self, version: u64) -> Result<WeightUpdate> {
+        Ok(WeightUpdate::copy_of(self.policy(), version))
+    }
 
     /// The population the rollout worker must generate with; `None`: the plain policy.
     fn batch_population(&self) -> Option<Arc<dyn BatchPopulation>> {

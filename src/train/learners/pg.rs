@@ -5,6 +5,7 @@ use std::path::Path;
 use alp_learner::metric_names as names;
 use alp_learner::{Group, PgLearner, Sample};
 use alp_policy::CausalLM;
+use alp_rollout::{WeightPayload, WeightUpdate};
 use anyhow::{Context, Result};
 use tch::{Device, Kind};
 
@@ -54,6 +55,22 @@ impl PolicyGradient {
 impl RunLearner for PolicyGradient {
     fn policy(&self) -> &CausalLM {
         self.learner.policy()
+    }
+
+    /// With a LoRA adapter: the adapted projections merged (`W + scale B A`, f32; the inference copy
+    /// rounds them to its dtype as a merged deployment would), the other weights unchanged and not
+    /// sent. Without: every weight.
+    fn weight_update(&self, version: u64) -> Result<WeightUpdate> {
+        let Some(adapter) = self.learner.adapter() else {
+            return Ok(WeightUpdate::copy_of(self.learner.policy(), version));
+        };
+        let merged = adapter
+            .merged_weights(self.learner.policy())
+            .context("merging the LoRA adapter for the rollout copy")?;
+        Ok(WeightUpdate {
+            version,
+            payload: WeightPayload::Subset(merged),
+        })
     }
 
     fn train(&mut self, batch: &RolloutBatch, step: u64) -> Result<StepOutput> {
