@@ -15,6 +15,9 @@ pub enum LearnerError {
     State(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// Summing gradients or counts across processes failed (a peer died or hung: see alp-dist).
+    #[error("gradient sync across processes: {0}")]
+    Sync(String),
     /// A LoRA adapter that cannot be saved, or a saved one that does not fit the trained adapter.
     #[error(transparent)]
     Lora(#[from] alp_policy::LoraError),
