@@ -243,3 +243,88 @@ fn sigkill_an_eggroll_run_then_resume_gives_the_same_metrics() {
         6,
     );
 }
+
+/// A LoRA run (`[model.lora]`, the warm start training an adapter too): the adapter and its Adam
+/// moments are the learner's state.
+const LORA: [&str; 12] = [
+    "--set",
+    "model.lora.rank=4",
+    "--set",
+    "model.lora.alpha=8",
+    "--set",
+    "sft.steps=4",
+    "--set",
+    "sft.batch_size=4",
+    "--set",
+    "eval.every=2",
+    "--set",
+    "eval.problems=4",
+];
+const LORA_FILES: &[&str] = &[
+    "learner/optimizer.safetensors",
+    "learner/learner.safetensors",
+    "learner/adapter/adapter_config.json",
+    "learner/adapter/adapter_model.safetensors",
+];
+
+/// The tensors of a safetensors file, by name.
+fn tensors(file: &Path) -> BTreeMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn sigkill_a_lora_run_then_resume_and_the_base_weights_never_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Synchronous rollouts (math-tiny.toml), so every value is compared exactly after the resume.
+    kill_resume_compare(
+        tmp.path(),
+        &LORA,
+        LORA_FILES,
+        &["update:3", "checkpoint:4", "latest:4"],
+        &[0, 1, 2, 3, 4, 5, 6],
+        6,
+    );
+    let run = tmp.path().join("straight");
+    // The model RL starts from is the warm start's: its adapter merged into the initial model.
+    let start = tensors(&run.join("sft/checkpoints/step-000004/model/model.safetensors"));
+    let initial = tensors(&run.join("initial-model/model.safetensors"));
+    let merged: Vec<&String> = start
+        .iter()
+        .filter(|(k, v)| !v.equal(&initial[*k]))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        !merged.is_empty() && merged.iter().all(|k| k.ends_with("_proj.weight")),
+        "the warm start changes exactly the adapted projections: {merged:?}"
+    );
+    for step in [2, 4, 6] {
+        let ckpt = run.join(format!("checkpoints/step-{step:06}"));
+        // The base weights of every RL checkpoint are the starting model's, bit for bit.
+        let base = tensors(&ckpt.join("model/model.safetensors"));
+        assert_eq!(
+            base.keys().collect::<Vec<_>>(),
+            start.keys().collect::<Vec<_>>()
+        );
+        for (k, v) in &base {
+            assert!(v.equal(&start[k]), "step {step}: base weight {k} changed");
+        }
+        // The optimizer holds the adapter's factors and ALP's scales, nothing else.
+        let optimizer = tensors(&ckpt.join("learner/optimizer.safetensors"));
+        for k in optimizer.keys().filter(|k| k.as_str() != "__step__") {
+            let adapter = k.starts_with("model/base_model.model.")
+                && (k.contains(".lora_A.weight/") || k.contains(".lora_B.weight/"));
+            assert!(
+                adapter || k.starts_with("alp/"),
+                "step {step}: optimizer holds {k}"
+            );
+        }
+        // The adapter moved: B is no longer zero.
+        let adapter = tensors(&ckpt.join("learner/adapter/adapter_model.safetensors"));
+        assert!(adapter
+            .iter()
+            .any(|(k, v)| k.ends_with("lora_B.weight") && v.abs().max().double_value(&[]) > 0.0));
+    }
+}

@@ -200,7 +200,7 @@ pub const MISMATCH: [&str; 6] = [
 ];
 
 /// Prefixes of the columns that depend on wall time, the only ones a seed does not reproduce.
-pub const TIMING_PREFIXES: [&str; 2] = ["time/", "throughput/"];
+pub const TIMING_PREFIXES: [&str; 3] = ["time/", "throughput/", SYNC_S];
 
 /// Whether `name` is a wall-time column (see [`TIMING_PREFIXES`]).
 pub fn is_timing(name: &str) -> bool {

@@ -68,6 +68,9 @@ pub struct RolloutWorkerSettings {
     pub evaluation: Option<Evaluation>,
     /// Evaluate the starting weights (`first_batch`'s version) before generating anything.
     pub evaluate_first: bool,
+    /// Installed on top of `model_dir` before anything is generated or evaluated: what the learner's
+    /// state adds to the weights on disk (a LoRA adapter: [`super::learners::RunLearner::initial_update`]).
+    pub initial_update: Option<WeightUpdate>,
 }
 
 /// The `eval/*` metrics of one evaluation, or the worker's error.
@@ -198,7 +201,10 @@ fn worker(
         .map_err(|e| format!("tokenizer in {}: {e}", s.tokenizer_dir.display()))?;
     // Published weights are copied straight into the backend's model (converted to its dtype): the
     // worker holds one copy of the model. A vLLM backend is synced to the starting weights here.
-    let (backend, mut sync) = RolloutBackend::start(&s.backend, &s.model_dir, s.first_batch)?;
+    let (mut backend, mut sync) = RolloutBackend::start(&s.backend, &s.model_dir, s.first_batch)?;
+    if let Some(update) = &s.initial_update {
+        sync = backend.install(update)?.or(sync);
+    }
     let mut w = WorkerThread {
         s: &s,
         tokenizer,

@@ -261,5 +261,6 @@ fn spawn_rollout_worker(
         population: learner.batch_population(),
         evaluation,
         evaluate_first,
+        initial_update: learner.initial_update(state.step)?,
     }))
 }

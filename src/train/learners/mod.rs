@@ -42,6 +42,13 @@ pub trait RunLearner {
         Ok(WeightUpdate::copy_of(self.policy(), version))
     }
 
+    /// What the rollout worker installs on top of the weights it loads from disk before generating
+    /// `version`: nothing by default (the checkpoint's weights are the policy), the adapter for a
+    /// LoRA learner (the checkpoint holds only the frozen base).
+    fn initial_update(&self, _version: u64) -> Result<Option<WeightUpdate>> {
+        Ok(None)
+    }
+
     /// The population the rollout worker must generate with; `None`: the plain policy.
     fn batch_population(&self) -> Option<Arc<dyn BatchPopulation>> {
         None

@@ -73,6 +73,13 @@ impl RunLearner for PolicyGradient {
         })
     }
 
+    fn initial_update(&self, version: u64) -> Result<Option<WeightUpdate>> {
+        match self.learner.adapter() {
+            Some(_) => self.weight_update(version).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn train(&mut self, batch: &RolloutBatch, step: u64) -> Result<StepOutput> {
         let mut rows = BatchRows::new(batch, step, &self.row_context)?;
         let mut groups = Vec::new();
