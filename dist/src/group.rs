@@ -1,5 +1,6 @@
 //! A c10d process group: the TCPStore rendezvous and the collectives, through `csrc/binding.cpp`.
 use std::ffi::{c_int, c_void, CString};
+use std::sync::{Mutex, MutexGuard};
 
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
@@ -51,11 +52,15 @@ pub struct ProcessGroup {
     local_rank: usize,
     backend: Backend,
     bucket_bytes: usize,
+    /// Held through every collective: calls from several threads are serialized (each still has to
+    /// come in the same order on every rank).
+    lock: Mutex<()>,
 }
 
-// SAFETY: the c10d group is used from one thread at a time (`&mut self`-free calls are serialized by
-// the caller owning the group); c10d's backends may be driven from any thread.
+// SAFETY: c10d's backends may be driven from any thread, and `lock` serializes the calls.
 unsafe impl Send for ProcessGroup {}
+// SAFETY: as above; the other fields are plain values.
+unsafe impl Sync for ProcessGroup {}
 
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -102,6 +107,7 @@ impl ProcessGroup {
             local_rank: rendezvous.local_rank,
             backend,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
+            lock: Mutex::new(()),
         })
     }
 
@@ -144,6 +150,7 @@ impl ProcessGroup {
         if ptrs.is_empty() {
             return Ok(());
         }
+        let _guard = self.serialize();
         // SAFETY: the pointers are live `at::Tensor*` borrowed for the call.
         let err = unsafe {
             ffi::alp_dist_all_reduce_sum(self.raw, ptrs.as_ptr(), ptrs.len(), self.bucket())
@@ -163,6 +170,7 @@ impl ProcessGroup {
         if ptrs.is_empty() {
             return Ok(());
         }
+        let _guard = self.serialize();
         // SAFETY: as in all_reduce_sum.
         let err = unsafe {
             ffi::alp_dist_broadcast(
@@ -206,6 +214,7 @@ impl ProcessGroup {
 
     /// Returns once every rank called it (or fails after the timeout).
     pub fn barrier(&self) -> Result<()> {
+        let _guard = self.serialize();
         // SAFETY: a live group.
         let err = unsafe { ffi::alp_dist_barrier(self.raw) };
         ffi::take_error(err).map_err(self.collective_error("barrier"))
@@ -215,6 +224,7 @@ impl ProcessGroup {
     fn all_gather(&self, op: &'static str, input: &Tensor) -> Result<Vec<Tensor>> {
         let outputs: Vec<Tensor> = (0..self.world_size).map(|_| input.empty_like()).collect();
         let ptrs = self.pointers(op, &outputs)?;
+        let _guard = self.serialize();
         // SAFETY: as in all_reduce_sum; `input` lives for the call.
         let err = unsafe {
             ffi::alp_dist_all_gather(
@@ -242,6 +252,10 @@ impl ProcessGroup {
                 Ok(t.as_ptr() as *mut C_tensor)
             })
             .collect()
+    }
+
+    fn serialize(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn bucket(&self) -> i64 {

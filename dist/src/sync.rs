@@ -1,4 +1,6 @@
 //! [`DistSync`]: the learner's gradient-sync seam over a c10d process group.
+use std::sync::Arc;
+
 use alp_learner::{GradientSync, LearnerError};
 use tch::{Kind, Tensor};
 
@@ -14,25 +16,23 @@ use crate::group::ProcessGroup;
 /// a zero gradient first, so every rank sums the same tensors and ends with the same gradient; a
 /// parameter no rank reached keeps an undefined gradient everywhere, as in one process, where the
 /// optimizer skips it.
-#[derive(Debug)]
+///
+/// The group is shared (`Arc`): the run keeps it for its other collectives (metrics, rollouts,
+/// checkpoints) while the learner owns the sync.
+#[derive(Debug, Clone)]
 pub struct DistSync {
-    group: ProcessGroup,
+    group: Arc<ProcessGroup>,
 }
 
 impl DistSync {
     /// Syncs through `group` (which every rank's learner must use in the same way).
-    pub fn new(group: ProcessGroup) -> Self {
+    pub fn new(group: Arc<ProcessGroup>) -> Self {
         Self { group }
     }
 
-    /// The process group, for the other collectives of a run (metrics, rollouts, checkpoints).
-    pub fn group(&self) -> &ProcessGroup {
+    /// The process group.
+    pub fn group(&self) -> &Arc<ProcessGroup> {
         &self.group
-    }
-
-    /// Gives the process group back.
-    pub fn into_group(self) -> ProcessGroup {
-        self.group
     }
 }
 
