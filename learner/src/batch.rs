@@ -3,10 +3,14 @@
 //! Sequences are `prompt ++ completion`, right-padded, so position ids are the plain `0..len` whatever
 //! the model does with the attention mask. The logit at position `p` predicts token `p + 1`; the logits
 //! of completion tokens are picked with one `index_select` on the flattened `[b * s, vocab]` logits
-//! before the f32 `log_softmax`, so the vocabulary-wide softmax runs only over completion positions.
+//! before the f32 `log_softmax`, so the vocabulary-wide softmax runs only over completion positions;
+//! for a [`CausalLM`] the head and softmax run over row chunks ([`PackedBatch::head_chunks`]), so
+//! f32 logits of the whole vocabulary never exist for a whole micro-batch at once.
+use std::ops::Range;
+
 use tch::{Device, Kind, Tensor};
 
-use alp_policy::ForwardHooks;
+use alp_policy::{CausalLM, ForwardHooks};
 
 use crate::error::{LearnerError, Result};
 use crate::trainable::TrainablePolicy;
@@ -91,6 +95,9 @@ pub struct PackedBatch {
     /// The logits are divided by this before the softmax: the temperature `mu` was sampled at, so the
     /// learner scores tokens under the distribution that produced them (1 after [`PackedBatch::pack`]).
     pub temperature: f64,
+    /// Most bytes of f32 logits one row chunk of the LM head holds ([`PackedBatch::head_chunks`]);
+    /// [`HEAD_CHUNK_BYTES`] after [`PackedBatch::pack`].
+    pub head_chunk_bytes: usize,
 }
 
 impl PackedBatch {
@@ -161,12 +168,20 @@ impl PackedBatch {
             advantages: Tensor::from_slice(&adv).to_device(device),
             row_tokens,
             temperature: 1.0,
+            head_chunk_bytes: HEAD_CHUNK_BYTES,
         })
     }
 
     /// Scores this batch at sampling temperature `t` (see [`PackedBatch::temperature`]).
     pub fn at_temperature(mut self, t: f64) -> Self {
         self.temperature = t;
+        self
+    }
+
+    /// Runs the LM head over row chunks of at most `bytes` of f32 logits (see
+    /// [`PackedBatch::head_chunk_bytes`]); the log-probs are the same whatever the chunks.
+    pub fn with_head_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.head_chunk_bytes = bytes;
         self
     }
 
@@ -178,13 +193,28 @@ impl PackedBatch {
         self.row_tokens.iter().sum()
     }
 
-    /// Completion log-probs `[b, t]` (and entropy) of this batch under `policy` with `hooks`.
+    /// Completion log-probs `[b, t]` (and entropy) of this batch under `policy` with `hooks`. A
+    /// [`CausalLM`] runs its trunk once and the LM head and log-softmax over the row chunks of
+    /// [`PackedBatch::head_chunks`] (so `hooks.logits` sees one chunk's `[rows * t, vocab]` logits at a
+    /// time); other policies go through [`TrainablePolicy::selected_logits`] whole.
     pub fn log_probs<P: TrainablePolicy + ?Sized>(
         &self,
         policy: &P,
         hooks: &dyn ForwardHooks,
         entropy: Entropy,
     ) -> (Tensor, Option<Tensor>) {
+        if let Some(model) = policy.as_causal_lm() {
+            let h = model.hidden_states(&self.input_ids, Some(&self.attention_mask), hooks);
+            let flat = flatten_rows(&h);
+            let vocab = model.lm_head_weight().size()[0];
+            let (lps, ents): (Vec<Tensor>, Vec<Option<Tensor>>) = self
+                .head_chunks(vocab)
+                .into_iter()
+                .map(|rows| self.head_log_probs(model, &flat, rows, hooks, entropy))
+                .unzip();
+            let ents: Option<Vec<Tensor>> = ents.into_iter().collect();
+            return (Tensor::cat(&lps, 0), ents.map(|e| Tensor::cat(&e, 0)));
+        }
         let picked = policy.selected_logits(
             &self.input_ids,
             Some(&self.attention_mask),
@@ -193,6 +223,54 @@ impl PackedBatch {
         );
         completion_log_probs(&picked, self, entropy)
     }
+
+    /// Longest completion `t` (the width of the token-level tensors).
+    pub fn completion_len(&self) -> usize {
+        self.targets.size()[1] as usize
+    }
+
+    /// The rows cut into consecutive ranges whose f32 logits (`rows * t * vocab`) hold at most
+    /// [`PackedBatch::head_chunk_bytes`], at least one row each: how the LM head and the log-softmax
+    /// run.
+    pub fn head_chunks(&self, vocab: i64) -> Vec<Range<usize>> {
+        let per_row = (self.completion_len() as i64 * vocab * 4).max(1) as usize;
+        let step = (self.head_chunk_bytes / per_row).max(1);
+        let b = self.num_rows();
+        (0..b)
+            .step_by(step)
+            .map(|lo| lo..(lo + step).min(b))
+            .collect()
+    }
+
+    /// Log-probs `[rows.len(), t]` (and entropy) of rows `rows` of this batch from the final hidden
+    /// states of the whole batch flattened to `[b * s, hidden]`: the LM head on those rows'
+    /// predicting positions only, then [`completion_log_probs`]'s log-softmax.
+    pub fn head_log_probs(
+        &self,
+        model: &CausalLM,
+        hidden: &Tensor,
+        rows: Range<usize>,
+        hooks: &dyn ForwardHooks,
+        entropy: Entropy,
+    ) -> (Tensor, Option<Tensor>) {
+        let t = self.completion_len() as i64;
+        let (lo, n) = (rows.start as i64, rows.len() as i64);
+        let positions = self.positions.narrow(0, lo * t, n * t);
+        let picked = model.logits(&hidden.index_select(0, &positions), hooks);
+        let targets = self.targets.narrow(0, lo, n);
+        log_probs_of(&picked, &targets, self.temperature, entropy)
+    }
+}
+
+/// Bytes of f32 logits one row chunk of the LM head may hold (its log-softmax, and in a training
+/// forward their gradients, are as large again): 64 MiB, 2 rows of 128 tokens over SmolLM2's 49,152
+/// tokens. A row longer than that is its own chunk.
+pub const HEAD_CHUNK_BYTES: usize = 64 << 20;
+
+/// `[b, s, hidden]` to `[b * s, hidden]`.
+pub fn flatten_rows(h: &Tensor) -> Tensor {
+    let (b, s, d) = h.size3().expect("hidden states are [batch, seq, hidden]");
+    h.reshape([b * s, d])
 }
 
 /// What to compute about the entropy of the distribution at each completion position.
@@ -214,17 +292,24 @@ pub fn completion_log_probs(
     packed: &PackedBatch,
     entropy: Entropy,
 ) -> (Tensor, Option<Tensor>) {
-    let (b, t) = packed
-        .targets
-        .size2()
-        .expect("targets are [batch, completion]");
-    let logp = if packed.temperature == 1.0 {
+    log_probs_of(picked, &packed.targets, packed.temperature, entropy)
+}
+
+/// [`completion_log_probs`] for `targets` (`[b, t]`) and their logits `[b * t, vocab]`.
+fn log_probs_of(
+    picked: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+    entropy: Entropy,
+) -> (Tensor, Option<Tensor>) {
+    let (b, t) = targets.size2().expect("targets are [batch, completion]");
+    let logp = if temperature == 1.0 {
         picked.log_softmax(-1, Kind::Float)
     } else {
-        (picked.to_kind(Kind::Float) / packed.temperature).log_softmax(-1, Kind::Float)
+        (picked.to_kind(Kind::Float) / temperature).log_softmax(-1, Kind::Float)
     };
     let lp = logp
-        .gather(1, &packed.targets.reshape([b * t, 1]), false)
+        .gather(1, &targets.reshape([b * t, 1]), false)
         .reshape([b, t]);
     let ent = |logp: &Tensor| {
         -(logp.exp() * logp)

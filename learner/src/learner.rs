@@ -26,10 +26,11 @@ use crate::loss::{AggregationScale, LossConfig};
 use crate::metrics::Metrics;
 pub use crate::optimizer::MODEL_GROUP;
 use crate::optimizer::{AdamW, ParamGroup};
-use crate::settings::{CorrectionKind, LearnerSettings, SettingsError};
+use crate::settings::{AlpTarget, CorrectionKind, LearnerSettings, SettingsError};
 use crate::step::micro::{forward_backward, training_hooks, MicroStep, StepTotals};
 use crate::step::prepare::{global_scales, prepare_micro_batches, Micro, MismatchSource};
 use crate::step::report::StepReport;
+use crate::step::split::SplitOptions;
 use crate::step::update::clip_and_step;
 use crate::step::{GradientSync, LocalSync, StepPlan};
 use crate::trainable::TrainablePolicy;
@@ -95,6 +96,13 @@ impl<P: TrainablePolicy> PgLearner<P> {
             return Err(SettingsError::new(
                 "loss.kl_coef",
                 "is > 0 but the learner has no reference policy",
+            )
+            .into());
+        }
+        if settings.gradient_checkpointing && policy.as_causal_lm().is_none() {
+            return Err(SettingsError::new(
+                "gradient_checkpointing",
+                "needs a policy that runs a layer at a time (alp_policy::CausalLM)",
             )
             .into());
         }
@@ -183,7 +191,8 @@ impl<P: TrainablePolicy> PgLearner<P> {
     /// (with the trained adapter too, when there is one).
     pub fn log_probs(&self, samples: &[&Sample], hooks: &dyn ForwardHooks) -> Result<Tensor> {
         let packed = PackedBatch::pack(samples, &vec![0.0; samples.len()], self.policy.device())?
-            .at_temperature(self.settings.score_temperature);
+            .at_temperature(self.settings.score_temperature)
+            .with_head_chunk_bytes(self.settings.head_chunk_bytes);
         let with_adapter;
         let hooks = match &self.adapter {
             Some(a) => {
@@ -273,6 +282,10 @@ impl<P: TrainablePolicy> PgLearner<P> {
             kind: self.settings.correction.kind,
             mismatch_from_training: source.training_forward(),
             scale,
+            split: SplitOptions {
+                checkpointing: self.settings.gradient_checkpointing,
+                chunk_head: self.alp.as_ref().map(|a| a.target()) != Some(AlpTarget::Logits),
+            },
         };
         self.optimizer.zero_grad();
         for micro in micros {

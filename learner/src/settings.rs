@@ -129,6 +129,13 @@ pub struct LearnerSettings {
     pub advantage: AdvantageKind,
     /// Samples per forward/backward; gradients accumulate over the micro-batches of a mini-batch.
     pub micro_batch_size: usize,
+    /// Most tokens per micro-batch, padding counted (`rows * longest prompt + completion`); 0: no
+    /// budget. A micro-batch ends before the sample that would exceed it (a sample longer than the
+    /// budget is a micro-batch of its own); the loss is the same whatever the cut.
+    pub micro_batch_tokens: usize,
+    /// Activation checkpointing per decoder layer: the training forward keeps only each layer's input
+    /// and the backward recomputes the layer (about one more forward of compute for far less memory).
+    pub gradient_checkpointing: bool,
     /// Optimizer steps per epoch: the batch is cut into this many mini-batches (PPO mini-batches).
     pub mini_batches: usize,
     /// Passes over the batch (PPO epochs).
@@ -154,6 +161,11 @@ pub struct LearnerSettings {
     /// runtime sets it from `[rollout]` (`rollout.temperature`, or 1 for `logprob_mode = "raw"`).
     #[serde(skip)]
     pub score_temperature: f64,
+    /// Most bytes of f32 logits one row chunk of the LM head holds in the learner's forwards
+    /// ([`crate::batch::HEAD_CHUNK_BYTES`] by default). Not a config key: tests make it small to
+    /// check that the chunks add up to the whole.
+    #[serde(skip)]
+    pub head_chunk_bytes: usize,
 }
 
 impl Default for LearnerSettings {
@@ -162,6 +174,8 @@ impl Default for LearnerSettings {
             kind: LearnerKind::Pg,
             advantage: AdvantageKind::Grpo,
             micro_batch_size: 8,
+            micro_batch_tokens: 0,
+            gradient_checkpointing: false,
             mini_batches: 1,
             epochs: 1,
             max_grad_norm: 1.0,
@@ -173,6 +187,7 @@ impl Default for LearnerSettings {
             optimizer: OptimizerSettings::default(),
             eggroll: EggrollSettings::default(),
             score_temperature: 1.0,
+            head_chunk_bytes: crate::batch::HEAD_CHUNK_BYTES,
         }
     }
 }
@@ -185,6 +200,8 @@ impl Serialize for LearnerSettings {
             kind,
             advantage,
             micro_batch_size,
+            micro_batch_tokens,
+            gradient_checkpointing,
             mini_batches,
             epochs,
             max_grad_norm,
@@ -196,13 +213,16 @@ impl Serialize for LearnerSettings {
             optimizer,
             eggroll,
             score_temperature: _,
+            head_chunk_bytes: _,
         } = self;
-        let mut out = s.serialize_struct("LearnerSettings", 12)?;
+        let mut out = s.serialize_struct("LearnerSettings", 14)?;
         out.serialize_field("kind", kind)?;
         match kind {
             LearnerKind::Pg => {
                 out.serialize_field("advantage", advantage)?;
                 out.serialize_field("micro_batch_size", micro_batch_size)?;
+                out.serialize_field("micro_batch_tokens", micro_batch_tokens)?;
+                out.serialize_field("gradient_checkpointing", gradient_checkpointing)?;
                 out.serialize_field("mini_batches", mini_batches)?;
                 out.serialize_field("epochs", epochs)?;
                 out.serialize_field("max_grad_norm", max_grad_norm)?;
@@ -228,6 +248,8 @@ impl LearnerSettings {
     pub const PG_KEYS: &'static [&'static str] = &[
         "advantage",
         "micro_batch_size",
+        "micro_batch_tokens",
+        "gradient_checkpointing",
         "mini_batches",
         "epochs",
         "max_grad_norm",

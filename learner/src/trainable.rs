@@ -40,6 +40,13 @@ pub trait TrainablePolicy {
 
     /// Where the parameters live; packed batches go there.
     fn device(&self) -> Device;
+
+    /// The shared decoder behind this policy, if it is one: the learner then runs it a layer at a
+    /// time where it saves memory (the LM head over row chunks, activation checkpointing). `None`
+    /// (the default): every forward goes through [`TrainablePolicy::selected_logits`] whole.
+    fn as_causal_lm(&self) -> Option<&CausalLM> {
+        None
+    }
 }
 
 impl TrainablePolicy for CausalLM {
@@ -75,5 +82,9 @@ impl TrainablePolicy for CausalLM {
 
     fn device(&self) -> Device {
         CausalLM::device(self)
+    }
+
+    fn as_causal_lm(&self) -> Option<&CausalLM> {
+        Some(self)
     }
 }

@@ -148,6 +148,8 @@ fn a_written_learner_section_holds_only_its_learners_keys() {
     let mut pg_keys = vec![
         "advantage",
         "micro_batch_size",
+        "micro_batch_tokens",
+        "gradient_checkpointing",
         "mini_batches",
         "epochs",
         "max_grad_norm",

@@ -8,7 +8,7 @@
 //! dtype.rs       compute dtypes by name (f32, bf16, f16) -> Dtype
 //! precision.rs   a dtype request -> storage + rounding  -> Precision, Bf16Compute (bf16-rounded f32)
 //! checkpoint.rs  safetensors load/save, shards, init  -> CausalLM::{load, save, save_with, random}
-//! model.rs       the decoder's parameters and forward -> CausalLM::{forward, hidden_states, forward_cached}
+//! model.rs       the decoder's parameters and forward -> CausalLM::{forward, hidden_states, forward_cached}, layer by layer (embed, layer, final_norm)
 //! blocks.rs      one struct per block (RMSNorm, attention, MLP, decoder layer), as HF computes them
 //! rope.rs        rotary embeddings (default, linear, llama3)
 //! kv_cache.rs    preallocated KV cache for generation
@@ -50,6 +50,6 @@ pub use hooks::{
 };
 pub use kv_cache::KvCache;
 pub use lora::{LoraAdapter, LoraConfig, LoraError, TargetModules};
-pub use model::{attention_bias, positions_from_mask, CausalLM, LoadOptions};
+pub use model::{attention_bias, positions_from_mask, CausalLM, LayerContext, LoadOptions};
 pub use onednn_head::{OnednnLmHead, ONEDNN_HEAD_MIN_BYTES};
 pub use precision::{cpu_has_bf16_arithmetic, Bf16Compute, Precision};

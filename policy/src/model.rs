@@ -307,6 +307,49 @@ impl CausalLM {
         self.precision.round_activations(self.norm.forward(&h))
     }
 
+    /// What every decoder layer of one whole-sequence forward shares (RoPE tables, attention bias), as
+    /// [`Self::hidden_states`] builds it: for running the decoder a layer at a time ([`Self::layer`]),
+    /// e.g. to recompute one layer for activation checkpointing.
+    pub fn layer_context(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> LayerContext {
+        let (b, s) = input_ids.size2().expect("input_ids are [batch, seq]");
+        let valid = match attention_mask {
+            Some(mask) => mask.to_kind(Kind::Bool),
+            None => Tensor::ones([b, s], (Kind::Bool, input_ids.device())),
+        };
+        let positions = positions_from_mask(&valid);
+        let bias = attention_bias(&valid, 0, s, self.kind());
+        let rope32 = self.rotary.cos_sin(&positions, Kind::Float);
+        LayerContext(Activations::new(rope32, self.kind(), &bias, self.precision))
+    }
+
+    /// The hidden state entering layer 0: the token embedding with the hooks' delta.
+    pub fn embed(&self, input_ids: &Tensor, hooks: &dyn ForwardHooks) -> Tensor {
+        hooks.embedding(input_ids, &self.embed_tokens)
+    }
+
+    /// Decoder layer `layer` on its input `h` (the hidden state before `hooks.layer_input`), as
+    /// [`Self::hidden_states`] runs it: `layer(embed)`, `layer(layer(embed))`, ... then
+    /// [`Self::final_norm`] equal the hidden states bit for bit.
+    pub fn layer(
+        &self,
+        layer: usize,
+        h: Tensor,
+        ctx: &LayerContext,
+        hooks: &dyn ForwardHooks,
+    ) -> Tensor {
+        self.layers[layer].forward(h, &ctx.0, None, hooks)
+    }
+
+    /// The final norm on the last layer's output: the final hidden states the LM head reads.
+    pub fn final_norm(&self, h: Tensor) -> Tensor {
+        let h = self.precision.round_activations(h);
+        self.precision.round_activations(self.norm.forward(&h))
+    }
+
     /// An empty KV cache for `batch` rows of up to `capacity` positions, in the model's dtype.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
         KvCache::new(
@@ -320,6 +363,9 @@ impl CausalLM {
         )
     }
 }
+
+/// The tables one whole-sequence forward shares across its decoder layers ([`CausalLM::layer_context`]).
+pub struct LayerContext(Activations);
 
 /// Adds every parameter to the var store under its HF name, in spec order (trainable, group 0).
 fn register_parameters(

@@ -12,6 +12,7 @@ use crate::loss::{
 use crate::metrics::{to_vec, MismatchStats, RatioEval, RatioStats};
 use crate::settings::{CorrectionKind, RatioLevel};
 use crate::step::prepare::Micro;
+use crate::step::split::{split_forward_backward, SplitOptions};
 use crate::trainable::TrainablePolicy;
 
 /// What every micro-batch of one mini-batch shares.
@@ -23,6 +24,8 @@ pub(crate) struct MicroStep<'a> {
     pub mismatch_from_training: bool,
     /// The mini-batch's global aggregation denominators.
     pub scale: AggregationScale,
+    /// How a [`alp_policy::CausalLM`] policy runs the micro-batch (checkpointing, LM head chunks).
+    pub split: SplitOptions,
 }
 
 /// The step's running sums, reported as metrics once the step is done.
@@ -65,13 +68,6 @@ pub(crate) fn forward_backward(
     } else {
         Entropy::WithGrad
     };
-    let (lp, entropy) = p.log_probs(ctx.policy, hooks, entropy_mode);
-    let entropy = entropy.expect("entropy was requested");
-    if ctx.mismatch_from_training {
-        totals
-            .mismatch
-            .add(&to_vec(&lp), &to_vec(&p.mu), &to_vec(&p.mask), p.num_rows());
-    }
     let base = if ctx.kind.ratio_against_old() {
         micro
             .lp_old
@@ -80,6 +76,44 @@ pub(crate) fn forward_backward(
     } else {
         &p.mu
     };
+    let (lp, entropy, out) = match ctx.policy.as_causal_lm() {
+        Some(model) => {
+            let o = split_forward_backward(
+                model,
+                micro,
+                base,
+                hooks,
+                ctx.loss_cfg,
+                ctx.scale,
+                entropy_mode,
+                ctx.split,
+            );
+            (o.lp, o.entropy, o.loss)
+        }
+        None => whole_forward_backward(ctx, micro, base, hooks, entropy_mode),
+    };
+    if ctx.mismatch_from_training {
+        totals
+            .mismatch
+            .add(&to_vec(&lp), &to_vec(&p.mu), &to_vec(&p.mask), p.num_rows());
+    }
+    totals.forwards += 1;
+    totals.processed_tokens += p.attention_mask.sum(Kind::Int64).int64_value(&[]) as usize;
+    record(ctx, micro, &lp, &entropy, &out, totals);
+}
+
+/// Forward, loss and backward of a policy that is not a [`alp_policy::CausalLM`]: the logits of the
+/// whole micro-batch at once, through [`crate::trainable::TrainablePolicy::selected_logits`].
+fn whole_forward_backward(
+    ctx: &MicroStep,
+    micro: &Micro,
+    base: &Tensor,
+    hooks: &dyn ForwardHooks,
+    entropy_mode: Entropy,
+) -> (Tensor, Tensor, LossOutput) {
+    let p = &micro.packed;
+    let (lp, entropy) = p.log_probs(ctx.policy, hooks, entropy_mode);
+    let entropy = entropy.expect("entropy was requested");
     let out = policy_loss(
         &LossInputs {
             lp: &lp,
@@ -94,9 +128,7 @@ pub(crate) fn forward_backward(
         ctx.scale,
     );
     out.total.backward();
-    totals.forwards += 1;
-    totals.processed_tokens += p.attention_mask.sum(Kind::Int64).int64_value(&[]) as usize;
-    record(ctx, micro, &lp, &entropy, &out, totals);
+    (lp, entropy, out)
 }
 
 /// The loss terms, entropy and ratio statistics of one micro-batch.

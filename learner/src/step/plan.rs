@@ -2,7 +2,8 @@
 //! optimizer step each) and micro-batches (one forward and backward each).
 //!
 //! Mini-batches are contiguous slices of the batch in the order given (no shuffling); micro-batches
-//! are `micro_batch_size` consecutive samples of a mini-batch (the last one may be shorter).
+//! are up to `micro_batch_size` consecutive samples of a mini-batch (the last one may be shorter), cut
+//! earlier where `micro_batch_tokens` (padded tokens) would be exceeded.
 use std::ops::Range;
 
 use crate::advantage::group_advantages;
@@ -18,8 +19,21 @@ pub struct BatchLayout {
 }
 
 impl BatchLayout {
-    /// The layout of `n` samples; `n >= mini_batches`, so that no mini-batch is empty.
-    fn new(n: usize, mini_batches: usize, micro_batch_size: usize) -> Self {
+    /// The layout of samples of `lengths` tokens (prompt + completion) each; `lengths.len() >=
+    /// mini_batches`, so that no mini-batch is empty. A micro-batch takes at most `micro_batch_size`
+    /// samples and, with `micro_batch_tokens > 0`, at most that many padded tokens (rows times the
+    /// longest of them); a sample over the budget alone is a micro-batch of its own.
+    fn new(
+        lengths: &[usize],
+        mini_batches: usize,
+        micro_batch_size: usize,
+        micro_batch_tokens: usize,
+    ) -> Self {
+        let n = lengths.len();
+        let fits = |range: std::ops::Range<usize>| {
+            let longest = lengths[range.clone()].iter().copied().max().unwrap_or(0);
+            micro_batch_tokens == 0 || range.len() * longest <= micro_batch_tokens
+        };
         let mut micro = Vec::new();
         let mut mini = Vec::new();
         for m in 0..mini_batches {
@@ -27,7 +41,10 @@ impl BatchLayout {
             let first = micro.len();
             let mut i = lo;
             while i < hi {
-                let j = (i + micro_batch_size).min(hi);
+                let mut j = i + 1;
+                while j < hi && j - i < micro_batch_size && fits(i..j + 1) {
+                    j += 1;
+                }
                 micro.push(i..j);
                 i = j;
             }
@@ -67,8 +84,18 @@ impl<'a> StepPlan<'a> {
             samples.extend(g.samples.iter());
         }
         let n = samples.len();
-        let layout = (n >= settings.mini_batches)
-            .then(|| BatchLayout::new(n, settings.mini_batches, settings.micro_batch_size));
+        let lengths: Vec<usize> = samples
+            .iter()
+            .map(|x| x.prompt_ids.len() + x.completion_ids.len())
+            .collect();
+        let layout = (n >= settings.mini_batches).then(|| {
+            BatchLayout::new(
+                &lengths,
+                settings.mini_batches,
+                settings.micro_batch_size,
+                settings.micro_batch_tokens,
+            )
+        });
         Ok(Self {
             samples,
             advantages,

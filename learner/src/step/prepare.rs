@@ -81,7 +81,8 @@ pub(crate) fn prepare_micro_batches(
     let mut micros = Vec::with_capacity(layout.micro_batches.len());
     for r in &layout.micro_batches {
         let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
-            .at_temperature(s.score_temperature);
+            .at_temperature(s.score_temperature)
+            .with_head_chunk_bytes(s.head_chunk_bytes);
         let fwd = |m: &dyn TrainablePolicy, hooks: &dyn ForwardHooks| {
             tch::no_grad(|| packed.log_probs(m, hooks, Entropy::Skip).0)
         };
