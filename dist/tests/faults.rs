@@ -1,0 +1,156 @@
+//! Faults on real processes: a rank killed with SIGKILL, a rank that hangs, a rank that never comes.
+//! The surviving rank's next call returns an error within the configured timeout (it never aborts
+//! or waits forever), and the error says which collective failed and where.
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use alp_dist::{Backend, ProcessGroup, Rendezvous};
+use tch::Tensor;
+
+/// The timeout the ranks of these tests run with.
+const TIMEOUT_S: u64 = 10;
+
+fn flag() -> PathBuf {
+    PathBuf::from(std::env::var(common::DIR).unwrap()).join("go")
+}
+
+/// Joins, passes one all-reduce, says `ready`, waits for the parent's flag file, then tries an
+/// all-reduce again and prints how long the failure took.
+fn role_survivor() {
+    let group = ProcessGroup::new(common::rendezvous(), Backend::Gloo).unwrap();
+    let t = Tensor::from_slice(&[1.0f32; 1000]);
+    group.all_reduce_sum(std::slice::from_ref(&t)).unwrap();
+    println!("ready");
+    while !flag().exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    let result = group.all_reduce_sum(std::slice::from_ref(&t));
+    let elapsed = start.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => println!("unexpected success after {elapsed:.2} s"),
+        Err(e) => println!("failed after {elapsed:.2} s: {e}"),
+    }
+}
+
+/// Joins, passes one all-reduce, says `ready`, then sleeps (killed, or hung past the timeout).
+fn role_idle() {
+    let group = ProcessGroup::new(common::rendezvous(), Backend::Gloo).unwrap();
+    let t = Tensor::from_slice(&[1.0f32; 1000]);
+    group.all_reduce_sum(std::slice::from_ref(&t)).unwrap();
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// Seconds the survivor's failing call took, and its error message.
+fn parse_failure(stdout: &str) -> (f64, String) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("failed after "))
+        .unwrap_or_else(|| panic!("no failure reported:\n{stdout}"));
+    let rest = line.trim_start_matches("failed after ");
+    let (secs, message) = rest.split_once(" s: ").unwrap();
+    (secs.parse().unwrap(), message.to_string())
+}
+
+/// Rank 1 is killed (SIGKILL) or left hanging after a first collective; rank 0 then calls one.
+fn survivor_sees(kill: bool) -> (f64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(common::DIR, dir.path().display().to_string())];
+    let port = common::free_port();
+    let mut survivor = common::spawn_rank("survivor", 0, 2, port, TIMEOUT_S, &env);
+    let mut idle = common::spawn_rank("idle", 1, 2, port, TIMEOUT_S, &env);
+    let survivor_out = common::wait_for_line(&mut survivor, "ready");
+    let _idle_out = common::wait_for_line(&mut idle, "ready");
+    if kill {
+        idle.kill().unwrap(); // SIGKILL
+        idle.wait().unwrap();
+    }
+    std::fs::write(dir.path().join("go"), b"").unwrap();
+    survivor.stdout = Some(survivor_out.into_inner());
+    let done = common::wait(
+        survivor,
+        Instant::now() + Duration::from_secs(TIMEOUT_S + 30),
+    );
+    idle.kill().ok();
+    idle.wait().ok();
+    done.assert_ok("survivor");
+    parse_failure(&done.stdout)
+}
+
+fn a_killed_rank_fails_the_next_collective_within_the_timeout() {
+    let (secs, message) = survivor_sees(true);
+    assert!(secs <= TIMEOUT_S as f64 + 2.0, "took {secs} s");
+    assert!(
+        message.starts_with("all_reduce_sum failed on rank 0 of 2"),
+        "{message}"
+    );
+    println!("  killed peer: {secs:.2} s: {message}");
+}
+
+fn a_hung_rank_fails_the_next_collective_at_the_timeout() {
+    let (secs, message) = survivor_sees(false);
+    assert!(
+        secs >= TIMEOUT_S as f64 * 0.9 && secs <= TIMEOUT_S as f64 + 5.0,
+        "took {secs} s for a {TIMEOUT_S} s timeout"
+    );
+    assert!(
+        message.starts_with("all_reduce_sum failed on rank 0 of 2"),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("timed out") || message.contains("timeout"),
+        "{message}"
+    );
+    println!("  hung peer: {secs:.2} s: {message}");
+}
+
+/// Rank 0 of two, alone: the rendezvous fails after the timeout with an error naming the address.
+fn a_missing_rank_fails_the_rendezvous_at_the_timeout() {
+    let port = common::free_port();
+    let r = Rendezvous {
+        rank: 0,
+        world_size: 2,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        timeout: Duration::from_secs(3),
+    };
+    let start = Instant::now();
+    let e = ProcessGroup::new(r, Backend::Gloo).unwrap_err();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(
+        (2.5..=10.0).contains(&secs),
+        "took {secs} s for a 3 s timeout"
+    );
+    let message = e.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "rank 0 of 2 could not join the process group at 127.0.0.1:{port}"
+        )),
+        "{message}"
+    );
+    println!("  missing peer: {secs:.2} s: {message}");
+}
+
+fn main() {
+    common::main(
+        &[
+            (
+                "a_killed_rank_fails_the_next_collective_within_the_timeout",
+                a_killed_rank_fails_the_next_collective_within_the_timeout,
+            ),
+            (
+                "a_hung_rank_fails_the_next_collective_at_the_timeout",
+                a_hung_rank_fails_the_next_collective_at_the_timeout,
+            ),
+            (
+                "a_missing_rank_fails_the_rendezvous_at_the_timeout",
+                a_missing_rank_fails_the_rendezvous_at_the_timeout,
+            ),
+        ],
+        &[("survivor", role_survivor), ("idle", role_idle)],
+    );
+}
