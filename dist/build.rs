@@ -21,6 +21,16 @@ fn main() {
     let mut nvidia = nvidia_includes(&root);
     let cuda_home = std::env::var("CUDA_HOME").unwrap_or_else(|_| "/usr/local/cuda".into());
     nvidia.push(Path::new(&cuda_home).join("include"));
+    // Extra header folders (for example the nvidia-cuda-crt and nvidia-cuda-cccl wheels' include/),
+    // ':'-separated.
+    if let Ok(extra) = std::env::var("ALP_DIST_CUDA_INCLUDE") {
+        nvidia.extend(
+            extra
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from),
+        );
+    }
     let has = |header: &str| nvidia.iter().any(|d| d.join(header).exists());
     // The CUDA runtime headers of the pip wheels lack crt/host_config.h (it comes with nvcc): NCCL's
     // path is compiled only where a full set of headers is there. ALP_DIST_NCCL=0 turns it off.
@@ -29,8 +39,9 @@ fn main() {
     if cuda && !nccl {
         println!(
             "cargo:warning=alp-dist: libtorch has CUDA but NCCL's path is not compiled (nccl.h, \
-             cuda_runtime.h and crt/host_config.h must be under site-packages/nvidia/*/include or \
-             $CUDA_HOME/include; ALP_DIST_NCCL={}): Backend::Nccl will refuse",
+             cuda_runtime.h and crt/host_config.h must be under site-packages/nvidia/*/include, \
+             $CUDA_HOME/include or $ALP_DIST_CUDA_INCLUDE; ALP_DIST_NCCL={}): Backend::Nccl will \
+             refuse",
             std::env::var("ALP_DIST_NCCL").unwrap_or_default()
         );
     }
@@ -76,6 +87,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=ALP_DIST_NCCL");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=ALP_DIST_CUDA_INCLUDE");
 }
 
 /// `site-packages/nvidia/*/include` beside the torch package (NCCL, CUDA runtime and friends).

@@ -14,8 +14,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
+#include <sstream>
+#include <thread>
 #include <cstring>
 #include <map>
 #include <string>
@@ -24,12 +29,58 @@
 
 namespace {
 
+// How often each rank writes its heartbeat to the store, and how long a failed collective watches the
+// others' heartbeats to tell which rank is gone.
+constexpr std::chrono::milliseconds kBeatEvery{500};
+constexpr std::chrono::milliseconds kBeatWatch{1500};
+
+std::string beat_key(int rank) {
+  return "alp_dist/beat/" + std::to_string(rank);
+}
+
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
   int rank;
   int world_size;
+  // Collectives this rank has entered; published with the heartbeat.
+  std::atomic<int64_t> entered{0};
+  // The heartbeat: its own store connection, a thread writing "BEATS:ENTERED" every kBeatEvery.
+  c10::intrusive_ptr<c10d::Store> beat_store;
+  std::thread beat;
+  std::mutex beat_mutex;
+  std::condition_variable beat_cv;
+  bool beat_stop = false;
+
+  void start_heartbeat() {
+    beat_store = store->clone();
+    beat_store->setTimeout(std::min(timeout, std::chrono::milliseconds(5000)));
+    beat = std::thread([this] {
+      int64_t beats = 0;
+      std::unique_lock<std::mutex> lock(beat_mutex);
+      while (!beat_stop) {
+        std::string value = std::to_string(beats++) + ":" + std::to_string(entered.load());
+        try {
+          beat_store->set(beat_key(rank), std::vector<uint8_t>(value.begin(), value.end()));
+        } catch (...) {
+          return; // the store is gone (rank 0 ended): nothing left to tell
+        }
+        beat_cv.wait_for(lock, kBeatEvery, [this] { return beat_stop; });
+      }
+    });
+  }
+
+  ~Group() {
+    {
+      std::lock_guard<std::mutex> lock(beat_mutex);
+      beat_stop = true;
+    }
+    beat_cv.notify_all();
+    if (beat.joinable()) {
+      beat.join();
+    }
+  }
 };
 
 char* copy_message(const std::string& message) {
@@ -40,18 +91,83 @@ char* copy_message(const std::string& message) {
   return out;
 }
 
+std::string message_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown C++ exception";
+  }
+}
+
 // Runs `body`; returns NULL, or the message of whatever it threw (c10::Error without its C++ backtrace).
 template <typename F>
 char* guarded(F&& body) {
   try {
     body();
     return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
   } catch (...) {
-    return copy_message("unknown C++ exception");
+    return copy_message(message_of(std::current_exception()));
+  }
+}
+
+// Each other rank's heartbeat "BEATS:ENTERED" (empty when it never wrote one).
+std::vector<std::string> read_beats(const Group& g) {
+  std::vector<std::string> out(g.world_size);
+  for (int r = 0; r < g.world_size; ++r) {
+    if (r != g.rank && g.beat_store->check({beat_key(r)})) {
+      auto v = g.beat_store->get(beat_key(r));
+      out[r] = std::string(v.begin(), v.end());
+    }
+  }
+  return out;
+}
+
+// After a failed collective: which ranks stopped beating (dead or frozen) and which are alive but
+// behind (have not entered this collective). Takes kBeatWatch.
+std::string diagnose(const Group& g) {
+  if (!g.beat_store) {
+    return "";
+  }
+  std::ostringstream out;
+  try {
+    auto before = read_beats(g);
+    std::this_thread::sleep_for(kBeatWatch);
+    auto after = read_beats(g);
+    int64_t mine = g.entered.load();
+    for (int r = 0; r < g.world_size; ++r) {
+      if (r == g.rank) {
+        continue;
+      }
+      auto colon = after[r].find(':');
+      if (after[r].empty() || before[r] == after[r]) {
+        out << "; rank " << r << " stopped (no heartbeat for " << kBeatWatch.count()
+            << " ms: dead or frozen)";
+      } else if (colon != std::string::npos && std::stoll(after[r].substr(colon + 1)) < mine) {
+        out << "; rank " << r << " is alive but has not reached this collective (it entered "
+            << after[r].substr(colon + 1) << ", this is number " << mine << ")";
+      }
+    }
+  } catch (...) {
+    out << "; the store on rank 0 is unreachable (" << message_of(std::current_exception())
+        << "): rank 0 is probably dead";
+  }
+  return out.str();
+}
+
+// A collective: counted in the heartbeat; a failure's message says which ranks look gone.
+template <typename F>
+char* collective(Group& g, F&& body) {
+  g.entered.fetch_add(1);
+  try {
+    body();
+    return nullptr;
+  } catch (...) {
+    std::string message = message_of(std::current_exception());
+    return copy_message(message + diagnose(g));
   }
 }
 
@@ -198,6 +314,7 @@ char* alp_dist_new(
     so.timeout = g->timeout;
     g->store = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
     g->backend = backend == 1 ? make_nccl(*g) : make_gloo(*g, host, loopback);
+    g->start_heartbeat();
     *out = g.release();
   });
 }
@@ -207,8 +324,8 @@ void alp_dist_free(void* group) {
 }
 
 char* alp_dist_all_reduce_sum(void* group, at::Tensor* const* tensors, size_t n, int64_t bucket_bytes) {
-  return guarded([&] {
-    const Group& g = *static_cast<Group*>(group);
+  Group& g = *static_cast<Group*>(group);
+  return collective(g, [&] {
     auto list = borrow(tensors, n);
     per_bucket(list, bucket_bytes, [&](at::Tensor& t) {
       std::vector<at::Tensor> one{t};
@@ -221,8 +338,8 @@ char* alp_dist_all_reduce_sum(void* group, at::Tensor* const* tensors, size_t n,
 }
 
 char* alp_dist_broadcast(void* group, at::Tensor* const* tensors, size_t n, int root, int64_t bucket_bytes) {
-  return guarded([&] {
-    const Group& g = *static_cast<Group*>(group);
+  Group& g = *static_cast<Group*>(group);
+  return collective(g, [&] {
     TORCH_CHECK(root >= 0 && root < g.world_size, "broadcast root ", root, " is not a rank of ", g.world_size);
     auto list = borrow(tensors, n);
     per_bucket(list, bucket_bytes, [&](at::Tensor& t) {
@@ -237,8 +354,8 @@ char* alp_dist_broadcast(void* group, at::Tensor* const* tensors, size_t n, int 
 
 // outputs: world_size tensors shaped like input, filled with every rank's input in rank order.
 char* alp_dist_all_gather(void* group, at::Tensor* input, at::Tensor* const* outputs, size_t n) {
-  return guarded([&] {
-    const Group& g = *static_cast<Group*>(group);
+  Group& g = *static_cast<Group*>(group);
+  return collective(g, [&] {
     TORCH_CHECK(static_cast<int>(n) == g.world_size, "all_gather needs ", g.world_size, " outputs, got ", n);
     std::vector<at::Tensor> in{*input};
     std::vector<std::vector<at::Tensor>> out{borrow(outputs, n)};
@@ -249,8 +366,8 @@ char* alp_dist_all_gather(void* group, at::Tensor* input, at::Tensor* const* out
 }
 
 char* alp_dist_barrier(void* group) {
-  return guarded([&] {
-    const Group& g = *static_cast<Group*>(group);
+  Group& g = *static_cast<Group*>(group);
+  return collective(g, [&] {
     c10d::BarrierOptions opts;
     opts.timeout = g.timeout;
     finish(g, g.backend->barrier(opts));

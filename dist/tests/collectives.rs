@@ -203,20 +203,26 @@ fn invalid_arguments_are_refused() {
     assert!(e.to_string().contains("root 1 is not a rank of 1"), "{e}");
     let e = solo.all_reduce_sum(&[Tensor::new()]).unwrap_err();
     assert!(e.to_string().contains("tensor 0 is undefined"), "{e}");
+    let r = Rendezvous {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: common::free_port(),
+        timeout: Duration::from_secs(5),
+    };
+    let nccl = ProcessGroup::new(r, Backend::Nccl);
     if !Backend::Nccl.is_available() {
-        let r = Rendezvous {
-            rank: 0,
-            world_size: 1,
-            local_rank: 0,
-            master_addr: "127.0.0.1".into(),
-            master_port: common::free_port(),
-            timeout: Duration::from_secs(5),
-        };
-        let e = ProcessGroup::new(r, Backend::Nccl).unwrap_err();
+        let e = nccl.unwrap_err();
         assert!(
             e.to_string().contains("NCCL is not compiled into alp-dist"),
             "{e}"
         );
+    } else if !tch::Cuda::is_available() {
+        // Compiled in, no GPU: c10d refuses with an error, never an abort.
+        let e = nccl.unwrap_err();
+        assert!(e.to_string().contains("could not join"), "{e}");
+        println!("  NCCL without a GPU: {e}");
     }
 }
 

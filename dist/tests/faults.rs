@@ -1,6 +1,7 @@
-//! Faults on real processes: a rank killed with SIGKILL, a rank that hangs, a rank that never comes.
-//! The surviving rank's next call returns an error within the configured timeout (it never aborts
-//! or waits forever), and the error says which collective failed and where.
+//! Faults on real processes: a rank killed with SIGKILL (rank 1, or rank 0 that hosts the store), a
+//! rank that hangs, a rank that never comes. The surviving rank's next call returns an error within
+//! the configured timeout (plus the 1.5 s heartbeat watch; it never aborts or waits forever), and the
+//! error says which collective failed, on which rank, and which rank looks dead or behind.
 mod common;
 
 use std::path::PathBuf;
@@ -55,13 +56,14 @@ fn parse_failure(stdout: &str) -> (f64, String) {
     (secs.parse().unwrap(), message.to_string())
 }
 
-/// Rank 1 is killed (SIGKILL) or left hanging after a first collective; rank 0 then calls one.
-fn survivor_sees(kill: bool) -> (f64, String) {
+/// Rank `victim` of two is killed (SIGKILL) or left hanging after a first collective; the other
+/// then calls one.
+fn survivor_sees(kill: bool, victim: usize) -> (f64, String) {
     let dir = tempfile::tempdir().unwrap();
     let env = [(common::DIR, dir.path().display().to_string())];
     let port = common::free_port();
-    let mut survivor = common::spawn_rank("survivor", 0, 2, port, TIMEOUT_S, &env);
-    let mut idle = common::spawn_rank("idle", 1, 2, port, TIMEOUT_S, &env);
+    let mut survivor = common::spawn_rank("survivor", 1 - victim, 2, port, TIMEOUT_S, &env);
+    let mut idle = common::spawn_rank("idle", victim, 2, port, TIMEOUT_S, &env);
     let survivor_out = common::wait_for_line(&mut survivor, "ready");
     let _idle_out = common::wait_for_line(&mut idle, "ready");
     if kill {
@@ -80,18 +82,40 @@ fn survivor_sees(kill: bool) -> (f64, String) {
     parse_failure(&done.stdout)
 }
 
+/// The survivor's error comes at once (Gloo sees the closed connection), after the heartbeat watch
+/// that names the dead rank.
 fn a_killed_rank_fails_the_next_collective_within_the_timeout() {
-    let (secs, message) = survivor_sees(true);
+    let (secs, message) = survivor_sees(true, 1);
     assert!(secs <= TIMEOUT_S as f64 + 2.0, "took {secs} s");
     assert!(
         message.starts_with("all_reduce_sum failed on rank 0 of 2"),
         "{message}"
     );
-    println!("  killed peer: {secs:.2} s: {message}");
+    assert!(
+        message.contains("rank 1 stopped (no heartbeat for 1500 ms: dead or frozen)"),
+        "{message}"
+    );
+    println!("  killed rank 1: {secs:.2} s: {message}");
+}
+
+/// Rank 0 hosts the TCPStore: when it dies, the survivor's error says the store is unreachable.
+fn a_killed_rank_0_is_named_through_its_store() {
+    let (secs, message) = survivor_sees(true, 0);
+    assert!(secs <= TIMEOUT_S as f64 + 2.0, "took {secs} s");
+    assert!(
+        message.starts_with("all_reduce_sum failed on rank 1 of 2"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the store on rank 0 is unreachable")
+            || message.contains("rank 0 stopped"),
+        "{message}"
+    );
+    println!("  killed rank 0: {secs:.2} s: {message}");
 }
 
 fn a_hung_rank_fails_the_next_collective_at_the_timeout() {
-    let (secs, message) = survivor_sees(false);
+    let (secs, message) = survivor_sees(false, 1);
     assert!(
         secs >= TIMEOUT_S as f64 * 0.9 && secs <= TIMEOUT_S as f64 + 5.0,
         "took {secs} s for a {TIMEOUT_S} s timeout"
@@ -100,8 +124,11 @@ fn a_hung_rank_fails_the_next_collective_at_the_timeout() {
         message.starts_with("all_reduce_sum failed on rank 0 of 2"),
         "{message}"
     );
+    assert!(message.to_lowercase().contains("timed out"), "{message}");
     assert!(
-        message.to_lowercase().contains("timed out") || message.contains("timeout"),
+        message.contains(
+            "rank 1 is alive but has not reached this collective (it entered 1, this is number 2)"
+        ),
         "{message}"
     );
     println!("  hung peer: {secs:.2} s: {message}");
@@ -141,6 +168,10 @@ fn main() {
             (
                 "a_killed_rank_fails_the_next_collective_within_the_timeout",
                 a_killed_rank_fails_the_next_collective_within_the_timeout,
+            ),
+            (
+                "a_killed_rank_0_is_named_through_its_store",
+                a_killed_rank_0_is_named_through_its_store,
             ),
             (
                 "a_hung_rank_fails_the_next_collective_at_the_timeout",
