@@ -6,20 +6,23 @@
 //! [`WeightUpdate::apply_to`], the one place an update is checked against a model.
 //!
 //! Payloads: [`WeightPayload::Full`] names every parameter, [`WeightPayload::Subset`] some of them (the
-//! rest keep their values). The next kind is an adapter's tensors with its configuration (rank, alpha,
-//! target modules), for LoRA; the enum is `#[non_exhaustive]` so that adding it breaks no match.
+//! rest keep their values), [`WeightPayload::Adapter`] a LoRA adapter's factors with its settings (for
+//! servers that apply adapters themselves). The enum is `#[non_exhaustive]`.
 //!
 //! The message crosses a process boundary as one safetensors buffer ([`WeightUpdate::to_bytes`]):
 //! the tensors with their names, shapes and dtypes, and the version and payload kind in its metadata.
 //! Values travel bit for bit, so an update applied after the trip copies the same values.
 use std::collections::HashMap;
 
-use alp_policy::CausalLM;
+use alp_policy::{CausalLM, LoraConfig};
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 use tch::{Device, Tensor};
 
 use crate::error::RolloutError;
+
+/// The metadata key of an adapter update's `adapter_config.json` in the serialised form.
+const ADAPTER_CONFIG_KEY: &str = "adapter_config";
 
 /// `(HF parameter name, tensor)` pairs, in any dtype (each copy converts to the receiving model's).
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -32,6 +35,13 @@ pub enum WeightPayload {
     Full(NamedTensors),
     /// Some parameters; the others keep the values they have.
     Subset(NamedTensors),
+    /// A LoRA adapter: its A and B factors under PEFT's names and its settings. A receiver that
+    /// serves adapters (vLLM) loads it on top of the base weights it holds; a plain model copy
+    /// cannot take it ([`WeightUpdate::apply_to`] refuses it: send the merged projections instead).
+    Adapter {
+        config: LoraConfig,
+        tensors: NamedTensors,
+    },
 }
 
 /// New weights for inference, tagged with the policy version they are.
@@ -70,7 +80,9 @@ impl WeightUpdate {
     /// The named tensors the update carries.
     pub fn tensors(&self) -> &[(String, Tensor)] {
         match &self.payload {
-            WeightPayload::Full(t) | WeightPayload::Subset(t) => t,
+            WeightPayload::Full(t)
+            | WeightPayload::Subset(t)
+            | WeightPayload::Adapter { tensors: t, .. } => t,
         }
     }
 
@@ -87,6 +99,7 @@ impl WeightUpdate {
         match &self.payload {
             WeightPayload::Full(_) => "full",
             WeightPayload::Subset(_) => "subset",
+            WeightPayload::Adapter { .. } => "adapter",
         }
     }
 
@@ -97,6 +110,13 @@ impl WeightUpdate {
         let copied = match &self.payload {
             WeightPayload::Full(t) => model.copy_named_weights(t),
             WeightPayload::Subset(t) => model.copy_named_weights_subset(t),
+            WeightPayload::Adapter { .. } => {
+                return Err(RolloutError::WeightUpdate {
+                    version: self.version,
+                    problem: "an adapter update goes to a backend that serves adapters (vLLM); a                               model copy takes the adapted projections merged (a subset update)"
+                        .into(),
+                })
+            }
         };
         copied.map_err(|e| RolloutError::WeightUpdate {
             version: self.version,
@@ -130,10 +150,13 @@ impl WeightUpdate {
                     .map_err(|e| bad(format!("{name}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("version".to_string(), self.version.to_string()),
             ("payload".to_string(), self.payload_kind().to_string()),
         ]);
+        if let WeightPayload::Adapter { config, .. } = &self.payload {
+            metadata.insert(ADAPTER_CONFIG_KEY.into(), config.to_peft_json().to_string());
+        }
         safetensors::serialize(tensors, Some(metadata)).map_err(|e| bad(e.to_string()))
     }
 
@@ -170,6 +193,14 @@ impl WeightUpdate {
         let payload = match kind.as_str() {
             "full" => WeightPayload::Full(tensors),
             "subset" => WeightPayload::Subset(tensors),
+            "adapter" => {
+                let text = field(ADAPTER_CONFIG_KEY)?;
+                let json: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| bad(format!("adapter config: {e}")))?;
+                let config = LoraConfig::from_peft_json(&json, "the update's adapter config")
+                    .map_err(|e| bad(e.to_string()))?;
+                WeightPayload::Adapter { config, tensors }
+            }
             other => return Err(bad(format!("unknown payload kind `{other}`"))),
         };
         Ok(WeightUpdate { version, payload })

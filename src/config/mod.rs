@@ -17,7 +17,7 @@ mod validate;
 pub use lora::{LoraSection, TargetModulesSetting};
 pub use load::{closest, key_location, load, parse_override, ConfigError, LoadedConfig};
 pub use schema::{
-    Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,
+    BackendKind, Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,
     SplitName, TrainConfig,
 };
 pub use validate::{

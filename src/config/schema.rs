@@ -377,6 +377,17 @@ impl TrainConfig {
         let vllm_dir = run_root.join("vllm");
         s.log_dir.get_or_insert_with(|| vllm_dir.join("logs"));
         s.sync_dir.get_or_insert_with(|| vllm_dir.join("weights"));
+        // Servers we launch for a LoRA run serve the adapter: add the flags it needs (unless given).
+        if let (true, Some(lora)) = (s.launch, &self.model.lora) {
+            if let Ok((args, env)) = alp_vllm::lora_server_args(lora.rank) {
+                if !s.args.iter().any(|a| a == "--enable-lora") {
+                    s.args.extend(args);
+                }
+                for (k, v) in env {
+                    s.env.entry(k).or_insert(v);
+                }
+            }
+        }
         Some(s)
     }
 

@@ -265,6 +265,11 @@ impl TrainConfig {
                             .into(),
                     );
                 }
+                if let Some(lora) = &self.model.lora {
+                    if let Err(e) = alp_vllm::lora_server_args(lora.rank) {
+                        return bad("model.lora.rank", e.to_string());
+                    }
+                }
                 let settings = self
                     .vllm_settings(std::path::Path::new("RUN"))
                     .expect("backend = vllm");

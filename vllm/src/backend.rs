@@ -3,10 +3,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use alp_policy::{parse_kind, CausalLM};
+use alp_policy::{parse_kind, CausalLM, ForwardHooks, NoHooks};
 use alp_rollout::{
     Completion, FinishReason, GenerationBackend, GenerationRequest, LogprobMode, ProbeReport,
-    ReplicaHealth, RolloutError, SamplingParams, SyncReport, WeightUpdate,
+    ReplicaHealth, RolloutError, SamplingParams, SyncReport, WeightPayload, WeightUpdate,
 };
 use tokio::task::JoinSet;
 
@@ -183,9 +183,46 @@ impl VllmBackend {
         version: u64,
         reference: &CausalLM,
     ) -> Result<Vec<ProbeReport>, VllmError> {
-        let prompts = probe_prompts(reference.config().vocab_size, self.settings.probe_prompts);
-        let reference =
-            ProbeReference::compute(reference, version, &prompts, self.settings.probe_tokens);
+        let probe = self.probe_reference(reference, &NoHooks, version);
+        self.sync_to(dir, version, probe, None)
+    }
+
+    /// The probe's greedy answers of `model` with `hooks` (an adapter) as `version`.
+    pub(crate) fn probe_reference(
+        &self,
+        model: &CausalLM,
+        hooks: &dyn ForwardHooks,
+        version: u64,
+    ) -> ProbeReference {
+        let prompts = probe_prompts(model.config().vocab_size, self.settings.probe_prompts);
+        ProbeReference::compute_with(model, hooks, version, &prompts, self.settings.probe_tokens)
+    }
+
+    /// The reference copy updates are applied to ([`VllmBackend::with_reference`]).
+    pub(crate) fn reference_model(&self) -> Result<&CausalLM, RolloutError> {
+        self.reference.as_ref().ok_or_else(|| {
+            RolloutError::Backend(
+                "the vLLM backend holds no reference copy of the learner's weights to apply \
+                 updates to (VllmBackend::with_reference)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Removes the sync folder's versions other than `keep`.
+    pub(crate) fn prune_sync_dir(&self, keep: &Path) -> Result<(), VllmError> {
+        self.sync_dir.prune(keep)
+    }
+
+    /// Syncs every server to `dir` as `version` (whole weights, or the adapter served as `adapter`),
+    /// each verified against `probe`.
+    pub(crate) fn sync_to(
+        &mut self,
+        dir: &Path,
+        version: u64,
+        probe: ProbeReference,
+        adapter: Option<String>,
+    ) -> Result<Vec<ProbeReport>, VllmError> {
         let dir = dir.canonicalize().map_err(|e| VllmError::WriteWeights {
             path: dir.display().to_string(),
             message: e.to_string(),
@@ -195,7 +232,8 @@ impl VllmBackend {
         let job = self.job(Current {
             version,
             dir,
-            reference: Arc::new(reference),
+            reference: Arc::new(probe),
+            adapter,
         });
         let outcome = self
             .runtime
@@ -507,8 +545,12 @@ impl GenerationBackend for VllmBackend {
     }
 
     /// Applies `update` to the reference copy, then syncs the servers to it
-    /// ([`VllmBackend::sync_reference`]).
+    /// ([`VllmBackend::sync_reference`]); an adapter is loaded by the servers on top of their base
+    /// instead ([`VllmBackend::sync_adapter`]).
     fn apply_update(&mut self, update: &WeightUpdate) -> Result<SyncReport, RolloutError> {
+        if let WeightPayload::Adapter { config, tensors } = &update.payload {
+            return self.sync_adapter(update.version, config, tensors);
+        }
         if let Some(reference) = &self.reference {
             update.apply_to(reference)?;
         }

@@ -194,6 +194,56 @@ impl ServerClient {
             .map(drop)
     }
 
+    /// `POST /v1/load_lora_adapter`: the PEFT adapter in `dir` served under `name` (requests name it
+    /// as their `model`). Needs a server started with `--enable-lora` and
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`.
+    pub async fn load_lora_adapter(
+        &self,
+        name: &str,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), VllmError> {
+        let body = serde_json::json!({
+            "lora_name": name,
+            "lora_path": dir.display().to_string(),
+        });
+        let response = self
+            .http
+            .post(format!("{}/v1/load_lora_adapter", self.base))
+            .json(&body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.unreachable("load_lora_adapter", e))?;
+        self.check_status("load_lora_adapter", response)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/unload_lora_adapter`: stop serving the adapter `name`.
+    pub async fn unload_lora_adapter(&self, name: &str) -> Result<(), VllmError> {
+        let body = serde_json::json!({ "lora_name": name });
+        let response = self
+            .http
+            .post(format!("{}/v1/unload_lora_adapter", self.base))
+            .json(&body)
+            .timeout(CONTROL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable("unload_lora_adapter", e))?;
+        self.check_status("unload_lora_adapter", response)
+            .await
+            .map(drop)
+    }
+
+    /// The ids `GET /v1/models` lists: the base model, then every adapter loaded.
+    pub async fn model_ids(&self) -> Result<Vec<String>, VllmError> {
+        let models: ModelList = self
+            .get_json("models", "/v1/models", CONTROL_TIMEOUT)
+            .await?;
+        Ok(models.data.into_iter().map(|c| c.id).collect())
+    }
+
     /// `POST /update_weight_version`.
     pub async fn set_version(&self, version: &str) -> Result<(), VllmError> {
         let body = serde_json::json!({ "new_version": version });

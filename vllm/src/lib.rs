@@ -4,6 +4,7 @@
 //! engine's build; the app depends on it for `[rollout] backend = "vllm"`.
 //!
 //! ```text
+//! adapter_sync.rs  LoRA adapters as the sync payload: written in PEFT's format, loaded by name
 //! backend.rs   VllmBackend: GenerationBackend on servers; launch or connect; sync orchestration
 //! dispatch.rs  rows over servers: least outstanding first, backoff, take-out, fail-over, re-sync
 //! replica.rs   one server's state and counters; sync_server (pause/reload/version/resume + probe)
@@ -16,6 +17,7 @@
 //! settings.rs  VllmSettings, the [rollout.vllm] section
 //! error.rs     VllmError
 //! ```
+pub mod adapter_sync;
 pub mod backend;
 pub mod client;
 pub mod dispatch;
@@ -28,6 +30,7 @@ pub mod replica;
 pub mod settings;
 pub mod weights;
 
+pub use adapter_sync::{adapter_name, lora_server_args, write_adapter};
 pub use backend::{launch_specs, VllmBackend};
 pub use client::{HttpClients, ServerClient};
 pub use error::VllmError;

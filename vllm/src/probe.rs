@@ -7,7 +7,7 @@
 //! server took our runner-up, the two are within the tolerance of each other in our forward, and the
 //! server's log-prob matches ours for that token. Comparison of that row stops there, since the
 //! continuations differ. Anything else is a mismatch.
-use alp_policy::{CausalLM, NoHooks};
+use alp_policy::{CausalLM, ForwardHooks, NoHooks};
 use alp_rollout::ProbeReport;
 use tch::{Kind, Tensor};
 
@@ -62,6 +62,17 @@ pub struct Tolerance {
 impl ProbeReference {
     /// Greedy-decodes `prompts` for `tokens` steps with `model`.
     pub fn compute(model: &CausalLM, version: u64, prompts: &[Vec<i64>], tokens: usize) -> Self {
+        Self::compute_with(model, &NoHooks, version, prompts, tokens)
+    }
+
+    /// [`ProbeReference::compute`] with `hooks` on every forward (a LoRA adapter the servers apply).
+    pub fn compute_with(
+        model: &CausalLM,
+        hooks: &dyn ForwardHooks,
+        version: u64,
+        prompts: &[Vec<i64>],
+        tokens: usize,
+    ) -> Self {
         let _guard = tch::no_grad_guard();
         let device = model.device();
         let rows = prompts.len() as i64;
@@ -84,7 +95,7 @@ impl ProbeReference {
             })
             .collect();
         for _ in 0..tokens {
-            let logits = model.forward(&ids, None, &NoHooks);
+            let logits = model.forward(&ids, None, hooks);
             let last = logits.select(1, -1).to_kind(Kind::Float);
             let (values, indices) = last.log_softmax(-1, Kind::Float).topk(2, -1, true, true);
             let values = Vec::<f32>::try_from(values.to_device(tch::Device::Cpu).view([-1]))

@@ -150,6 +150,9 @@ pub struct Current {
     pub version: u64,
     pub dir: PathBuf,
     pub reference: Arc<ProbeReference>,
+    /// `Some(name)`: `dir` holds a LoRA adapter that servers load under `name` on top of the base
+    /// they hold (requests then name it); `None`: `dir` holds every weight, reloaded in place.
+    pub adapter: Option<String>,
 }
 
 /// What a sync task needs, owned (it runs as a task of its own).
@@ -161,15 +164,22 @@ pub struct SyncJob {
     pub settings: Arc<VllmSettings>,
 }
 
-/// Pause, reload from the current folder, set the version, resume; then check the version the
-/// server reports and its probe answers. Returns the server's facts (re-read: a restarted server
+/// Pause, reload from the current folder, set the version, resume (for an adapter: load it under its
+/// name and set the version); then check the version the server reports and its probe answers. Returns the server's facts (re-read: a restarted server
 /// may run with other flags) and the probe comparison.
 pub async fn sync_server(
     client: ServerClient,
     job: SyncJob,
 ) -> Result<(ServerFacts, ProbeReport), VllmError> {
-    let facts = client.facts(job.sync_timeout).await?;
+    let mut facts = client.facts(job.sync_timeout).await?;
     let version = job.current.version;
+    if let Some(name) = &job.current.adapter {
+        crate::adapter_sync::load_on_server(&client, name, &job).await?;
+        facts.model = name.clone();
+        let report = probe(&client, &facts, &job).await?;
+        crate::adapter_sync::unload_others(&client, name).await;
+        return Ok((facts, report));
+    }
     client.pause(job.sync_timeout).await?;
     let reloaded = client
         .reload_weights(&job.current.dir, job.sync_timeout)

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tch::{Device, Kind};
 
 use super::{RunLearner, StepOutput};
-use crate::config::TrainConfig;
+use crate::config::{BackendKind, TrainConfig};
 use crate::train::messages::RolloutBatch;
 use crate::train::rows::{to_sample, BatchRows, RowContext};
 
@@ -19,6 +19,9 @@ pub struct PolicyGradient {
     row_context: RowContext,
     /// Log each trained token's log-prob before and after the update (`run.log_logprobs`).
     log_logprobs: bool,
+    /// A LoRA adapter goes to the rollout backend as an adapter (vLLM serves it unmerged), not
+    /// merged into the projections (the local engine's copy).
+    send_adapter: bool,
     micro_batch_size: usize,
 }
 
@@ -28,6 +31,7 @@ impl PolicyGradient {
             learner,
             row_context: RowContext::of(config),
             log_logprobs: config.run.log_logprobs,
+            send_adapter: config.rollout.backend == BackendKind::Vllm,
             micro_batch_size: config.learner.micro_batch_size,
         }
     }
@@ -57,13 +61,30 @@ impl RunLearner for PolicyGradient {
         self.learner.policy()
     }
 
-    /// With a LoRA adapter: the adapted projections merged (`W + scale B A`, f32; the inference copy
+    /// With a LoRA adapter: for vLLM the adapter itself (copies of A and B, and its settings); for
+    /// the local engine the adapted projections merged (`W + scale B A`, f32; the inference copy
     /// rounds them to its dtype as a merged deployment would), the other weights unchanged and not
     /// sent. Without: every weight.
     fn weight_update(&self, version: u64) -> Result<WeightUpdate> {
         let Some(adapter) = self.learner.adapter() else {
             return Ok(WeightUpdate::copy_of(self.learner.policy(), version));
         };
+        if self.send_adapter {
+            let tensors = tch::no_grad(|| {
+                adapter
+                    .named_tensors()
+                    .into_iter()
+                    .map(|(n, t)| (n, t.detach().copy()))
+                    .collect()
+            });
+            return Ok(WeightUpdate {
+                version,
+                payload: WeightPayload::Adapter {
+                    config: adapter.config().clone(),
+                    tensors,
+                },
+            });
+        }
         let merged = adapter
             .merged_weights(self.learner.policy())
             .context("merging the LoRA adapter for the rollout copy")?;

@@ -1,0 +1,206 @@
+//! Syncing a LoRA adapter to the servers instead of whole weights
+//! ([`alp_rollout::WeightPayload::Adapter`]): the adapter of version `v` is written in PEFT's format
+//! to the sync folder's `v<v>/` (megabytes, where whole weights are the model), each server loads it
+//! with `POST /v1/load_lora_adapter` under the name `alp-policy-v<v>` on top of the base weights it
+//! holds, and every request of that version names it as its `model`. The probe runs on the servers
+//! under that name and on our side with the same adapter (read back from the written files) on the
+//! reference copy of the base, so an adapter that never reached a server (the server would answer
+//! with the base or an older adapter) and one that a server applies differently (a swapped factor, a
+//! wrong scale) both fail the sync. A new name per version means a stale adapter can never answer
+//! for a newer version; the names of older versions are unloaded once the new one passed its probe.
+//!
+//! Servers must be started with `--enable-lora --max-lora-rank R` (R at least the adapter's rank)
+//! and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` ([`lora_server_args`]).
+use std::path::Path;
+use std::time::Instant;
+
+use alp_policy::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use alp_policy::{LoraAdapter, LoraConfig};
+use alp_rollout::{NamedTensors, ProbeReport, RolloutError, SyncReport};
+
+use crate::backend::VllmBackend;
+use crate::client::ServerClient;
+use crate::error::VllmError;
+use crate::replica::SyncJob;
+
+/// Adapters this backend loads are named this plus their version.
+pub const ADAPTER_PREFIX: &str = "alp-policy-v";
+
+/// The name version `version`'s adapter is served under.
+pub fn adapter_name(version: u64) -> String {
+    format!("{ADAPTER_PREFIX}{version}")
+}
+
+/// The ranks vLLM 0.32 accepts for `--max-lora-rank`.
+const VLLM_MAX_LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+
+/// The server arguments and environment an adapter of rank `rank` needs: `--enable-lora`,
+/// `--max-lora-rank` (the smallest value vLLM accepts that holds `rank`), `--max-loras 2` (the
+/// version being loaded beside the one serving) and runtime adapter loading.
+pub fn lora_server_args(rank: i64) -> Result<(Vec<String>, Vec<(String, String)>), VllmError> {
+    let max_rank = VLLM_MAX_LORA_RANKS
+        .iter()
+        .copied()
+        .find(|&r| r >= rank)
+        .ok_or_else(|| VllmError::Setting {
+            field: "args",
+            problem: format!(
+                "a LoRA rank of {rank} is more than vLLM serves (--max-lora-rank at most 512)"
+            ),
+        })?;
+    let args = [
+        "--enable-lora",
+        "--max-lora-rank",
+        &max_rank.to_string(),
+        "--max-loras",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = vec![(
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING".to_string(),
+        "True".to_string(),
+    )];
+    Ok((args, env))
+}
+
+/// Writes `config` and `tensors` (PEFT names, any float dtype) into `dir` as PEFT does, replacing
+/// what is there.
+pub fn write_adapter(
+    dir: &Path,
+    config: &LoraConfig,
+    tensors: &NamedTensors,
+) -> Result<(), VllmError> {
+    let err = |e: String| VllmError::WriteWeights {
+        path: dir.display().to_string(),
+        message: e,
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&config.to_peft_json()).map_err(|e| err(e.to_string()))?;
+    std::fs::write(dir.join(ADAPTER_CONFIG_FILE), json).map_err(|e| err(e.to_string()))?;
+    let named: Vec<(&str, tch::Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&named, dir.join(ADAPTER_WEIGHTS_FILE))
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Loads the job's adapter on one server under `name`, then sets and checks the server's version.
+pub(crate) async fn load_on_server(
+    client: &ServerClient,
+    name: &str,
+    job: &SyncJob,
+) -> Result<(), VllmError> {
+    let version = job.current.version;
+    // A failed sync of this version may have left its name loaded (with the files that failed):
+    // vLLM refuses a name twice, and this load must read the files anew.
+    if client.model_ids().await?.iter().any(|id| id == name) {
+        client.unload_lora_adapter(name).await?;
+    }
+    client
+        .load_lora_adapter(name, &job.current.dir, job.sync_timeout)
+        .await
+        .map_err(|e| match e {
+            VllmError::Status { status, body, .. } if status == 404 => VllmError::Incompatible {
+                server: client.name().to_string(),
+                problem: format!(
+                    "POST /v1/load_lora_adapter answered 404 ({body}): start the server with \
+                     --enable-lora --max-lora-rank R and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+                ),
+            },
+            VllmError::Status { status, body, .. } => VllmError::SyncMismatch {
+                server: client.name().to_string(),
+                version,
+                problem: format!(
+                    "loading the adapter in {} answered HTTP {status}: {body} (a rank above the \
+                     server's --max-lora-rank is refused this way)",
+                    job.current.dir.display()
+                ),
+            },
+            other => other,
+        })?;
+    client.set_version(&version.to_string()).await?;
+    let reported = client.version().await?;
+    if reported.as_deref() != Some(version.to_string().as_str()) {
+        return Err(VllmError::SyncMismatch {
+            server: client.name().to_string(),
+            version,
+            problem: format!("GET /weight_info reports version {reported:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// Unloads every adapter of ours but `keep` from a server (older versions); a failure only warns,
+/// since nothing names those adapters any more.
+pub(crate) async fn unload_others(client: &ServerClient, keep: &str) {
+    let ids = match client.model_ids().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(server = client.name(), error = %e, "listing adapters to unload");
+            return;
+        }
+    };
+    for id in ids
+        .iter()
+        .filter(|id| id.starts_with(ADAPTER_PREFIX) && *id != keep)
+    {
+        if let Err(e) = client.unload_lora_adapter(id).await {
+            tracing::warn!(server = client.name(), adapter = %id, error = %e, "unloading an old adapter");
+        }
+    }
+}
+
+impl VllmBackend {
+    /// Writes the adapter of `version` to the sync folder, reads it back for the probe's forward on
+    /// the reference copy (which refuses an adapter that does not fit the model), and syncs every
+    /// server to it ([`VllmBackend::sync_adapter_from_dir`]).
+    pub fn sync_adapter(
+        &mut self,
+        version: u64,
+        config: &LoraConfig,
+        tensors: &NamedTensors,
+    ) -> Result<SyncReport, RolloutError> {
+        let start = Instant::now();
+        let dir = self.version_dir(version);
+        write_adapter(&dir, config, tensors)?;
+        let reference = self.reference_model()?;
+        let adapter = LoraAdapter::load(&dir, reference, None)
+            .map_err(|e| RolloutError::Backend(format!("the adapter of version {version}: {e}")))?;
+        let bytes = crate::weights::bytes_in(&dir);
+        let probes = self.sync_adapter_from_dir(&dir, version, &adapter)?;
+        self.prune_sync_dir(&dir)?;
+        Ok(SyncReport {
+            version,
+            probes,
+            seconds: start.elapsed().as_secs_f64(),
+            bytes,
+        })
+    }
+
+    /// Every server loads the adapter in `dir` as version `version`, verified against our forward of
+    /// the reference copy with `expected` (the adapter `dir` must hold).
+    pub fn sync_adapter_from_dir(
+        &mut self,
+        dir: &Path,
+        version: u64,
+        expected: &LoraAdapter,
+    ) -> Result<Vec<ProbeReport>, VllmError> {
+        let reference = self
+            .reference_model()
+            .map_err(|e| VllmError::Runtime(e.to_string()))?;
+        let probe = self.probe_reference(reference, expected, version);
+        self.sync_to(dir, version, probe, Some(adapter_name(version)))
+    }
+}
