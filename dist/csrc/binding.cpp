@@ -290,7 +290,8 @@ int alp_dist_has_nccl() {
 }
 
 // backend: 0 = Gloo, 1 = NCCL. loopback (Gloo): bind to `host` itself instead of this machine's
-// hostname (MASTER_ADDR 127.0.0.1: every rank on this machine).
+// hostname (MASTER_ADDR 127.0.0.1: every rank on this machine). store_server: this rank starts the
+// TCPStore (rank 0, unless torchrun's agent already hosts it: then every rank is a client).
 char* alp_dist_new(
     const char* host,
     uint16_t port,
@@ -299,6 +300,7 @@ char* alp_dist_new(
     int64_t timeout_ms,
     int backend,
     int loopback,
+    int store_server,
     void** out) {
   *out = nullptr;
   return guarded([&] {
@@ -308,7 +310,7 @@ char* alp_dist_new(
     g->world_size = world_size;
     c10d::TCPStoreOptions so;
     so.port = port;
-    so.isServer = rank == 0;
+    so.isServer = store_server != 0;
     so.numWorkers = static_cast<size_t>(world_size);
     so.waitWorkers = true;
     so.timeout = g->timeout;

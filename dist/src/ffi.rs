@@ -15,6 +15,7 @@ extern "C" {
         timeout_ms: i64,
         backend: c_int,
         loopback: c_int,
+        store_server: c_int,
         out: *mut *mut c_void,
     ) -> *mut c_char;
     pub fn alp_dist_free(group: *mut c_void);

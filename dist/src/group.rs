@@ -96,6 +96,7 @@ impl ProcessGroup {
                 rendezvous.timeout.as_millis().min(i64::MAX as u128) as i64,
                 matches!(backend, Backend::Nccl) as c_int,
                 rendezvous.is_loopback() as c_int,
+                rendezvous.hosts_store() as c_int,
                 &mut raw,
             )
         };

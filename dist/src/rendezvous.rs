@@ -23,12 +23,17 @@ pub struct Rendezvous {
     pub master_port: u16,
     /// How long the rendezvous and each collective wait for the other ranks before failing.
     pub timeout: Duration,
+    /// torchrun's agent already hosts the TCPStore at `master_addr:master_port`
+    /// (`TORCHELASTIC_USE_AGENT_STORE=True`): every rank, rank 0 included, connects as a client.
+    /// Otherwise rank 0 starts the store.
+    pub agent_store: bool,
 }
 
 impl Rendezvous {
     /// The rendezvous torchrun describes through `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`
-    /// and `MASTER_PORT` (`LOCAL_RANK` defaults to `RANK`), with [`DEFAULT_TIMEOUT`]. A missing or
-    /// unparsable variable is an error naming it.
+    /// and `MASTER_PORT` (`LOCAL_RANK` defaults to `RANK`; `TORCHELASTIC_USE_AGENT_STORE=True` sets
+    /// [`Rendezvous::agent_store`]), with [`DEFAULT_TIMEOUT`]. A missing or unparsable variable is
+    /// an error naming it.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -76,6 +81,7 @@ impl Rendezvous {
             master_addr: master_addr.trim().to_string(),
             master_port,
             timeout: DEFAULT_TIMEOUT,
+            agent_store: var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True"),
         };
         r.validate().map_err(|reason| DistError::InvalidEnv {
             var: "RANK",
@@ -109,6 +115,24 @@ impl Rendezvous {
             return Err("the timeout is zero".into());
         }
         Ok(())
+    }
+
+    /// A rendezvous on this machine (loopback), rank 0 hosting the store, with [`DEFAULT_TIMEOUT`].
+    pub fn local(rank: usize, world_size: usize, master_port: u16) -> Self {
+        Self {
+            rank,
+            world_size,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port,
+            timeout: DEFAULT_TIMEOUT,
+            agent_store: false,
+        }
+    }
+
+    /// Whether this rank starts the TCPStore (rank 0, unless torchrun's agent hosts it).
+    pub fn hosts_store(&self) -> bool {
+        self.rank == 0 && !self.agent_store
     }
 
     /// Whether every rank's traffic stays on this machine's loopback interface (`MASTER_ADDR` is

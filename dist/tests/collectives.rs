@@ -132,7 +132,8 @@ fn from_env_names_the_missing_variable() {
         ] {
             cmd.env(k, v);
         }
-        cmd.env_remove("LOCAL_RANK");
+        cmd.env_remove("LOCAL_RANK")
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE");
         if let Some(v) = remove {
             cmd.env_remove(v);
         }
@@ -157,6 +158,9 @@ fn from_env_names_the_missing_variable() {
         ),
         "{out}"
     );
+    assert!(out.contains("agent_store: false"), "{out}");
+    let out = run(None, &[("TORCHELASTIC_USE_AGENT_STORE", "True")]);
+    assert!(out.contains("agent_store: true"), "{out}");
     let out = run(None, &[("LOCAL_RANK", "0")]);
     assert!(out.contains("local_rank: 0"), "{out}");
     let out = run(None, &[("MASTER_PORT", "http")]);
@@ -173,14 +177,7 @@ fn from_env_names_the_missing_variable() {
 
 /// Refusals before any communication: a rank outside the world, a broadcast root outside it.
 fn invalid_arguments_are_refused() {
-    let r = Rendezvous {
-        rank: 2,
-        world_size: 2,
-        local_rank: 0,
-        master_addr: "127.0.0.1".into(),
-        master_port: common::free_port(),
-        timeout: Duration::from_secs(1),
-    };
+    let r = Rendezvous::local(2, 2, common::free_port()).with_timeout(Duration::from_secs(1));
     let e = ProcessGroup::new(r.clone(), Backend::Gloo).unwrap_err();
     assert!(matches!(e, DistError::Rendezvous(_)), "{e}");
     let solo = ProcessGroup::new(
@@ -203,14 +200,7 @@ fn invalid_arguments_are_refused() {
     assert!(e.to_string().contains("root 1 is not a rank of 1"), "{e}");
     let e = solo.all_reduce_sum(&[Tensor::new()]).unwrap_err();
     assert!(e.to_string().contains("tensor 0 is undefined"), "{e}");
-    let r = Rendezvous {
-        rank: 0,
-        world_size: 1,
-        local_rank: 0,
-        master_addr: "127.0.0.1".into(),
-        master_port: common::free_port(),
-        timeout: Duration::from_secs(5),
-    };
+    let r = Rendezvous::local(0, 1, common::free_port()).with_timeout(Duration::from_secs(5));
     let nccl = ProcessGroup::new(r, Backend::Nccl);
     if !Backend::Nccl.is_available() {
         let e = nccl.unwrap_err();
@@ -224,6 +214,34 @@ fn invalid_arguments_are_refused() {
         assert!(e.to_string().contains("could not join"), "{e}");
         println!("  NCCL without a GPU: {e}");
     }
+}
+
+/// The same binary under torchrun (`--no-python`, its agent hosting the store): two ranks sum as
+/// when started by hand.
+fn runs_under_torchrun() {
+    let torchrun = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/torchrun");
+    let out = Command::new(torchrun)
+        .args(["--no-python", "--nnodes", "1", "--nproc-per-node", "2"])
+        .args(["--master-addr", "127.0.0.1", "--master-port"])
+        .arg(common::free_port().to_string())
+        .arg(std::env::current_exe().unwrap())
+        .env(common::ROLE, "all_reduce")
+        .env(common::TIMEOUT, "60")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "torchrun failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches("summed 8 tensors twice").count(),
+        2,
+        "{stdout}"
+    );
 }
 
 fn main() {
@@ -245,6 +263,7 @@ fn main() {
                 "invalid_arguments_are_refused",
                 invalid_arguments_are_refused,
             ),
+            ("runs_under_torchrun", runs_under_torchrun),
         ],
         &[
             ("all_reduce", role_all_reduce),

@@ -137,14 +137,7 @@ fn a_hung_rank_fails_the_next_collective_at_the_timeout() {
 /// Rank 0 of two, alone: the rendezvous fails after the timeout with an error naming the address.
 fn a_missing_rank_fails_the_rendezvous_at_the_timeout() {
     let port = common::free_port();
-    let r = Rendezvous {
-        rank: 0,
-        world_size: 2,
-        local_rank: 0,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        timeout: Duration::from_secs(3),
-    };
+    let r = Rendezvous::local(0, 2, port).with_timeout(Duration::from_secs(3));
     let start = Instant::now();
     let e = ProcessGroup::new(r, Backend::Gloo).unwrap_err();
     let secs = start.elapsed().as_secs_f64();
