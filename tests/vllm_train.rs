@@ -98,3 +98,44 @@ fn the_builtin_task_trains_on_vllm_with_a_verified_sync_every_step() {
         "greedy evaluation of the same weights: local engine vs vLLM"
     );
 }
+
+/// `[model.lora]` on vLLM: the run launches its server with LoRA enabled, and every sync after the
+/// start-up one moves the adapter alone, probed like whole weights.
+#[test]
+fn a_lora_run_on_vllm_syncs_only_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("vllm-lora");
+    let mut args = short_run(50, 3);
+    for s in [
+        "model.lora.rank=8".to_string(),
+        "sft.lora=false".into(),
+        "eval.every=0".into(),
+        format!("rollout.vllm.port={}", free_port()),
+    ] {
+        args.extend(["--set".into(), s]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(ALP_RL.train(CONFIG, &run, &args));
+    let model_bytes =
+        std::fs::metadata(run.join("sft/checkpoints/step-000050/model/model.safetensors"))
+            .unwrap()
+            .len() as f64;
+    let metrics = run_outputs::metrics(&run);
+    for step in 1..=3 {
+        let m = &metrics[&step];
+        let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("step {step}: no {k}"));
+        assert_eq!(get("sync/servers_probed"), 1.0, "step {step}");
+        assert!(get("sync/probe_max_abs_diff") <= 1e-3, "step {step}: {m:?}");
+        let bytes = get("sync/bytes");
+        assert!(
+            bytes > 0.0 && bytes * 3.0 < model_bytes,
+            "step {step}: a sync of {bytes} bytes for a model of {model_bytes}"
+        );
+        assert!(get("lora/update_norm") > 0.0, "step {step}: {m:?}");
+    }
+    let log = std::fs::read_to_string(run.join("vllm/logs/server-0.log")).unwrap();
+    assert!(
+        log.contains("alp-policy-v3"),
+        "the server loaded version 3's adapter"
+    );
+}
