@@ -32,20 +32,21 @@ fn main() {
         );
     }
     let has = |header: &str| nvidia.iter().any(|d| d.join(header).exists());
-    // The CUDA runtime headers of the pip wheels lack crt/host_config.h (it comes with nvcc): NCCL's
-    // path is compiled only where a full set of headers is there. ALP_DIST_NCCL=0 turns it off.
-    let wanted = std::env::var("ALP_DIST_NCCL").map_or(true, |v| v != "0");
-    let nccl = wanted && cuda && has("nccl.h") && has("cuda_runtime.h") && has("crt/host_config.h");
-    if cuda && !nccl {
-        println!(
-            "cargo:warning=alp-dist: libtorch has CUDA but NCCL's path is not compiled (nccl.h, \
-             cuda_runtime.h and crt/host_config.h must be under site-packages/nvidia/*/include, \
-             $CUDA_HOME/include or $ALP_DIST_CUDA_INCLUDE; ALP_DIST_NCCL={}): Backend::Nccl will \
-             refuse",
-            std::env::var("ALP_DIST_NCCL").unwrap_or_default()
+    // The CUDA runtime headers of the pip wheels lack crt/host_config.h (it comes with nvcc) and
+    // CCCL's nv/target: NCCL's path is compiled only where a full set of headers is there.
+    // ALP_DIST_NCCL=0 turns it off, =1 makes missing headers an error; unset, it is automatic.
+    let mode = std::env::var("ALP_DIST_NCCL").unwrap_or_default();
+    let headers = ["nccl.h", "cuda_runtime.h", "crt/host_config.h", "nv/target"];
+    let missing: Vec<&str> = headers.into_iter().filter(|h| !has(h)).collect();
+    let nccl = mode != "0" && cuda && missing.is_empty();
+    if mode == "1" && !nccl {
+        panic!(
+            "ALP_DIST_NCCL=1 but NCCL's path cannot be compiled: libtorch_cuda.so {}, missing \
+             headers {missing:?} (searched site-packages/nvidia/*/include, $CUDA_HOME/include and \
+             $ALP_DIST_CUDA_INCLUDE)",
+            if cuda { "found" } else { "not found" }
         );
     }
-
     println!("cargo:rustc-check-cfg=cfg(alp_dist_nccl)");
     let mut build = cc::Build::new();
     build

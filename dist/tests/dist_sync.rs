@@ -113,7 +113,7 @@ fn two_processes_make_the_update_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let env = [(common::DIR, dir.path().display().to_string())];
     common::run_ranks("learner", 2, 60, &env, Duration::from_secs(300));
-    for case in 0..CASES.len() {
+    for (case, what) in CASES.iter().enumerate() {
         let data = batch(&ToyLm::new(8, 16, 2, 21), 22);
         let (whole, whole_norms) = train(case, &data, None);
         assert!(
@@ -137,7 +137,7 @@ fn two_processes_make_the_update_of_one() {
                 assert_close(
                     &get(&format!("p{i}")),
                     q,
-                    &format!("{:?} rank {rank} param {i}", CASES[case]),
+                    &format!("{:?} rank {rank} param {i}", what),
                 );
             }
             let norms = Vec::<f64>::try_from(get("norms")).unwrap();
@@ -145,7 +145,7 @@ fn two_processes_make_the_update_of_one() {
                 assert!(
                     (n - m).abs() <= 1e-5 * m,
                     "{:?} rank {rank}: grad/norm {n} vs {m}",
-                    CASES[case]
+                    what
                 );
             }
         }
