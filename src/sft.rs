@@ -144,6 +144,17 @@ pub fn run(
     let policy = ModelFactory::for_run(config).load(ModelRole::Policy, model_src)?;
     let extra = config.rollout.chat_extra_json();
     let source = source(sft, env, &tokenizer, &extra)?;
+    // The adapter (its targets checked against the model) before anything is written, too.
+    let lora = config.model.lora.as_ref().filter(|_| sft.lora);
+    let learner = match lora {
+        None => SftLearner::new(&settings(sft), policy),
+        Some(lora) => {
+            let base = Some(model_src.display().to_string());
+            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
+                .context("[model.lora] does not fit the model")?;
+            SftLearner::with_adapter(&settings(sft), policy, adapter)
+        }
+    };
     // Only once the data has loaded: a bad file leaves nothing that would refuse a rerun.
     std::fs::create_dir_all(run.checkpoints_dir())
         .with_context(|| format!("cannot create {}", run.checkpoints_dir().display()))?;
@@ -155,16 +166,6 @@ pub fn run(
         extra: &extra,
         // SFT has no `keep`: every checkpoint it writes stays.
         checkpoints: CheckpointWriter::new(run, KEEP_ALL),
-    };
-    let lora = config.model.lora.as_ref().filter(|_| sft.lora);
-    let learner = match lora {
-        None => SftLearner::new(&settings(sft), policy),
-        Some(lora) => {
-            let base = Some(model_src.display().to_string());
-            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
-                .context("[model.lora] does not fit the model")?;
-            SftLearner::with_adapter(&settings(sft), policy, adapter)
-        }
     };
     tracing::info!(steps = sft.steps, batch = sft.batch_size, lr = sft.lr, run = %run.root.display(), "supervised fine-tuning");
     let (first_loss, last_loss) = phase.train(learner, &source)?;

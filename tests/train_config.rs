@@ -244,3 +244,52 @@ fn cuda_without_a_gpu_is_refused() {
     assert!(!out.status.success() && !out_dir.exists(), "{err}");
     assert!(err.contains("libtorch sees no CUDA device"), "{err}");
 }
+
+#[test]
+fn bad_lora_settings_are_refused_by_key_before_any_work() {
+    let with = |lora: &str| format!("{BASE}\n[model.lora]\n{lora}\n");
+    let cases: [(String, &[&str], &str, &str); 6] = [
+        (
+            with("dropout = 0.1"),
+            &[],
+            "model.lora.dropout",
+            "not implemented",
+        ),
+        (
+            with("target_modules = \"all\""),
+            &[],
+            "model.lora.target_modules",
+            "\"all-linear\"",
+        ),
+        (
+            with("target_modules = []"),
+            &[],
+            "model.lora.target_modules",
+            "empty list",
+        ),
+        (with("rank = 0"), &[], "model.lora.rank", "1 to 4096"),
+        (
+            with("rank = 16").replace(
+                "[learner.alp]\nsigma0 = 0.01",
+                "[learner]\nkind = \"eggroll\"",
+            ),
+            &[],
+            "model.lora",
+            "eggroll",
+        ),
+        // A target the model does not have: refused against the model's config, before the run
+        // directory is made (`refused` checks it is not).
+        (
+            with("target_modules = [\"nope_proj\"]"),
+            &[],
+            "target_modules",
+            "nope_proj",
+        ),
+    ];
+    for (text, extra, key, says) in cases {
+        let (err, _) = refused(&text, extra);
+        assert!(err.contains(key), "{key}: {err}");
+        assert!(err.contains(says), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -78,6 +78,17 @@ pub(crate) fn check_model(
     if let Some(es) = config.eggroll_settings() {
         check_eggroll(&es, &model, &source, config_path)?;
     }
+    if let Some(lora) = &config.model.lora {
+        // Targets that name no projection of the model are refused before anything is written.
+        lora.to_lora_config(None)
+            .sites(&model, "[model.lora]")
+            .with_context(|| {
+                format!(
+                    "{}: model.lora.target_modules does not fit the model of {source}",
+                    config_path.display()
+                )
+            })?;
+    }
     let context = model.max_position_embeddings.max(0) as usize;
     let total = config.rollout.max_total_tokens;
     if total >= context {
