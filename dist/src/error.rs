@@ -57,6 +57,25 @@ pub enum DistError {
         /// What is wrong.
         message: String,
     },
+    /// A [`crate::LocalLaunch`] could not start its ranks.
+    #[error("launch: {0}")]
+    Launch(String),
+    /// A rank of a [`crate::LocalLaunch`] failed; the others were ended.
+    #[error("rank {rank} of {world_size} {how}; {others}")]
+    RankFailed {
+        /// The first rank that failed.
+        rank: usize,
+        /// The number of ranks.
+        world_size: usize,
+        /// How it ended ("exited with status 1", "killed by signal 9 (SIGKILL)").
+        how: String,
+        /// How each other rank ended.
+        others: String,
+    },
+    /// Ranks that do not agree on something they must share (config, binary version, model, world
+    /// size): see [`crate::ProcessGroup::agree`].
+    #[error("ranks disagree: {0}")]
+    Disagreement(String),
     /// A tensor operation around a collective failed.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

@@ -7,13 +7,16 @@
 //! [`DistSync`] plugs a [`ProcessGroup`] into the learner's gradient-sync seam
 //! ([`alp_learner::GradientSync`]): each rank trains on its shard of the batch and the update equals
 //! one process's update on the whole batch. See docs/scale-out.md.
+mod agree;
 mod error;
 mod ffi;
 mod group;
+mod launch;
 mod rendezvous;
 mod sync;
 
 pub use error::{DistError, Result};
 pub use group::{Backend, ProcessGroup, DEFAULT_BUCKET_BYTES};
+pub use launch::{describe, LocalLaunch, RankExit, LAUNCHED_VAR};
 pub use rendezvous::{Rendezvous, DEFAULT_TIMEOUT};
 pub use sync::DistSync;
