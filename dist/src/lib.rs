@@ -10,6 +10,7 @@
 mod agree;
 mod error;
 mod ffi;
+mod gather;
 mod group;
 mod launch;
 mod rendezvous;
