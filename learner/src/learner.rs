@@ -23,6 +23,7 @@ use crate::alp::AlpPerturbation;
 use crate::batch::{Entropy, Group, PackedBatch, Sample};
 use crate::error::{LearnerError, Result};
 use crate::loss::{AggregationScale, LossConfig};
+use crate::memory::PeakRss;
 use crate::metrics::Metrics;
 pub use crate::optimizer::MODEL_GROUP;
 use crate::optimizer::{AdamW, ParamGroup};
@@ -227,6 +228,8 @@ impl<P: TrainablePolicy> PgLearner<P> {
     /// Prepare, then per epoch and mini-batch: forward and backward of its micro-batches, gradient
     /// sync, clip and optimizer step; then the metrics.
     fn run_step(&mut self, plan: &StepPlan, started: Instant) -> Result<Metrics> {
+        let peak = PeakRss::start();
+        crate::memory::trace("step start");
         let layout = plan.layout()?;
         let source = MismatchSource::new(&self.settings, self.alp.is_some(), self.step);
         let (micros, mismatch) = prepare_micro_batches(
@@ -238,6 +241,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
             layout,
             source,
         )?;
+        crate::memory::trace("prepare (lp_old, reference)");
         let scales = global_scales(&micros, layout, self.sync.as_mut())?;
         let adapter_before = self.adapter.as_ref().map(adapter::snapshot);
         let mut totals = StepTotals {
@@ -258,6 +262,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
             mismatch_skipped: source.skipped(),
             with_kl: self.reference.is_some() && self.settings.loss.kl_coef > 0.0,
             started,
+            peak,
         }
         .metrics();
         if let (Some(a), Some(before)) = (&self.adapter, &adapter_before) {
@@ -299,6 +304,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
         }
         self.sync.sum_gradients(&self.synced_params)?;
         let (norm, stepped) = clip_and_step(&mut self.optimizer, self.settings.max_grad_norm);
+        crate::memory::trace("clip and optimizer step");
         totals.norm_sum += norm;
         totals.skipped += usize::from(!stepped);
         Ok(())

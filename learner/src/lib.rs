@@ -14,6 +14,7 @@ pub mod eggroll;
 pub mod error;
 pub mod learner;
 pub mod loss;
+pub mod memory;
 pub mod metric_names;
 pub mod metrics;
 /// The counter-based noise generator (it lives in `alp-policy`, where the rollout engine can reach it too).

@@ -103,6 +103,10 @@ fixed_names! {
     TIME_LEARNER_STEP_S = "time/learner_step_s";
     /// Non-pad tokens through the policy-gradient training forwards per second of the update.
     THROUGHPUT_LEARNER_TOKENS_PER_S = "throughput/learner_tokens_per_s";
+    /// Peak resident set of the process during the policy-gradient step (GB, 1e9 bytes): Linux's
+    /// VmHWM, reset at the step's start through /proc/self/clear_refs; where the reset is refused it
+    /// is the process's peak since it started (`alp_learner::memory`).
+    MEMORY_PEAK_RSS_GB = "memory/peak_rss_gb";
 
     // --- EGGROLL learner (`EsLearner::update`).
     /// Mean raw fitness (mean reward of a member's rollouts) over the population.
@@ -199,8 +203,9 @@ pub const MISMATCH: [&str; 6] = [
     MISMATCH_PPL_RATIO,
 ];
 
-/// Prefixes of the columns that depend on wall time, the only ones a seed does not reproduce.
-pub const TIMING_PREFIXES: [&str; 3] = ["time/", "throughput/", SYNC_S];
+/// Prefixes of the columns that depend on wall time or on the machine (memory), the only ones a
+/// seed does not reproduce.
+pub const TIMING_PREFIXES: [&str; 4] = ["time/", "throughput/", SYNC_S, "memory/"];
 
 /// Whether `name` is a wall-time column (see [`TIMING_PREFIXES`]).
 pub fn is_timing(name: &str) -> bool {
@@ -320,7 +325,10 @@ mod tests {
         for n in &names {
             assert_eq!(
                 is_timing(n),
-                n.starts_with("time/") || n.starts_with("throughput/"),
+                n.starts_with("time/")
+                    || n.starts_with("throughput/")
+                    || n.starts_with("memory/")
+                    || n == SYNC_S,
                 "{n}"
             );
         }

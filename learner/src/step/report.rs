@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use crate::alp::AlpPerturbation;
 use crate::batch::Sample;
+use crate::memory::PeakRss;
 use crate::metric_names as names;
 use crate::metrics::{batch_metrics, Metrics, MismatchStats};
 use crate::optimizer::{AdamW, MODEL_GROUP};
@@ -21,6 +22,8 @@ pub(crate) struct StepReport<'a> {
     /// A KL penalty against a reference policy is part of the loss.
     pub with_kl: bool,
     pub started: Instant,
+    /// The step's peak resident set, started with the step.
+    pub peak: PeakRss,
 }
 
 impl StepReport<'_> {
@@ -71,6 +74,7 @@ impl StepReport<'_> {
             names::THROUGHPUT_LEARNER_TOKENS_PER_S.into(),
             t.processed_tokens as f64 / secs.max(1e-9),
         );
+        m.insert(names::MEMORY_PEAK_RSS_GB.into(), self.peak.gb());
         m
     }
 }

@@ -16,6 +16,7 @@ use tch::{Kind, Tensor};
 
 use crate::batch::{flatten_rows, Entropy};
 use crate::loss::{policy_loss, AggregationScale, LossConfig, LossInputs, LossOutput};
+use crate::memory::trace;
 use crate::step::checkpoint::Trunk;
 use crate::step::prepare::Micro;
 
@@ -59,12 +60,13 @@ pub(crate) fn split_forward_backward(
         hooks,
         opts.checkpointing,
     );
+    trace("trunk forward");
     let leaf = trunk.hidden().detach().set_requires_grad(true);
     let flat = flatten_rows(&leaf);
     let chunks = if opts.chunk_head {
         p.head_chunks(model.lm_head_weight().size()[0])
     } else {
-        vec![0..p.num_rows()]
+        std::iter::once(0..p.num_rows()).collect()
     };
     let mut parts = Vec::with_capacity(chunks.len());
     for rows in chunks {
@@ -91,9 +93,11 @@ pub(crate) fn split_forward_backward(
         parts.push((lp.detach(), ent.detach(), detach_output(out)));
     }
     drop(flat);
+    trace("LM head chunks, forward and backward");
     let grad = leaf.grad();
     drop(leaf);
     trunk.backward(model, &p.input_ids, hooks, &grad);
+    trace("trunk backward");
     join(parts)
 }
 
