@@ -6,7 +6,11 @@
 //!
 //! [`DistSync`] plugs a [`ProcessGroup`] into the learner's gradient-sync seam
 //! ([`alp_learner::GradientSync`]): each rank trains on its shard of the batch and the update equals
-//! one process's update on the whole batch. See docs/scale-out.md.
+//! one process's update on the whole batch. [`ProcessGroup::gather_indexed`] is EGGROLL's exchange
+//! (fitness only), [`ProcessGroup::agree`] refuses ranks that differ, and [`LocalLaunch`] starts N
+//! ranks on this machine and ends them together. See docs/scale-out.md.
+#![warn(missing_docs)]
+
 mod agree;
 mod error;
 mod ffi;
