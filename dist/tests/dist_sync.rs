@@ -12,13 +12,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alp_dist::{Backend, DistSync, ProcessGroup};
-use alp_learner::{Aggregation, CorrectionKind, GradientSync, Group, LearnerSettings, PgLearner};
+use alp_learner::{
+    Aggregation, CorrectionKind, GradientSync, Group, LearnerSettings, PgLearner, TrainablePolicy,
+};
 use tch::{Kind, Tensor};
 use toy::{Rng, ToyLm};
 
 /// learner/tests/gradient_sync.rs's batch: uneven completion lengths, some untrained tokens and one
 /// fully untrained sample.
 fn batch(model: &ToyLm, seed: u64) -> Vec<Group> {
+    batch_of(model, seed)
+}
+
+fn batch_of<M: TrainablePolicy>(model: &M, seed: u64) -> Vec<Group> {
     let mut rng = Rng::new(seed);
     let prompts = toy::random_prompts(4, 3, 8, &mut rng);
     let mut groups = toy::sample_groups(model, &prompts, 4, 6, 0.4, &mut rng, |c| {
@@ -203,6 +209,92 @@ fn gradients_defined_on_some_ranks_only() {
     }
 }
 
+/// A tiny random Llama with tied embeddings (the real decoder, not the toy).
+fn causal_lm() -> alp_policy::CausalLM {
+    alp_test_support::tiny_model::TinyModel::new("llama")
+        .with("tie_word_embeddings", true)
+        .random(5)
+}
+
+/// The parameters of a real `CausalLM` after two steps on `data` (TIS, token mean), and the norms.
+fn train_causal_lm(data: &[Group], sync: Option<DistSync>) -> (Vec<Tensor>, Vec<f64>) {
+    let mut learner = PgLearner::new(settings(1), causal_lm(), None).unwrap();
+    if let Some(sync) = sync {
+        learner = learner.with_gradient_sync(Box::new(sync));
+    }
+    let norms = (0..2)
+        .map(|_| learner.train_step(data).unwrap()["grad/norm"])
+        .collect();
+    let params = learner
+        .policy()
+        .trainable_parameters()
+        .into_iter()
+        .map(|(_, p)| p.detach().copy())
+        .collect();
+    (params, norms)
+}
+
+fn causal_lm_batch() -> Vec<Group> {
+    batch_of(&causal_lm(), 23)
+}
+
+/// Trains the real decoder on this rank's half and writes `lm-rank{R}.safetensors`.
+fn role_causal_lm() {
+    let group = Arc::new(ProcessGroup::new(common::rendezvous(), Backend::Gloo).unwrap());
+    let rank = group.rank();
+    let data = causal_lm_batch();
+    let half = if rank == 0 { &data[..2] } else { &data[2..] };
+    let (params, norms) = train_causal_lm(half, Some(DistSync::new(group)));
+    let mut named: Vec<(String, Tensor)> = params
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{i}"), p))
+        .collect();
+    named.push(("norms".into(), Tensor::from_slice(&norms)));
+    Tensor::write_safetensors(&named, out_dir().join(format!("lm-rank{rank}.safetensors")))
+        .unwrap();
+}
+
+/// The same on the real decoder (tied embeddings, every projection, norms): two ranks end with the
+/// weights of one.
+fn a_real_decoder_on_two_processes_makes_the_update_of_one() {
+    toy::init();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(common::DIR, dir.path().display().to_string())];
+    common::run_ranks("causal_lm", 2, 60, &env, Duration::from_secs(300));
+    let (whole, whole_norms) = train_causal_lm(&causal_lm_batch(), None);
+    let initial = causal_lm().trainable_parameters();
+    assert_eq!(initial.len(), whole.len());
+    let moved = whole
+        .iter()
+        .zip(&initial)
+        .map(|(w, (_, p))| f64::try_from((w - p).abs().max()).unwrap())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-5, "the parameters moved ({moved})");
+    for rank in 0..2 {
+        let path = dir.path().join(format!("lm-rank{rank}.safetensors"));
+        let saved = Tensor::read_safetensors(path).unwrap();
+        let get = |name: &str| {
+            saved
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .shallow_clone()
+        };
+        for (i, q) in whole.iter().enumerate() {
+            assert_close(&get(&format!("p{i}")), q, &format!("rank {rank} param {i}"));
+        }
+        let norms = Vec::<f64>::try_from(get("norms")).unwrap();
+        for (n, m) in norms.iter().zip(&whole_norms) {
+            assert!(
+                (n - m).abs() <= 1e-5 * m,
+                "rank {rank}: grad/norm {n} vs {m}"
+            );
+        }
+    }
+}
+
 fn main() {
     common::main(
         &[
@@ -214,7 +306,15 @@ fn main() {
                 "gradients_defined_on_some_ranks_only",
                 gradients_defined_on_some_ranks_only,
             ),
+            (
+                "a_real_decoder_on_two_processes_makes_the_update_of_one",
+                a_real_decoder_on_two_processes_makes_the_update_of_one,
+            ),
         ],
-        &[("learner", role_learner), ("partial", role_partial)],
+        &[
+            ("learner", role_learner),
+            ("partial", role_partial),
+            ("causal_lm", role_causal_lm),
+        ],
     );
 }
