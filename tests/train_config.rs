@@ -166,9 +166,9 @@ fn rollout_backend_and_its_vllm_section_must_agree() {
             "[model]\nnew_model = \"tiny\"\n[learner]\nkind = \"eggroll\"\n[rollout]\nbackend = \"vllm\"\n\
              [rollout.vllm]\nlaunch = true\n[env]\nname = \"arithmetic\"\n"
                 .to_string(),
-            vec![],
-            "rollout.backend",
-            "vLLM servers do not apply",
+            vec!["learner.eggroll.rank=600"],
+            "learner.eggroll.rank",
+            "--max-lora-rank at most 512",
         ),
         (
             BASE.replace("group_size = 4", "group_size = 4\nbackend = \"sglang\""),

@@ -135,6 +135,13 @@ pub trait RowHooks {
 pub trait MemberHooks: Send + Sync {
     /// Row hooks for a call whose request `j` is served by member `members[j]`.
     fn for_requests<'a>(&'a self, members: &[usize]) -> Box<dyn RowHooks + 'a>;
+
+    /// Member `member` as a LoRA adapter for servers that apply adapters themselves (vLLM): its A
+    /// (`[r, in]`) and B (`[out, r]`) under PEFT's names, with the scale folded into B so that the
+    /// adapter's `lora_alpha` is its rank. `None`: the members are not low-rank adapters.
+    fn member_adapter(&self, _member: usize) -> Option<Vec<(String, Tensor)>> {
+        None
+    }
 }
 
 /// The plain model: every hook is the identity.

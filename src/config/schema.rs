@@ -377,9 +377,17 @@ impl TrainConfig {
         let vllm_dir = run_root.join("vllm");
         s.log_dir.get_or_insert_with(|| vllm_dir.join("logs"));
         s.sync_dir.get_or_insert_with(|| vllm_dir.join("weights"));
-        // Servers we launch for a LoRA run serve the adapter: add the flags it needs (unless given).
-        if let (true, Some(lora)) = (s.launch, &self.model.lora) {
-            if let Ok((args, env)) = alp_vllm::lora_server_args(lora.rank) {
+        // Servers we launch serve adapters for a LoRA run (the policy's) and for EGGROLL (one per
+        // member): add the flags they need (unless given).
+        let adapters = match (&self.model.lora, self.learner.kind) {
+            (Some(lora), _) => Some((lora.rank, 2)),
+            (None, LearnerKind::Eggroll) => {
+                Some((self.learner.eggroll.rank, self.eggroll_population()))
+            }
+            (None, _) => None,
+        };
+        if let (true, Some((rank, max_loras))) = (s.launch, adapters) {
+            if let Ok((args, env)) = alp_vllm::lora_server_args(rank, max_loras) {
                 if !s.args.iter().any(|a| a == "--enable-lora") {
                     s.args.extend(args);
                 }

@@ -257,16 +257,13 @@ impl TrainConfig {
             ),
             (BackendKind::Vllm, Some(_)) => {
                 if self.learner.kind == LearnerKind::Eggroll {
-                    return bad(
-                        "rollout.backend",
-                        "is \"vllm\" but learner.kind = \"eggroll\" generates every population \
-                         member with its own low-rank perturbation, which vLLM servers do not \
-                         apply; use rollout.backend = \"local\" for EGGROLL"
-                            .into(),
-                    );
+                    // Members are served as adapters of the ES rank.
+                    if let Err(e) = alp_vllm::lora_server_args(self.learner.eggroll.rank, 1) {
+                        return bad("learner.eggroll.rank", e.to_string());
+                    }
                 }
                 if let Some(lora) = &self.model.lora {
-                    if let Err(e) = alp_vllm::lora_server_args(lora.rank) {
+                    if let Err(e) = alp_vllm::lora_server_args(lora.rank, 2) {
                         return bad("model.lora.rank", e.to_string());
                     }
                 }

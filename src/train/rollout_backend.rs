@@ -103,20 +103,13 @@ impl RolloutBackend {
     }
 
     /// The population whose members generate the next batch (evolution strategies), or `None` for
-    /// the plain policy. Only the local engine applies members (the config refuses EGGROLL on vLLM).
+    /// the plain policy: the local engine applies the members as hooks, vLLM servers as adapters.
     pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) -> Result<(), String> {
-        match (self, members) {
-            (RolloutBackend::Local(engine), members) => {
-                engine.set_members(members);
-                Ok(())
-            }
-            (RolloutBackend::Vllm(_), None) => Ok(()),
-            (RolloutBackend::Vllm(_), Some(_)) => Err(
-                "population members need the local engine; vLLM servers serve the plain policy \
-                 (set rollout.backend = \"local\" for EGGROLL)"
-                    .into(),
-            ),
+        match self {
+            RolloutBackend::Local(engine) => engine.set_members(members),
+            RolloutBackend::Vllm(backend) => backend.set_members(members),
         }
+        Ok(())
     }
 
     /// The servers' counters (serving, served, taken out, back), from what generation and syncs saw;

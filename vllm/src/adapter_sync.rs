@@ -34,10 +34,14 @@ pub fn adapter_name(version: u64) -> String {
 /// The ranks vLLM 0.32 accepts for `--max-lora-rank`.
 const VLLM_MAX_LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 
-/// The server arguments and environment an adapter of rank `rank` needs: `--enable-lora`,
-/// `--max-lora-rank` (the smallest value vLLM accepts that holds `rank`), `--max-loras 2` (the
-/// version being loaded beside the one serving) and runtime adapter loading.
-pub fn lora_server_args(rank: i64) -> Result<(Vec<String>, Vec<(String, String)>), VllmError> {
+/// The server arguments and environment adapters of rank `rank` need: `--enable-lora`,
+/// `--max-lora-rank` (the smallest value vLLM accepts that holds `rank`), `--max-loras max_loras`
+/// (adapters batched together: 2 for a trained adapter, the version being loaded beside the one
+/// serving; a population's members for EGGROLL) and runtime adapter loading.
+pub fn lora_server_args(
+    rank: i64,
+    max_loras: usize,
+) -> Result<(Vec<String>, Vec<(String, String)>), VllmError> {
     let max_rank = VLLM_MAX_LORA_RANKS
         .iter()
         .copied()
@@ -53,7 +57,7 @@ pub fn lora_server_args(rank: i64) -> Result<(Vec<String>, Vec<(String, String)>
         "--max-lora-rank",
         &max_rank.to_string(),
         "--max-loras",
-        "2",
+        &max_loras.max(1).to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -145,6 +149,11 @@ pub(crate) async fn load_on_server(
 /// Unloads every adapter of ours but `keep` from a server (older versions); a failure only warns,
 /// since nothing names those adapters any more.
 pub(crate) async fn unload_others(client: &ServerClient, keep: &str) {
+    unload_matching(client, |id| id.starts_with(ADAPTER_PREFIX) && id != keep).await
+}
+
+/// Unloads the adapters a server lists whose names `unload` picks; failures only warn.
+pub(crate) async fn unload_matching(client: &ServerClient, unload: impl Fn(&str) -> bool) {
     let ids = match client.model_ids().await {
         Ok(ids) => ids,
         Err(e) => {
@@ -152,10 +161,7 @@ pub(crate) async fn unload_others(client: &ServerClient, keep: &str) {
             return;
         }
     };
-    for id in ids
-        .iter()
-        .filter(|id| id.starts_with(ADAPTER_PREFIX) && *id != keep)
-    {
+    for id in ids.iter().filter(|id| unload(id)) {
         if let Err(e) = client.unload_lora_adapter(id).await {
             tracing::warn!(server = client.name(), adapter = %id, error = %e, "unloading an old adapter");
         }

@@ -15,6 +15,7 @@ use crate::dispatch::{self, check_facts, no_server, still_down, Row};
 use crate::error::VllmError;
 use crate::launch::{wait_ready, LaunchSpec, ServerProcess};
 use crate::logprobs::ServerLogprobsMode;
+use crate::member_adapters::MemberAdapters;
 use crate::probe::{probe_prompts, ProbeReference};
 use crate::protocol::CompletionRequest;
 use crate::replica::{recover_server, sync_server, Current, Replica, ReplicaStats, State, SyncJob};
@@ -32,13 +33,15 @@ use crate::weights::SyncDir;
 /// each server against it. [`GenerationBackend::sync_weights`] without a reference copy syncs to the
 /// model it is given.
 pub struct VllmBackend {
-    settings: Arc<VllmSettings>,
-    runtime: tokio::runtime::Runtime,
-    replicas: Vec<Replica>,
+    pub(crate) settings: Arc<VllmSettings>,
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) replicas: Vec<Replica>,
     /// Servers we started (stopped when the backend is dropped).
     launched: Vec<ServerProcess>,
     sync_dir: SyncDir,
-    current: Option<Current>,
+    pub(crate) current: Option<Current>,
+    /// The population the calls generate with (EGGROLL), its members served as adapters.
+    pub(crate) members: Option<MemberAdapters>,
     /// The learner's weights as the servers should hold them: updates are applied here, written from
     /// here and probed against; `None` until [`VllmBackend::with_reference`].
     reference: Option<CausalLM>,
@@ -101,6 +104,7 @@ impl VllmBackend {
             launched,
             sync_dir,
             current: None,
+            members: None,
             reference: None,
         })
     }
@@ -209,6 +213,11 @@ impl VllmBackend {
         })
     }
 
+    /// The sync folder (versions, and the population's adapters).
+    pub(crate) fn sync_root(&self) -> &Path {
+        self.sync_dir.root()
+    }
+
     /// Removes the sync folder's versions other than `keep`.
     pub(crate) fn prune_sync_dir(&self, keep: &Path) -> Result<(), VllmError> {
         self.sync_dir.prune(keep)
@@ -297,7 +306,7 @@ impl VllmBackend {
         }
     }
 
-    fn job(&self, current: Current) -> SyncJob {
+    pub(crate) fn job(&self, current: Current) -> SyncJob {
         SyncJob {
             current,
             sync_timeout: VllmSettings::secs(self.settings.sync_timeout_s),
@@ -340,8 +349,9 @@ impl VllmBackend {
                 index,
                 stop: stop.clone(),
                 request: CompletionRequest {
-                    // Set per server at dispatch.
-                    model: String::new(),
+                    // A population member's adapter, or (empty) the served model, set per server
+                    // at dispatch.
+                    model: self.member_model(r.member)?.unwrap_or_default(),
                     prompt: r.prompt_ids.clone(),
                     max_tokens,
                     temperature: if params.greedy {
@@ -519,14 +529,10 @@ impl GenerationBackend for VllmBackend {
         params: &SamplingParams,
     ) -> Result<Vec<Completion>, RolloutError> {
         params.validate()?;
-        // Population members (EGGROLL) need per-row weight perturbations, which these servers do not
-        // apply: refuse rather than generate every member with the plain weights.
-        if let Some(index) = requests.iter().position(|r| r.member.is_some()) {
-            return Err(RolloutError::InvalidRequest {
-                index,
-                problem: "names a population member, but the vLLM backend serves the plain policy only; EGGROLL rollouts need the local engine"
-                    .into(),
-            });
+        // Population members (EGGROLL) are served as adapters, loaded when first named.
+        let members: Vec<usize> = requests.iter().filter_map(|r| r.member).collect();
+        if !members.is_empty() {
+            self.load_members(&members)?;
         }
         let _span = tracing::info_span!("vllm_generate", requests = requests.len()).entered();
         Ok(self.generate_rows(requests, params)?)

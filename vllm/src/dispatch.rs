@@ -145,8 +145,9 @@ impl<'a> Dispatch<'a> {
             self.pending.pop_front();
             let client = replicas[rid].client.clone();
             let mut request = self.rows[row].request.clone();
-            if let Some(facts) = &replicas[rid].facts {
-                // Each server's own served name (they may differ).
+            if let (Some(facts), true) = (&replicas[rid].facts, request.model.is_empty()) {
+                // Each server's own served name (they may differ); a population member's rows
+                // name its adapter instead.
                 request.model = facts.model.clone();
             }
             let handle = self.calls.spawn(async move {

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! adapter_sync.rs  LoRA adapters as the sync payload: written in PEFT's format, loaded by name
+//! member_adapters.rs  an EGGROLL population's members as adapters, loaded and probed when named
 //! backend.rs   VllmBackend: GenerationBackend on servers; launch or connect; sync orchestration
 //! dispatch.rs  rows over servers: least outstanding first, backoff, take-out, fail-over, re-sync
 //! replica.rs   one server's state and counters; sync_server (pause/reload/version/resume + probe)
@@ -24,6 +25,7 @@ pub mod dispatch;
 pub mod error;
 pub mod launch;
 pub mod logprobs;
+pub mod member_adapters;
 pub mod probe;
 pub mod protocol;
 pub mod replica;

@@ -72,7 +72,7 @@ fn adapters_sync_to_a_lora_server() {
     let work = tempfile::tempdir().unwrap();
     write_checkpoint(&model(&tok, 0), &tok, &work.path().join("model"));
     let mut settings = settings(&work.path().join("sync"), &work.path().join("logs"));
-    let (args, env) = lora_server_args(8).unwrap();
+    let (args, env) = lora_server_args(8, 2).unwrap();
     settings.args.extend(args);
     settings.env.extend(env);
     settings.launch = true;

@@ -183,6 +183,27 @@ impl MemberHooks for PopulationMembers {
             self.device,
         ))
     }
+
+    /// Member `member`'s perturbation `s_i (sigma / sqrt r) A_i B_i^T` of each evolved matrix as
+    /// PEFT's `lora_B lora_A` at scale 1: `lora_B = s_i (sigma / sqrt r) A_i` (`[m, r]`),
+    /// `lora_A = B_i^T` (`[r, n]`), from the same keys as the forward and the update (f32, CPU).
+    fn member_adapter(&self, member: usize) -> Option<Vec<(String, Tensor)>> {
+        let p = &self.population;
+        let scale = sign(member) * p.sigma / (p.rank as f64).sqrt();
+        let mut out = Vec::with_capacity(2 * p.matrices.len());
+        for matrix in &p.matrices {
+            let (a, b) = factors(p.key(matrix, member), matrix.m, matrix.n, p.rank, Device::Cpu);
+            // `model.layers.0.self_attn.q_proj.weight` -> `base_model.model.model.layers.0.
+            // self_attn.q_proj.lora_{A,B}.weight`, PEFT's names of that projection's factors.
+            let module = matrix.name.strip_suffix(".weight")?;
+            out.push((
+                format!("base_model.model.{module}.lora_A.weight"),
+                b.tr().contiguous(),
+            ));
+            out.push((format!("base_model.model.{module}.lora_B.weight"), a * scale));
+        }
+        Some(out)
+    }
 }
 
 impl RowHooks for PopulationFactors {
