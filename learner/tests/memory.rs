@@ -60,7 +60,7 @@ fn the_estimate_counts_the_models_own_tensors() {
         assert!(ckpt.activations < f32_full.activations);
         assert_eq!(
             f32_full.total(),
-            f32_full.parts().iter().take(7).map(|(_, b)| b).sum::<u64>()
+            f32_full.parts().iter().take(8).map(|(_, b)| b).sum::<u64>()
         );
     }
 }
