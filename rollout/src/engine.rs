@@ -1,7 +1,6 @@
 //! The local backend's engine ([`LocalEngine`], a [`GenerationBackend`] in process on libtorch):
 //! batched prefill, then token-by-token decode with a preallocated KV cache, scheduled by continuous
-//! batching. Its weights change only by installing a [`crate::WeightUpdate`]
-//! ([`LocalEngine::install`]).
+//! batching. Its weights change only through [`LocalEngine::install`] of a [`crate::WeightUpdate`].
 //!
 //! Up to `batch_size` requests decode together, one row ("slot") each. When rows finish, waiting
 //! requests take their slots once an eighth of the batch is free (or every waiting request fits): their
@@ -586,13 +585,13 @@ impl GenerationBackend for LocalEngine {
         Some(self.model.config().max_position_embeddings.max(0) as usize)
     }
 
-    /// [`LocalEngine::install`]: an in-process copy, nothing to verify.
+    /// [`LocalEngine::install`]: an in-process copy.
     fn apply_update(&mut self, update: &WeightUpdate) -> Result<SyncReport, RolloutError> {
         let start = std::time::Instant::now();
         self.install(update)?;
         Ok(SyncReport {
             version: update.version,
-            probes: Vec::new(),
+            probes: Vec::new(), // nothing to verify
             seconds: start.elapsed().as_secs_f64(),
             bytes: update.num_bytes(),
         })

@@ -18,18 +18,9 @@ use alp_policy::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use alp_policy::{LoraAdapter, LoraConfig};
 use alp_rollout::{NamedTensors, ProbeReport, RolloutError, SyncReport};
 
+use crate::adapter_calls::adapter_name;
 use crate::backend::VllmBackend;
-use crate::client::ServerClient;
 use crate::error::VllmError;
-use crate::replica::SyncJob;
-
-/// Adapters this backend loads are named this plus their version.
-pub const ADAPTER_PREFIX: &str = "alp-policy-v";
-
-/// The name version `version`'s adapter is served under.
-pub fn adapter_name(version: u64) -> String {
-    format!("{ADAPTER_PREFIX}{version}")
-}
 
 /// The ranks vLLM 0.32 accepts for `--max-lora-rank`.
 const VLLM_MAX_LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
@@ -98,74 +89,6 @@ pub fn write_adapter(
         .collect();
     tch::Tensor::write_safetensors(&named, dir.join(ADAPTER_WEIGHTS_FILE))
         .map_err(|e| err(e.to_string()))
-}
-
-/// Loads the job's adapter on one server under `name`, then sets and checks the server's version.
-pub(crate) async fn load_on_server(
-    client: &ServerClient,
-    name: &str,
-    job: &SyncJob,
-) -> Result<(), VllmError> {
-    let version = job.current.version;
-    // A failed sync of this version may have left its name loaded (with the files that failed):
-    // vLLM refuses a name twice, and this load must read the files anew.
-    if client.model_ids().await?.iter().any(|id| id == name) {
-        client.unload_lora_adapter(name).await?;
-    }
-    client
-        .load_lora_adapter(name, &job.current.dir, job.sync_timeout)
-        .await
-        .map_err(|e| match e {
-            VllmError::Status { status, body, .. } if status == 404 => VllmError::Incompatible {
-                server: client.name().to_string(),
-                problem: format!(
-                    "POST /v1/load_lora_adapter answered 404 ({body}): start the server with \
-                     --enable-lora --max-lora-rank R and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
-                ),
-            },
-            VllmError::Status { status, body, .. } => VllmError::SyncMismatch {
-                server: client.name().to_string(),
-                version,
-                problem: format!(
-                    "loading the adapter in {} answered HTTP {status}: {body} (a rank above the \
-                     server's --max-lora-rank is refused this way)",
-                    job.current.dir.display()
-                ),
-            },
-            other => other,
-        })?;
-    client.set_version(&version.to_string()).await?;
-    let reported = client.version().await?;
-    if reported.as_deref() != Some(version.to_string().as_str()) {
-        return Err(VllmError::SyncMismatch {
-            server: client.name().to_string(),
-            version,
-            problem: format!("GET /weight_info reports version {reported:?}"),
-        });
-    }
-    Ok(())
-}
-
-/// Unloads every adapter of ours but `keep` from a server (older versions); a failure only warns,
-/// since nothing names those adapters any more.
-pub(crate) async fn unload_others(client: &ServerClient, keep: &str) {
-    unload_matching(client, |id| id.starts_with(ADAPTER_PREFIX) && id != keep).await
-}
-
-/// Unloads the adapters a server lists whose names `unload` picks; failures only warn.
-pub(crate) async fn unload_matching(client: &ServerClient, unload: impl Fn(&str) -> bool) {
-    let ids = match client.model_ids().await {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(server = client.name(), error = %e, "listing adapters to unload");
-            return;
-        }
-    };
-    for id in ids.iter().filter(|id| unload(id)) {
-        if let Err(e) = client.unload_lora_adapter(id).await {
-            tracing::warn!(server = client.name(), adapter = %id, error = %e, "unloading an old adapter");
-        }
-    }
 }
 
 impl VllmBackend {

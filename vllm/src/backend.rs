@@ -13,9 +13,8 @@ use tokio::task::JoinSet;
 use crate::client::{HttpClients, ServerClient};
 use crate::dispatch::{self, check_facts, no_server, still_down, Row};
 use crate::error::VllmError;
-use crate::launch::{wait_ready, LaunchSpec, ServerProcess};
-use crate::logprobs::ServerLogprobsMode;
-use crate::member_adapters::MemberAdapters;
+use crate::launch::{launch_specs, wait_ready, ServerProcess};
+use crate::members::MemberAdapters;
 use crate::probe::{probe_prompts, ProbeReference};
 use crate::protocol::CompletionRequest;
 use crate::replica::{recover_server, sync_server, Current, Replica, ReplicaStats, State, SyncJob};
@@ -413,35 +412,6 @@ impl VllmBackend {
         }
         Ok(out.into_iter().map(|c| c.expect("every row")).collect())
     }
-}
-
-/// The servers `launch = true` starts: ports `port..port + count`, logs `server-<i>.log`.
-pub fn launch_specs(
-    settings: &VllmSettings,
-    model_dir: &Path,
-    logprob_mode: LogprobMode,
-) -> Result<Vec<LaunchSpec>, VllmError> {
-    settings.validate()?;
-    let log_dir = settings.log_dir.clone().expect("validated");
-    let model = model_dir.canonicalize().map_err(|e| VllmError::Launch {
-        server: "(all)".into(),
-        problem: format!("the model folder {}: {e}", model_dir.display()),
-    })?;
-    Ok((0..settings.count)
-        .map(|i| LaunchSpec {
-            python: settings.python.clone(),
-            model: model.clone(),
-            port: settings.port + i as u16,
-            logprobs_mode: ServerLogprobsMode::for_rollout(logprob_mode),
-            args: settings.args.clone(),
-            env: settings
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            log: log_dir.join(format!("server-{i}.log")),
-        })
-        .collect())
 }
 
 type SyncOutcome = (

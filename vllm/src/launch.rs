@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use alp_rollout::LogprobMode;
+
 use crate::client::{HttpClients, ServerClient};
 use crate::error::VllmError;
 use crate::logprobs::ServerLogprobsMode;
+use crate::settings::VllmSettings;
 
 /// Environment every launched server gets: offline, no telemetry, the dev endpoints for weight sync.
 pub const SERVER_ENV: &[(&str, &str)] = &[
@@ -268,4 +271,33 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
+}
+
+/// The servers `launch = true` starts: ports `port..port + count`, logs `server-<i>.log`.
+pub fn launch_specs(
+    settings: &VllmSettings,
+    model_dir: &Path,
+    logprob_mode: LogprobMode,
+) -> Result<Vec<LaunchSpec>, VllmError> {
+    settings.validate()?;
+    let log_dir = settings.log_dir.clone().expect("validated");
+    let model = model_dir.canonicalize().map_err(|e| VllmError::Launch {
+        server: "(all)".into(),
+        problem: format!("the model folder {}: {e}", model_dir.display()),
+    })?;
+    Ok((0..settings.count)
+        .map(|i| LaunchSpec {
+            python: settings.python.clone(),
+            model: model.clone(),
+            port: settings.port + i as u16,
+            logprobs_mode: ServerLogprobsMode::for_rollout(logprob_mode),
+            args: settings.args.clone(),
+            env: settings
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            log: log_dir.join(format!("server-{i}.log")),
+        })
+        .collect())
 }

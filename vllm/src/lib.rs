@@ -4,7 +4,9 @@
 //! engine's build; the app depends on it for `[rollout] backend = "vllm"`.
 //!
 //! ```text
+//! adapter_calls.rs  one server's adapter endpoints: load under a name (version checked), unload
 //! adapter_sync.rs  LoRA adapters as the sync payload: written in PEFT's format, loaded by name
+//! members.rs   the population being served (MemberAdapters)
 //! member_adapters.rs  an EGGROLL population's members as adapters, loaded and probed when named
 //! backend.rs   VllmBackend: GenerationBackend on servers; launch or connect; sync orchestration
 //! dispatch.rs  rows over servers: least outstanding first, backoff, take-out, fail-over, re-sync
@@ -18,6 +20,7 @@
 //! settings.rs  VllmSettings, the [rollout.vllm] section
 //! error.rs     VllmError
 //! ```
+pub mod adapter_calls;
 pub mod adapter_sync;
 pub mod backend;
 pub mod client;
@@ -26,17 +29,19 @@ pub mod error;
 pub mod launch;
 pub mod logprobs;
 pub mod member_adapters;
+pub mod members;
 pub mod probe;
 pub mod protocol;
 pub mod replica;
 pub mod settings;
 pub mod weights;
 
-pub use adapter_sync::{adapter_name, lora_server_args, write_adapter};
-pub use backend::{launch_specs, VllmBackend};
+pub use adapter_calls::adapter_name;
+pub use adapter_sync::{lora_server_args, write_adapter};
+pub use backend::VllmBackend;
 pub use client::{HttpClients, ServerClient};
 pub use error::VllmError;
-pub use launch::{wait_ready, wait_ready_blocking, LaunchSpec, ServerProcess, SERVER_ENV};
+pub use launch::{launch_specs, wait_ready, wait_ready_blocking, LaunchSpec, ServerProcess, SERVER_ENV};
 pub use logprobs::ServerLogprobsMode;
 pub use probe::{probe_prompts, ProbeReference};
 pub use replica::ReplicaStats;

@@ -16,22 +16,12 @@ use std::sync::Arc;
 use alp_policy::lora::{LoraConfig, TargetModules};
 use alp_policy::MemberHooks;
 
-use crate::adapter_sync::{unload_matching, write_adapter};
+use crate::adapter_calls::unload_matching;
+use crate::adapter_sync::write_adapter;
 use crate::backend::VllmBackend;
 use crate::error::VllmError;
+use crate::members::{MemberAdapters, MEMBER_PREFIX};
 use crate::replica::{sync_server, Current, State};
-
-/// Member adapters are named this plus the population's number and the member.
-pub const MEMBER_PREFIX: &str = "alp-es-";
-
-/// The population the backend generates with, and which of its members every serving server holds.
-pub(crate) struct MemberAdapters {
-    pub hooks: Arc<dyn MemberHooks>,
-    /// Counts populations, so a new one's names never match the last one's.
-    pub number: u64,
-    /// Member to the name it is served under, for the members loaded so far.
-    pub loaded: BTreeMap<usize, String>,
-}
 
 impl VllmBackend {
     /// The population the next calls generate with (`None`: the plain policy). Requests name their

@@ -174,10 +174,17 @@ pub async fn sync_server(
     let mut facts = client.facts(job.sync_timeout).await?;
     let version = job.current.version;
     if let Some(name) = &job.current.adapter {
-        crate::adapter_sync::load_on_server(&client, name, &job).await?;
+        crate::adapter_calls::load_on_server(
+            &client,
+            name,
+            &job.current.dir,
+            version,
+            job.sync_timeout,
+        )
+        .await?;
         facts.model = name.clone();
         let report = probe(&client, &facts, &job).await?;
-        crate::adapter_sync::unload_others(&client, name).await;
+        crate::adapter_calls::unload_others(&client, name).await;
         return Ok((facts, report));
     }
     client.pause(job.sync_timeout).await?;
