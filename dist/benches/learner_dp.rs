@@ -8,7 +8,6 @@
 //!
 //! `cargo bench -p alp-dist --bench learner_dp`.
 #[path = "../../learner/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod toy;
 
 use std::process::{Command, Stdio};
