@@ -139,3 +139,47 @@ fn a_lora_run_on_vllm_syncs_only_the_adapter() {
         "the server loaded version 3's adapter"
     );
 }
+
+/// `learner.kind = "eggroll"` on vLLM: the run launches its server with LoRA enabled and every
+/// population member of a step is served as its own adapter (the members' parity with the local
+/// engine is vllm/tests/population.rs); each step syncs the updated base and logs the ES metrics.
+#[test]
+fn an_eggroll_run_on_vllm_serves_its_members_as_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("vllm-es");
+    let mut args = short_run(20, 2);
+    for s in [
+        "learner.kind=\"eggroll\"".to_string(),
+        "learner.eggroll.sigma=0.01".into(),
+        "rollout.prompts_per_step=2".into(),
+        "rollout.group_size=4".into(),
+        "eval.every=0".into(),
+        "eval.problems=4".into(),
+        format!("rollout.vllm.port={}", free_port()),
+    ] {
+        args.extend(["--set".into(), s]);
+    }
+    // math-vllm.toml's ALP sections are policy-gradient settings, which EGGROLL refuses.
+    let config = std::fs::read_to_string(CONFIG).unwrap();
+    let (head, tail) = config.split_once("[learner]").unwrap();
+    let es_config = dir.path().join("math-vllm-es.toml");
+    let run_section = &tail[tail.find("[run]").unwrap()..];
+    std::fs::write(&es_config, format!("{head}{run_section}")).unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(ALP_RL.train(&es_config, &run, &args));
+    let metrics = run_outputs::metrics(&run);
+    for step in 1..=2 {
+        let m = &metrics[&step];
+        let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("step {step}: no {k}"));
+        assert_eq!(get("es/population"), 8.0, "step {step}");
+        assert!(get("es/update_norm").is_finite(), "step {step}: {m:?}");
+        assert_eq!(get("sync/servers_probed"), 1.0, "step {step}");
+    }
+    let log = std::fs::read_to_string(run.join("vllm/logs/server-0.log")).unwrap();
+    for member in 0..8 {
+        assert!(
+            log.contains(&format!("alp-es-1-m{member}")),
+            "the server loaded member {member} of the second population"
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub struct VllmBackend {
     pub(crate) current: Option<Current>,
     /// The population the calls generate with (EGGROLL), its members served as adapters.
     pub(crate) members: Option<MemberAdapters>,
+    /// Populations installed so far: numbers each one's adapter names.
+    pub(crate) populations: u64,
     /// The learner's weights as the servers should hold them: updates are applied here, written from
     /// here and probed against; `None` until [`VllmBackend::with_reference`].
     reference: Option<CausalLM>,
@@ -104,6 +106,7 @@ impl VllmBackend {
             sync_dir,
             current: None,
             members: None,
+            populations: 0,
             reference: None,
         })
     }

@@ -27,7 +27,8 @@ impl VllmBackend {
     /// The population the next calls generate with (`None`: the plain policy). Requests name their
     /// member ([`alp_rollout::GenerationRequest::member`]); its adapter is loaded when first named.
     pub fn set_members(&mut self, members: Option<Arc<dyn MemberHooks>>) {
-        let number = self.members.as_ref().map_or(0, |m| m.number + 1);
+        let number = self.populations;
+        self.populations += u64::from(members.is_some());
         self.members = members.map(|hooks| MemberAdapters {
             hooks,
             number,
