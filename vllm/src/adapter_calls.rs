@@ -32,7 +32,9 @@ pub(crate) async fn load_on_server(
         .load_lora_adapter(name, dir, timeout)
         .await
         .map_err(|e| match e {
-            VllmError::Status { status, body, .. } if status == 404 => VllmError::Incompatible {
+            VllmError::Status {
+                status: 404, body, ..
+            } => VllmError::Incompatible {
                 server: client.name().to_string(),
                 problem: format!(
                     "POST /v1/load_lora_adapter answered 404 ({body}): start the server with \

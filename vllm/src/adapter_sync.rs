@@ -22,6 +22,9 @@ use crate::adapter_calls::adapter_name;
 use crate::backend::VllmBackend;
 use crate::error::VllmError;
 
+/// Environment variables of a server: (name, value).
+pub type ServerEnv = Vec<(String, String)>;
+
 /// The ranks vLLM 0.32 accepts for `--max-lora-rank`.
 const VLLM_MAX_LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 
@@ -32,7 +35,7 @@ const VLLM_MAX_LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 pub fn lora_server_args(
     rank: i64,
     max_loras: usize,
-) -> Result<(Vec<String>, Vec<(String, String)>), VllmError> {
+) -> Result<(Vec<String>, ServerEnv), VllmError> {
     let max_rank = VLLM_MAX_LORA_RANKS
         .iter()
         .copied()

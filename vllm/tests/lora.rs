@@ -140,6 +140,9 @@ fn adapters_sync_to_a_lora_server() {
     assert_eq!(ours, [&adapter_name(3)], "{ids:?}");
 }
 
+/// A faulty adapter: what is wrong, the config and the factors written.
+type Fault<'a> = (&'a str, &'a LoraConfig, Vec<(String, Tensor)>);
+
 /// Version 2 is expected to be `a2`; the files the server loads are not it.
 fn wrong_adapters_fail_their_probe(
     backend: &mut VllmBackend,
@@ -178,7 +181,7 @@ fn wrong_adapters_fail_their_probe(
             (name, value)
         })
         .collect();
-    let faults: [(&str, &LoraConfig, Vec<(String, Tensor)>); 3] = [
+    let faults: [Fault; 3] = [
         (
             "a wrong scale (alpha doubled)",
             &doubled,

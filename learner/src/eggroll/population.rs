@@ -192,7 +192,13 @@ impl MemberHooks for PopulationMembers {
         let scale = sign(member) * p.sigma / (p.rank as f64).sqrt();
         let mut out = Vec::with_capacity(2 * p.matrices.len());
         for matrix in &p.matrices {
-            let (a, b) = factors(p.key(matrix, member), matrix.m, matrix.n, p.rank, Device::Cpu);
+            let (a, b) = factors(
+                p.key(matrix, member),
+                matrix.m,
+                matrix.n,
+                p.rank,
+                Device::Cpu,
+            );
             // `model.layers.0.self_attn.q_proj.weight` -> `base_model.model.model.layers.0.
             // self_attn.q_proj.lora_{A,B}.weight`, PEFT's names of that projection's factors.
             let module = matrix.name.strip_suffix(".weight")?;
@@ -200,7 +206,10 @@ impl MemberHooks for PopulationMembers {
                 format!("base_model.model.{module}.lora_A.weight"),
                 b.tr().contiguous(),
             ));
-            out.push((format!("base_model.model.{module}.lora_B.weight"), a * scale));
+            out.push((
+                format!("base_model.model.{module}.lora_B.weight"),
+                a * scale,
+            ));
         }
         Some(out)
     }
