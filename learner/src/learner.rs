@@ -266,7 +266,11 @@ impl<P: TrainablePolicy> PgLearner<P> {
         }
         .metrics();
         if let (Some(a), Some(before)) = (&self.adapter, &adapter_before) {
-            metrics.extend(adapter::metrics(a, before).into_iter().map(|(k, v)| (k.into(), v)));
+            metrics.extend(
+                adapter::metrics(a, before)
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v)),
+            );
         }
         self.step += 1;
         Ok(metrics)

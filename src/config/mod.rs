@@ -14,11 +14,11 @@ mod lora;
 mod schema;
 mod validate;
 
-pub use lora::{LoraSection, TargetModulesSetting};
 pub use load::{closest, key_location, load, parse_override, ConfigError, LoadedConfig};
+pub use lora::{LoraSection, TargetModulesSetting};
 pub use schema::{
-    BackendKind, Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection, SftSection,
-    SplitName, TrainConfig,
+    BackendKind, Device, EnvSection, EvalSection, ModelSection, Preset, RolloutSection, RunSection,
+    SftSection, SplitName, TrainConfig,
 };
 pub use validate::{
     MAX_BATCH, MAX_EVAL_PROBLEMS, MAX_EVAL_SAMPLES, MAX_GROUP_SIZE, MAX_PROMPTS, MAX_STALENESS,

@@ -41,7 +41,9 @@ pub use adapter_sync::{lora_server_args, write_adapter};
 pub use backend::VllmBackend;
 pub use client::{HttpClients, ServerClient};
 pub use error::VllmError;
-pub use launch::{launch_specs, wait_ready, wait_ready_blocking, LaunchSpec, ServerProcess, SERVER_ENV};
+pub use launch::{
+    launch_specs, wait_ready, wait_ready_blocking, LaunchSpec, ServerProcess, SERVER_ENV,
+};
 pub use logprobs::ServerLogprobsMode;
 pub use probe::{probe_prompts, ProbeReference};
 pub use replica::ReplicaStats;
