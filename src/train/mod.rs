@@ -8,6 +8,7 @@
 pub mod eval;
 pub mod learners;
 mod logs;
+mod memory_plan;
 pub mod messages;
 pub mod pause;
 pub mod preflight;

@@ -166,16 +166,29 @@ fn build_learner(
     } else {
         None
     };
-    let learner = match &config.model.lora {
-        None => PgLearner::new(config.learner_settings(), policy, reference)?,
+    let model_config = policy.config().clone();
+    let (learner, adapter_params) = match &config.model.lora {
+        None => (
+            PgLearner::new(config.learner_settings(), policy, reference)?,
+            None,
+        ),
         Some(lora) => {
             // A fresh adapter; a resumed run then loads the trained one from its learner state.
             let base = Some(model_src.display().to_string());
             let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
                 .context("[model.lora] does not fit the model")?;
-            PgLearner::with_adapter(config.learner_settings(), policy, reference, adapter)?
+            let params = adapter
+                .named_tensors()
+                .iter()
+                .map(|(_, t)| t.numel() as u64)
+                .sum();
+            let learner =
+                PgLearner::with_adapter(config.learner_settings(), policy, reference, adapter)?;
+            (learner, Some(params))
         }
     };
+    let estimate = super::memory_plan::run_estimate(config, &model_config, adapter_params);
+    tracing::info!(%estimate, "memory estimate of an RL step (the measured peak is memory/peak_rss_gb)");
     Ok(Box::new(PolicyGradient::new(config, learner)))
 }
 
