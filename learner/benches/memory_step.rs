@@ -3,10 +3,10 @@
 //! ```text
 //! cargo bench -p alp-learner --bench memory_step                # every configuration
 //! cargo bench -p alp-learner --bench memory_step -- smol-ckpt   # some of them, by name
-//! cargo bench -p alp-learner --bench memory_step -- --untuned smol-ckpt  # glibc malloc untouched
+//! cargo bench -p alp-learner --bench memory_step -- --tuned smol-ckpt  # memory::tune_allocator first
 //! ```
 //!
-//! The children tune glibc's malloc first ([`alp_learner::memory::tune_allocator`]) unless `--untuned`.
+//! With `--tuned` the children call [`alp_learner::memory::tune_allocator`] first.
 //! Each configuration runs in a fresh child process (this binary again, with `--child NAME`), so one's
 //! peak does not hide the next's: a random model of the shape (no download), f32 weights, then one
 //! policy-gradient step with ALP on (layers, sigma 0.01, the `lp_old` forward of the mismatch metrics
@@ -88,13 +88,12 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let untuned = args.iter().any(|a| a == "--untuned");
-    args.retain(|a| a != "--untuned");
+    let tuned = args.iter().any(|a| a == "--tuned");
+    args.retain(|a| a != "--tuned");
     if args.first().map(String::as_str) == Some("--child") {
         let name = args.get(1).expect("--child NAME");
         let config = CONFIGS.iter().find(|c| c.name == name).expect("known name");
-        let tuned = !untuned && tune_allocator();
-        child(config, tuned);
+        child(config, tuned && tune_allocator());
         return;
     }
     print_cpu();
@@ -106,8 +105,8 @@ fn main() {
         println!("\n== {}: {}", config.name, config.what);
         let mut cmd = Command::new(&exe);
         cmd.args(["--child", config.name]);
-        if untuned {
-            cmd.arg("--untuned");
+        if tuned {
+            cmd.arg("--tuned");
         }
         let status = cmd.status().expect("run the child");
         if !status.success() {
@@ -190,14 +189,16 @@ fn child(config: &Config, tuned: bool) {
     .expect("a learner");
     let groups = batch(vocab);
     let before = rss_bytes().unwrap_or(0);
+    let cpu_before = cpu_times();
     let started = Instant::now();
     let metrics = learner.train_step(&groups).expect("one step");
     let secs = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_times();
     let peak = metrics["memory/peak_rss_gb"];
     let allocator = if tuned {
-        "glibc malloc tuned (memory::tune_allocator)"
+        "glibc malloc tuned (--tuned: memory::tune_allocator)"
     } else {
-        "glibc malloc as it comes (--untuned)"
+        "glibc malloc as it comes"
     };
     println!("   allocator: {allocator}");
     println!("   estimate: {est}");
@@ -213,6 +214,30 @@ fn child(config: &Config, tuned: bool) {
         peak / gb(est.total()),
         metrics["loss/total"],
     );
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        println!(
+            "   cpu: user {:.0} s, system {:.1} s, minor page faults {:.2}M (the allocator's cost shows \
+             in system time and faults; wall time moves with the machine's other load)",
+            b.0 - a.0,
+            b.1 - a.1,
+            (b.2 - a.2) / 1e6
+        );
+    }
+}
+
+/// This process's user and system CPU seconds and minor page faults (`/proc/self/stat`).
+fn cpu_times() -> Option<(f64, f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which ends with ')'), from the state (field 3): minflt is
+    // field 10, utime 14, stime 15 (clock ticks of 1/100 s).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let tick = 100.0;
+    Some((f[10] / tick, f[11] / tick, f[6]))
 }
 
 /// 16 rows of random tokens in two groups of eight, random rewards, `mu` near a uniform policy's.
