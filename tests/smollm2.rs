@@ -166,3 +166,88 @@ fn smollm2_chat_template_and_greedy_generations_match_transformers() {
     // The converted model is the real one: the answer the reference notes record for this checkpoint.
     assert_eq!(ours[0]["text"], "The capital of France is Paris.");
 }
+
+/// The CI smoke test of RL on the real model (issue 27): two steps of configs/smollm2-arithmetic.toml
+/// (LoRA, ALP, activation checkpointing) at a tiny batch give finite metrics, and the adapter of the
+/// last checkpoint loads in PEFT onto the transformers model, whose log-probs of `alp-rl generate
+/// --adapter`'s greedy tokens equal the ones alp-rl reports (f32).
+#[test]
+fn two_lora_rl_steps_on_smollm2_leave_an_adapter_peft_loads() {
+    let model = smollm2_dir();
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    let config = oracle::workspace_root().join("configs/smollm2-arithmetic.toml");
+    let model_set = format!("model.path=\"{}\"", model.display());
+    let settings = [
+        model_set.as_str(),
+        "run.steps=2",
+        "run.checkpoint_every=2",
+        "rollout.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=16",
+        "rollout.max_total_tokens=16",
+        "learner.micro_batch_size=4",
+        "eval.every=0",
+        "eval.problems=4",
+    ];
+    let args: Vec<&str> = settings.iter().flat_map(|s| ["--set", s]).collect();
+    ok(ALP_RL.train(&config, &run, &args));
+    let metrics = alp_test_support::run_outputs::metrics(&run);
+    for step in [1, 2] {
+        let m = &metrics[&step];
+        for k in [
+            "loss/total",
+            "grad/norm",
+            "lora/adapter_norm",
+            "memory/peak_rss_gb",
+        ] {
+            let v = m.get(k).copied().unwrap_or(f64::NAN);
+            assert!(v.is_finite(), "step {step}: {k} = {v}");
+        }
+        assert!(m["lora/update_norm"] > 0.0, "step {step}: {m:?}");
+    }
+
+    let adapter = run.join("checkpoints/step-000002/learner/adapter");
+    let stdout = ok(ALP_RL
+        .command()
+        .env("OMP_NUM_THREADS", "1")
+        .arg("generate")
+        .arg("--model")
+        .arg(&model)
+        .arg("--adapter")
+        .arg(&adapter)
+        .args(["--prompt", "What is 3 + 4 - 2?", "--chat", "--greedy"])
+        .args(["--dtype", "f32", "--max-new-tokens", "8"])
+        .output()
+        .expect("run alp-rl"));
+    let ours = &jsonl(&stdout)[0];
+    let (prompt, completion) = (ids(&ours["prompt_ids"]), ids(&ours["completion_ids"]));
+    let full: Vec<i64> = prompt.iter().chain(&completion).copied().collect();
+    let results = alp_test_support::peft::run_jobs(
+        std::slice::from_ref(&full),
+        vec![json!({"op": "logits", "model": model, "adapter": adapter, "merged": false})],
+    );
+    let logits = results[0]["logits"][0].as_array().unwrap();
+    let our_lp: Vec<f64> = ours["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (i, &token) in completion.iter().enumerate() {
+        let row: Vec<f64> = logits[prompt.len() + i - 1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let log_z = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        let theirs = row[token as usize] - log_z;
+        assert!(
+            (theirs - our_lp[i]).abs() < 1e-3,
+            "token {i}: PEFT's log-prob {theirs} vs alp-rl's {}",
+            our_lp[i]
+        );
+    }
+}

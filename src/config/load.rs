@@ -100,6 +100,7 @@ pub fn load(
     }
 
     inherit_run_seed(&mut config, &table);
+    expand_home(&mut config);
     // A refusal points at the last `--set` of the key (or of a key inside it, or of a table holding
     // it), else at the key in the file, else says the value is a default.
     let located = |(key, message): (String, String)| {
@@ -280,6 +281,19 @@ fn walk(table: &dyn toml_edit::TableLike, prefix: &str, out: &mut Vec<KeySpan>) 
         out.push((path.clone(), key_span, item.span()));
         if let Some(t) = item.as_table_like() {
             walk(t, &path, out);
+        }
+    }
+}
+
+/// A leading `~/` in `model.path` is the home folder (where scripts/get-smollm2.sh caches models), so a
+/// config naming a cached model works for every user.
+fn expand_home(config: &mut TrainConfig) {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    if let Some(path) = &config.model.path {
+        if let Ok(rest) = path.strip_prefix("~") {
+            config.model.path = Some(Path::new(&home).join(rest));
         }
     }
 }
