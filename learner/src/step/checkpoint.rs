@@ -51,6 +51,7 @@ impl Trunk {
             for l in 0..model.num_layers() {
                 inputs.push(h.shallow_clone());
                 h = model.layer(l, h, &ctx, hooks);
+                release_free_memory();
             }
             (inputs, h)
         });
@@ -91,6 +92,9 @@ impl Trunk {
                 drop(hidden);
                 let mut g = last.grad();
                 drop(last);
+                // The LM head's chunks are freed by now: give their pages back before the first
+                // recomputed layer takes fresh ones.
+                release_free_memory();
                 while let Some(input) = inputs.pop() {
                     let l = inputs.len();
                     let x = input.detach().set_requires_grad(true);
