@@ -11,6 +11,8 @@ use crate::run_dir::RunDir;
 /// The sync metrics of a batch (every backend) and the vLLM probe and server metrics.
 pub(super) fn backend_metrics(batch: &RolloutBatch) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
+    // Every row has `sync/bytes`: 0 when the batch's weights were installed for an earlier batch.
+    m.insert(names::SYNC_BYTES.into(), 0.0);
     if let Some(sync) = &batch.sync {
         let probes = &sync.probes;
         let most =

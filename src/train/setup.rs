@@ -15,7 +15,7 @@ use super::rollout_worker::{RolloutWorker, RolloutWorkerSettings};
 use super::run_state::{self, RuntimeState};
 use super::session::Session;
 use super::{eval, preflight, run_files, TrainRequest};
-use crate::config::TrainConfig;
+use crate::config::{BackendKind, TrainConfig};
 use crate::models::{ModelFactory, ModelRole};
 use crate::parquet_log::{self, MetricsRow};
 use crate::run_dir::RunDir;
@@ -274,6 +274,14 @@ fn spawn_rollout_worker(
         population: learner.batch_population(),
         evaluation,
         evaluate_first,
-        initial_update: learner.initial_update(state.step)?,
+        initial_update: match learner.initial_update(state.step)? {
+            // The local engine takes the learner's weights through the one install path before the
+            // first batch too, so every batch's `sync/*` (a resumed run's first included) is an
+            // install of the same kind.
+            None if config.rollout.backend == BackendKind::Local => Some(
+                alp_rollout::WeightUpdate::copy_of(learner.policy(), state.step),
+            ),
+            other => other,
+        },
     }))
 }
