@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use alp_policy::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use alp_policy::lora::save_peft;
 use alp_policy::{LoraAdapter, LoraConfig};
 use alp_rollout::{NamedTensors, ProbeReport, RolloutError, SyncReport};
 
@@ -63,35 +63,23 @@ pub fn lora_server_args(
     Ok((args, env))
 }
 
-/// Writes `config` and `tensors` (PEFT names, any float dtype) into `dir` as PEFT does, replacing
-/// what is there.
+/// Writes `config` and `tensors` (PEFT names, any float dtype) into `dir` as PEFT does
+/// ([`save_peft`]), replacing what is there.
 pub fn write_adapter(
     dir: &Path,
     config: &LoraConfig,
     tensors: &NamedTensors,
 ) -> Result<(), VllmError> {
-    let err = |e: String| VllmError::WriteWeights {
-        path: dir.display().to_string(),
-        message: e,
-    };
     if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        std::fs::remove_dir_all(dir).map_err(|e| VllmError::WriteWeights {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
     }
-    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    let json =
-        serde_json::to_string_pretty(&config.to_peft_json()).map_err(|e| err(e.to_string()))?;
-    std::fs::write(dir.join(ADAPTER_CONFIG_FILE), json).map_err(|e| err(e.to_string()))?;
-    let named: Vec<(&str, tch::Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            (
-                n.as_str(),
-                t.detach().to_device(tch::Device::Cpu).contiguous(),
-            )
-        })
-        .collect();
-    tch::Tensor::write_safetensors(&named, dir.join(ADAPTER_WEIGHTS_FILE))
-        .map_err(|e| err(e.to_string()))
+    save_peft(dir, config, tensors).map_err(|e| VllmError::WriteWeights {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl VllmBackend {

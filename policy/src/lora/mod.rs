@@ -27,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use config::{model_sites, same_base_model, LoraConfig, TargetModules};
 pub use error::LoraError;
-pub use peft_io::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+pub use peft_io::{save_peft, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 
 use crate::hooks::{ForwardHooks, LinearSite, Weight};
 use crate::model::CausalLM;

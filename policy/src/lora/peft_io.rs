@@ -29,32 +29,9 @@ enum Factor {
 }
 
 impl LoraAdapter {
-    /// Writes the adapter in PEFT's format into `dir` (created if needed): `adapter_model.safetensors`
-    /// (f32 factors under PEFT's names), then `adapter_config.json`, each through a temporary file
-    /// and a rename, so a reader never sees a half-written file.
+    /// Writes the adapter in PEFT's format into `dir` ([`save_peft`]).
     pub fn save(&self, dir: &Path) -> Result<(), LoraError> {
-        let write_err = |path: &Path, message: String| LoraError::Write {
-            path: path.display().to_string(),
-            message,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
-        let weights = dir.join(ADAPTER_WEIGHTS_FILE);
-        let tensors = self
-            .named_tensors()
-            .into_iter()
-            .map(|(name, t)| {
-                Ok((
-                    name,
-                    owned_tensor(&t, Kind::Float, safetensors::Dtype::F32)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, crate::error::PolicyError>>()?;
-        write_safetensors(&weights, tensors)?;
-        let config = dir.join(ADAPTER_CONFIG_FILE);
-        let text = serde_json::to_string_pretty(&self.config.to_peft_json())
-            .map_err(|e| write_err(&config, e.to_string()))?;
-        write_file(&config, format!("{text}\n").as_bytes())?;
-        Ok(())
+        save_peft(dir, &self.config, &self.named_tensors())
     }
 
     /// Reads the adapter PEFT (or [`Self::save`]) wrote into `dir`, for `model`. `base_model` names
@@ -283,4 +260,37 @@ fn checked_tensor(
         ));
     }
     Ok(t)
+}
+
+/// Writes an adapter in PEFT's format into `dir` (created if needed): `tensors` (its factors under
+/// PEFT's names, any float dtype or device) as f32 in `adapter_model.safetensors`, then `config` as
+/// `adapter_config.json`, each through a temporary file and a rename, so a reader never sees a
+/// half-written file. [`LoraAdapter::save`] of a trained adapter, and the vLLM backend's adapters
+/// (the policy's, a population's members), are written by it.
+pub fn save_peft(
+    dir: &Path,
+    config: &LoraConfig,
+    tensors: &[(String, Tensor)],
+) -> Result<(), LoraError> {
+    let write_err = |path: &Path, message: String| LoraError::Write {
+        path: path.display().to_string(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e.to_string()))?;
+    let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+    let tensors = tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok((
+                name.clone(),
+                owned_tensor(t, Kind::Float, safetensors::Dtype::F32)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, crate::error::PolicyError>>()?;
+    write_safetensors(&weights, tensors)?;
+    let config_path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&config.to_peft_json())
+        .map_err(|e| write_err(&config_path, e.to_string()))?;
+    write_file(&config_path, format!("{text}\n").as_bytes())?;
+    Ok(())
 }
