@@ -11,7 +11,7 @@ use std::time::Instant;
 use alp_envs::Environment;
 use alp_learner::metric_names as names;
 use alp_learner::sft::{check_file, SftLearner, SftSettings, SftSource, SftStep};
-use alp_policy::{CausalLM, LoraAdapter};
+use alp_policy::CausalLM;
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -149,9 +149,7 @@ pub fn run(
     let learner = match lora {
         None => SftLearner::new(&settings(sft), policy),
         Some(lora) => {
-            let base = Some(model_src.display().to_string());
-            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
-                .context("[model.lora] does not fit the model")?;
+            let adapter = lora.new_adapter(&policy, model_src)?;
             SftLearner::with_adapter(&settings(sft), policy, adapter)
         }
     };

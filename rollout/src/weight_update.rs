@@ -110,13 +110,13 @@ impl WeightUpdate {
         let copied = match &self.payload {
             WeightPayload::Full(t) => model.copy_named_weights(t),
             WeightPayload::Subset(t) => model.copy_named_weights_subset(t),
-            WeightPayload::Adapter { .. } => {
-                return Err(RolloutError::WeightUpdate {
-                    version: self.version,
-                    problem: "an adapter update goes to a backend that serves adapters (vLLM); a                               model copy takes the adapted projections merged (a subset update)"
+            WeightPayload::Adapter { .. } => return Err(RolloutError::WeightUpdate {
+                version: self.version,
+                problem:
+                    "an adapter update goes to a backend that serves adapters (vLLM); a model copy \
+                              takes the adapted projections merged (a subset update)"
                         .into(),
-                })
-            }
+            }),
         };
         copied.map_err(|e| RolloutError::WeightUpdate {
             version: self.version,

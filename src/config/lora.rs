@@ -2,7 +2,11 @@
 //! on for every training phase of the run (the `[sft]` warm start and RL); the keys are PEFT's, with
 //! PEFT's defaults where PEFT has one and the "LoRA Without Regret" advice (rank 16, alpha 32)
 //! otherwise. Converted to the policy crate's [`LoraConfig`] by [`LoraSection::to_lora_config`].
+use std::path::Path;
+
 use alp_policy::lora::{LoraConfig, TargetModules};
+use alp_policy::{CausalLM, LoraAdapter};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// `target_modules`: `"all-linear"` or a list of module names as PEFT spells them.
@@ -57,6 +61,14 @@ impl LoraSection {
         config.lora_dropout = self.dropout;
         config.base_model_name_or_path = base;
         config
+    }
+
+    /// A fresh adapter of these settings on `model` (loaded from `model_dir`, the base named in its
+    /// `adapter_config.json`), as PEFT initialises one: what SFT and RL train.
+    pub fn new_adapter(&self, model: &CausalLM, model_dir: &Path) -> anyhow::Result<LoraAdapter> {
+        let base = Some(model_dir.display().to_string());
+        LoraAdapter::init(self.to_lora_config(base), model, self.init_seed)
+            .context("[model.lora] does not fit the model")
     }
 
     /// Range checks, each naming its key under `model.lora.`; whether the targets exist in the model

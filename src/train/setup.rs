@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use alp_learner::{PgLearner, TrainablePolicy};
-use alp_policy::LoraAdapter;
 use alp_rollout::EpisodeSettings;
 use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
@@ -174,9 +173,7 @@ fn build_learner(
         ),
         Some(lora) => {
             // A fresh adapter; a resumed run then loads the trained one from its learner state.
-            let base = Some(model_src.display().to_string());
-            let adapter = LoraAdapter::init(lora.to_lora_config(base), &policy, lora.init_seed)
-                .context("[model.lora] does not fit the model")?;
+            let adapter = lora.new_adapter(&policy, model_src)?;
             let params = adapter
                 .named_tensors()
                 .iter()
