@@ -277,15 +277,24 @@ pub fn estimate(config: &ModelConfig, plan: &MemoryPlan) -> MemoryEstimate {
     }
 }
 
-/// With `ALP_MEMORY_TRACE` set, prints the resident set and the peak so far at `label` to stderr (the
-/// phases of a learner step call it; for finding where a step's memory goes).
+/// With `ALP_MEMORY_TRACE` set, prints the resident set and the peak so far at `label` to stderr, and
+/// the seconds since the previous trace of this thread (the phases of a learner step call it; for
+/// finding where a step's memory and time go).
 pub fn trace(label: &str) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
     if std::env::var_os("ALP_MEMORY_TRACE").is_some() {
         let gb = |b: Option<u64>| b.map_or(f64::NAN, |b| b as f64 / 1e9);
+        let now = std::time::Instant::now();
+        let since = LAST
+            .with(|l| l.replace(Some(now)))
+            .map(|t| (now - t).as_secs_f64());
         eprintln!(
-            "[memory] {label}: resident {:.3} GB, peak {:.3} GB",
+            "[memory] {label}: resident {:.3} GB, peak {:.3} GB, {:.2} s since the last trace",
             gb(rss_bytes()),
-            gb(peak_rss_bytes())
+            gb(peak_rss_bytes()),
+            since.unwrap_or(f64::NAN)
         );
     }
 }

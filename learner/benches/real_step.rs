@@ -1,0 +1,399 @@
+//! Learner speed on the real SmolLM2-135M shape against PyTorch eager (issue 27, acceptance 3):
+//! tokens/s of our learner step and of transformers' (PEFT's with LoRA), same loss, batch and thread
+//! count, side by side, with and without activation checkpointing on both sides.
+//!
+//! ```text
+//! cargo bench -p alp-learner --bench real_step
+//! BENCH_CONFIGS=full,lora cargo bench -p alp-learner --bench real_step   # some of them
+//! ```
+//!
+//! The model is `~/.cache/alp-rl/models/smollm2-135m-instruct` (`scripts/get-smollm2.sh`) loaded in f32
+//! on both sides; when that directory is missing, a random model of the same shape (Llama, 30 layers,
+//! hidden 576, 9/3 heads, MLP 1536, vocabulary 49,152, tied embeddings) is written to a temporary
+//! directory and used by both, and the header says so. The batch: BENCH_ROWS (16) rows of BENCH_PROMPT
+//! (32) prompt and BENCH_COMPLETION (224) completion tokens, random, one micro-batch (16 x 256 tokens,
+//! the micro-batch of acceptance 2), groups of 8 with rewards 0/1.
+//!
+//! Configurations (BENCH_CONFIGS, default all): `full` (every weight trained), `ckpt` (the same with
+//! activation checkpointing per decoder layer: `learner.gradient_checkpointing` here,
+//! `gradient_checkpointing_enable()` in transformers), `lora` (a rank-16 adapter, alpha 32, on every
+//! projection: `PgLearner::with_adapter` here, PEFT there), `lora-ckpt`. Both sides run the bypass step
+//! (one training forward, loss against the sampling log-probs, backward, clip, AdamW): the reference is
+//! `real_step_ref.py`, a child process that stays loaded. Each side runs one warm-up step, then
+//! BENCH_ROUNDS (2) rounds of BENCH_STEPS (1) steps, the two sides taking turns, each keeping its
+//! fastest round. With BENCH_ALP=1 (the default) our ALP step (the `lp_old` forward that also gives the
+//! mismatch metrics, the perturbed training forward and the backward) is timed too, in the same rounds.
+//! BENCH_REFERENCE=0 runs our side alone (to profile it: `ALP_MEMORY_TRACE=1` prints each phase's
+//! time and memory).
+//! Not a test: it asserts nothing about speed.
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use alp_learner::memory::release_free_memory;
+use alp_learner::{
+    group_advantages, AdvantageKind, CorrectionKind, Group, LearnerSettings, PgLearner, Sample,
+};
+use alp_policy::lora::TargetModules;
+use alp_policy::{CausalLM, LoadOptions, LoraAdapter, LoraConfig};
+use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
+use alp_test_support::oracle;
+use alp_test_support::tiny_model::TinyModel;
+use serde_json::{json, Value};
+
+const GROUP: usize = 8;
+const LORA_RANK: i64 = 16;
+
+/// One configuration: its name, whether it checkpoints, whether it trains a LoRA adapter.
+struct Config {
+    name: &'static str,
+    checkpointing: bool,
+    lora: bool,
+}
+
+const CONFIGS: [Config; 4] = [
+    Config {
+        name: "full",
+        checkpointing: false,
+        lora: false,
+    },
+    Config {
+        name: "ckpt",
+        checkpointing: true,
+        lora: false,
+    },
+    Config {
+        name: "lora",
+        checkpointing: false,
+        lora: true,
+    },
+    Config {
+        name: "lora-ckpt",
+        checkpointing: true,
+        lora: true,
+    },
+];
+
+/// The sizes and settings of one run.
+struct Run {
+    threads: i32,
+    rows: usize,
+    prompt: usize,
+    completion: usize,
+    rounds: usize,
+    steps: usize,
+    alp: bool,
+    /// Whether the PyTorch reference runs (BENCH_REFERENCE=0: ours alone, e.g. under a profiler).
+    reference: bool,
+}
+
+impl Run {
+    fn from_env() -> Self {
+        Run {
+            threads: env_or("BENCH_THREADS", 2),
+            rows: env_or("BENCH_ROWS", 16),
+            prompt: env_or("BENCH_PROMPT", 32),
+            completion: env_or("BENCH_COMPLETION", 224),
+            rounds: env_or("BENCH_ROUNDS", 2),
+            steps: env_or("BENCH_STEPS", 1),
+            alp: env_or("BENCH_ALP", 1) == 1,
+            reference: env_or("BENCH_REFERENCE", 1) == 1,
+        }
+    }
+
+    fn tokens_per_round(&self) -> f64 {
+        (self.rows * (self.prompt + self.completion) * self.steps) as f64
+    }
+}
+
+fn smollm2_shape() -> TinyModel {
+    TinyModel::new("llama")
+        .with("vocab_size", 49_152)
+        .with("hidden_size", 576)
+        .with("intermediate_size", 1536)
+        .with("num_hidden_layers", 30)
+        .with("num_attention_heads", 9)
+        .with("num_key_value_heads", 3)
+        .with("head_dim", 64)
+        .with("max_position_embeddings", 8192)
+        .with("rms_norm_eps", 1e-5)
+        .with("tie_word_embeddings", true)
+        .with("initializer_range", 0.02)
+}
+
+/// The real model's directory, or a random model of its shape written into `tmp`; and which.
+fn model_dir(tmp: &Path) -> (PathBuf, String) {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let real = Path::new(&home).join(".cache/alp-rl/models/smollm2-135m-instruct");
+    if real.join("model.safetensors").is_file() {
+        let what = format!("SmolLM2-135M-Instruct ({})", real.display());
+        return (real, what);
+    }
+    smollm2_shape().save(tmp, 0);
+    let what = format!(
+        "a random model of SmolLM2-135M's shape ({} is missing: scripts/get-smollm2.sh)",
+        real.display()
+    );
+    (tmp.to_path_buf(), what)
+}
+
+/// Random rows in groups of [`GROUP`], rewards alternating within a group, `mu` near a uniform
+/// policy's log-prob; and the same batch as JSON for the reference.
+fn batch(run: &Run, vocab: i64) -> (Vec<Group>, Value) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let uniform = -(vocab as f32).ln();
+    let samples: Vec<Sample> = (0..run.rows)
+        .map(|r| Sample {
+            prompt_ids: (0..run.prompt)
+                .map(|_| (next() % vocab as u64) as i64)
+                .collect(),
+            completion_ids: (0..run.completion)
+                .map(|_| (next() % vocab as u64) as i64)
+                .collect(),
+            loss_mask: vec![true; run.completion],
+            mu: (0..run.completion)
+                .map(|_| uniform + (next() % 1000) as f32 / 1000.0 - 0.5)
+                .collect(),
+            reward: ((r + r / GROUP) % 2) as f64,
+            policy_version: 0,
+        })
+        .collect();
+    let groups: Vec<Group> = samples
+        .chunks(GROUP)
+        .map(|c| Group {
+            samples: c.to_vec(),
+        })
+        .collect();
+    let advantages: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| {
+            group_advantages(
+                &g.samples.iter().map(|s| s.reward).collect::<Vec<_>>(),
+                AdvantageKind::Grpo,
+            )
+        })
+        .collect();
+    let json = json!({
+        "prompt_ids": samples.iter().map(|s| &s.prompt_ids).collect::<Vec<_>>(),
+        "completion_ids": samples.iter().map(|s| &s.completion_ids).collect::<Vec<_>>(),
+        "mu": samples.iter().map(|s| &s.mu).collect::<Vec<_>>(),
+        "advantages": advantages,
+    });
+    (groups, json)
+}
+
+/// Our learner for `config` with `kind`, after one warm-up step.
+fn learner(
+    dir: &Path,
+    run: &Run,
+    config: &Config,
+    kind: CorrectionKind,
+    groups: &[Group],
+) -> PgLearner<CausalLM> {
+    let model = CausalLM::load(dir, &LoadOptions::default()).expect("the model loads");
+    let mut s = LearnerSettings::default();
+    s.correction.kind = kind;
+    s.micro_batch_size = run.rows;
+    s.gradient_checkpointing = config.checkpointing;
+    s.loss.dual_clip = Some(3.0);
+    s.max_grad_norm = 1.0;
+    s.optimizer.lr = 1e-6;
+    s.alp.sigma0 = 1e-2;
+    let mut learner = if config.lora {
+        let lora = LoraConfig::new(LORA_RANK, 2.0 * LORA_RANK as f64, TargetModules::AllLinear);
+        let adapter = LoraAdapter::init(lora, &model, 1).expect("an adapter");
+        PgLearner::with_adapter(s, model, None, adapter)
+    } else {
+        PgLearner::new(s, model, None)
+    }
+    .expect("a learner");
+    let m = learner.train_step(groups).expect("the warm-up step");
+    assert!(m["loss/total"].is_finite());
+    release_free_memory();
+    learner
+}
+
+/// Seconds of `steps` steps of `learner`.
+fn time_ours(learner: &mut PgLearner<CausalLM>, groups: &[Group], steps: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..steps {
+        let m = learner.train_step(groups).expect("a step");
+        assert!(m["loss/total"].is_finite());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    release_free_memory();
+    secs
+}
+
+/// The reference's child process, loaded and warmed up.
+struct Reference {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Reference {
+    fn start(dir: &Path, batch: &Path, mode: &str, threads: i32) -> Self {
+        let mut child = oracle::python_command()
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/real_step_ref.py"))
+            .arg(dir)
+            .arg(batch)
+            .args([mode, &threads.to_string()])
+            .env("OMP_NUM_THREADS", threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the PyTorch reference");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut reference = Reference {
+            child,
+            stdin,
+            stdout,
+        };
+        let ready = reference.read();
+        assert_eq!(ready["ready"], true, "the reference's first line: {ready}");
+        reference
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read the reference");
+        serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("the reference printed {line:?}: {e}"))
+    }
+
+    /// Seconds of `steps` reference steps.
+    fn time(&mut self, steps: usize) -> f64 {
+        writeln!(self.stdin, "step {steps}").expect("write to the reference");
+        self.stdin.flush().expect("flush");
+        self.read()["seconds"].as_f64().expect("seconds")
+    }
+
+    fn stop(mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// One configuration's fastest rounds (tokens/s): reference, ours (bypass), ours (ALP).
+struct Row {
+    torch: f64,
+    ours: f64,
+    alp: Option<f64>,
+    rounds: Vec<(f64, f64)>,
+}
+
+fn measure(dir: &Path, batch: &Path, run: &Run, config: &Config, groups: &[Group]) -> Row {
+    let mut reference = run
+        .reference
+        .then(|| Reference::start(dir, batch, config.name, run.threads));
+    let mut ours = learner(dir, run, config, CorrectionKind::Bypass, groups);
+    let rate = |secs: f64| run.tokens_per_round() / secs;
+    let mut rounds = Vec::new();
+    for _ in 0..run.rounds {
+        let theirs = reference.as_mut().map_or(f64::NAN, |r| r.time(run.steps));
+        let mine = time_ours(&mut ours, groups, run.steps);
+        println!(
+            "   round: pytorch {:.1} tok/s, alp-rl {:.1} tok/s ({:.2}x)",
+            rate(theirs),
+            rate(mine),
+            theirs / mine
+        );
+        rounds.push((rate(theirs), rate(mine)));
+    }
+    drop(ours);
+    release_free_memory();
+    let alp = run.alp.then(|| {
+        let mut alp = learner(dir, run, config, CorrectionKind::Alp, groups);
+        let best = (0..run.rounds)
+            .map(|_| time_ours(&mut alp, groups, run.steps))
+            .fold(f64::INFINITY, f64::min);
+        rate(best)
+    });
+    if let Some(r) = reference {
+        r.stop();
+    }
+    release_free_memory();
+    let best = |f: fn(&(f64, f64)) -> f64| rounds.iter().map(f).fold(f64::NAN, f64::max);
+    Row {
+        torch: best(|r| r.0),
+        ours: best(|r| r.1),
+        alp,
+        rounds,
+    }
+}
+
+fn print_machine(run: &Run, what: &str) {
+    println!(
+        "learner step on {what}\nf32 weights, one micro-batch of {} rows x ({} prompt + {} \
+         completion) tokens, {} threads, best of {} rounds of {} step(s) per side; cpu flags: {}{}",
+        run.rows,
+        run.prompt,
+        run.completion,
+        run.threads,
+        run.rounds,
+        run.steps,
+        cpu_flags(),
+        libtorch_isa_caps()
+    );
+    if let Ok(out) = Command::new("lscpu").output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let key = line.split(':').next().unwrap_or("").trim();
+            if ["Model name", "CPU(s)", "Flags"].contains(&key) {
+                println!("{}", line.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+    }
+}
+
+fn main() {
+    let run = Run::from_env();
+    tch::set_num_threads(run.threads);
+    let names: String = env_or("BENCH_CONFIGS", "full,ckpt,lora,lora-ckpt".to_string());
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let (dir, what) = model_dir(tmp.path());
+    print_machine(&run, &what);
+    let vocab = 49_152;
+    let (groups, json) = batch(&run, vocab);
+    let batch_path = tmp.path().join("batch.json");
+    std::fs::write(&batch_path, json.to_string()).expect("write the batch");
+    let mut table = Vec::new();
+    for config in CONFIGS
+        .iter()
+        .filter(|c| names.split(',').any(|n| n.trim() == c.name))
+    {
+        println!("\n== {}", config.name);
+        let row = measure(&dir, &batch_path, &run, config, &groups);
+        table.push((config.name, row));
+    }
+    println!(
+        "\n| config | pytorch eager tok/s | alp-rl bypass tok/s | ratio (each round's) | alp-rl ALP step tok/s |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, row) in &table {
+        let each: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|(t, o)| format!("{:.2}", o / t))
+            .collect();
+        let alp = row.alp.map_or("-".to_string(), |a| format!("{a:.1}"));
+        println!(
+            "| {name} | {:.1} | {:.1} | **{:.2}x** ({}) | {alp} |",
+            row.torch,
+            row.ours,
+            row.ours / row.torch,
+            each.join(", ")
+        );
+    }
+}
