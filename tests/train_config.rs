@@ -128,10 +128,10 @@ fn missing_model_is_refused() {
 
 #[test]
 fn unknown_correction_kind_lists_the_allowed_values() {
-    let text = format!("{BASE}\n[learner.correction]\nkind = \"icepop\"\n");
+    let text = format!("{BASE}\n[learner.correction]\nkind = \"sapo\"\n");
     let (err, file) = refused(&text, &[]);
     assert!(err.contains(&format!("{file}:15:")), "{err}");
-    assert!(err.contains("bypass, tis, mis, alp"), "{err}");
+    assert!(err.contains("bypass, tis, mis, alp, none, icepop, dppo"), "{err}");
 }
 
 #[test]

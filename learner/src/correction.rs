@@ -7,6 +7,12 @@
 //! verl's rollout-IS weights, so masking lowers a batch's gradient rather than reweighting the rest.
 //! Bypass and ALP use the single ratio against `mu` and no factor; `none` is the PPO ratio against
 //! `lp_old` with no factor (the paper's GSPO baseline).
+//!
+//! IcePop is MIS at token level with its own bounds `[icepop_alpha, icepop_beta]` (0.5 and 5: AReaL's
+//! `icepop_alpha`/`icepop_beta`, OpenRLHF's `is_correction_type = icepop`, verl's token IS weight with a
+//! `"0.5_5.0"` threshold). The other anchors' corrections live beside this file: prime-rl's default
+//! loss in [`crate::dppo`] (a loss, not a weight), verl's rejection sampling in [`crate::rejection`]
+//! (it edits the trained mask).
 use tch::{Kind, Tensor};
 
 use crate::loss::{masked_diff, sequence_log_ratio, LOG_RATIO_CLAMP};
@@ -16,7 +22,7 @@ use crate::settings::{CorrectionKind, CorrectionSettings, RatioLevel};
 #[derive(Debug)]
 pub struct CorrectionWeights {
     pub weights: Tensor,
-    /// MIS only: 1 where the token (or its sequence) is kept.
+    /// MIS and IcePop: 1 where the token (or its sequence) is kept.
     pub keep: Option<Tensor>,
 }
 
@@ -44,20 +50,23 @@ pub fn correction_weights(
     mask: &Tensor,
 ) -> Option<CorrectionWeights> {
     let lp_old = match cfg.kind {
-        CorrectionKind::Tis | CorrectionKind::Mis => lp_old.expect("TIS/MIS need lp_old"),
+        CorrectionKind::Tis | CorrectionKind::Mis | CorrectionKind::IcePop => {
+            lp_old.expect("TIS/MIS/IcePop need lp_old")
+        }
         _ => return None,
     };
-    let w = log_is_weight(lp_old, mu, mask, cfg.level, cfg.geometric).exp();
+    let (level, low, high) = match cfg.kind {
+        CorrectionKind::IcePop => (RatioLevel::Token, cfg.icepop_alpha, cfg.icepop_beta),
+        _ => (cfg.level, cfg.mis_low, cfg.mis_high),
+    };
+    let w = log_is_weight(lp_old, mu, mask, level, cfg.geometric).exp();
     Some(match cfg.kind {
         CorrectionKind::Tis => CorrectionWeights {
             weights: w.clamp_max(cfg.tis_cap),
             keep: None,
         },
         _ => {
-            let keep = w
-                .ge(cfg.mis_low)
-                .logical_and(&w.le(cfg.mis_high))
-                .to_kind(Kind::Float);
+            let keep = w.ge(low).logical_and(&w.le(high)).to_kind(Kind::Float);
             // Kept tokens keep their importance weight (verl's rollout_is, IcePop): masking only
             // rejects the outliers, it does not drop the correction of the rest.
             CorrectionWeights {

@@ -6,10 +6,12 @@
 //! The model is reached only through [`TrainablePolicy`], whose forward takes the
 //! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
 pub mod adapter;
+mod anchor_settings;
 pub mod advantage;
 pub mod alp;
 pub mod batch;
 pub mod correction;
+pub mod dppo;
 pub mod eggroll;
 pub mod error;
 pub mod learner;
@@ -20,6 +22,7 @@ pub mod metrics;
 /// The counter-based noise generator (it lives in `alp-policy`, where the rollout engine can reach it too).
 pub use alp_policy::noise;
 pub mod optimizer;
+pub mod rejection;
 pub mod settings;
 mod settings_error;
 pub mod sft;

@@ -15,7 +15,8 @@
 //! everywhere instead of torch.maximum's half-and-half split.
 use tch::{Kind, Tensor};
 
-use crate::settings::{Aggregation, KlEstimator, LearnerSettings, RatioLevel};
+use crate::dppo::{dppo_surrogate, DppoConfig};
+use crate::settings::{Aggregation, CorrectionKind, KlEstimator, LearnerSettings, RatioLevel};
 
 /// Bound on every log-ratio before `exp`, as in the ALP and verl code.
 pub const LOG_RATIO_CLAMP: f64 = 20.0;
@@ -38,6 +39,9 @@ pub struct LossConfig {
     pub entropy_coef: f64,
     pub kl_coef: f64,
     pub kl_estimator: KlEstimator,
+    /// prime-rl's default loss (`correction.kind = "dppo"`) in place of the clipped surrogate: the
+    /// ratio against `mu`, DPPO's probability mask and the `kl_tau (lp - mu)^2` term ([`crate::dppo`]).
+    pub dppo: Option<DppoConfig>,
 }
 
 impl LossConfig {
@@ -54,6 +58,12 @@ impl LossConfig {
             entropy_coef: s.loss.entropy_coef,
             kl_coef: s.loss.kl_coef,
             kl_estimator: s.loss.kl_estimator,
+            dppo: (s.correction.kind == CorrectionKind::Dppo).then(|| DppoConfig {
+                mask_low: s.correction.dppo_mask_low,
+                mask_high: s.correction.dppo_mask_high,
+                adv_tau: s.correction.adv_tau,
+                kl_tau: s.correction.kl_tau,
+            }),
         }
     }
 }
@@ -221,7 +231,19 @@ pub struct LossOutput {
 /// The full loss of design section 4 for one micro-batch.
 pub fn policy_loss(inp: &LossInputs<'_>, cfg: &LossConfig, scale: AggregationScale) -> LossOutput {
     let log_ratio = loss_log_ratio(inp.lp, inp.base, inp.mask, cfg.level, cfg.geometric);
-    let sur = clipped_surrogate(&log_ratio, inp.advantages, &cfg.clip);
+    let sur = match &cfg.dppo {
+        None => clipped_surrogate(&log_ratio, inp.advantages, &cfg.clip),
+        // DPPO's masks take the clip flags' place in the metrics; it has no dual clip.
+        Some(d) => {
+            let s = dppo_surrogate(&log_ratio, inp.lp, inp.base, inp.advantages, d);
+            Surrogate {
+                clip_dual: s.masked_high.zeros_like(),
+                per_token: s.per_token,
+                clip_high: s.masked_high,
+                clip_low: s.masked_low,
+            }
+        }
+    };
     let per_token = match inp.weights {
         Some(w) => &sur.per_token * w,
         None => sur.per_token,

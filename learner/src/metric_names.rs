@@ -37,8 +37,13 @@ fixed_names! {
     CLIP_LOW_FRAC = "clip/low_frac";
     /// Fraction of trained tokens with `A < 0` and the dual clip active.
     CLIP_DUAL_FRAC = "clip/dual_frac";
-    /// Fraction of trained tokens MIS rejected (0 for the other corrections).
+    /// Fraction of trained tokens MIS or IcePop rejected (0 for the other corrections).
     MASK_FRAC = "mask/frac";
+    /// Fraction of the trained tokens verl's rejection sampling dropped (`rollout_rs_masked_fraction`).
+    REJECTION_MASKED_FRAC = "rejection/masked_frac";
+    /// Fraction of the trained sequences that lost a token to rejection sampling
+    /// (`rollout_rs_seq_masked_fraction`).
+    REJECTION_SEQ_MASKED_FRAC = "rejection/seq_masked_frac";
     /// Effective sample size fraction `(sum w)^2 / (n sum w^2)` of the per-token loss weights.
     ESS = "ess";
 

@@ -8,6 +8,7 @@
 // Enums spelled as strings in the config use the workspace's one string-enum macro: an unknown value
 // is refused with the allowed values and the closest one.
 use crate::eggroll::EggrollSettings;
+use crate::rejection::{RejectionMode, Threshold};
 pub(crate) use crate::settings_error::check;
 pub use crate::settings_error::SettingsError;
 use alp_macros::string_enum;
@@ -62,6 +63,12 @@ string_enum! {
         Alp => "alp",
         /// Plain PPO/GSPO ratio `pi_theta / pi_old`; the inference policy is ignored (the paper's GSPO baseline).
         None => "none",
+        /// IcePop: token-level MIS with its own bounds, weight `pi_old / mu` kept inside
+        /// `[icepop_alpha, icepop_beta]` and 0 outside, PPO ratio vs `pi_old`.
+        IcePop => "icepop",
+        /// prime-rl's default loss: ratio `pi_theta / mu`, DPPO-binary TV mask and the
+        /// `kl_tau (log r)^2` term instead of the clipped surrogate ([`crate::dppo`]).
+        Dppo => "dppo",
     }
 }
 
@@ -100,7 +107,10 @@ impl CorrectionKind {
     pub fn ratio_against_old(self) -> bool {
         matches!(
             self,
-            CorrectionKind::Tis | CorrectionKind::Mis | CorrectionKind::None
+            CorrectionKind::Tis
+                | CorrectionKind::Mis
+                | CorrectionKind::None
+                | CorrectionKind::IcePop
         )
     }
 }
@@ -306,6 +316,23 @@ pub struct CorrectionSettings {
     /// MIS: keep a token/sequence only if `mis_low <= pi_old / mu <= mis_high`.
     pub mis_low: f64,
     pub mis_high: f64,
+    /// IcePop: keep a token only if `icepop_alpha <= pi_old / mu <= icepop_beta` (0.5 and 5).
+    pub icepop_alpha: f64,
+    pub icepop_beta: f64,
+    /// verl's rejection sampling (`rollout_rs`) on top of any kind: the modes, all of which must pass;
+    /// empty: off ([`crate::rejection`]).
+    pub rejection: Vec<RejectionMode>,
+    /// verl's `rollout_rs_threshold`: empty (each mode's recommended value), one shared, or one per
+    /// mode; a number (upper bound) or `"lower_upper"` (k1 modes).
+    pub rejection_threshold: Vec<Threshold>,
+    /// prime-rl's DPPO mask: `A <= 0` tokens whose probability fell by more than this are masked.
+    pub dppo_mask_low: f64,
+    /// prime-rl's DPPO mask: `A > 0` tokens whose probability rose by more than this are masked.
+    pub dppo_mask_high: f64,
+    /// prime-rl's advantage scale.
+    pub adv_tau: f64,
+    /// prime-rl's weight of the `(lp - mu)^2` term.
+    pub kl_tau: f64,
 }
 
 impl Default for CorrectionSettings {
@@ -317,6 +344,14 @@ impl Default for CorrectionSettings {
             tis_cap: 2.0,
             mis_low: 0.5,
             mis_high: 2.0,
+            icepop_alpha: 0.5,
+            icepop_beta: 5.0,
+            rejection: Vec::new(),
+            rejection_threshold: Vec::new(),
+            dppo_mask_low: 0.2,
+            dppo_mask_high: 0.2,
+            adv_tau: 1.0,
+            kl_tau: 1e-3,
         }
     }
 }
@@ -450,7 +485,8 @@ impl CorrectionSettings {
         let (lo, hi) = (self.mis_low, self.mis_high);
         check(hi.is_finite() && hi > lo, "correction.mis_high", || {
             format!("must be finite and > mis_low ({lo}), got {hi}")
-        })
+        })?;
+        self.validate_anchors()
     }
 }
 

@@ -29,6 +29,7 @@ fn cfg(level: RatioLevel, agg: Aggregation, dual: Option<f64>) -> LossConfig {
         entropy_coef: 0.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K3,
+        dppo: None,
     }
 }
 

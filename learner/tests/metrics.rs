@@ -157,6 +157,7 @@ fn ratio_and_clip_stats_match_direct_computation() {
         entropy_coef: 0.0,
         kl_coef: 0.0,
         kl_estimator: KlEstimator::K1,
+        dppo: None,
     };
     let inp = LossInputs {
         lp: &lp,

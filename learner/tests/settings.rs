@@ -57,8 +57,8 @@ fn bad_values_name_their_field() {
     // An unknown enum value is refused with the allowed ones (the run config names the key from the
     // value's position in the file).
     refused(
-        json!({"correction": {"kind": "icepop"}}),
-        "unknown value \"icepop\"; allowed: bypass, tis, mis, alp, none",
+        json!({"correction": {"kind": "sapo"}}),
+        "unknown value \"sapo\"; allowed: bypass, tis, mis, alp, none, icepop, dppo",
     );
     refused(
         json!({"correction": {"level": "chunk"}}),
