@@ -246,6 +246,7 @@ impl<P: TrainablePolicy> PgLearner<P> {
         let adapter_before = self.adapter.as_ref().map(adapter::snapshot);
         let mut totals = StepTotals {
             mismatch,
+            rejection: crate::step::prepare::rejection_totals(&micros),
             ..Default::default()
         };
         for _epoch in 0..self.settings.epochs {

@@ -33,6 +33,8 @@ pub(crate) struct MicroStep<'a> {
 pub(crate) struct StepTotals {
     pub ratios: RatioStats,
     pub mismatch: MismatchStats,
+    /// verl's rejection sampling over the step's micro-batches (`None` without it).
+    pub rejection: Option<crate::rejection::RejectionStats>,
     pub ent_sum: f64,
     pub ent_tokens: f64,
     pub pg_sum: f64,

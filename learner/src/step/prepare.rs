@@ -9,6 +9,11 @@
 //!   optimizer step per batch (later mini-batches see updated weights). For bypass with one optimizer
 //!   step the detached training log-probs *are* that forward, so no extra forward is spent on metrics.
 //! - the reference forward (no grad) runs only with `kl_coef > 0`.
+//!
+//! verl's rejection sampling (`correction.rejection`) also needs `lp_old`: its verdict is taken once
+//! here, at the pre-update weights (verl's decoupled mode), and removes the rejected tokens from the
+//! micro-batch's trained mask, so they leave the loss and the global denominators alike. The mismatch
+//! statistics and the TIS/MIS/IcePop weights are computed before, on every trained token.
 use alp_policy::{ForwardHooks, NoHooks};
 use tch::Tensor;
 
@@ -17,6 +22,7 @@ use crate::correction::{correction_weights, CorrectionWeights};
 use crate::error::Result;
 use crate::loss::AggregationScale;
 use crate::metrics::{to_vec, MismatchStats};
+use crate::rejection::{rejection_keep, RejectionStats};
 use crate::settings::LearnerSettings;
 use crate::step::plan::{BatchLayout, StepPlan};
 use crate::step::sync::GradientSync;
@@ -28,6 +34,8 @@ pub(crate) struct Micro {
     pub lp_old: Option<Tensor>,
     pub ref_lp: Option<Tensor>,
     pub correction: Option<CorrectionWeights>,
+    /// What rejection sampling dropped from this micro-batch (`None` without it).
+    pub rejection: Option<RejectionStats>,
 }
 
 /// Which forward the step's `mismatch/*` statistics come from, and whether `lp_old` runs.
@@ -45,7 +53,7 @@ impl MismatchSource {
         let optimizer_steps = s.mini_batches * s.epochs;
         let from_training = !alp && optimizer_steps == 1;
         let due = s.mismatch_every > 0 && step.is_multiple_of(s.mismatch_every);
-        let need_old = s.correction.kind.ratio_against_old() || (!from_training && due);
+        let need_old = s.correction.needs_old() || (!from_training && due);
         Self {
             need_old,
             from_training,
@@ -79,8 +87,9 @@ pub(crate) fn prepare_micro_batches(
     let (samples, advantages) = (plan.samples(), plan.advantages());
     let mut mismatch = MismatchStats::default();
     let mut micros = Vec::with_capacity(layout.micro_batches.len());
+    let rules = s.correction.rejection_rules()?;
     for r in &layout.micro_batches {
-        let packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
+        let mut packed = PackedBatch::pack(&samples[r.clone()], &advantages[r.clone()], device)?
             .at_temperature(s.score_temperature)
             .with_head_chunk_bytes(s.head_chunk_bytes);
         let fwd = |m: &dyn TrainablePolicy, hooks: &dyn ForwardHooks| {
@@ -101,14 +110,45 @@ pub(crate) fn prepare_micro_batches(
         };
         let correction =
             correction_weights(&s.correction, lp_old.as_ref(), &packed.mu, &packed.mask);
+        let rejection = match (&lp_old, rules.is_empty()) {
+            (Some(old), false) => Some(reject(&mut packed, &rules, old)),
+            _ => None,
+        };
         micros.push(Micro {
             packed,
             lp_old,
             ref_lp,
             correction,
+            rejection,
         });
     }
     Ok((micros, mismatch))
+}
+
+/// The rejection counts of the step, summed over its micro-batches (`None` without rejection).
+pub(crate) fn rejection_totals(micros: &[Micro]) -> Option<RejectionStats> {
+    micros.iter().filter_map(|m| m.rejection).reduce(|mut a, b| {
+        a.add(&b);
+        a
+    })
+}
+
+/// Applies the rejection rules' verdict on `lp_old` to the trained mask and its per-row counts.
+fn reject(
+    packed: &mut PackedBatch,
+    rules: &[crate::rejection::RejectionRule],
+    lp_old: &Tensor,
+) -> RejectionStats {
+    let keep = rejection_keep(rules, lp_old, &packed.mu, &packed.mask);
+    let stats = RejectionStats::of(&packed.mask, &keep);
+    packed.mask = &packed.mask * keep;
+    let rows = packed.mask.sum_dim_intlist(1, false, tch::Kind::Float);
+    packed.row_tokens = Vec::<f32>::try_from(&rows)
+        .expect("row counts")
+        .into_iter()
+        .map(|n| n as usize)
+        .collect();
+    stats
 }
 
 /// The aggregation denominators of each mini-batch, summed over all processes through `sync`: trained

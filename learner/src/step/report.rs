@@ -33,6 +33,9 @@ impl StepReport<'_> {
         let mut m = Metrics::new();
         let steps = self.optimizer_steps as f64;
         t.ratios.write(&mut m);
+        if let Some(r) = &t.rejection {
+            r.write(&mut m);
+        }
         if self.mismatch_skipped {
             MismatchStats::write_skipped(&mut m);
         } else {
