@@ -20,6 +20,7 @@ use alp_learner::{
 };
 use alp_policy::NoHooks;
 use common::{Rng, ToyLm};
+use serde_json::json;
 use tch::{Kind, Tensor};
 
 const MODES: [RejectionMode; 11] = [
@@ -670,4 +671,61 @@ fn rejection_through_train_step_equals_brute_force() {
             1e-12,
         );
     }
+}
+
+/// The new `[learner.correction]` keys: the anchors' defaults, a serde round trip (the written
+/// config; tests/train_config.rs does it in TOML through `alp-rl train`), and refusals that name the
+/// key and say what to write instead.
+#[test]
+fn anchor_settings_default_round_trip_and_refuse_by_key() {
+    let d = CorrectionSettings::default();
+    assert_eq!((d.icepop_alpha, d.icepop_beta), (0.5, 5.0));
+    assert_eq!(
+        (d.dppo_mask_low, d.dppo_mask_high, d.adv_tau, d.kl_tau),
+        (0.2, 0.2, 1.0, 1e-3)
+    );
+    assert!(d.rejection.is_empty() && d.rejection_threshold.is_empty());
+    let v = json!({
+        "kind": "tis",
+        "rejection": ["token_k1", "seq_mean_k3"],
+        "rejection_threshold": ["0.5_2.0", 0.01]
+    });
+    let s: CorrectionSettings = serde_json::from_value(v).unwrap();
+    s.validate().unwrap();
+    let rules = s.rejection_rules().unwrap();
+    assert_eq!(
+        (rules[0].lower, rules[0].upper, rules[1].upper),
+        (Some(0.5), 2.0, 0.01)
+    );
+    let back: CorrectionSettings =
+        serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    let refused = |v: serde_json::Value, field: &str, says: &str| {
+        let s: CorrectionSettings = serde_json::from_value(v.clone()).unwrap();
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, field, "{v}");
+        assert!(e.reason.contains(says), "{v}: {}", e.reason);
+    };
+    refused(
+        json!({"icepop_beta": 0.4}),
+        "correction.icepop_beta",
+        "> icepop_alpha",
+    );
+    for kind in ["icepop", "dppo"] {
+        let v = json!({"kind": kind, "level": "sequence"});
+        refused(v, "correction.level", "level = \"token\"");
+    }
+    refused(json!({"kl_tau": -1.0}), "correction.kl_tau", ">= 0");
+    refused(
+        json!({"dppo_mask_high": -0.1}),
+        "correction.dppo_mask_high",
+        ">= 0",
+    );
+    let v = json!({"rejection_threshold": [2.0]});
+    refused(v, "correction.rejection_threshold", "rejection = [");
+    let v = json!({"rejection": ["token_k3"]});
+    refused(v, "correction.rejection_threshold", "set one");
+    let e = serde_json::from_value::<CorrectionSettings>(json!({"rejection": ["seq_mean_k4"]}))
+        .unwrap_err();
+    assert!(e.to_string().contains("seq_mean_k3"), "{e}");
 }
