@@ -1,6 +1,7 @@
 //! The clipped policy-gradient loss of design section 4, as pure tensor functions.
 //!
-//! With `d_t = lp_t - base_t` on trained tokens (`base` is `mu` for bypass/ALP, `lp_old` for TIS/MIS):
+//! With `d_t = lp_t - base_t` on trained tokens (`base` is `mu` for bypass/ALP/DPPO, `lp_old` for
+//! TIS/MIS/IcePop/none):
 //! - token ratio: `log r_t = d_t`;
 //! - sequence ratio (GSPO): `log r_t = sg(S) + lp_t - sg(lp_t)`, `S = sum_t m_t d_t` (divided by the
 //!   trained length if geometric): every token carries the sequence's value but only its own gradient;
@@ -10,6 +11,8 @@
 //! - aggregated over the *mini-batch* (token-mean, seq-mean-token-mean, seq-mean-token-sum), so the sum
 //!   of micro-batch losses equals the loss of the whole mini-batch and gradient accumulation is exact;
 //! - minus `entropy_coef * agg(entropy)`, plus `kl_coef * agg(kl(lp, ref))`.
+//!
+//! `correction.kind = "dppo"` replaces the clipped surrogate by prime-rl's default loss ([`crate::dppo`]).
 //!
 //! Ties at a clip boundary count as unclipped (the gradient flows), so the gradient is one-sided-defined
 //! everywhere instead of torch.maximum's half-and-half split.
