@@ -131,7 +131,10 @@ fn unknown_correction_kind_lists_the_allowed_values() {
     let text = format!("{BASE}\n[learner.correction]\nkind = \"sapo\"\n");
     let (err, file) = refused(&text, &[]);
     assert!(err.contains(&format!("{file}:15:")), "{err}");
-    assert!(err.contains("bypass, tis, mis, alp, none, icepop, dppo"), "{err}");
+    assert!(
+        err.contains("bypass, tis, mis, alp, none, icepop, dppo"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,4 +295,53 @@ fn bad_lora_settings_are_refused_by_key_before_any_work() {
         assert!(err.contains(says), "{key}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+/// The anchors' correction keys (issue 29): a config using them passes `--check`, whose written
+/// config (what a run directory's config.toml holds) reads back the same; a bad threshold is refused
+/// with its key, line and the fix.
+#[test]
+fn anchor_correction_keys_check_round_trip_and_refuse_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{BASE}\n[learner.correction]\nkind = \"dppo\"\nkl_tau = 0.002\nrejection = [\"token_k1\", \"seq_mean_k3\"]\nrejection_threshold = [\"0.6_1.6\", 0.02]\n"
+    );
+    let path = dir.path().join("anchors.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = train(&path, &["--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "kind = \"dppo\"",
+        "kl_tau = 0.002",
+        "rejection = [\"token_k1\", \"seq_mean_k3\"]",
+        "rejection_threshold = [\"0.6_1.6\", 0.02]",
+    ] {
+        assert!(
+            written.lines().any(|l| l == line),
+            "`{line}` missing:\n{written}"
+        );
+    }
+    let again = dir.path().join("written.toml");
+    std::fs::write(&again, &written).unwrap();
+    let out = train(&again, &["--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), written);
+
+    let bad = format!("{BASE}\n[learner.correction]\nrejection = [\"token_k3\"]\nrejection_threshold = [\"0.5_2.0\"]\n");
+    let (err, file) = refused(&bad, &[]);
+    assert!(err.contains(&format!("{file}:16:")), "{err}");
+    assert!(
+        err.contains("`learner.correction.rejection_threshold`"),
+        "{err}"
+    );
+    assert!(err.contains("upper bound only"), "{err}");
 }
