@@ -61,7 +61,7 @@ impl LossConfig {
             entropy_coef: s.loss.entropy_coef,
             kl_coef: s.loss.kl_coef,
             kl_estimator: s.loss.kl_estimator,
-            dppo: (s.correction.kind == CorrectionKind::Dppo).then(|| DppoConfig {
+            dppo: (s.correction.kind == CorrectionKind::Dppo).then_some(DppoConfig {
                 mask_low: s.correction.dppo_mask_low,
                 mask_high: s.correction.dppo_mask_high,
                 adv_tau: s.correction.adv_tau,
