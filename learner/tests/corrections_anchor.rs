@@ -736,7 +736,8 @@ fn anchor_settings_default_round_trip_and_refuse_by_key() {
 #[test]
 fn each_anchor_correction_learns_a_toy_task() {
     common::init();
-    let cases: [(&str, fn(&mut LearnerSettings)); 3] = [
+    type Tweak = fn(&mut LearnerSettings);
+    let cases: [(&str, Tweak); 3] = [
         ("icepop", |s| s.correction.kind = CorrectionKind::IcePop),
         ("dppo", |s| s.correction.kind = CorrectionKind::Dppo),
         ("tis + seq_mean_k3 rejection", |s| {
