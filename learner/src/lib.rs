@@ -6,9 +6,9 @@
 //! The model is reached only through [`TrainablePolicy`], whose forward takes the
 //! [`alp_policy::ForwardHooks`] through which ALP injects its noise.
 pub mod adapter;
-mod anchor_settings;
 pub mod advantage;
 pub mod alp;
+mod anchor_settings;
 pub mod batch;
 pub mod correction;
 pub mod dppo;
