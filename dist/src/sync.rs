@@ -88,4 +88,16 @@ impl GradientSync for DistSync {
         counts.copy_from_slice(&summed);
         Ok(())
     }
+
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.group.world_size()
+    }
+
+    fn all_gather_bytes(&mut self, bytes: &[u8]) -> alp_learner::Result<Vec<Vec<u8>>> {
+        self.group.all_gather_bytes(bytes).map_err(learner_error)
+    }
 }

@@ -9,8 +9,11 @@
 //!
 //! Noise is a pure function of (run seed, learner step, forward index within the step, layer) through
 //! the counter-based generator of [`crate::noise`], so recomputing a forward reproduces it bit for bit
-//! and no global RNG state is touched. The hooks exist only while the learner runs a training forward:
-//! rollouts, evaluation, `lp_old` and the mismatch forward use the plain model.
+//! and no global RNG state is touched. The forward index counts the training forwards of every process
+//! of a learner spread over several (`crate::step::prepare::GlobalLayout`), so processes never draw
+//! the same noise, and N processes holding the parts of each mini-batch draw one process's noise.
+//! The hooks exist only while the learner runs a training forward: rollouts, evaluation, `lp_old` and
+//! the mismatch forward use the plain model.
 use std::collections::BTreeMap;
 use std::ops::Range;
 

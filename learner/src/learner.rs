@@ -28,8 +28,9 @@ use crate::metrics::Metrics;
 pub use crate::optimizer::MODEL_GROUP;
 use crate::optimizer::{AdamW, ParamGroup};
 use crate::settings::{AlpTarget, CorrectionKind, LearnerSettings, SettingsError};
+use crate::step::gather::{gather_step_sums, SampleSums};
 use crate::step::micro::{forward_backward, training_hooks, MicroStep, StepTotals};
-use crate::step::prepare::{global_scales, prepare_micro_batches, Micro, MismatchSource};
+use crate::step::prepare::{global_layout, prepare_micro_batches, Micro, MismatchSource};
 use crate::step::report::StepReport;
 use crate::step::split::SplitOptions;
 use crate::step::update::clip_and_step;
@@ -242,23 +243,35 @@ impl<P: TrainablePolicy> PgLearner<P> {
             source,
         )?;
         crate::memory::trace("prepare (lp_old, reference)");
-        let scales = global_scales(&micros, layout, self.sync.as_mut())?;
+        let global = global_layout(&micros, layout, self.sync.as_mut())?;
         let adapter_before = self.adapter.as_ref().map(adapter::snapshot);
         let mut totals = StepTotals {
             mismatch,
             rejection: crate::step::prepare::rejection_totals(&micros),
             ..Default::default()
         };
-        for _epoch in 0..self.settings.epochs {
-            for (mini, &scale) in layout.mini_batches.iter().zip(&scales) {
-                self.train_mini_batch(&micros[mini.clone()], scale, source, &mut totals)?;
+        for epoch in 0..self.settings.epochs as u64 {
+            for (m, mini) in layout.mini_batches.iter().enumerate() {
+                // This process's first forward among every process's forwards of the step.
+                let first = epoch * global.forwards_per_epoch + global.first_forward[m];
+                let micros = &micros[mini.clone()];
+                self.train_mini_batch(micros, global.scales[m], first, source, &mut totals)?;
             }
         }
+        let mut samples = SampleSums {
+            rewards: plan.samples().iter().map(|x| x.reward).collect(),
+            lengths: plan
+                .samples()
+                .iter()
+                .map(|x| x.completion_ids.len())
+                .collect(),
+        };
+        gather_step_sums(&mut totals, &mut samples, self.sync.as_mut())?;
         let mut metrics = StepReport {
             totals: &totals,
             optimizer: &self.optimizer,
             alp: self.alp.as_ref(),
-            samples: plan.samples(),
+            samples: &samples,
             optimizer_steps: self.settings.mini_batches * self.settings.epochs,
             mismatch_skipped: source.skipped(),
             with_kl: self.reference.is_some() && self.settings.loss.kl_coef > 0.0,
@@ -278,11 +291,13 @@ impl<P: TrainablePolicy> PgLearner<P> {
     }
 
     /// One optimizer step: forward and backward of each micro-batch (gradients accumulate), the
-    /// gradient sync, then clip and step on the summed gradients.
+    /// gradient sync, then clip and step on the summed gradients. The micro-batches are training
+    /// forwards `first_forward..` of the step (they key ALP's noise).
     fn train_mini_batch(
         &mut self,
         micros: &[Micro],
         scale: AggregationScale,
+        first_forward: u64,
         source: MismatchSource,
         totals: &mut StepTotals,
     ) -> Result<()> {
@@ -298,11 +313,11 @@ impl<P: TrainablePolicy> PgLearner<P> {
             },
         };
         self.optimizer.zero_grad();
-        for micro in micros {
+        for (j, micro) in micros.iter().enumerate() {
             let alp_hooks = self
                 .alp
                 .as_ref()
-                .map(|a| a.hooks(self.step, totals.forwards));
+                .map(|a| a.hooks(self.step, first_forward + j as u64));
             let adapter = self.adapter.as_ref().map(|a| a as &dyn ForwardHooks);
             let hooks = training_hooks(alp_hooks.as_ref(), adapter);
             forward_backward(&ctx, micro, &hooks, totals);

@@ -166,6 +166,18 @@ impl RatioStats {
         }
     }
 
+    /// Adds another process's statistics of the same step (the learner on several processes).
+    pub fn merge(&mut self, other: RatioStats) {
+        self.token_ratios.extend(other.token_ratios);
+        self.seq_ratios.extend(other.seq_ratios);
+        self.loss_ratios.extend(other.loss_ratios);
+        self.weights.extend(other.weights);
+        self.clip_high += other.clip_high;
+        self.clip_low += other.clip_low;
+        self.clip_dual += other.clip_dual;
+        self.masked += other.masked;
+    }
+
     /// `ratio/*`, `ratio_seq/*`, `ratio_loss/*`, `clip/*`, `mask/frac`, `ess`.
     pub fn write(&self, out: &mut Metrics) {
         describe(names::RATIO, &self.token_ratios, out);
@@ -239,6 +251,32 @@ impl MismatchStats {
                 self.seqs += 1;
             }
         }
+    }
+
+    /// The sums as numbers, for [`MismatchStats::merge_values`] in another process.
+    pub fn values(&self) -> [f64; 8] {
+        [
+            self.k1,
+            self.k2,
+            self.k3,
+            self.abs_sum,
+            self.abs_max,
+            self.tokens as f64,
+            self.ppl_ratio_sum,
+            self.seqs as f64,
+        ]
+    }
+
+    /// Adds another process's [`MismatchStats::values`] of the same step.
+    pub fn merge_values(&mut self, v: [f64; 8]) {
+        self.k1 += v[0];
+        self.k2 += v[1];
+        self.k3 += v[2];
+        self.abs_sum += v[3];
+        self.abs_max = self.abs_max.max(v[4]);
+        self.tokens += v[5] as usize;
+        self.ppl_ratio_sum += v[6];
+        self.seqs += v[7] as usize;
     }
 
     /// The same names as NaN, for steps that skip the mismatch forward (`mismatch_every`).

@@ -213,7 +213,7 @@ impl GradientSync for RecordingSync {
 }
 
 /// The sync gets, once per step, each mini-batch's trained tokens and sequences with a trained token
-/// (counted here from the samples' loss masks), and once per optimizer step every parameter with its
+/// (counted here from the samples' loss masks) and micro-batch count, and once per optimizer step every parameter with its
 /// accumulated gradient before the clip (its norm is the logged pre-clip `grad/norm`).
 #[test]
 fn a_custom_sync_sees_counts_and_pre_clip_gradients() {
@@ -230,7 +230,8 @@ fn a_custom_sync_sees_counts_and_pre_clip_gradients() {
 
     let samples: Vec<_> = data.iter().flat_map(|g| &g.samples).collect();
     let half = samples.len() / 2;
-    let expected: Vec<f64> = [&samples[..half], &samples[half..]]
+    let minis = [&samples[..half], &samples[half..]];
+    let mut expected: Vec<f64> = minis
         .iter()
         .flat_map(|mini| {
             let tokens: usize = mini
@@ -241,6 +242,9 @@ fn a_custom_sync_sees_counts_and_pre_clip_gradients() {
             [tokens as f64, sequences as f64]
         })
         .collect();
+    // Then this process's micro-batches per mini-batch (3 samples each), which place its forwards
+    // among every process's.
+    expected.extend(minis.iter().map(|mini| mini.len().div_ceil(3) as f64));
     let seen = seen.lock().unwrap();
     assert_eq!(seen.counts, vec![expected]);
     assert_eq!(seen.params, learner.policy().params().len());

@@ -2,9 +2,10 @@
 //! mini-/micro-batch layout), [`prepare`] (the no-grad forwards at the pre-update weights and the
 //! global loss denominators), [`micro`] (forward and backward of one micro-batch, through [`split`]
 //! and [`checkpoint`] for a `CausalLM`: LM head over row chunks, activation checkpointing), [`sync`] (the seam
-//! that sums gradients and counts over processes), [`update`] (clip and optimizer step) and [`report`]
+//! that sums gradients and counts over processes), [`gather`] (the step's metric sums of every process), [`update`] (clip and optimizer step) and [`report`]
 //! (the metrics). [`crate::learner::PgLearner::train_step`] strings them together.
 pub(crate) mod checkpoint;
+pub(crate) mod gather;
 pub(crate) mod micro;
 pub mod plan;
 pub(crate) mod prepare;

@@ -127,10 +127,13 @@ pub(crate) fn prepare_micro_batches(
 
 /// The rejection counts of the step, summed over its micro-batches (`None` without rejection).
 pub(crate) fn rejection_totals(micros: &[Micro]) -> Option<RejectionStats> {
-    micros.iter().filter_map(|m| m.rejection).reduce(|mut a, b| {
-        a.add(&b);
-        a
-    })
+    micros
+        .iter()
+        .filter_map(|m| m.rejection)
+        .reduce(|mut a, b| {
+            a.add(&b);
+            a
+        })
 }
 
 /// Applies the rejection rules' verdict on `lp_old` to the trained mask and its per-row counts.
@@ -151,15 +154,34 @@ fn reject(
     stats
 }
 
-/// The aggregation denominators of each mini-batch, summed over all processes through `sync`: trained
-/// tokens, and sequences with at least one trained token.
-pub(crate) fn global_scales(
+/// What every process of the learner must agree on before its training forwards, per mini-batch:
+/// the loss denominators and where this process's forwards stand among all processes' forwards.
+#[derive(Debug, Clone)]
+pub(crate) struct GlobalLayout {
+    /// The aggregation denominators of each mini-batch, summed over all processes.
+    pub scales: Vec<AggregationScale>,
+    /// Per mini-batch, the global index (within one epoch) of this process's first training forward:
+    /// the forwards of earlier mini-batches on every process, then those of this mini-batch on
+    /// lower-ranked processes. When each process holds the `rank`-th part of every mini-batch (cut
+    /// into micro-batches the way one process would), these are exactly one process's forward
+    /// indices, so ALP draws one process's noise; in any case no two processes share an index.
+    pub first_forward: Vec<u64>,
+    /// Training forwards of one epoch over all processes.
+    pub forwards_per_epoch: u64,
+}
+
+/// The [`GlobalLayout`] of this step, through one sum over all processes (`sync`): per mini-batch
+/// the trained tokens and the sequences with at least one trained token, and a `world_size` x
+/// mini-batches table of micro-batch counts in which this process fills its own row.
+pub(crate) fn global_layout(
     micros: &[Micro],
     layout: &BatchLayout,
     sync: &mut dyn GradientSync,
-) -> Result<Vec<AggregationScale>> {
-    let mut counts = Vec::with_capacity(2 * layout.mini_batches.len());
-    for mini in &layout.mini_batches {
+) -> Result<GlobalLayout> {
+    let minis = layout.mini_batches.len();
+    let (rank, world) = (sync.rank(), sync.world_size());
+    let mut counts = vec![0.0; 2 * minis + world * minis];
+    for (m, mini) in layout.mini_batches.iter().enumerate() {
         let micros = &micros[mini.clone()];
         let tokens = micros.iter().map(|m| m.packed.num_tokens()).sum::<usize>();
         let sequences = micros
@@ -167,14 +189,29 @@ pub(crate) fn global_scales(
             .flat_map(|m| &m.packed.row_tokens)
             .filter(|&&t| t > 0)
             .count();
-        counts.extend([tokens as f64, sequences as f64]);
+        counts[2 * m] = tokens as f64;
+        counts[2 * m + 1] = sequences as f64;
+        counts[2 * minis + rank * minis + m] = mini.len() as f64;
     }
     sync.sum_counts(&mut counts)?;
-    Ok(counts
+    let scales = counts[..2 * minis]
         .chunks(2)
         .map(|c| AggregationScale {
             tokens: c[0],
             sequences: c[1],
         })
-        .collect())
+        .collect();
+    // micro[q][m]: micro-batches of process q in mini-batch m.
+    let micro = |q: usize, m: usize| counts[2 * minis + q * minis + m] as u64;
+    let mut first_forward = Vec::with_capacity(minis);
+    let mut before = 0u64;
+    for m in 0..minis {
+        first_forward.push(before + (0..rank).map(|q| micro(q, m)).sum::<u64>());
+        before += (0..world).map(|q| micro(q, m)).sum::<u64>();
+    }
+    Ok(GlobalLayout {
+        scales,
+        first_forward,
+        forwards_per_epoch: before,
+    })
 }

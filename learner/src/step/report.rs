@@ -2,11 +2,11 @@
 use std::time::Instant;
 
 use crate::alp::AlpPerturbation;
-use crate::batch::Sample;
 use crate::memory::PeakRss;
 use crate::metric_names as names;
 use crate::metrics::{batch_metrics, Metrics, MismatchStats};
 use crate::optimizer::{AdamW, MODEL_GROUP};
+use crate::step::gather::SampleSums;
 use crate::step::micro::StepTotals;
 
 /// What the metrics of a finished step read besides its running sums.
@@ -14,7 +14,8 @@ pub(crate) struct StepReport<'a> {
     pub totals: &'a StepTotals,
     pub optimizer: &'a AdamW,
     pub alp: Option<&'a AlpPerturbation>,
-    pub samples: &'a [&'a Sample],
+    /// Rewards and completion lengths of the step's samples (of every process).
+    pub samples: &'a SampleSums,
     /// Optimizer steps in this learner step (mini-batches times epochs).
     pub optimizer_steps: usize,
     /// No forward of this step gave the `mismatch/*` statistics.
@@ -64,13 +65,7 @@ impl StepReport<'_> {
         if let Some(a) = self.alp {
             a.metrics(&mut m);
         }
-        let rewards: Vec<f64> = self.samples.iter().map(|x| x.reward).collect();
-        let lengths: Vec<usize> = self
-            .samples
-            .iter()
-            .map(|x| x.completion_ids.len())
-            .collect();
-        batch_metrics(&rewards, &lengths, &mut m);
+        batch_metrics(&self.samples.rewards, &self.samples.lengths, &mut m);
         let secs = self.started.elapsed().as_secs_f64();
         m.insert(names::TIME_LEARNER_STEP_S.into(), secs);
         m.insert(

@@ -22,6 +22,23 @@ pub trait GradientSync: Send {
     /// Replaces each count by its sum over all processes (token and sequence counts, the loss's
     /// denominators: see [`crate::loss::AggregationScale`]).
     fn sum_counts(&mut self, counts: &mut [f64]) -> Result<()>;
+
+    /// This process's index among the learner's processes (0 in one process). It places this
+    /// process's training forwards among the step's (ALP's noise keys, [`crate::alp`]).
+    fn rank(&self) -> usize {
+        0
+    }
+
+    /// How many processes the learner is spread over (1 in one process).
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    /// Every process's `bytes`, in rank order (the step's metric sums, so that every process reports
+    /// the metrics of the whole batch). One process: its own.
+    fn all_gather_bytes(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes.to_vec()])
+    }
 }
 
 /// One process: every local count and gradient already is the global one.
