@@ -1,10 +1,11 @@
 //! Gather phase, for a learner spread over several processes: every process sends its step sums
-//! (ratio statistics, mismatch sums, losses, entropy, rewards and lengths of its samples) to every
-//! other, so each reports the metrics of the whole batch, as one process on it would. The losses are
+//! (ratio statistics, mismatch sums, rejection counts, losses, entropy, rewards and lengths of its
+//! samples) to every other, so each reports the metrics of the whole batch, as one process on it would. The losses are
 //! already shares of the global loss (each process divides by the global denominators), so they add;
 //! the gradient norm and the skipped updates follow the summed gradient and are equal everywhere.
 use crate::error::{LearnerError, Result};
 use crate::metrics::RatioStats;
+use crate::rejection::RejectionStats;
 use crate::step::micro::StepTotals;
 use crate::step::sync::GradientSync;
 
@@ -70,6 +71,18 @@ fn encode(t: &StepTotals, s: &SampleSums) -> Vec<f64> {
         t.kl_sum,
         t.processed_tokens as f64,
     ]);
+    let r = t.rejection;
+    v.push(f64::from(u8::from(r.is_some())));
+    let r = r.unwrap_or_default();
+    v.extend(
+        [
+            r.tokens,
+            r.rejected_tokens,
+            r.sequences,
+            r.rejected_sequences,
+        ]
+        .map(|c| c as f64),
+    );
     v.push(s.rewards.len() as f64);
     v.extend_from_slice(&s.rewards);
     v.extend(s.lengths.iter().map(|&l| l as f64));
@@ -117,6 +130,17 @@ fn decode_into(
     t.total_sum += x[3];
     t.kl_sum += x[4];
     t.processed_tokens += x[5] as usize;
+    let r = take(5)?;
+    if r[0] > 0.0 {
+        let mut total = t.rejection.unwrap_or_default();
+        total.add(&RejectionStats {
+            tokens: r[1] as usize,
+            rejected_tokens: r[2] as usize,
+            sequences: r[3] as usize,
+            rejected_sequences: r[4] as usize,
+        });
+        t.rejection = Some(total);
+    }
     let n = take(1)?[0] as usize;
     s.rewards.extend_from_slice(take(n)?);
     s.lengths.extend(take(n)?.iter().map(|&l| l as usize));
@@ -162,6 +186,12 @@ mod tests {
             t.ent_sum = 3.0;
             t.ent_tokens = 2.0;
             t.processed_tokens = 7;
+            t.rejection = Some(RejectionStats {
+                tokens: 10,
+                rejected_tokens: 2,
+                sequences: 3,
+                rejected_sequences: 1,
+            });
             let s = SampleSums {
                 rewards: vec![seed, 0.0],
                 lengths: vec![3, 4],
@@ -179,6 +209,16 @@ mod tests {
         assert_eq!((t.ratios.clip_high, t.ratios.masked), (4, 2));
         assert_eq!(t.pg_sum, 2.5);
         assert_eq!(t.processed_tokens, 14);
+        let r = t.rejection.unwrap();
+        assert_eq!(
+            (
+                r.tokens,
+                r.rejected_tokens,
+                r.sequences,
+                r.rejected_sequences
+            ),
+            (20, 4, 6, 2)
+        );
         assert_eq!(s.rewards, vec![0.5, 0.0, 2.0, 0.0]);
         assert_eq!(s.lengths, vec![3, 4, 3, 4]);
         // The mismatch sums of both, as if one process had seen both rows.
