@@ -18,8 +18,9 @@ use crate::backend::{Completion, FinishReason, GenerationBackend, GenerationRequ
 use crate::error::RolloutError;
 use crate::sampling::SamplingParams;
 
-/// One finished episode as the learner and the logs see it.
-#[derive(Debug, Clone, PartialEq)]
+/// One finished episode as the learner and the logs see it (serialisable: the ranks of a learner
+/// spread over several processes exchange them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Trajectory {
     pub example_id: String,
     pub prompt_ids: Vec<i64>,

@@ -45,6 +45,11 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<i64>,
     pub logprob_mode: LogprobMode,
     pub seed: u64,
+    /// The random stream of the call's first request: request `i` draws from stream
+    /// `first_stream + i`. A process that generates a slice of a larger batch (one rank of a
+    /// learner spread over several) sets the slice's start, so each row draws what it would in the
+    /// whole batch.
+    pub first_stream: u64,
 }
 
 impl Default for SamplingParams {
@@ -58,6 +63,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             logprob_mode: LogprobMode::Temperature,
             seed: 0,
+            first_stream: 0,
         }
     }
 }
@@ -120,13 +126,13 @@ impl SamplingParams {
         }
     }
 
-    /// The per-row RNG seed: the call seed mixed with the request's index (SplitMix64 finaliser), so
-    /// rows get independent streams and a request's stream does not depend on the batch it lands in.
+    /// The per-row RNG seed: the call seed mixed with the request's stream (`first_stream` plus its
+    /// index; SplitMix64 finaliser), so rows get independent streams and a request's stream does not
+    /// depend on the batch it lands in.
     pub fn row_seed(&self, request_index: usize) -> u64 {
-        alp_envs::rng::mix(
-            self.seed
-                .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(request_index as u64 + 1)),
-        )
+        alp_envs::rng::mix(self.seed.wrapping_add(
+            0x9E37_79B9_7F4A_7C15u64.wrapping_mul(self.first_stream + request_index as u64 + 1),
+        ))
     }
 }
 

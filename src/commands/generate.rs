@@ -151,6 +151,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop_token_ids: stop,
         logprob_mode: mode,
         seed: args.seed,
+        first_stream: 0,
     };
     let requests: Vec<_> = prompt_ids.into_iter().map(GenerationRequest::new).collect();
     tracing::info!(

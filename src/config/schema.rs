@@ -345,6 +345,7 @@ impl TrainConfig {
             stop_token_ids: Vec::new(),
             logprob_mode: r.logprob_mode,
             seed: 0,
+            first_stream: 0,
         }
     }
 
