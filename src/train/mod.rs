@@ -12,6 +12,8 @@ mod memory_plan;
 pub mod messages;
 pub mod pause;
 pub mod preflight;
+pub mod ranks;
+mod ranks_check;
 pub mod rollout_backend;
 pub mod rollout_worker;
 pub mod rows;
@@ -38,6 +40,8 @@ pub struct TrainRequest {
     pub config_path: PathBuf,
     pub run_dir: PathBuf,
     pub resume: bool,
+    /// The ranks of a run on several processes ([`ranks::Ranks::single`] for one).
+    pub ranks: ranks::Ranks,
 }
 
 /// How a run ended.

@@ -56,6 +56,10 @@ pub struct RolloutWorkerSettings {
     pub episode: EpisodeSettings,
     pub group_size: usize,
     pub prompts_per_step: usize,
+    /// This process's rank among `world_size` (a run on several processes): it generates its share
+    /// of every batch's groups ([`super::ranks::share`]); 0 of 1 generates the whole batch.
+    pub rank: usize,
+    pub world_size: usize,
     pub seed: u64,
     pub max_staleness: u64,
     /// First batch to generate (= learner steps already done = version of `model_dir`).
@@ -296,16 +300,20 @@ impl WorkerThread<'_> {
     }
 
     /// Generates batch `b`: `prompts_per_step` examples, `group_size` episodes each, on the weights
-    /// installed (and with the population's members, for evolution strategies).
+    /// installed (and with the population's members, for evolution strategies); on one rank of
+    /// several, the groups of its share, each row drawing the random stream it has in the whole batch.
     fn generate(&mut self, b: u64) -> Result<Vec<Vec<Trajectory>>, String> {
         let s = self.s;
+        let mine = super::ranks::share(s.prompts_per_step, s.rank, s.world_size);
+        let rows = (mine.start * s.group_size)..(mine.end * s.group_size);
         let examples = batch_examples(s.env.as_ref(), s.seed, b, s.prompts_per_step)?;
-        let expanded: Vec<Example> = examples
+        let expanded: Vec<Example> = examples[mine.clone()]
             .iter()
             .flat_map(|e| std::iter::repeat_n(e.clone(), s.group_size))
             .collect();
         let params = SamplingParams {
             seed: mix(s.seed ^ 0xA5A5_5A5A, b),
+            first_stream: rows.start as u64,
             ..s.params.clone()
         };
         // Each row's member, every turn of its episode (the noise is rebuilt from its seeds).
@@ -313,7 +321,7 @@ impl WorkerThread<'_> {
             Some(p) => {
                 let (hooks, members) = p.for_batch(b);
                 self.backend.set_members(Some(hooks))?;
-                Some(members)
+                Some(members[rows].to_vec())
             }
             None => None,
         };
@@ -327,9 +335,9 @@ impl WorkerThread<'_> {
             &s.episode,
         )
         .map_err(|e| format!("batch {b}: {e}"))?;
-        let mut groups = Vec::with_capacity(s.prompts_per_step);
+        let mut groups = Vec::with_capacity(mine.len());
         let mut it = trajectories.into_iter();
-        for _ in 0..s.prompts_per_step {
+        for _ in mine {
             groups.push(it.by_ref().take(s.group_size).collect());
         }
         Ok(groups)

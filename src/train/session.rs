@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::learners::{RunLearner, StepOutput};
 use super::messages::RolloutBatch;
 use super::preflight::RunLock;
+use super::ranks::Ranks;
 use super::rollout_worker::RolloutWorker;
 use super::run_state::{self, RuntimeState};
 use super::{logs, pause, TrainSummary};
@@ -34,8 +35,10 @@ pub(super) struct Session<'a> {
     /// Every metrics row of the run so far (`metrics.parquet` is rewritten from them).
     pub metrics_rows: Vec<MetricsRow>,
     pub evaluates: bool,
-    /// Held for the whole run: another process cannot train into the same directory.
-    pub _lock: RunLock,
+    /// The ranks of a run on several processes: rank 0 alone writes the run directory.
+    pub ranks: Ranks,
+    /// Held for the whole run (by rank 0): another process cannot train into the same directory.
+    pub _lock: Option<RunLock>,
 }
 
 impl Session<'_> {
@@ -53,16 +56,23 @@ impl Session<'_> {
         );
         // RL steps of this run (a resumed run counts from its first step); the time left is the
         // steps still to do at the rate so far.
-        let progress = crate::progress::Progress::new(
-            "train",
-            Some(config.run.steps.saturating_sub(self.state.step)),
-            "steps",
-        );
+        // (On rank 0 only: the other ranks' steps are the same steps.)
+        let progress = self.ranks.is_leader().then(|| {
+            crate::progress::Progress::new(
+                "train",
+                Some(config.run.steps.saturating_sub(self.state.step)),
+                "steps",
+            )
+        });
         while self.state.step < config.run.steps {
             self.step()?;
-            progress.inc(1, 0);
+            if let Some(p) = &progress {
+                p.inc(1, 0);
+            }
         }
-        progress.finish();
+        if let Some(p) = progress {
+            p.finish();
+        }
         drop(self.worker);
         let evals: Vec<(u64, f64)> = self
             .metrics_rows
@@ -83,7 +93,13 @@ impl Session<'_> {
         let config = self.config;
         let step = self.state.step + 1;
         let started = Instant::now();
-        let batch = self.worker.next_batch()?;
+        let mut batch = self.worker.next_batch()?;
+        // Each rank generated its share of the batch; every rank trains from the whole of it.
+        batch.groups = self.ranks.gather_groups(
+            batch.index,
+            batch.policy_version,
+            std::mem::take(&mut batch.groups),
+        )?;
         let wait_s = started.elapsed().as_secs_f64();
         tracing::debug!(
             step,
@@ -112,15 +128,17 @@ impl Session<'_> {
             .publish(self.learner.weight_update(step)?, evaluate);
         let values = self.step_metrics(&batch, out, wait_s, started, evaluate)?;
         pause::point("metrics", step);
-        tracing::info!(
-            "{}",
-            logs::summary_line(
-                step,
-                config.run.steps,
-                &values,
-                self.learner.watched_metrics()
-            )
-        );
+        if self.ranks.is_leader() {
+            tracing::info!(
+                "{}",
+                logs::summary_line(
+                    step,
+                    config.run.steps,
+                    &values,
+                    self.learner.watched_metrics()
+                )
+            );
+        }
         self.metrics_rows.push(MetricsRow {
             step,
             policy_version: step,
@@ -129,6 +147,9 @@ impl Session<'_> {
         self.write_metrics()?;
         if due(step, config.run.checkpoint_every, config.run.steps) {
             self.checkpoint()?;
+            // No rank goes on before the checkpoint a resume would start from is complete.
+            self.ranks
+                .barrier(&format!("after the checkpoint of step {step}"))?;
         }
         Ok(())
     }
@@ -186,11 +207,13 @@ impl Session<'_> {
             names::THROUGHPUT_ROLLOUT_TOKENS_PER_S.into(),
             out.sampled_tokens as f64 / batch.generate_s.max(1e-9),
         );
-        parquet_log::write_parquet(
-            &self.run.rollouts(self.state.step),
-            &parquet_log::rollout_batch(&out.rows)?,
-            &self.config_toml,
-        )?;
+        if self.ranks.is_leader() {
+            parquet_log::write_parquet(
+                &self.run.rollouts(self.state.step),
+                &parquet_log::rollout_batch(&out.rows)?,
+                &self.config_toml,
+            )?;
+        }
         let step_s = started.elapsed().as_secs_f64();
         values.insert(names::TIME_STEP_S.into(), step_s);
         values.insert(
@@ -205,6 +228,9 @@ impl Session<'_> {
 
     /// Rewrites `metrics.parquet` from every row so far.
     pub fn write_metrics(&self) -> Result<()> {
+        if !self.ranks.is_leader() {
+            return Ok(());
+        }
         parquet_log::write_parquet(
             &self.run.metrics(),
             &parquet_log::metrics_batch(&self.metrics_rows)?,
@@ -215,6 +241,10 @@ impl Session<'_> {
 
     /// A checkpoint of the current step: the policy in HF layout, the learner's state, the run state.
     fn checkpoint(&self) -> Result<()> {
+        if !self.ranks.is_leader() {
+            // The replicas are equal: rank 0's state is every rank's.
+            return Ok(());
+        }
         let t = Instant::now();
         let state = &self.state;
         run_state::writer(&self.run, self.config.run.keep).save(state, |staging| {

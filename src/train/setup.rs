@@ -9,6 +9,7 @@ use alp_tokenizer::Tokenizer;
 use anyhow::{ensure, Context, Result};
 
 use super::learners::{es::Eggroll, pg::PolicyGradient, RunLearner};
+use super::ranks::Ranks;
 use super::rollout_backend::BackendSettings;
 use super::rollout_worker::{RolloutWorker, RolloutWorkerSettings};
 use super::run_state::{self, RuntimeState};
@@ -22,31 +23,53 @@ use crate::run_dir::RunDir;
 /// Everything before the first RL step.
 pub(super) fn start(req: &TrainRequest) -> Result<Session<'_>> {
     let config = &req.config;
+    let ranks = &req.ranks;
     let run = RunDir::new(&req.run_dir);
     let config_toml = config.to_toml();
     // Refuse a missing model (or budgets it cannot hold) before anything is written, so a typo
-    // leaves no run directory behind; then hold the run directory's lock for the whole run.
+    // leaves no run directory behind; then hold the run directory's lock for the whole run. Rank 0
+    // alone writes the run directory; the others read it once it is ready.
     preflight::check_model(config, req.env.as_ref(), &req.config_path)?;
-    let lock = preflight::lock_run_dir(&run.root, !req.resume)?;
-    run_files::prepare_run_dir(req, &run, &config_toml)?;
-    let model_src = starting_model(req, &run, &config_toml)?;
+    super::ranks_check::check_config(config, ranks)?;
+    super::ranks_check::agree_on_config(ranks, &config_toml)?;
+    let (lock, made) = if ranks.is_leader() {
+        let lock = preflight::lock_run_dir(&run.root, !req.resume)?;
+        run_files::prepare_run_dir(req, &run, &config_toml)?;
+        (Some(lock), Some(starting_model(req, &run, &config_toml)?))
+    } else {
+        wait_for_warm_start(config, &run);
+        (None, None)
+    };
+    ranks.barrier("to prepare the run directory")?;
+    // The other ranks find the starting model rank 0 made (a warm start's is found done and reused).
+    let model_src = match made {
+        Some(model) => model,
+        None => starting_model(req, &run, &config_toml)?,
+    };
     let (latest, weights_dir, state) = resume_point(req, &run, &model_src)?;
+    super::ranks_check::agree_on_start(ranks, &weights_dir, state.step)?;
 
     let tokenizer = Tokenizer::from_dir(&model_src)
         .with_context(|| format!("loading the tokenizer of {}", model_src.display()))?;
     let models = ModelFactory::for_run(config);
     let policy = models.load(ModelRole::Policy, &weights_dir)?;
     let stop = alp_rollout::default_stop_tokens(&policy, Some(&tokenizer));
-    let mut learner = build_learner(config, policy, &model_src, &models)?;
+    let mut learner = build_learner(config, policy, &model_src, &models, ranks)?;
     if let Some(dir) = &latest {
         learner
             .load_state(&dir.join("learner"))
             .with_context(|| format!("restoring the learner from {}", dir.display()))?;
     }
-    let metrics_rows = surviving_metrics(req, &run, &state)?;
-    super::logs::remove_rollouts_after(&run, state.step)?;
+    let metrics_rows = if ranks.is_leader() {
+        let rows = surviving_metrics(req, &run, &state)?;
+        super::logs::remove_rollouts_after(&run, state.step)?;
+        rows
+    } else {
+        Vec::new()
+    };
 
-    let evaluates = config.eval.is_some();
+    // Rank 0 evaluates (on its rollout worker), for every rank.
+    let evaluates = config.eval.is_some() && ranks.is_leader();
     // Step 0: the starting point (after the SFT warm start, before any RL update).
     let evaluate_first = evaluates && state.step == 0;
     let worker = spawn_rollout_worker(
@@ -70,6 +93,7 @@ pub(super) fn start(req: &TrainRequest) -> Result<Session<'_>> {
         state,
         metrics_rows,
         evaluates,
+        ranks: ranks.clone(),
         _lock: lock,
     };
     if evaluate_first {
@@ -102,6 +126,27 @@ fn starting_model(req: &TrainRequest, run: &RunDir, config_toml: &str) -> Result
         config_toml,
     )?
     .model)
+}
+
+/// On a rank other than 0 of a run with `[sft]`: waits until rank 0's warm start has written its
+/// last checkpoint (it may take far longer than a collective's timeout, so this rank watches the
+/// run directory instead of waiting in a barrier; if rank 0 dies, the launcher ends this rank).
+fn wait_for_warm_start(config: &TrainConfig, run: &RunDir) {
+    let Some(sft) = &config.sft else { return };
+    let done = RunDir::new(run.root.join("sft"))
+        .checkpoint(sft.steps)
+        .join("model")
+        .join("config.json");
+    let started = std::time::Instant::now();
+    let mut told = 0;
+    while !done.exists() {
+        let minutes = started.elapsed().as_secs() / 60;
+        if minutes > told {
+            told = minutes;
+            tracing::info!(minutes, "waiting for rank 0's SFT warm start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Where the run continues: the latest complete checkpoint (its directory), the weights to load and
@@ -151,6 +196,7 @@ fn build_learner(
     policy: alp_policy::CausalLM,
     model_src: &Path,
     models: &ModelFactory,
+    ranks: &Ranks,
 ) -> Result<Box<dyn RunLearner>> {
     if let Some(settings) = config.eggroll_settings() {
         return Ok(Box::new(Eggroll::new(
@@ -184,9 +230,13 @@ fn build_learner(
             (learner, Some(params))
         }
     };
+    let learner = match ranks.gradient_sync() {
+        Some(sync) => learner.with_gradient_sync(sync),
+        None => learner,
+    };
     let estimate = super::memory_plan::run_estimate(config, &model_config, adapter_params);
     tracing::info!(%estimate, "memory estimate of an RL step (the measured peak is memory/peak_rss_gb)");
-    Ok(Box::new(PolicyGradient::new(config, learner)))
+    Ok(Box::new(PolicyGradient::new(config, learner, ranks)))
 }
 
 /// The metrics rows a resumed run keeps: steps after the checkpoint are redone, so their rows go (and
@@ -234,7 +284,7 @@ fn spawn_rollout_worker(
         max_total_tokens: config.rollout.max_total_tokens,
         chat_extra: config.rollout.chat_extra_json(),
     };
-    let evaluation = match &config.eval {
+    let evaluation = match config.eval.as_ref().filter(|_| req.ranks.is_leader()) {
         Some(section) => Some(eval::Evaluation::new(
             config,
             section,
@@ -264,6 +314,8 @@ fn spawn_rollout_worker(
         episode,
         group_size: config.rollout.group_size,
         prompts_per_step: config.rollout.prompts_per_step,
+        rank: req.ranks.rank(),
+        world_size: req.ranks.world_size(),
         seed: config.run.seed,
         max_staleness: config.rollout.max_staleness,
         first_batch: state.step,

@@ -12,6 +12,7 @@ use tch::{Device, Kind};
 use super::{RunLearner, StepOutput};
 use crate::config::{BackendKind, TrainConfig};
 use crate::train::messages::RolloutBatch;
+use crate::train::ranks::{training_groups, Ranks};
 use crate::train::rows::{to_sample, BatchRows, RowContext};
 
 pub struct PolicyGradient {
@@ -23,17 +24,42 @@ pub struct PolicyGradient {
     /// merged into the projections (the local engine's copy).
     send_adapter: bool,
     micro_batch_size: usize,
+    /// This process's rank and the number of ranks: it trains on its part of each mini-batch.
+    rank: usize,
+    world_size: usize,
 }
 
 impl PolicyGradient {
-    pub fn new(config: &TrainConfig, learner: PgLearner<CausalLM>) -> Self {
+    /// The train loop's policy-gradient learner; on several `ranks`, `learner` must sum its
+    /// gradients over them ([`PgLearner::with_gradient_sync`]).
+    pub fn new(config: &TrainConfig, learner: PgLearner<CausalLM>, ranks: &Ranks) -> Self {
         PolicyGradient {
             learner,
             row_context: RowContext::of(config),
             log_logprobs: config.run.log_logprobs,
             send_adapter: config.rollout.backend == BackendKind::Vllm,
             micro_batch_size: config.learner.micro_batch_size,
+            rank: ranks.rank(),
+            world_size: ranks.world_size(),
         }
+    }
+
+    /// The groups of each rank's part of every mini-batch ([`training_groups`]); `None` when some
+    /// rank's part has fewer samples than mini-batches (failed episodes are dropped), in which case
+    /// every rank skips the update alike (each holds the whole batch, so all decide the same).
+    fn rank_groups(&self, groups: &[Group]) -> Option<Vec<Group>> {
+        let minis = self.learner.settings().mini_batches;
+        let part = |rank: usize| -> Vec<Group> {
+            training_groups(groups.len(), minis, rank, self.world_size)
+                .into_iter()
+                .map(|g| groups[g].clone())
+                .collect()
+        };
+        let fills =
+            |gs: &[Group]| gs.iter().map(|g| g.samples.len()).sum::<usize>() >= minis.max(1);
+        (0..self.world_size)
+            .all(|r| fills(&part(r)))
+            .then(|| part(self.rank))
     }
 
     /// Per-token log-probs of every sample's completion under the current weights, unperturbed and
@@ -119,7 +145,8 @@ impl RunLearner for PolicyGradient {
         for (&row, &advantage) in trained_rows.iter().zip(plan.advantages()) {
             rows.rows[row].advantage = advantage;
         }
-        let log_lp = self.log_logprobs && !groups.is_empty();
+        // Rank 0 alone writes the rollout rows.
+        let log_lp = self.log_logprobs && !groups.is_empty() && self.rank == 0;
         if log_lp {
             for (row, lp) in trained_rows.iter().zip(self.plain_log_probs(&groups)?) {
                 rows.rows[*row].lp_old = Some(lp);
@@ -127,18 +154,35 @@ impl RunLearner for PolicyGradient {
         }
         // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than
         // that (failed episodes are dropped) the step is skipped rather than failing the run.
-        let mut metrics = if !plan.fills_mini_batches() {
-            tracing::warn!(
-                step,
-                trainable_samples = plan.samples().len(),
-                mini_batches = self.learner.settings().mini_batches,
-                "too few trainable samples in this step (failed episodes are dropped): no update"
-            );
-            Default::default()
+        let mine = if self.world_size == 1 {
+            plan.fills_mini_batches().then_some(None)
         } else {
-            self.learner
+            self.rank_groups(&groups).map(Some)
+        };
+        let mut metrics = match mine {
+            None => {
+                tracing::warn!(
+                    step,
+                    trainable_samples = plan.samples().len(),
+                    mini_batches = self.learner.settings().mini_batches,
+                    ranks = self.world_size,
+                    "too few trainable samples in this step (failed episodes are dropped): no \
+                     update"
+                );
+                Default::default()
+            }
+            Some(None) => self
+                .learner
                 .train_planned(&plan)
-                .with_context(|| format!("learner step {step}"))?
+                .with_context(|| format!("learner step {step}"))?,
+            Some(Some(rank_groups)) => {
+                self.learner.train_step(&rank_groups).with_context(|| {
+                    format!(
+                        "learner step {step} on rank {} of {}",
+                        self.rank, self.world_size
+                    )
+                })?
+            }
         };
         if log_lp {
             for (row, lp) in trained_rows.iter().zip(self.plain_log_probs(&groups)?) {
