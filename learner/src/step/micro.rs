@@ -42,7 +42,7 @@ pub(crate) struct StepTotals {
     pub kl_sum: f64,
     pub norm_sum: f64,
     pub skipped: usize,
-    /// Training forwards run so far this step (keys the ALP noise of the next one).
+    /// Training forwards this process ran this step.
     pub forwards: u64,
     pub processed_tokens: usize,
 }
