@@ -13,6 +13,9 @@
 #                                     of 8 to 128 tokens, batch 64) on the 8x512 and the 0.5B shape
 #                                  4. the learner step benchmark (against PyTorch eager, ALP vs bypass)
 #                                  5. 20 steps of `alp-rl train configs/math.toml` on CUDA
+#                                  6. the data-parallel learner's NCCL path: 3 steps of
+#                                     configs/math-tiny.toml as one rank of an NCCL group
+#                                     (alp-rl-nccl: alp-dist built with NCCL, see docs/scale-out.md)
 #                                  and prints one summary line per check at the end.
 #
 # transformers is the reference of checks 2 and 4; where the machine's Python lacks it, those checks
@@ -36,13 +39,27 @@ print(paths[0])'
   cp "$(cargo bench -p alp-rollout --bench generate --no-run --message-format=json | executable)" "$BIN/generate"
   cp "$(cargo bench -p alp-rollout --bench continuous --no-run --message-format=json | executable)" "$BIN/continuous"
   cp "$(cargo bench -p alp-learner --bench learner_step --no-run --message-format=json | executable)" "$BIN/learner_step"
+  # alp-rl with NCCL compiled into alp-dist: the CUDA wheels of the venv lack crt/host_config.h and
+  # CCCL's nv/target, so their header wheels (matching the CUDA of torch 2.11.0, 13.0) are fetched
+  # into a cache; the next plain build rebuilds alp-dist without NCCL.
+  headers=$HOME/.cache/alp-rl/cuda-headers
+  if [ ! -d "$headers/nvidia/cu13/include/crt" ] || [ ! -d "$headers/nvidia/cu13/include/cccl" ]; then
+    mkdir -p "$headers/wheels"
+    .venv/bin/python -m pip download --no-deps --quiet "nvidia-cuda-crt==13.0.*" \
+      "nvidia-cuda-cccl==13.0.*" -d "$headers/wheels"
+    for w in "$headers"/wheels/*.whl; do .venv/bin/python -m zipfile -e "$w" "$headers"; done
+  fi
+  site=$(.venv/bin/python -c 'import site; print(site.getsitepackages()[0])')
+  include=$(find "$headers/nvidia" "$site/nvidia" -mindepth 2 -maxdepth 2 -type d -name include | paste -sd: -)
+  ALP_DIST_NCCL=1 ALP_DIST_CUDA_INCLUDE="$include" cargo build --release --bin alp-rl
+  cp target/release/alp-rl "$BIN/alp-rl-nccl"
   strip "$BIN"/*
   du -sh "$BIN"
   echo "carry gpu-check to the GPU machine and run scripts/gpu-check.sh there"
   exit 0
 fi
 
-for b in alp-rl cuda-tests generate continuous learner_step; do
+for b in alp-rl alp-rl-nccl cuda-tests generate continuous learner_step; do
   [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing: run scripts/gpu-check.sh prepare on the build machine first"; exit 2; }
 done
 PYTHON=${PYTHON:-python3}
@@ -109,6 +126,16 @@ if run_check train 150 "$BIN/alp-rl" train configs/math.toml --set model.device=
   summary+=("train 20 steps on CUDA: $(grep -E 'held-out accuracy' "$logs/train.log" | tail -1 | sed 's/.*INFO //')")
 else
   summary+=("train 20 steps on CUDA: FAILED (rc above)")
+fi
+
+# 6. The NCCL path of the data-parallel learner: one rank is enough to run every collective of a step.
+out=$(mktemp -d)/run
+if run_check nccl 60 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 \
+  "$BIN/alp-rl-nccl" train configs/math-tiny.toml --set model.device=cuda --set run.steps=3 \
+  --out "$out"; then
+  summary+=("NCCL rank: $(grep -E 'joined the ranks' "$logs/nccl.log" | tail -1 | sed 's/.*INFO //')")
+else
+  summary+=("NCCL rank: FAILED (rc above)")
 fi
 
 echo
