@@ -177,11 +177,10 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if s == 1 {
-            return self
-                .o_proj
-                .forward(&self.decode_attention(&q, &k, &v, bias, scale), hooks);
-        }
+        // One path for prefill and decode steps (s == 1) alike: libtorch's fused attention. A decode
+        // step used to multiply two batched matmuls in f32 instead, faster at batch 16 on the 8x512
+        // benchmark model; on SmolLM2 at batch 64 that took 20-87 ms per layer in bf16 where fused
+        // attention takes 4-11 (docs/benchmarks.md, issue 27).
         let attn = Tensor::scaled_dot_product_attention(
             &q,
             &k,
@@ -196,42 +195,6 @@ impl Attention {
             .transpose(1, 2)
             .reshape([b, s, self.num_heads * self.head_dim]);
         self.o_proj.forward(&attn, hooks)
-    }
-
-    /// Attention for one query position per row (a decode step), as two batched matmuls with the
-    /// query heads grouped by the KV head they share. On CPU this is 2-4x faster than
-    /// `scaled_dot_product_attention` with GQA and a mask, and it never materialises repeated keys.
-    /// Returns `[b, 1, heads * head_dim]`.
-    fn decode_attention(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        bias: &Tensor,
-        scale: f64,
-    ) -> Tensor {
-        let b = q.size()[0];
-        let group = self.num_heads / self.num_kv_heads;
-        let keys = k.size()[2];
-        let kind = v.kind();
-        // libtorch's batched bf16/f16 matmuls of these small shapes are several times slower on the
-        // CPU than f32 ones: multiply in f32 and round each product to the model's dtype, as a
-        // 16-bit matmul (f32 accumulation) rounds its output.
-        let wide = kind != Kind::Float && q.device() == tch::Device::Cpu;
-        let matmul = |a: &Tensor, b: &Tensor| {
-            if wide {
-                a.to_kind(Kind::Float)
-                    .matmul(&b.to_kind(Kind::Float))
-                    .to_kind(kind)
-            } else {
-                a.matmul(b)
-            }
-        };
-        // q: [b, heads, 1, d] -> [b, kv_heads, group, d]; query head h uses KV head h / group.
-        let q = q.reshape([b, self.num_kv_heads, group, self.head_dim]);
-        let scores = matmul(&q, &k.transpose(2, 3)) * scale + bias.reshape([b, 1, 1, keys]);
-        let probs = scores.softmax(-1, Kind::Float).to_kind(kind);
-        matmul(&probs, v).reshape([b, 1, self.num_heads * self.head_dim])
     }
 }
 

@@ -17,7 +17,7 @@
 //! timed calls. transformers runs `scripts/oracles/bench_generate.py` from the workspace venv; vLLM
 //! runs `real_generate_vllm.py` (its offline engine, no HTTP) from the vLLM venv (ALP_VLLM_PYTHON or
 //! ~/.cache/alp-rl/vllm-venv, scripts/setup-vllm.sh), skipped with BENCH_VLLM=0 or when that Python is
-//! missing. Not a test: it asserts nothing about speed.
+//! missing; BENCH_REFERENCE=0 runs our engine alone. Not a test: it asserts nothing about speed.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -37,6 +37,8 @@ struct Run {
     dtype: String,
     repeats: usize,
     vllm: bool,
+    /// Whether transformers runs (BENCH_REFERENCE=0: our engine alone, e.g. under a profiler).
+    reference: bool,
 }
 
 fn smollm2_shape() -> TinyModel {
@@ -172,6 +174,7 @@ fn main() {
         dtype: env_or("BENCH_DTYPE", "bf16".to_string()),
         repeats: env_or("BENCH_REPEATS", 1),
         vllm: env_or("BENCH_VLLM", 1) == 1,
+        reference: env_or("BENCH_REFERENCE", 1) == 1,
     };
     tch::set_num_threads(run.threads);
     let tmp = tempfile::tempdir().expect("a temporary directory");
@@ -207,7 +210,13 @@ fn main() {
     );
     let (secs, tokens, compute) = ours(&dir, &run, &prompts);
     let ours_tps = tokens as f64 / secs;
-    println!("alp-rl engine: {tokens} tokens in {secs:.1} s ({compute})");
+    println!(
+        "alp-rl engine: {tokens} tokens in {secs:.1} s, {:.1} tok/s ({compute})",
+        tokens as f64 / secs
+    );
+    if !run.reference {
+        return;
+    }
     let hf = transformers(&dir, &prompts_path, &run);
     let hf_tps = hf["tokens_per_s"].as_f64().expect("tokens_per_s");
     println!("transformers generate: {hf}");
