@@ -220,16 +220,41 @@ fn learner(
     learner
 }
 
-/// Seconds of `steps` steps of `learner`.
-fn time_ours(learner: &mut PgLearner<CausalLM>, groups: &[Group], steps: usize) -> f64 {
+/// Wall and CPU time of one side's round.
+#[derive(Clone, Copy)]
+struct Timed {
+    wall: f64,
+    cpu: f64,
+    /// Our step's `memory/peak_rss_gb` (NaN for the reference).
+    peak_gb: f64,
+}
+
+/// User + system CPU seconds of this process, all threads (`/proc/self/stat`, ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    (f.get(11).copied().unwrap_or(f64::NAN) + f.get(12).copied().unwrap_or(f64::NAN)) / 100.0
+}
+
+/// `steps` steps of `learner`.
+fn time_ours(learner: &mut PgLearner<CausalLM>, groups: &[Group], steps: usize) -> Timed {
+    let cpu = cpu_seconds();
     let start = Instant::now();
+    let mut peak_gb = f64::NAN;
     for _ in 0..steps {
         let m = learner.train_step(groups).expect("a step");
         assert!(m["loss/total"].is_finite());
+        peak_gb = peak_gb.max(m["memory/peak_rss_gb"]);
     }
-    let secs = start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     release_free_memory();
-    secs
+    Timed { wall, cpu, peak_gb }
 }
 
 /// The reference's child process, loaded and warmed up.
@@ -272,11 +297,16 @@ impl Reference {
             .unwrap_or_else(|e| panic!("the reference printed {line:?}: {e}"))
     }
 
-    /// Seconds of `steps` reference steps.
-    fn time(&mut self, steps: usize) -> f64 {
+    /// `steps` reference steps.
+    fn time(&mut self, steps: usize) -> Timed {
         writeln!(self.stdin, "step {steps}").expect("write to the reference");
         self.stdin.flush().expect("flush");
-        self.read()["seconds"].as_f64().expect("seconds")
+        let v = self.read();
+        Timed {
+            wall: v["seconds"].as_f64().expect("seconds"),
+            cpu: v["cpu_seconds"].as_f64().expect("cpu_seconds"),
+            peak_gb: f64::NAN,
+        }
     }
 
     fn stop(mut self) {
@@ -286,12 +316,27 @@ impl Reference {
     }
 }
 
-/// One configuration's fastest rounds (tokens/s): reference, ours (bypass), ours (ALP).
+/// One configuration's rounds: (reference, ours) per round, and our ALP step's fastest round.
 struct Row {
-    torch: f64,
-    ours: f64,
-    alp: Option<f64>,
-    rounds: Vec<(f64, f64)>,
+    rounds: Vec<(Timed, Timed)>,
+    alp: Option<Timed>,
+}
+
+impl Row {
+    /// The fastest round of one side by wall time, and the least CPU time of that side.
+    fn best(&self, side: fn(&(Timed, Timed)) -> Timed) -> Timed {
+        let min = |f: fn(Timed) -> f64| {
+            self.rounds
+                .iter()
+                .map(|r| f(side(r)))
+                .fold(f64::NAN, f64::min)
+        };
+        Timed {
+            wall: min(|t| t.wall),
+            cpu: min(|t| t.cpu),
+            peak_gb: min(|t| t.peak_gb),
+        }
+    }
 }
 
 fn measure(dir: &Path, batch: &Path, run: &Run, config: &Config, groups: &[Group]) -> Row {
@@ -300,37 +345,80 @@ fn measure(dir: &Path, batch: &Path, run: &Run, config: &Config, groups: &[Group
         .then(|| Reference::start(dir, batch, config.name, run.threads));
     let mut ours = learner(dir, run, config, CorrectionKind::Bypass, groups);
     let rate = |secs: f64| run.tokens_per_round() / secs;
+    let nan = Timed {
+        wall: f64::NAN,
+        cpu: f64::NAN,
+        peak_gb: f64::NAN,
+    };
     let mut rounds = Vec::new();
     for _ in 0..run.rounds {
-        let theirs = reference.as_mut().map_or(f64::NAN, |r| r.time(run.steps));
+        let theirs = reference.as_mut().map_or(nan, |r| r.time(run.steps));
         let mine = time_ours(&mut ours, groups, run.steps);
         println!(
-            "   round: pytorch {:.1} tok/s, alp-rl {:.1} tok/s ({:.2}x)",
-            rate(theirs),
-            rate(mine),
-            theirs / mine
+            "   round: pytorch {:.1} tok/s ({:.1} CPU-s), alp-rl {:.1} tok/s ({:.1} CPU-s, peak \
+             {:.2} GB): {:.2}x",
+            rate(theirs.wall),
+            theirs.cpu,
+            rate(mine.wall),
+            mine.cpu,
+            mine.peak_gb,
+            theirs.wall / mine.wall
         );
-        rounds.push((rate(theirs), rate(mine)));
+        rounds.push((theirs, mine));
     }
     drop(ours);
     release_free_memory();
     let alp = run.alp.then(|| {
         let mut alp = learner(dir, run, config, CorrectionKind::Alp, groups);
-        let best = (0..run.rounds)
+        let times: Vec<Timed> = (0..run.rounds)
             .map(|_| time_ours(&mut alp, groups, run.steps))
-            .fold(f64::INFINITY, f64::min);
-        rate(best)
+            .collect();
+        let t = *times
+            .iter()
+            .min_by(|a, b| a.wall.total_cmp(&b.wall))
+            .expect("at least one round");
+        println!(
+            "   alp-rl ALP step: {:.1} tok/s ({:.1} CPU-s, peak {:.2} GB)",
+            rate(t.wall),
+            t.cpu,
+            t.peak_gb
+        );
+        t
     });
     if let Some(r) = reference {
         r.stop();
     }
     release_free_memory();
-    let best = |f: fn(&(f64, f64)) -> f64| rounds.iter().map(f).fold(f64::NAN, f64::max);
-    Row {
-        torch: best(|r| r.0),
-        ours: best(|r| r.1),
-        alp,
-        rounds,
+    Row { rounds, alp }
+}
+
+fn print_table(run: &Run, table: &[(&str, Row)]) {
+    let rate = |secs: f64| run.tokens_per_round() / secs;
+    println!(
+        "\n| config | pytorch eager tok/s | alp-rl bypass tok/s | ratio (each round's) | \
+         CPU-s per round, pytorch / alp-rl (ratio) | alp-rl ALP step tok/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, row) in table {
+        let (theirs, ours) = (row.best(|r| r.0), row.best(|r| r.1));
+        let each: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|(t, o)| format!("{:.2}", t.wall / o.wall))
+            .collect();
+        let alp = row
+            .alp
+            .map_or("-".to_string(), |a| format!("{:.1}", rate(a.wall)));
+        println!(
+            "| {name} | {:.1} | {:.1} | **{:.2}x** ({}) | {:.1} / {:.1} ({:.2}x) | {alp} |",
+            rate(theirs.wall),
+            rate(ours.wall),
+            theirs.wall / ours.wall,
+            each.join(", "),
+            theirs.cpu,
+            ours.cpu,
+            theirs.cpu / ours.cpu
+        );
     }
 }
 
@@ -377,23 +465,5 @@ fn main() {
         let row = measure(&dir, &batch_path, &run, config, &groups);
         table.push((config.name, row));
     }
-    println!(
-        "\n| config | pytorch eager tok/s | alp-rl bypass tok/s | ratio (each round's) | alp-rl ALP step tok/s |"
-    );
-    println!("|---|---|---|---|---|");
-    for (name, row) in &table {
-        let each: Vec<String> = row
-            .rounds
-            .iter()
-            .map(|(t, o)| format!("{:.2}", o / t))
-            .collect();
-        let alp = row.alp.map_or("-".to_string(), |a| format!("{a:.1}"));
-        println!(
-            "| {name} | {:.1} | {:.1} | **{:.2}x** ({}) | {alp} |",
-            row.torch,
-            row.ours,
-            row.ours / row.torch,
-            each.join(", ")
-        );
-    }
+    print_table(&run, &table);
 }

@@ -5,7 +5,8 @@ MODE: full | ckpt | lora | lora-ckpt (ckpt: transformers' gradient_checkpointing
 PEFT adapter, rank 16, alpha 32, every linear projection of the decoder, no dropout).
 
 The model loads in f32, runs one warm-up step, prints {"ready": true} and then waits on stdin: each
-line "step N" runs N steps and prints one JSON line {"seconds": ...}; "quit" ends. The Rust benchmark
+line "step N" runs N steps and prints one JSON line {"seconds": ..., "cpu_seconds": ...} (wall time,
+and the user + system CPU time of the process); "quit" ends. The Rust benchmark
 alternates rounds of this process with rounds of its own learner, so a slow spell of the shared machine
 falls on both; both sides' model stays loaded between rounds (glibc's free heap is given back after
 every round, as the Rust side does).
@@ -20,6 +21,7 @@ host.
 import ctypes
 import json
 import os
+import resource
 import sys
 import time
 
@@ -32,6 +34,12 @@ import transformers  # noqa: E402
 EPS_LOW, EPS_HIGH, DUAL_CLIP = 0.2, 0.28, 3.0
 QUANTILES = torch.tensor([0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999], dtype=torch.float64)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def cpu_seconds():
+    """User and system CPU seconds of this process, all threads."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def load(model_dir, mode):
@@ -107,12 +115,14 @@ def main():
         if not words or words[0] == "quit":
             break
         n = int(words[1])
+        cpu = cpu_seconds()
         start = time.perf_counter()
         for _ in range(n):
             step()
         seconds = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu
         libc.malloc_trim(0)
-        print(json.dumps({"seconds": seconds}), flush=True)
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu}), flush=True)
 
 
 if __name__ == "__main__":
