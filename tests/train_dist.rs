@@ -286,3 +286,49 @@ fn ranks_with_different_configs_are_refused() {
     // Refused before rank 0 wrote anything.
     assert!(!out_dir.exists());
 }
+
+/// Multi-turn episodes (configs/tool-math.toml, after its warm start some episodes call the tool and
+/// take a second turn): every turn of an episode draws from the episode's own random stream, so two
+/// ranks sample exactly the completions of one process, later turns included.
+#[test]
+fn multi_turn_episodes_sample_the_same_on_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tool-math.toml");
+    let small = [
+        "--set",
+        "run.steps=2",
+        "--set",
+        "eval.problems=8",
+        "--set",
+        "rollout.prompts_per_step=4",
+        "--set",
+        "learner.micro_batch_size=8",
+    ];
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    ok(train(config, &one, &small).output().unwrap());
+    ok(train(config, &two, &small)
+        .arg("--nproc")
+        .arg("2")
+        .output()
+        .unwrap());
+    assert_same_rollouts(&one, &two, 2);
+    let turns: Vec<i32> = (1..=2)
+        .flat_map(|step| {
+            run_outputs::read(&one.join(format!("rollouts/step-{step:06}.parquet")))
+                .iter()
+                .flat_map(|b| {
+                    let column = b.column_by_name("num_turns").unwrap();
+                    let turns = column
+                        .as_any()
+                        .downcast_ref::<arrow_array::Int32Array>()
+                        .unwrap();
+                    turns.values().to_vec()
+                })
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    assert!(
+        turns.contains(&2),
+        "no episode took a second turn: {turns:?}"
+    );
+}

@@ -52,6 +52,7 @@ fn main() {
                     max_new_tokens: Some(new_tokens),
                     stop_token_ids: Some(Vec::new()),
                     member: None,
+                    stream: None,
                 })
                 .collect();
             let params = SamplingParams {

@@ -45,6 +45,7 @@ fn requests(n: usize) -> Vec<GenerationRequest> {
             max_new_tokens: Some(3 + (i * 7) % 10),
             stop_token_ids: None,
             member: None,
+            stream: None,
         })
         .collect()
 }

@@ -19,6 +19,11 @@ pub struct GenerationRequest {
     /// The population member whose weights serve this request (evolution strategies; the backend
     /// must have the population installed); `None`: the plain policy.
     pub member: Option<usize>,
+    /// The random stream the request samples from ([`crate::SamplingParams::row_seed`]); `None`: its
+    /// index in the call. Episodes name their own index, so every turn of an episode draws from the
+    /// episode's stream whichever other episodes are still running (and a process generating a
+    /// slice of a batch draws what one process generating all of it would).
+    pub stream: Option<u64>,
 }
 
 impl GenerationRequest {

@@ -319,7 +319,13 @@ impl LocalEngine {
             cache: pre.cache,
             key_valid,
             last_hidden: pre.last_hidden,
-            sampler: RowSampler::new(params, &request_ids),
+            sampler: RowSampler::new(
+                params,
+                &admit
+                    .iter()
+                    .map(|&i| stream_of(&requests[i], first + i))
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 
@@ -425,7 +431,9 @@ impl LocalEngine {
             let _ = batch.last_hidden.index_copy_(0, &index, &pre.last_hidden);
             for (&slot, &i) in slots.iter().zip(&admit) {
                 batch.rows[slot].column = pre.width;
-                batch.sampler.reseed_row(slot, params, first + i);
+                batch
+                    .sampler
+                    .reseed_row(slot, params, stream_of(&requests[i], first + i));
             }
         }
         // Finished rows no request took over leave the batch.
@@ -596,4 +604,9 @@ impl GenerationBackend for LocalEngine {
             bytes: update.num_bytes(),
         })
     }
+}
+
+/// The random stream of `request`, the call's request number `index`.
+fn stream_of(request: &GenerationRequest, index: usize) -> usize {
+    request.stream.map_or(index, |s| s as usize)
 }

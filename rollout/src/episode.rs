@@ -217,6 +217,7 @@ fn turn_requests(
             max_new_tokens: Some(budget.min(params.max_new_tokens)),
             stop_token_ids: None,
             member: members.map(|m| m[i]),
+            stream: Some(i as u64),
         });
         asked.push(i);
     }

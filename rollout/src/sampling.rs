@@ -126,9 +126,9 @@ impl SamplingParams {
         }
     }
 
-    /// The per-row RNG seed: the call seed mixed with the request's stream (`first_stream` plus its
-    /// index; SplitMix64 finaliser), so rows get independent streams and a request's stream does not
-    /// depend on the batch it lands in.
+    /// The RNG seed of random stream `stream` (a request's `stream`, else its index in the call):
+    /// the call seed mixed with `first_stream + stream` (SplitMix64 finaliser), so rows get
+    /// independent streams and a request's stream does not depend on the batch it lands in.
     pub fn row_seed(&self, request_index: usize) -> u64 {
         alp_envs::rng::mix(self.seed.wrapping_add(
             0x9E37_79B9_7F4A_7C15u64.wrapping_mul(self.first_stream + request_index as u64 + 1),

@@ -429,6 +429,7 @@ fn bad_requests_and_settings_are_refused() {
         max_new_tokens: Some(1),
         stop_token_ids: None,
         member: None,
+        stream: None,
     };
     let err = engine
         .generate(
@@ -454,6 +455,7 @@ fn ragged_requests(n: usize) -> Vec<GenerationRequest> {
             max_new_tokens: Some(1 + (i * 11) % 24),
             stop_token_ids: (i % 3 == 0).then(|| vec![7, 19]),
             member: None,
+            stream: None,
         })
         .collect()
 }

@@ -86,6 +86,7 @@ pub fn requests(n: usize, vocab: i64, max_new: usize) -> Vec<GenerationRequest> 
                 max_new_tokens: (i % 3 == 1).then_some(max_new / 2 + i % 5),
                 stop_token_ids: None,
                 member: None,
+                stream: None,
             }
         })
         .collect()
