@@ -33,6 +33,18 @@ impl GenerationRequest {
             ..Default::default()
         }
     }
+
+    /// The random stream this request samples from when it is request number `index` of its call.
+    pub fn stream_or(&self, index: usize) -> usize {
+        self.stream.map_or(index, |s| s as usize)
+    }
+}
+
+/// The random streams of `requests[i]` for each `i` of `rows`, the call's requests `first + i`.
+pub(crate) fn streams(requests: &[GenerationRequest], rows: &[usize], first: usize) -> Vec<usize> {
+    rows.iter()
+        .map(|&i| requests[i].stream_or(first + i))
+        .collect()
 }
 
 alp_macros::string_enum! {

@@ -24,7 +24,7 @@ use alp_policy::{
 use tch::{Device, Kind, Tensor};
 
 use crate::backend::{
-    Completion, FinishReason, GenerationBackend, GenerationRequest, OnFinished, SyncReport,
+    streams, Completion, FinishReason, GenerationBackend, GenerationRequest, OnFinished, SyncReport,
 };
 use crate::decode_rows::{
     pop_front_n, pre_capacity, requests_of, retire, tokens_of, DecodeBatch, Prefilled, RowState,
@@ -290,8 +290,7 @@ impl LocalEngine {
         (self.finish(requests, done), stats)
     }
 
-    /// Prefills the first requests to decode (`admit`, indices into `requests`) into a batch of their
-    /// own rows.
+    /// Prefills the first requests to decode (`admit`, indices into `requests`) into a new batch.
     fn first_batch(
         &self,
         requests: &[GenerationRequest],
@@ -319,18 +318,11 @@ impl LocalEngine {
             cache: pre.cache,
             key_valid,
             last_hidden: pre.last_hidden,
-            sampler: RowSampler::new(
-                params,
-                &admit
-                    .iter()
-                    .map(|&i| stream_of(&requests[i], first + i))
-                    .collect::<Vec<_>>(),
-            ),
+            sampler: RowSampler::new(params, &streams(requests, &admit, first)),
         }
     }
 
-    /// Samples every row's next token from its last hidden state and records it; the slot of each
-    /// row that finishes with it goes to `free`.
+    /// Samples and records every row's next token; the slot of each row it finishes goes to `free`.
     fn sample_next(
         &self,
         batch: &mut DecodeBatch,
@@ -433,7 +425,7 @@ impl LocalEngine {
                 batch.rows[slot].column = pre.width;
                 batch
                     .sampler
-                    .reseed_row(slot, params, stream_of(&requests[i], first + i));
+                    .reseed_row(slot, params, requests[i].stream_or(first + i));
             }
         }
         // Finished rows no request took over leave the batch.
@@ -604,9 +596,4 @@ impl GenerationBackend for LocalEngine {
             bytes: update.num_bytes(),
         })
     }
-}
-
-/// The random stream of `request`, the call's request number `index`.
-fn stream_of(request: &GenerationRequest, index: usize) -> usize {
-    request.stream.map_or(index, |s| s as usize)
 }

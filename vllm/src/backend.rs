@@ -367,8 +367,7 @@ impl VllmBackend {
                     repetition_penalty: 1.0,
                     presence_penalty: 0.0,
                     frequency_penalty: 0.0,
-                    seed: (params.row_seed(r.stream.map_or(index, |s| s as usize))
-                        & i64::MAX as u64) as i64,
+                    seed: (params.row_seed(r.stream_or(index)) & i64::MAX as u64) as i64,
                     stop_token_ids: stop,
                     ignore_eos: true,
                     logprobs: 0,
