@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ALP-vs-corrections experiment: regenerates docs/results.md and its figures (docs/results/) from
 # runs it makes itself. One warm start (`alp-rl sft configs/math.toml`), then the five variants of
-# configs/experiments/mismatch/ (bypass, tis, mis, token-alp, seq-alp) with seeds 0, 1 and 2 each,
+# configs/experiments/mismatch/ (bypass, tis, mis, token-alp, seq-alp, and bypass-noclip: the check of
+# why TIS and MIS fell behind) with seeds 0, 1 and 2 each,
 # all from that warm start; then `alp-rl report` over the runs and scripts/results_md.py for the page.
 #
 #   scripts/mismatch-experiment.sh           # about 45 minutes on a 2-core CPU
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 OUT=runs/experiments/mismatch
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=(bypass tis mis token-alp seq-alp)
+VARIANTS=(bypass tis mis token-alp seq-alp bypass-noclip)
 PY=.venv/bin/python
 
 scripts/setup.sh >/dev/null
