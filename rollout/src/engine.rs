@@ -318,7 +318,7 @@ impl LocalEngine {
             cache: pre.cache,
             key_valid,
             last_hidden: pre.last_hidden,
-            sampler: RowSampler::new(params, &streams(requests, &admit, first)),
+            sampler: RowSampler::new(params, &streams(requests, admit, first)),
         }
     }
 
