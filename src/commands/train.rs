@@ -51,7 +51,7 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
     if args.nproc > 1 && std::env::var_os(WORLD_SIZE_VAR).is_none() {
         return launch_ranks(&args);
     }
-    let mut config = loaded.config;
+    let config = loaded.config;
     if std::env::var_os(WORLD_SIZE_VAR).is_some() {
         one_gpu_per_local_rank(&config);
     }
@@ -59,11 +59,12 @@ pub fn run(args: TrainArgs, registry: &Registry) -> Result<()> {
         config.model.device.to_tch(),
         Duration::from_secs(args.dist_timeout),
     )?;
-    if ranks.is_distributed() && config.model.threads == 0 {
-        // The ranks on this machine share its cores instead of each taking all of them.
-        config.model.threads = threads_per_local_rank();
-    }
     config.apply_threads();
+    if ranks.is_distributed() && config.model.threads == 0 {
+        // The ranks on this machine share its cores instead of each taking all of them. (Not
+        // written into the config: the run's config.toml stays the one a single process resumes.)
+        tch::set_num_threads(threads_per_local_rank() as i32);
+    }
     let run_dir = config.run_dir(&args.config, args.out.as_deref());
     let summary = train::run(TrainRequest {
         config,

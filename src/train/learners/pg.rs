@@ -44,22 +44,19 @@ impl PolicyGradient {
         }
     }
 
-    /// The groups of each rank's part of every mini-batch ([`training_groups`]); `None` when some
-    /// rank's part has fewer samples than mini-batches (failed episodes are dropped), in which case
-    /// every rank skips the update alike (each holds the whole batch, so all decide the same).
-    fn rank_groups(&self, groups: &[Group]) -> Option<Vec<Group>> {
+    /// Whether every rank's part of the mini-batches ([`training_groups`]) has at least one sample
+    /// per mini-batch; otherwise (failed episodes are dropped) every rank skips the update alike:
+    /// each holds the whole batch, so all decide the same. In one process: whether the batch fills
+    /// the mini-batches ([`alp_learner::StepPlan::fills_mini_batches`]).
+    fn every_rank_fills(&self, groups: &[Group]) -> bool {
         let minis = self.learner.settings().mini_batches;
-        let part = |rank: usize| -> Vec<Group> {
+        (0..self.world_size).all(|rank| {
             training_groups(groups.len(), minis, rank, self.world_size)
                 .into_iter()
-                .map(|g| groups[g].clone())
-                .collect()
-        };
-        let fills =
-            |gs: &[Group]| gs.iter().map(|g| g.samples.len()).sum::<usize>() >= minis.max(1);
-        (0..self.world_size)
-            .all(|r| fills(&part(r)))
-            .then(|| part(self.rank))
+                .map(|g| groups[g].samples.len())
+                .sum::<usize>()
+                >= minis.max(1)
+        })
     }
 
     /// Per-token log-probs of every sample's completion under the current weights, unperturbed and
@@ -154,35 +151,33 @@ impl RunLearner for PolicyGradient {
         }
         // The learner splits the batch into `mini_batches` parts; with fewer trainable samples than
         // that (failed episodes are dropped) the step is skipped rather than failing the run.
-        let mine = if self.world_size == 1 {
-            plan.fills_mini_batches().then_some(None)
-        } else {
-            self.rank_groups(&groups).map(Some)
-        };
-        let mut metrics = match mine {
-            None => {
-                tracing::warn!(
-                    step,
-                    trainable_samples = plan.samples().len(),
-                    mini_batches = self.learner.settings().mini_batches,
-                    ranks = self.world_size,
-                    "too few trainable samples in this step (failed episodes are dropped): no \
-                     update"
-                );
-                Default::default()
-            }
-            Some(None) => self
-                .learner
+        let mut metrics = if !self.every_rank_fills(&groups) {
+            tracing::warn!(
+                step,
+                trainable_samples = plan.samples().len(),
+                mini_batches = self.learner.settings().mini_batches,
+                ranks = self.world_size,
+                "too few trainable samples in this step (failed episodes are dropped): no update"
+            );
+            Default::default()
+        } else if self.world_size == 1 {
+            self.learner
                 .train_planned(&plan)
-                .with_context(|| format!("learner step {step}"))?,
-            Some(Some(rank_groups)) => {
-                self.learner.train_step(&rank_groups).with_context(|| {
-                    format!(
-                        "learner step {step} on rank {} of {}",
-                        self.rank, self.world_size
-                    )
-                })?
-            }
+                .with_context(|| format!("learner step {step}"))?
+        } else {
+            let mine: Vec<Group> = training_groups(
+                groups.len(),
+                self.learner.settings().mini_batches,
+                self.rank,
+                self.world_size,
+            )
+            .into_iter()
+            .map(|g| groups[g].clone())
+            .collect();
+            let (rank, world) = (self.rank, self.world_size);
+            self.learner
+                .train_step(&mine)
+                .with_context(|| format!("learner step {step} on rank {rank} of {world}"))?
         };
         if log_lp {
             for (row, lp) in trained_rows.iter().zip(self.plain_log_probs(&groups)?) {
