@@ -37,40 +37,25 @@ struct Config {
     lora_rank: Option<i64>,
 }
 
-fn smollm2() -> TinyModel {
-    // SmolLM2-135M: Llama, 30 layers, hidden 576 (9 heads of 64, 3 KV heads), MLP 1536, 49,152
-    // tokens, tied embeddings.
-    TinyModel::new("llama")
-        .with("vocab_size", 49_152)
-        .with("hidden_size", 576)
-        .with("intermediate_size", 1536)
-        .with("num_hidden_layers", 30)
-        .with("num_attention_heads", 9)
-        .with("num_key_value_heads", 3)
-        .with("head_dim", 64)
-        .with("max_position_embeddings", 8192)
-        .with("tie_word_embeddings", true)
-}
-
 const CONFIGS: [Config; 4] = [
     Config {
         name: "smol-full",
         what: "SmolLM2-135M shape, full fine-tuning, no checkpointing",
-        model: smollm2,
+        model: TinyModel::smollm2_135m,
         checkpointing: false,
         lora_rank: None,
     },
     Config {
         name: "smol-ckpt",
         what: "SmolLM2-135M shape, full fine-tuning, checkpointing (target <= 4 GB)",
-        model: smollm2,
+        model: TinyModel::smollm2_135m,
         checkpointing: true,
         lora_rank: None,
     },
     Config {
         name: "smol-lora",
         what: "SmolLM2-135M shape, LoRA r16 all-linear, checkpointing (target <= 2 GB)",
-        model: smollm2,
+        model: TinyModel::smollm2_135m,
         checkpointing: true,
         lora_rank: Some(16),
     },

@@ -39,7 +39,7 @@ use alp_policy::lora::TargetModules;
 use alp_policy::{CausalLM, LoadOptions, LoraAdapter, LoraConfig};
 use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
-use alp_test_support::tiny_model::TinyModel;
+use alp_test_support::tiny_model::{smollm2_cache_dir, smollm2_or_random};
 use serde_json::{json, Value};
 
 const GROUP: usize = 8;
@@ -107,35 +107,18 @@ impl Run {
     }
 }
 
-fn smollm2_shape() -> TinyModel {
-    TinyModel::new("llama")
-        .with("vocab_size", 49_152)
-        .with("hidden_size", 576)
-        .with("intermediate_size", 1536)
-        .with("num_hidden_layers", 30)
-        .with("num_attention_heads", 9)
-        .with("num_key_value_heads", 3)
-        .with("head_dim", 64)
-        .with("max_position_embeddings", 8192)
-        .with("rms_norm_eps", 1e-5)
-        .with("tie_word_embeddings", true)
-        .with("initializer_range", 0.02)
-}
-
 /// The real model's directory, or a random model of its shape written into `tmp`; and which.
 fn model_dir(tmp: &Path) -> (PathBuf, String) {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let real = Path::new(&home).join(".cache/alp-rl/models/smollm2-135m-instruct");
-    if real.join("model.safetensors").is_file() {
-        let what = format!("SmolLM2-135M-Instruct ({})", real.display());
-        return (real, what);
-    }
-    smollm2_shape().save(tmp, 0);
-    let what = format!(
-        "a random model of SmolLM2-135M's shape ({} is missing: scripts/get-smollm2.sh)",
-        real.display()
-    );
-    (tmp.to_path_buf(), what)
+    let (dir, real) = smollm2_or_random(tmp);
+    let what = if real {
+        format!("SmolLM2-135M-Instruct ({})", dir.display())
+    } else {
+        format!(
+            "a random model of SmolLM2-135M's shape ({} is missing: scripts/get-smollm2.sh)",
+            smollm2_cache_dir().display()
+        )
+    };
+    (dir, what)
 }
 
 /// Random rows in groups of [`GROUP`], rewards alternating within a group, `mu` near a uniform

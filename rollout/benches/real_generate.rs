@@ -26,7 +26,7 @@ use alp_policy::{few_rows_gemm, Bf16Compute, CausalLM, LoadOptions};
 use alp_rollout::{GenerationBackend, GenerationRequest, LocalEngine, SamplingParams};
 use alp_test_support::bench::{cpu_flags, env_or, libtorch_isa_caps};
 use alp_test_support::oracle;
-use alp_test_support::tiny_model::TinyModel;
+use alp_test_support::tiny_model::smollm2_or_random;
 use serde_json::Value;
 
 struct Run {
@@ -39,31 +39,6 @@ struct Run {
     vllm: bool,
     /// Whether transformers runs (BENCH_REFERENCE=0: our engine alone, e.g. under a profiler).
     reference: bool,
-}
-
-fn smollm2_shape() -> TinyModel {
-    TinyModel::new("llama")
-        .with("vocab_size", 49_152)
-        .with("hidden_size", 576)
-        .with("intermediate_size", 1536)
-        .with("num_hidden_layers", 30)
-        .with("num_attention_heads", 9)
-        .with("num_key_value_heads", 3)
-        .with("head_dim", 64)
-        .with("max_position_embeddings", 8192)
-        .with("tie_word_embeddings", true)
-        .with("initializer_range", 0.02)
-}
-
-/// The real model's directory (and true), or a random model of its shape written into `tmp`.
-fn model_dir(tmp: &Path) -> (PathBuf, bool) {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let real = Path::new(&home).join(".cache/alp-rl/models/smollm2-135m-instruct");
-    if real.join("model.safetensors").is_file() {
-        return (real, true);
-    }
-    smollm2_shape().save(tmp, 0);
-    (tmp.to_path_buf(), false)
 }
 
 /// Our engine's fastest call: (seconds, generated tokens).
@@ -178,7 +153,7 @@ fn main() {
     };
     tch::set_num_threads(run.threads);
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let (dir, real) = model_dir(tmp.path());
+    let (dir, real) = smollm2_or_random(tmp.path());
     let vocab = 49_152i64;
     let prompts: Vec<Vec<i64>> = (0..run.batch)
         .map(|r| {

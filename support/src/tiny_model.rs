@@ -1,6 +1,6 @@
 //! Tiny random decoders of the shapes the tests and benchmarks use, built from the `config.json` text
 //! HF would write, so that what a test changes is a field of that file.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use alp_policy::{CausalLM, LoadOptions, ModelConfig};
 use serde_json::{json, Value};
@@ -76,6 +76,23 @@ impl TinyModel {
         Self::qwen2_bench(151_936, 896, 4864, 24, 14, 2).with("tie_word_embeddings", true)
     }
 
+    /// SmolLM2-135M's shape (Llama, 30 layers, hidden 576, 9 heads of 64 with 3 KV heads, MLP 1536,
+    /// 49,152 tokens, tied embeddings), for the real-model benchmarks where the checkpoint is missing.
+    pub fn smollm2_135m() -> Self {
+        TinyModel::new("llama")
+            .with("vocab_size", 49_152)
+            .with("hidden_size", 576)
+            .with("intermediate_size", 1536)
+            .with("num_hidden_layers", 30)
+            .with("num_attention_heads", 9)
+            .with("num_key_value_heads", 3)
+            .with("head_dim", 64)
+            .with("max_position_embeddings", 8192)
+            .with("rms_norm_eps", 1e-5)
+            .with("tie_word_embeddings", true)
+            .with("initializer_range", 0.02)
+    }
+
     /// Sets field `key` of the config to `value`.
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.config[key] = value.into();
@@ -123,4 +140,21 @@ pub fn copy_of(model: &CausalLM) -> CausalLM {
     let copy = CausalLM::random(model.config().clone(), &LoadOptions::default(), 99).unwrap();
     copy.copy_weights_from(model);
     copy
+}
+
+/// Where `scripts/get-smollm2.sh` caches SmolLM2-135M-Instruct.
+pub fn smollm2_cache_dir() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    Path::new(&home).join(".cache/alp-rl/models/smollm2-135m-instruct")
+}
+
+/// The cached SmolLM2-135M-Instruct (and `true`), or a random model of its shape written into
+/// `tmp` (and `false`) when it is missing.
+pub fn smollm2_or_random(tmp: &Path) -> (PathBuf, bool) {
+    let real = smollm2_cache_dir();
+    if real.join("model.safetensors").is_file() {
+        return (real, true);
+    }
+    TinyModel::smollm2_135m().save(tmp, 0);
+    (tmp.to_path_buf(), false)
 }
