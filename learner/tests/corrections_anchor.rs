@@ -16,9 +16,8 @@ use alp_learner::rejection::{rejection_keep, rejection_rules, RejectionMode, Thr
 use alp_learner::{
     group_advantages, policy_loss, AdvantageKind, Aggregation, AggregationScale, ClipConfig,
     CorrectionKind, CorrectionSettings, Group, KlEstimator, LearnerSettings, LossConfig,
-    LossInputs, PgLearner, RatioLevel, Sample, TrainablePolicy,
+    LossInputs, PgLearner, RatioLevel,
 };
-use alp_policy::NoHooks;
 use common::{Rng, ToyLm};
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -436,43 +435,6 @@ fn dppo_loss_and_gradient_equal_prime_rls_formula() {
 // --- Through `PgLearner::train_step`: one optimizer step at the pre-update weights, against
 // per-sample unpadded forwards of the same model (f64 log-softmax), as tests/train_step_reference.rs.
 
-fn data(model: &ToyLm, seed: u64, noise: f64) -> Vec<Group> {
-    let mut rng = Rng::new(seed);
-    let prompts = common::random_prompts(4, 3, 8, &mut rng);
-    let mut groups = common::sample_groups(model, &prompts, 4, 5, noise, &mut rng, |c| {
-        c.iter().filter(|&&t| t == 1).count() as f64
-    });
-    for (i, s) in groups.iter_mut().flat_map(|g| &mut g.samples).enumerate() {
-        if i % 3 == 0 {
-            s.loss_mask[1] = false;
-        }
-    }
-    groups
-}
-
-/// One sample's completion log-probs from its own forward (with grad).
-fn sample_log_probs(model: &ToyLm, s: &Sample) -> Tensor {
-    let seq: Vec<i64> = s
-        .prompt_ids
-        .iter()
-        .chain(&s.completion_ids)
-        .copied()
-        .collect();
-    let n = seq.len() as i64;
-    let logits = model.forward(&Tensor::from_slice(&seq).view([1, n]), None, &NoHooks);
-    let p = s.prompt_ids.len() as i64;
-    logits
-        .get(0)
-        .narrow(0, p - 1, s.completion_ids.len() as i64)
-        .log_softmax(-1, Kind::Double)
-        .gather(
-            1,
-            &Tensor::from_slice(&s.completion_ids).unsqueeze(1),
-            false,
-        )
-        .squeeze_dim(1)
-}
-
 /// A trained token of the brute force: its sample's advantage, `lp` with grad, and `mu`.
 struct Tok {
     adv: f64,
@@ -490,7 +452,7 @@ fn tokens(model: &ToyLm, groups: &[Group]) -> Vec<Tok> {
             .zip(group_advantages(&rewards, AdvantageKind::Grpo))
     });
     for (seq, (x, a)) in samples.enumerate() {
-        let lp = sample_log_probs(model, x);
+        let lp = common::sample_log_probs(model, x);
         for t in (0..x.loss_mask.len()).filter(|&t| x.loss_mask[t]) {
             out.push(Tok {
                 adv: a,
@@ -547,7 +509,7 @@ fn step(
 fn icepop_through_train_step_equals_brute_force() {
     common::init();
     let model = ToyLm::new(8, 16, 2, 31);
-    let groups = data(&model, 32, 1.0);
+    let groups = common::masked_groups(&model, 32, 1.0);
     let mut s = step_settings(CorrectionKind::IcePop);
     // Tighter than the defaults, so that this data's weights leave the interval on both sides.
     (s.correction.icepop_alpha, s.correction.icepop_beta) = (0.7, 1.5);
@@ -574,7 +536,7 @@ fn icepop_through_train_step_equals_brute_force() {
 fn dppo_through_train_step_equals_brute_force() {
     common::init();
     let model = ToyLm::new(8, 16, 2, 41);
-    let groups = data(&model, 42, 1.5);
+    let groups = common::masked_groups(&model, 42, 1.5);
     let mut s = step_settings(CorrectionKind::Dppo);
     let c = &mut s.correction;
     (c.dppo_mask_low, c.dppo_mask_high, c.adv_tau, c.kl_tau) = (0.03, 0.01, 0.8, 0.02);
@@ -617,7 +579,7 @@ fn dppo_through_train_step_equals_brute_force() {
 fn rejection_through_train_step_equals_brute_force() {
     common::init();
     let model = ToyLm::new(8, 16, 2, 51);
-    let groups = data(&model, 52, 0.6);
+    let groups = common::masked_groups(&model, 52, 0.6);
     let toks = tokens(&model, &groups);
     let seqs = toks.iter().map(|k| k.seq).max().unwrap() + 1;
     let log_rs: Vec<Vec<f64>> = (0..seqs)

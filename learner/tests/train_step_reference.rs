@@ -17,44 +17,6 @@ use alp_test_support::oracle;
 use common::{Rng, ToyLm};
 use tch::{Kind, Tensor};
 
-fn data(model: &ToyLm, seed: u64) -> Vec<Group> {
-    let mut rng = Rng::new(seed);
-    let prompts = common::random_prompts(4, 3, 8, &mut rng);
-    let mut groups = common::sample_groups(model, &prompts, 4, 5, 0.4, &mut rng, |c| {
-        c.iter().filter(|&&t| t == 1).count() as f64
-    });
-    // Some untrained tokens (tool replies), so masks and lengths matter.
-    for (i, s) in groups.iter_mut().flat_map(|g| &mut g.samples).enumerate() {
-        if i % 3 == 0 {
-            s.loss_mask[1] = false;
-        }
-    }
-    groups
-}
-
-/// Per-token log-probs of one sample's completion, from its own unpadded forward (with grad).
-fn sample_log_probs(model: &ToyLm, s: &Sample) -> Tensor {
-    let seq: Vec<i64> = s
-        .prompt_ids
-        .iter()
-        .chain(&s.completion_ids)
-        .copied()
-        .collect();
-    let n = seq.len() as i64;
-    let logits = model.forward(&Tensor::from_slice(&seq).view([1, n]), None, &NoHooks);
-    let p = s.prompt_ids.len() as i64;
-    let logp = logits
-        .get(0)
-        .narrow(0, p - 1, s.completion_ids.len() as i64)
-        .log_softmax(-1, Kind::Double);
-    logp.gather(
-        1,
-        &Tensor::from_slice(&s.completion_ids).unsqueeze(1),
-        false,
-    )
-    .squeeze_dim(1)
-}
-
 /// The reference: `loss/pg`, the gradient norm of the total loss, the MIS-rejected fraction and the
 /// number of truncated TIS weights, at the pre-update weights (where every PPO ratio is 1, so the
 /// clipped surrogate is `-A w r` with `r = exp(lp - sg(lp))`).
@@ -75,7 +37,7 @@ fn brute_force(model: &ToyLm, groups: &[Group], s: &LearnerSettings) -> Referenc
         let rewards: Vec<f64> = g.samples.iter().map(|x| x.reward).collect();
         let adv = group_advantages(&rewards, AdvantageKind::Grpo);
         for (x, a) in g.samples.iter().zip(adv) {
-            let lp = sample_log_probs(model, x);
+            let lp = common::sample_log_probs(model, x);
             let lp_old = Vec::<f64>::try_from(lp.detach()).unwrap();
             let trained: Vec<usize> = (0..x.loss_mask.len()).filter(|&t| x.loss_mask[t]).collect();
             let d: Vec<f64> = trained
@@ -195,7 +157,7 @@ fn close(what: &str, got: f64, want: f64, rel: f64) {
 fn tis_mis_and_none_through_train_step_equal_brute_force() {
     common::init();
     let model = ToyLm::new(8, 16, 2, 21);
-    let groups = data(&model, 22);
+    let groups = common::masked_groups(&model, 22, 0.4);
     let cases = [
         (CorrectionKind::Tis, RatioLevel::Token, false),
         (CorrectionKind::Tis, RatioLevel::Sequence, false),
@@ -251,7 +213,7 @@ fn tis_mis_and_none_through_train_step_equal_brute_force() {
 fn entropy_bonus_through_train_step_equals_brute_force() {
     common::init();
     let model = ToyLm::new(8, 16, 2, 23);
-    let groups = data(&model, 24);
+    let groups = common::masked_groups(&model, 24, 0.4);
     for coef in [0.05, -0.3] {
         let mut s = settings(CorrectionKind::None, RatioLevel::Token, false);
         s.loss.entropy_coef = coef;

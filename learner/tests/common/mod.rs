@@ -263,3 +263,48 @@ pub fn random_prompts(n: usize, len: usize, vocab: i64, rng: &mut Rng) -> Vec<Ve
 pub fn bit_equal(a: &Tensor, b: &Tensor) -> bool {
     a.size() == b.size() && a.kind() == b.kind() && a.equal(b)
 }
+
+/// A batch of 4 groups of 5 samples from `model` (3-token prompts of an 8-token vocabulary, sampling
+/// `noise`, reward the count of token 1), with every third sample's second completion token untrained
+/// (a tool reply), so masks and lengths matter.
+pub fn masked_groups(model: &ToyLm, seed: u64, noise: f64) -> Vec<Group> {
+    let mut rng = Rng::new(seed);
+    let prompts = random_prompts(4, 3, 8, &mut rng);
+    let mut groups = sample_groups(model, &prompts, 4, 5, noise, &mut rng, |c| {
+        c.iter().filter(|&&t| t == 1).count() as f64
+    });
+    for (i, s) in groups.iter_mut().flat_map(|g| &mut g.samples).enumerate() {
+        if i % 3 == 0 {
+            s.loss_mask[1] = false;
+        }
+    }
+    groups
+}
+
+/// Per-token log-probs (f64 log-softmax) of one sample's completion, from its own unpadded forward
+/// (with grad): the reference the learner's padded, batched forwards are checked against.
+pub fn sample_log_probs(model: &ToyLm, s: &Sample) -> Tensor {
+    let seq: Vec<i64> = s
+        .prompt_ids
+        .iter()
+        .chain(&s.completion_ids)
+        .copied()
+        .collect();
+    let n = seq.len() as i64;
+    let logits = model.forward(
+        &Tensor::from_slice(&seq).view([1, n]),
+        None,
+        &alp_policy::NoHooks,
+    );
+    let p = s.prompt_ids.len() as i64;
+    logits
+        .get(0)
+        .narrow(0, p - 1, s.completion_ids.len() as i64)
+        .log_softmax(-1, Kind::Double)
+        .gather(
+            1,
+            &Tensor::from_slice(&s.completion_ids).unsqueeze(1),
+            false,
+        )
+        .squeeze_dim(1)
+}
